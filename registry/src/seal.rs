@@ -1,0 +1,154 @@
+//! Private keys at rest: sealed with AES-256-GCM under a master key before they reach
+//! the store, opened only when the broker builds a TLS config.
+//!
+//! The master key comes from `CERTMQ_MASTER_KEY` (64 hex chars) or from
+//! `<data-dir>/master.key`, created with mode 0600 on first start.
+
+use std::fmt;
+use std::path::Path;
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Errors loading the master key or opening a sealed value.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("master key: {0}")]
+    MasterKey(String),
+    #[error("sealed value could not be opened (wrong master key or corrupted data)")]
+    Open,
+}
+
+/// The key that seals private keys at rest. Its bytes never leave this type.
+pub struct MasterKey {
+    key: LessSafeKey,
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+/// Fills a buffer from the system CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // The system RNG failing is not something a server can recover from.
+    SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random number generator failed");
+    b
+}
+
+impl MasterKey {
+    /// Builds a key from 32 raw bytes.
+    pub fn from_bytes(bytes: &[u8; 32]) -> MasterKey {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key");
+        MasterKey {
+            key: LessSafeKey::new(unbound),
+        }
+    }
+
+    /// Loads the key from `env_value` (hex) when given, else from `<dir>/master.key`,
+    /// creating that file (0600) with a fresh random key when it does not exist.
+    pub fn load_or_create(dir: &Path, env_value: Option<&str>) -> Result<MasterKey, SealError> {
+        if let Some(hex_key) = env_value {
+            return Self::from_hex(hex_key.trim());
+        }
+        let path = dir.join("master.key");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Self::from_hex(s.trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let bytes: [u8; 32] = random_bytes();
+                write_private_file(&path, hex::encode(bytes).as_bytes())
+                    .map_err(|e| SealError::MasterKey(format!("{}: {e}", path.display())))?;
+                Ok(Self::from_bytes(&bytes))
+            }
+            Err(e) => Err(SealError::MasterKey(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    fn from_hex(s: &str) -> Result<MasterKey, SealError> {
+        let v = hex::decode(s)
+            .map_err(|_| SealError::MasterKey("expected 64 hex characters".into()))?;
+        let arr: [u8; 32] = v
+            .try_into()
+            .map_err(|_| SealError::MasterKey("expected 32 bytes (64 hex characters)".into()))?;
+        Ok(Self::from_bytes(&arr))
+    }
+
+    /// Seals `plain`; `context` (e.g. the record key) is bound as associated data so a
+    /// sealed value cannot be moved to another record.
+    pub fn seal(&self, context: &[u8], plain: &[u8]) -> Vec<u8> {
+        let nonce_bytes: [u8; NONCE_LEN] = random_bytes();
+        let mut buf = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(context),
+                &mut buf,
+            )
+            .expect("AES-GCM sealing of an in-memory buffer cannot fail");
+        let mut out = nonce_bytes.to_vec();
+        out.extend_from_slice(&buf);
+        out
+    }
+
+    /// Opens a value sealed by [`MasterKey::seal`] with the same `context`.
+    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < NONCE_LEN + aead::MAX_TAG_LEN {
+            return Err(SealError::Open);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Open)?;
+        let mut buf = body.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(context), &mut buf)
+            .map_err(|_| SealError::Open)?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// Writes a file readable by its owner only (mode 0600 on Unix).
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_context_binding() {
+        let k = MasterKey::from_bytes(&[7; 32]);
+        let s = k.seal(b"srv/acme/1", b"secret key");
+        assert!(!s.windows(10).any(|w| w == b"secret key"));
+        assert_eq!(k.open(b"srv/acme/1", &s).unwrap(), b"secret key");
+        assert!(k.open(b"srv/acme/2", &s).is_err());
+        assert!(MasterKey::from_bytes(&[8; 32])
+            .open(b"srv/acme/1", &s)
+            .is_err());
+        assert!(k.open(b"x", b"short").is_err());
+    }
+
+    #[test]
+    fn creates_and_reloads_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = MasterKey::load_or_create(dir.path(), None).unwrap();
+        let b = MasterKey::load_or_create(dir.path(), None).unwrap();
+        let s = a.seal(b"c", b"p");
+        assert_eq!(b.open(b"c", &s).unwrap(), b"p");
+        assert!(MasterKey::load_or_create(dir.path(), Some("zz")).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! The persistence boundary: a small ordered key-value [`Store`] with atomic batches,
+//! and its embedded [`SledStore`] implementation.
+//!
+//! The registry owns the key layout and the record encoding; a store only has to keep
+//! bytes and apply a batch all-or-nothing. That keeps a second implementation (PostgreSQL,
+//! for several nodes) a small job.
+
+use std::path::Path;
+
+/// A storage failure. Always a server-side problem, never the caller's input.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// One write in an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// Ordered key-value storage with atomic multi-key batches.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// All entries whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Applies every op or none, and makes them durable before returning.
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+}
+
+/// [`Store`] on an embedded sled database in the data directory.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .open()
+            .map_err(|e| StoreError(format!("opening {}: {e}", dir.display())))?;
+        Ok(SledStore { db })
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(err)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => batch.insert(k.as_bytes(), v),
+                Op::Delete(k) => batch.remove(k.as_bytes()),
+            }
+        }
+        self.db.apply_batch(batch).map_err(err)?;
+        self.db.flush().map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_scan_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.apply(vec![
+                Op::Put("a/1".into(), b"x".to_vec()),
+                Op::Put("a/2".into(), b"y".to_vec()),
+                Op::Put("b/1".into(), b"z".to_vec()),
+            ])
+            .unwrap();
+            s.apply(vec![Op::Delete("a/1".into())]).unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let a = s.scan("a/").unwrap();
+        assert_eq!(a, vec![("a/2".to_string(), b"y".to_vec())]);
+        assert_eq!(s.get("b/1").unwrap().unwrap(), b"z");
+        assert!(s.get("a/1").unwrap().is_none());
+    }
+}
