@@ -1,1 +1,139 @@
-//! placeholder
+//! certmq's admin REST API (SPEC section 5): HTTP in front of the [`Registry`] and the
+//! broker's live sessions.
+//!
+//! This crate owns the HTTP layer only — routes, bearer-token auth, request parsing,
+//! the JSON error shape and status codes. It owns no state and no rules: orgs and
+//! certificates live in (and are validated by) the `registry` crate, live sessions in the
+//! broker, reached through [`ConnectionsView`]. It does not bind sockets either; the
+//! `certmq` binary serves [`router`] on its listener.
+//!
+//! Every route under `/api/v1` needs `Authorization: Bearer <admin token>`; `/healthz`
+//! does not. Org-scoped tokens (SPEC section 5) are not implemented yet.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use registry::{OrgId, Registry};
+
+mod auth;
+mod ca_certs;
+mod connections;
+mod error;
+mod extract;
+mod orgs;
+mod server_certs;
+
+use error::ApiError;
+use extract::Json;
+
+/// The largest request body accepted; larger bodies get 413 `payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the API needs from the broker about live MQTT sessions.
+///
+/// The broker implements it; the admin API calls it from a blocking thread, so an
+/// implementation may take short locks but should not wait on the network.
+pub trait ConnectionsView: Send + Sync + 'static {
+    /// The live sessions of `org`, one JSON object each (client id, identity, CA
+    /// fingerprint, cert serial, remote address, since).
+    fn list(&self, org: &OrgId) -> Vec<serde_json::Value>;
+    /// Closes the session of `client_id` in `org`; `false` when there is none.
+    fn kick(&self, org: &OrgId, client_id: &str) -> bool;
+}
+
+/// Everything the handlers share: cheap to clone, all `Arc`s.
+#[derive(Clone)]
+pub struct AppState {
+    /// Orgs, CA and server certificates.
+    pub registry: Arc<Registry>,
+    /// The platform admin token every `/api/v1` request must present. An empty token
+    /// admits nobody.
+    pub admin_token: Arc<String>,
+    /// The broker's live sessions.
+    pub connections: Arc<dyn ConnectionsView>,
+}
+
+impl AppState {
+    /// Runs a registry call on the blocking pool: it does disk I/O and runs the
+    /// registry's change listeners (the broker's) before returning.
+    pub(crate) async fn registry<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Registry) -> registry::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let registry = Arc::clone(&self.registry);
+        Ok(blocking(move || f(&registry)).await??)
+    }
+}
+
+/// Runs `f` on the blocking pool; a panic in it becomes a 500.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
+}
+
+/// The whole admin API: `/healthz` and the authenticated `/api/v1` routes, with the
+/// body limit and JSON error fallbacks applied.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/orgs", post(orgs::create).get(orgs::list))
+        .route("/orgs/{org}", get(orgs::show).delete(orgs::delete))
+        .route(
+            "/orgs/{org}/ca-certs",
+            post(ca_certs::upload).get(ca_certs::list),
+        )
+        .route("/orgs/{org}/ca-certs/preview", post(ca_certs::preview))
+        .route(
+            "/orgs/{org}/ca-certs/{id}",
+            get(ca_certs::show)
+                .patch(ca_certs::update)
+                .delete(ca_certs::delete),
+        )
+        .route("/orgs/{org}/server-certs", get(server_certs::list))
+        .route(
+            "/orgs/{org}/server-certs/self-signed",
+            post(server_certs::create_self_signed),
+        )
+        .route(
+            "/orgs/{org}/server-certs/{id}",
+            get(server_certs::show).delete(server_certs::delete),
+        )
+        .route(
+            "/orgs/{org}/server-certs/{id}/activate",
+            post(server_certs::activate),
+        )
+        .route("/orgs/{org}/connections", get(connections::list))
+        .route("/orgs/{org}/connections/{id}", delete(connections::kick))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        // `layer`, not `route_layer`: unknown paths under /api/v1 are 401 without a
+        // token too, so the route table is not probeable anonymously.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -164,7 +164,7 @@ pub fn read_chain(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
         Ok(certs)
     } else {
         match X509Certificate::from_der(bytes) {
-            Ok((rest, _)) if rest.is_empty() => Ok(vec![bytes.to_vec()]),
+            Ok(([], _)) => Ok(vec![bytes.to_vec()]),
             Ok(_) => Err(CertError::new(
                 Rule::MultipleCertificates,
                 "data after the first DER certificate; upload exactly one certificate",

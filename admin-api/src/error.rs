@@ -1,0 +1,116 @@
+//! The one error type every handler and extractor returns, and its JSON shape.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use registry::cert::CertError;
+
+/// Everything the admin API answers with when a request fails.
+///
+/// Its [`IntoResponse`] is the only place that builds an error body, so every failure —
+/// handler, extractor, auth, unknown route — has SPEC section 5's shape:
+/// `{"error":{"code":"<machine_code>","message":"<human text>"}}`.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 400: the request is malformed (bad JSON, invalid field).
+    BadRequest(String),
+    /// 401: no bearer token, or not the right one.
+    Unauthorized,
+    /// 404: no such resource, including other orgs' resources and invalid ids.
+    NotFound(String),
+    /// 405: the path exists but not with this method.
+    MethodNotAllowed,
+    /// 409: duplicate, or the change conflicts with the current state.
+    Conflict(String),
+    /// 413: the body is over [`crate::MAX_BODY_BYTES`].
+    PayloadTooLarge,
+    /// 415: the body's content type does not fit the endpoint.
+    UnsupportedMediaType(String),
+    /// 422: a certificate broke a rule; the code names the rule.
+    Rejected(CertError),
+    /// 500: the detail is logged, never sent.
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_code_message(self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid bearer token".into(),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this resource does not support the request method".into(),
+            ),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is larger than {} bytes",
+                    crate::MAX_BODY_BYTES
+                ),
+            ),
+            ApiError::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m,
+            ),
+            ApiError::Rejected(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.rule.code(), e.message),
+            ApiError::Internal(detail) => {
+                tracing::error!(cause = %detail, "admin API request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log".into(),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let unauthorized = matches!(self, ApiError::Unauthorized);
+        let (status, code, message) = self.status_code_message();
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        let mut resp = (status, axum::Json(body)).into_response();
+        if unauthorized {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<registry::Error> for ApiError {
+    fn from(e: registry::Error) -> ApiError {
+        match e {
+            registry::Error::NotFound(m) => ApiError::NotFound(m),
+            registry::Error::Conflict(m) => ApiError::Conflict(m),
+            registry::Error::BadRequest(m) => ApiError::BadRequest(m),
+            registry::Error::Rejected(c) => ApiError::Rejected(c),
+            e @ (registry::Error::Store(_)
+            | registry::Error::Seal(_)
+            | registry::Error::Corrupt(_)) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// Turns an axum extractor rejection into an [`ApiError`], keeping its status class:
+    /// body limits stay 413, wrong content types stay 415, the rest is the client's 400.
+    pub(crate) fn from_rejection<R: IntoResponse + std::fmt::Display>(r: R) -> ApiError {
+        let message = r.to_string();
+        match r.into_response().status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),
+            s if s.is_server_error() => ApiError::Internal(message),
+            _ => ApiError::BadRequest(message),
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! One MQTT session over an authenticated TLS stream: read CONNECT, check the client id
+//! against the certificate identity, then bridge packets between the socket and the
+//! engine, authorizing and rewriting every topic on the way in and out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use registry::Identity;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    DisconnectReasonCode, Filter, LastWill, Packet, Publish, SubAck, Subscribe, SubscribeReasonCode,
+};
+use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::acl::Principal;
+use crate::codec::{connect_version, CodecError, Version};
+use crate::engine::Engine;
+use crate::sessions::{CloseReason, KillSwitch, SessionInfo, Sessions};
+
+/// Limits applied to every session.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Time allowed between the end of the TLS handshake and a complete CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted, bytes.
+    pub max_packet_size: usize,
+    /// Packets a session may have queued at the engine before the broker stops reading
+    /// its socket (TCP backpressure slows a publisher that outruns the engine).
+    pub max_queued_packets: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            max_queued_packets: 512,
+        }
+    }
+}
+
+/// What the TLS layer established about the peer.
+pub(crate) struct Peer {
+    pub principal_org: registry::OrgId,
+    pub identity: Option<Identity>,
+    pub ca_id: String,
+    pub ca_fingerprint: String,
+    pub cert_serial: String,
+    pub cert_not_after: time::OffsetDateTime,
+    pub remote_addr: std::net::SocketAddr,
+}
+
+/// Shared by all sessions.
+pub(crate) struct SessionCtx {
+    pub engine: Engine,
+    pub sessions: Arc<Sessions>,
+    pub limits: SessionLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    #[error("keep-alive expired")]
+    KeepAlive,
+    #[error("client closed the connection")]
+    Eof,
+    #[error("engine link: {0}")]
+    Link(String),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("not authorized: {0}")]
+    Denied(String),
+}
+
+/// Runs a session to its end. Never panics on client input; every exit path releases
+/// the engine link and the session registry entry.
+pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: Arc<SessionCtx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let (version, packet) = match tokio::time::timeout(
+        ctx.limits.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, ctx.limits.max_packet_size),
+    )
+    .await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            debug!(remote = %peer.remote_addr, cause = %e, "no valid CONNECT");
+            return;
+        }
+        Err(_) => {
+            debug!(remote = %peer.remote_addr, cause = %SessionError::ConnectTimeout, "closing");
+            return;
+        }
+    };
+    let Packet::Connect(connect, _props, will, _will_props, _login) = packet else {
+        return;
+    };
+    let client_id = connect.client_id.clone();
+    let org = peer.principal_org.clone();
+
+    // SPEC 3.3/3.4: the client id must be the one the certificate identity implies.
+    let principal = match &peer.identity {
+        Some(identity) if identity.admits_client_id(&org, &client_id) => Principal {
+            org: org.clone(),
+            identity: identity.clone(),
+        },
+        _ => {
+            info!(%org, client_id, identity = ?peer.identity.as_ref().map(|i| i.to_string()),
+                "refused: client id does not match the certificate identity");
+            let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+            return;
+        }
+    };
+    let will = match will.map(|w| map_will(&principal, w)).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            info!(%org, client_id, cause = %e, "refused: will topic not allowed");
+            let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+            return;
+        }
+    };
+
+    let switch = Arc::new(KillSwitch::default());
+    let info = SessionInfo {
+        client_id: client_id.clone(),
+        org: org.clone(),
+        kind: principal.identity.kind(),
+        identity: principal.identity.clone(),
+        ca_id: peer.ca_id,
+        ca_fingerprint: peer.ca_fingerprint,
+        cert_serial: peer.cert_serial,
+        cert_not_after: peer.cert_not_after,
+        remote_addr: peer.remote_addr,
+        protocol: version.label(),
+        since: time::OffsetDateTime::now_utc(),
+    };
+    let (seq, previous) = ctx.sessions.register(info, switch.clone());
+    if let Some(prev) = previous {
+        // Takeover (SPEC 3.5): the old session closes and releases its link first.
+        prev.close(CloseReason::TakenOver);
+        let _ = tokio::time::timeout(Duration::from_secs(5), prev.finished()).await;
+    }
+
+    tracing::Span::current().record("client_id", client_id.as_str());
+    let (link_tx, link_rx, connack) = match ctx.engine.link(&client_id, connect.clean_session).await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(cause = %e, "engine refused the session");
+            let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+            ctx.sessions.remove(&client_id, seq);
+            switch.finish();
+            return;
+        }
+    };
+    info!(protocol = version.label(), "connected");
+
+    let mut bridge = Bridge {
+        version,
+        principal,
+        link_tx,
+        link_rx,
+        pending_subs: HashMap::new(),
+        wbuf: BytesMut::with_capacity(4096),
+        limits: ctx.limits.clone(),
+    };
+    let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
+    let result = bridge
+        .run(&mut stream, &mut rbuf, connack, keep_alive, &switch)
+        .await;
+
+    let send_will = match &result {
+        Ok(Ending::Client { with_will }) => *with_will,
+        _ => true,
+    };
+    match &result {
+        Ok(Ending::Client { .. }) => info!("disconnected by client"),
+        Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
+        Err(e) => info!(cause = %e, "connection ended"),
+    }
+    if send_will {
+        if let Some(w) = will {
+            let _ = bridge
+                .link_tx
+                .send(Packet::Publish(
+                    Publish::new(w.topic, w.message, w.retain),
+                    None,
+                ))
+                .await;
+        }
+    }
+    // Without an explicit DISCONNECT the engine never frees the link.
+    let _ = bridge
+        .link_tx
+        .send(Packet::Disconnect(
+            rumqttd::protocol::Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ))
+        .await;
+    let _ = stream.shutdown().await;
+    ctx.sessions.remove(&client_id, seq);
+    switch.finish();
+}
+
+fn map_will(principal: &Principal, w: LastWill) -> Result<LastWill, String> {
+    let topic = std::str::from_utf8(&w.topic).map_err(|_| "will topic is not UTF-8".to_string())?;
+    let internal = principal.publish_topic(topic).map_err(|e| e.0)?;
+    Ok(LastWill {
+        topic: Bytes::from(internal),
+        ..w
+    })
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<(Version, Packet), SessionError> {
+    loop {
+        match connect_version(rbuf) {
+            Ok(v) => match v.read(rbuf, max) {
+                Ok(p @ Packet::Connect(..)) => return Ok((v, p)),
+                Ok(_) => return Err(SessionError::Protocol("first packet is not CONNECT")),
+                Err(CodecError::Incomplete) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(CodecError::Incomplete) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if rbuf.len() > max {
+            return Err(SessionError::Protocol(
+                "CONNECT larger than the packet size limit",
+            ));
+        }
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(SessionError::Eof);
+        }
+    }
+}
+
+async fn write_packets<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: Version,
+    packets: impl IntoIterator<Item = Packet>,
+) -> Result<(), SessionError> {
+    let mut buf = BytesMut::new();
+    for p in packets {
+        version.write(p, &mut buf)?;
+    }
+    stream.write_all(&buf).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// How a session ended without an I/O or protocol error.
+enum Ending {
+    /// The client sent DISCONNECT; `with_will` for v5 reason 0x04.
+    Client { with_will: bool },
+    /// The broker closed it.
+    Closed(CloseReason),
+}
+
+/// The running half of a session: socket on one side, engine link on the other.
+struct Bridge {
+    version: Version,
+    principal: Principal,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    /// SUBSCRIBE packet id → per-filter refusal code (None = forwarded to the engine).
+    pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    wbuf: BytesMut,
+    limits: SessionLimits,
+}
+
+impl Bridge {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        connack: Notification,
+        keep_alive: Duration,
+        switch: &KillSwitch,
+    ) -> Result<Ending, SessionError> {
+        self.outbound(connack)?;
+        self.flush(stream).await?;
+        // MQTT: the server closes after 1.5 × keep-alive without a packet; 0 disables.
+        let ka_limit = (!keep_alive.is_zero()).then(|| keep_alive + keep_alive / 2);
+        let mut last_rx = Instant::now();
+        // Packets may already be buffered behind the CONNECT.
+        if let Some(end) = self.inbound(rbuf, stream).await? {
+            return Ok(end);
+        }
+        loop {
+            let paused = self.link_tx.buffer().len() >= self.limits.max_queued_packets;
+            let ka_deadline = ka_limit.map(|l| last_rx + l);
+            tokio::select! {
+                reason = switch.closed() => {
+                    if let Some(p) = self.version.disconnect(reason.code()) {
+                        self.version.write(p, &mut self.wbuf)?;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush(stream)).await;
+                    }
+                    return Ok(Ending::Closed(reason));
+                }
+                n = stream.read_buf(rbuf), if !paused => {
+                    if n? == 0 {
+                        return Err(SessionError::Eof);
+                    }
+                    last_rx = Instant::now();
+                    if let Some(end) = self.inbound(rbuf, stream).await? {
+                        return Ok(end);
+                    }
+                }
+                // The engine is behind on this session's packets: stop reading the
+                // socket until it catches up.
+                _ = tokio::time::sleep(Duration::from_millis(1)), if paused => {}
+                n = self.link_rx.next() => {
+                    let n = n.map_err(|e| SessionError::Link(e.to_string()))?;
+                    let mut wake = false;
+                    if let Some(n) = n {
+                        wake |= self.outbound(n)?;
+                    }
+                    // Drain whatever else is already queued, then write once.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            n = self.link_rx.next() => match n.map_err(|e| SessionError::Link(e.to_string()))? {
+                                Some(n) => wake |= self.outbound(n)?,
+                                None => break,
+                            },
+                            _ = std::future::ready(()) => break,
+                        }
+                        if self.wbuf.len() > 64 * 1024 {
+                            break;
+                        }
+                    }
+                    self.flush(stream).await?;
+                    if wake {
+                        self.link_rx.wake().await.map_err(|e| SessionError::Link(e.to_string()))?;
+                    }
+                }
+                _ = sleep_until_opt(ka_deadline) => return Err(SessionError::KeepAlive),
+            }
+        }
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), SessionError> {
+        if !self.wbuf.is_empty() {
+            stream.write_all(&self.wbuf).await?;
+            stream.flush().await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Encodes one engine notification for the client. Returns true when the engine
+    /// paused this session and must be woken after the write.
+    fn outbound(&mut self, n: Notification) -> Result<bool, SessionError> {
+        let packet = match n {
+            Notification::Unschedule => return Ok(true),
+            Notification::Forward(mut f) => {
+                let topic = std::str::from_utf8(&f.publish.topic).unwrap_or_default();
+                match self.principal.outbound_topic(topic) {
+                    Some(t) => f.publish.topic = Bytes::from(t),
+                    None => {
+                        // Cannot happen: subscriptions only reach the client's own org.
+                        warn!(topic, "dropping a message outside the client's topic space");
+                        return Ok(false);
+                    }
+                }
+                Packet::Publish(f.publish, f.properties)
+            }
+            Notification::DeviceAck(ack) => match Packet::from(ack) {
+                Packet::SubAck(ack, props) => Packet::SubAck(self.merge_suback(ack), props),
+                p => p,
+            },
+            Notification::Disconnect(d, props) => match self.version {
+                Version::V5 => Packet::Disconnect(d, props),
+                Version::V4 => return Ok(false),
+            },
+            other => {
+                debug!(?other, "ignoring engine notification");
+                return Ok(false);
+            }
+        };
+        self.version.write(packet, &mut self.wbuf)?;
+        Ok(false)
+    }
+
+    /// Puts the refusal codes of filters the broker did not forward back in place.
+    fn merge_suback(&mut self, mut ack: SubAck) -> SubAck {
+        if let Some(slots) = self.pending_subs.remove(&ack.pkid) {
+            let mut granted = ack.return_codes.into_iter();
+            ack.return_codes = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Some(refused) => refused,
+                    None => granted.next().unwrap_or(SubscribeReasonCode::Failure),
+                })
+                .collect();
+        }
+        ack
+    }
+
+    /// Decodes and handles every complete packet in `rbuf`.
+    async fn inbound<S: AsyncWrite + Unpin>(
+        &mut self,
+        rbuf: &mut BytesMut,
+        stream: &mut S,
+    ) -> Result<Option<Ending>, SessionError> {
+        loop {
+            let packet = match self.version.read(rbuf, self.limits.max_packet_size) {
+                Ok(p) => p,
+                Err(CodecError::Incomplete) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            match packet {
+                Packet::Publish(mut publish, props) => {
+                    if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                        return Err(SessionError::Protocol("topic aliases are not supported"));
+                    }
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+                    match self.principal.publish_topic(topic) {
+                        Ok(internal) => publish.topic = Bytes::from(internal),
+                        Err(denied) => {
+                            // SPEC 4: unauthorized PUBLISH closes the connection.
+                            if let Some(p) =
+                                self.version.disconnect(DisconnectReasonCode::NotAuthorized)
+                            {
+                                self.version.write(p, &mut self.wbuf)?;
+                                self.flush(stream).await?;
+                            }
+                            return Err(SessionError::Denied(denied.0));
+                        }
+                    }
+                    self.send_to_engine(Packet::Publish(publish, props)).await?;
+                }
+                Packet::Subscribe(sub, props) => {
+                    let mut slots = Vec::with_capacity(sub.filters.len());
+                    let mut allowed = Vec::new();
+                    for f in sub.filters {
+                        match self.principal.subscribe_filter(&f.path) {
+                            Ok(internal) => {
+                                slots.push(None);
+                                allowed.push(Filter {
+                                    path: internal,
+                                    ..f
+                                });
+                            }
+                            Err(denied) => {
+                                debug!(cause = %denied, "subscription refused");
+                                slots.push(Some(self.version.sub_refused()));
+                            }
+                        }
+                    }
+                    if allowed.is_empty() {
+                        let ack = SubAck {
+                            pkid: sub.pkid,
+                            return_codes: slots.into_iter().flatten().collect(),
+                        };
+                        self.version
+                            .write(Packet::SubAck(ack, None), &mut self.wbuf)?;
+                        self.flush(stream).await?;
+                    } else {
+                        self.pending_subs.insert(sub.pkid, slots);
+                        let sub = Subscribe {
+                            pkid: sub.pkid,
+                            filters: allowed,
+                        };
+                        self.send_to_engine(Packet::Subscribe(sub, props)).await?;
+                    }
+                }
+                Packet::Unsubscribe(mut unsub, props) => {
+                    // A filter this client could never have subscribed maps to one that
+                    // matches nothing, so the engine still answers with an UNSUBACK.
+                    for f in &mut unsub.filters {
+                        *f = self.principal.subscribe_filter(f).unwrap_or_else(|_| {
+                            format!("{}$none", crate::acl::tenant_prefix(&self.principal.org))
+                        });
+                    }
+                    self.send_to_engine(Packet::Unsubscribe(unsub, props))
+                        .await?;
+                }
+                Packet::Disconnect(d, _) => {
+                    let with_will =
+                        d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                    return Ok(Some(Ending::Client { with_will }));
+                }
+                Packet::Connect(..) => return Err(SessionError::Protocol("second CONNECT")),
+                p @ (Packet::PubAck(..)
+                | Packet::PubRec(..)
+                | Packet::PubRel(..)
+                | Packet::PubComp(..)
+                | Packet::PingReq(..)) => self.send_to_engine(p).await?,
+                _ => {
+                    return Err(SessionError::Protocol(
+                        "unexpected packet type from a client",
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn send_to_engine(&mut self, p: Packet) -> Result<(), SessionError> {
+        self.link_tx
+            .send(p)
+            .await
+            .map(|_| ())
+            .map_err(|e| SessionError::Link(e.to_string()))
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,172 @@
+//! Live sessions: who is connected, admitted by which CA, and the switch that closes
+//! each one (kick, takeover, revocation, shutdown).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use registry::{Identity, OrgId};
+use rumqttd::protocol::DisconnectReasonCode;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// What the connections API shows about a live session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub client_id: String,
+    pub org: OrgId,
+    pub identity: Identity,
+    pub kind: registry::Kind,
+    pub ca_id: String,
+    pub ca_fingerprint: String,
+    pub cert_serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub cert_not_after: OffsetDateTime,
+    pub remote_addr: SocketAddr,
+    pub protocol: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+}
+
+/// Why the broker closes a session; v5 clients get it as the DISCONNECT reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    TakenOver,
+    Kicked,
+    Revoked,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn code(self) -> DisconnectReasonCode {
+        match self {
+            CloseReason::TakenOver => DisconnectReasonCode::SessionTakenOver,
+            CloseReason::Kicked => DisconnectReasonCode::AdministrativeAction,
+            CloseReason::Revoked => DisconnectReasonCode::NotAuthorized,
+            CloseReason::Shutdown => DisconnectReasonCode::ServerShuttingDown,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::TakenOver => "session taken over",
+            CloseReason::Kicked => "closed by an administrator",
+            CloseReason::Revoked => "credentials no longer valid",
+            CloseReason::Shutdown => "server shutting down",
+        }
+    }
+}
+
+/// Closes one session from outside, and tells when it is gone.
+#[derive(Debug, Default)]
+pub struct KillSwitch {
+    kill: CancellationToken,
+    reason: OnceLock<CloseReason>,
+    finished: CancellationToken,
+}
+
+impl KillSwitch {
+    /// Asks the session to close; the first reason given wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.kill.cancel();
+    }
+
+    pub(crate) async fn closed(&self) -> CloseReason {
+        self.kill.cancelled().await;
+        self.reason.get().copied().unwrap_or(CloseReason::Kicked)
+    }
+
+    /// Marks the session fully torn down (its engine link is released).
+    pub(crate) fn finish(&self) {
+        self.finished.cancel();
+    }
+
+    pub(crate) async fn finished(&self) {
+        self.finished.cancelled().await
+    }
+}
+
+struct Entry {
+    info: SessionInfo,
+    seq: u64,
+    switch: Arc<KillSwitch>,
+}
+
+/// All live sessions, by client id (client ids embed the org, so they are unique).
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Entry>>,
+    seq: AtomicU64,
+}
+
+impl Sessions {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a session, returning its sequence number and the session it replaces.
+    pub(crate) fn register(
+        &self,
+        info: SessionInfo,
+        switch: Arc<KillSwitch>,
+    ) -> (u64, Option<Arc<KillSwitch>>) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let client_id = info.client_id.clone();
+        let old = self.map().insert(client_id, Entry { info, seq, switch });
+        (seq, old.map(|e| e.switch))
+    }
+
+    /// Removes the session if it is still the one registered under `client_id`.
+    pub(crate) fn remove(&self, client_id: &str, seq: u64) {
+        let mut map = self.map();
+        if map.get(client_id).is_some_and(|e| e.seq == seq) {
+            map.remove(client_id);
+        }
+    }
+
+    /// Live sessions of `org`, sorted by client id.
+    pub fn list(&self, org: &OrgId) -> Vec<SessionInfo> {
+        let mut v: Vec<SessionInfo> = self
+            .map()
+            .values()
+            .filter(|e| &e.info.org == org)
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        v
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes the session `client_id` of `org`. False when there is none.
+    pub fn kick(&self, org: &OrgId, client_id: &str, reason: CloseReason) -> bool {
+        match self.map().get(client_id) {
+            Some(e) if &e.info.org == org => {
+                e.switch.close(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes every session for which `pred` holds; returns how many.
+    pub fn kick_where(&self, reason: CloseReason, pred: impl Fn(&SessionInfo) -> bool) -> usize {
+        let map = self.map();
+        let mut n = 0;
+        for e in map.values().filter(|e| pred(&e.info)) {
+            e.switch.close(reason);
+            n += 1;
+        }
+        n
+    }
+}

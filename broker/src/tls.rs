@@ -1,0 +1,250 @@
+//! Per-org TLS: which org an SNI name selects, and that org's cached `ServerConfig`
+//! (its active server certificate + a client verifier over its active CAs only).
+//!
+//! Configs live in an [`ArcSwap`]ed map, so the handshake path takes no lock. A registry
+//! change drops the org's entry synchronously (see [`OrgTlsCache::invalidate`]); the next
+//! handshake rebuilds it from the registry. A rebuilt config also gets a fresh session
+//! cache, so a TLS session resumed after a CA was deactivated cannot skip verification.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use registry::{cert, names, OrgId, Registry};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+
+/// One of an org's active CAs, as the broker needs it after a handshake.
+#[derive(Debug, Clone)]
+pub struct ActiveCa {
+    pub id: String,
+    pub fingerprint: String,
+    der: Vec<u8>,
+    subject_raw: Vec<u8>,
+}
+
+/// An org's TLS state: the config handshakes use and the CAs it trusts.
+#[derive(Debug)]
+pub struct OrgTls {
+    pub org: OrgId,
+    pub config: Arc<ServerConfig>,
+    pub cas: Vec<ActiveCa>,
+}
+
+impl OrgTls {
+    /// The active CA that admitted the chain `peer` (leaf first): the CA whose subject
+    /// is the issuer of a certificate in the chain and whose key verifies it.
+    pub fn admitting_ca(&self, peer: &[CertificateDer<'_>]) -> Option<&ActiveCa> {
+        for c in peer {
+            let Some(issuer) = issuer_raw(c) else {
+                continue;
+            };
+            let candidates: Vec<&ActiveCa> = self
+                .cas
+                .iter()
+                .filter(|ca| ca.subject_raw == issuer)
+                .collect();
+            // One candidate by name is the common case; verify signatures only when
+            // several CAs share a subject (e.g. a re-keyed root).
+            match candidates.len() {
+                0 => continue,
+                1 => return Some(candidates[0]),
+                _ => {
+                    return candidates
+                        .into_iter()
+                        .find(|ca| cert::issued_by(c, &ca.der))
+                }
+            }
+        }
+        None
+    }
+}
+
+fn issuer_raw(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::*;
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    Some(c.issuer().as_raw().to_vec())
+}
+
+fn subject_raw(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::*;
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    Some(c.subject().as_raw().to_vec())
+}
+
+/// Why an org's TLS config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+/// SNI → org → cached config.
+pub struct OrgTlsCache {
+    registry: Arc<Registry>,
+    provider: Arc<CryptoProvider>,
+    configs: ArcSwap<HashMap<OrgId, Arc<OrgTls>>>,
+}
+
+impl OrgTlsCache {
+    pub fn new(registry: Arc<Registry>) -> Arc<OrgTlsCache> {
+        let cache = Arc::new(OrgTlsCache {
+            registry: registry.clone(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            configs: ArcSwap::from_pointee(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&cache);
+        registry.on_change(move |change| {
+            if let (Some(cache), registry::Change::Org(org)) = (weak.upgrade(), change) {
+                cache.invalidate(org);
+            }
+        });
+        cache
+    }
+
+    /// The org an SNI name selects, if that org exists.
+    pub fn org_for_sni(&self, sni: &str) -> Option<OrgId> {
+        names::org_from_host(sni, self.registry.domain(), [])
+    }
+
+    /// The org's TLS state, building and caching it on first use. `Ok(None)` when the
+    /// org does not exist.
+    pub fn get(&self, org: &OrgId) -> Result<Option<Arc<OrgTls>>, TlsError> {
+        if let Some(tls) = self.configs.load().get(org) {
+            return Ok(Some(tls.clone()));
+        }
+        let Some(tls) = self.build(org)? else {
+            return Ok(None);
+        };
+        let tls = Arc::new(tls);
+        self.configs.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(org.clone(), tls.clone());
+            map
+        });
+        Ok(Some(tls))
+    }
+
+    /// Forgets the org's config; the next handshake rebuilds it.
+    pub fn invalidate(&self, org: &OrgId) {
+        self.configs.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(org);
+            map
+        });
+    }
+
+    fn build(&self, org: &OrgId) -> Result<Option<OrgTls>, TlsError> {
+        let Some(material) = self.registry.tls_material(org)? else {
+            return Ok(None);
+        };
+        let (chain, key) = match material.server {
+            Some(server) => server,
+            None => self.registry.platform_cert()?,
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            chain.into_iter().map(CertificateDer::from).collect();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
+
+        let mut roots = RootCertStore::empty();
+        let mut cas = Vec::new();
+        for (id, der, fingerprint) in material.cas {
+            // A CA the registry accepted but webpki cannot use is skipped, not fatal:
+            // the org's other CAs keep working.
+            if let Err(e) = roots.add(CertificateDer::from(der.clone())) {
+                tracing::warn!(%org, ca = %id, cause = %e, "CA certificate unusable as trust anchor");
+                continue;
+            }
+            let subject_raw = subject_raw(&der).unwrap_or_default();
+            cas.push(ActiveCa {
+                id,
+                fingerprint,
+                der,
+                subject_raw,
+            });
+        }
+        let verifier: Arc<dyn ClientCertVerifier> = if roots.is_empty() {
+            Arc::new(RejectAll::new(self.provider.clone()))
+        } else {
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?
+        };
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        config.ignore_client_order = true;
+        Ok(Some(OrgTls {
+            org: org.clone(),
+            config: Arc::new(config),
+            cas,
+        }))
+    }
+}
+
+/// The verifier of an org with no active CA: asks for a certificate, admits none.
+#[derive(Debug)]
+struct RejectAll {
+    schemes: Vec<SignatureScheme>,
+}
+
+impl RejectAll {
+    fn new(provider: Arc<CryptoProvider>) -> RejectAll {
+        RejectAll {
+            schemes: provider
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }
+    }
+}
+
+impl ClientCertVerifier for RejectAll {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("no trusted CA".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("no trusted CA".into()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}
