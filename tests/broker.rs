@@ -1,0 +1,428 @@
+//! End-to-end tests of the broker: the real `certmq` binary on free ports, the admin
+//! API over HTTP, rumqttc clients over real mTLS with explicit SNI.
+
+mod support;
+
+use std::time::Duration;
+
+use rumqttc::{QoS, SubscribeReasonCode};
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(700);
+
+#[tokio::test]
+async fn device_event_reaches_app_and_command_reaches_device() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    let mut dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.subscribe("iot-2/cmd/+/fmt/+").await;
+
+    dev.client
+        .publish(
+            "iot-2/evt/temp/fmt/json",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"t":21}"#,
+        )
+        .await
+        .unwrap();
+    let (topic, payload) = app.next_publish(WAIT).await.expect("event at the app");
+    assert_eq!(topic, "iot-2/type/sensor/id/dev1/evt/temp/fmt/json");
+    assert_eq!(payload, br#"{"t":21}"#);
+
+    app.client
+        .publish(
+            "iot-2/type/sensor/id/dev1/cmd/reboot/fmt/json",
+            QoS::ExactlyOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    let (topic, _) = dev.next_publish(WAIT).await.expect("command at the device");
+    assert_eq!(topic, "iot-2/cmd/reboot/fmt/json");
+}
+
+#[tokio::test]
+async fn refuses_wrong_org_ca_expired_cert_no_cert_and_unknown_sni() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let beta = Org::create(&server, "beta").await;
+    let sni = format!("acme.{DOMAIN}");
+
+    // Control: the right CA passes the handshake.
+    let good = acme.cert("d:sensor:dev1");
+    raw_handshake(server.mqtt, &sni, &acme.server_pem, Some(&good))
+        .await
+        .expect("a device of acme's CA is admitted");
+
+    // beta's CA never admits a device at acme.
+    let foreign = beta.cert("d:sensor:dev1");
+    let err = raw_handshake(server.mqtt, &sni, &acme.server_pem, Some(&foreign))
+        .await
+        .unwrap_err();
+    assert!(err.contains("UnknownCA"), "{err}");
+
+    let expired = acme
+        .ca
+        .issue_client("d:sensor:old", expired_options())
+        .unwrap();
+    let err = raw_handshake(server.mqtt, &sni, &acme.server_pem, Some(&expired))
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateExpired"), "{err}");
+
+    let err = raw_handshake(server.mqtt, &sni, &acme.server_pem, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("CertificateRequired") || err.contains("HandshakeFailure"),
+        "{err}"
+    );
+
+    let err = raw_handshake(
+        server.mqtt,
+        &format!("nope.{DOMAIN}"),
+        &acme.server_pem,
+        Some(&good),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("UnrecognisedName") || err.contains("UnrecognizedName"),
+        "{err}"
+    );
+    let err = raw_handshake(
+        server.mqtt,
+        "acme.example.org",
+        &acme.server_pem,
+        Some(&good),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("UnrecognisedName") || err.contains("UnrecognizedName"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn client_id_must_match_the_certificate() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let cert = acme.cert("d:sensor:dev1");
+    for wrong in [
+        "d:acme:sensor:dev2",
+        "d:beta:sensor:dev1",
+        "a:acme:dev1",
+        "dev1",
+        "",
+    ] {
+        let err = connect_with(&acme.target(), wrong, &cert)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{wrong:?} was admitted"));
+        assert!(err.contains("NotAuthorized"), "{wrong}: {err}");
+    }
+    // A certificate without an identity admits nothing.
+    let anon = acme.cert("plain device");
+    let err = connect_with(&acme.target(), "d:acme:sensor:dev1", &anon)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("NotAuthorized"), "{err}");
+    // The identity may also come from an rfc822Name SAN; apps may use A:<org>:<app>:<i>.
+    let san = acme
+        .ca
+        .issue_client(
+            "x",
+            device_sim::certs::ClientCertOptions {
+                cn: Some("Dashboard".into()),
+                email_san: Some("a:dash".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    connect_with(&acme.target(), "A:acme:dash:instance-1", &san)
+        .await
+        .expect("SAN identity with a scalable-app client id");
+}
+
+#[tokio::test]
+async fn orgs_are_isolated() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let beta = Org::create(&server, "beta").await;
+    let mut acme_app = acme.connect("a:dash", "a:acme:dash").await;
+    acme_app.subscribe("iot-2/type/+/id/+/evt/#").await;
+    let mut beta_app = beta.connect("a:dash", "a:beta:dash").await;
+    beta_app.subscribe("iot-2/type/+/id/+/evt/#").await;
+    // Same device type and id in both orgs.
+    let acme_dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    let mut beta_dev = beta.connect("d:sensor:dev1", "d:beta:sensor:dev1").await;
+    beta_dev.subscribe("iot-2/cmd/+/fmt/+").await;
+
+    acme_dev
+        .client
+        .publish("iot-2/evt/e/fmt/txt", QoS::AtLeastOnce, false, "acme-only")
+        .await
+        .unwrap();
+    assert_eq!(acme_app.next_publish(WAIT).await.unwrap().1, b"acme-only");
+    assert!(
+        beta_app.next_publish(QUIET).await.is_none(),
+        "beta saw acme's event"
+    );
+
+    acme_app
+        .client
+        .publish(
+            "iot-2/type/sensor/id/dev1/cmd/c/fmt/txt",
+            QoS::AtLeastOnce,
+            false,
+            "x",
+        )
+        .await
+        .unwrap();
+    assert!(
+        beta_dev.next_publish(QUIET).await.is_none(),
+        "beta's device got acme's command"
+    );
+}
+
+#[tokio::test]
+async fn unauthorized_subscribe_gets_failure_and_publish_disconnects() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let mut dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("iot-2/cmd/+/fmt/+".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("iot-2/type/+/id/+/evt/+/fmt/+".into(), QoS::AtMostOnce),
+        ])
+        .await
+        .unwrap();
+    let codes = dev.next_suback().await;
+    assert_eq!(
+        codes,
+        vec![
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Failure
+        ]
+    );
+    dev.client
+        .publish(
+            "iot-2/type/sensor/id/dev2/evt/e/fmt/f",
+            QoS::AtLeastOnce,
+            false,
+            "spoof",
+        )
+        .await
+        .unwrap();
+    assert!(
+        dev.wait_closed(WAIT).await.is_some(),
+        "still connected after a forbidden publish"
+    );
+}
+
+#[tokio::test]
+async fn deactivating_a_ca_refuses_the_next_handshake_and_closes_sessions() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let api = server.api();
+    let mut live = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+
+    let (s, v) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/orgs/acme/ca-certs/{}", acme.ca_id),
+            Some(json!({ "active": false })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["active"], false);
+    assert!(
+        live.wait_closed(Duration::from_secs(2)).await.is_some(),
+        "live session survived"
+    );
+    let sni = format!("acme.{DOMAIN}");
+    let err = raw_handshake(
+        server.mqtt,
+        &sni,
+        &acme.server_pem,
+        Some(&acme.cert("d:sensor:dev2")),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("UnknownCA") || err.contains("BadCertificate"),
+        "{err}"
+    );
+
+    // Re-activate: admitted again, still no restart.
+    api.call(
+        reqwest::Method::PATCH,
+        &format!("/orgs/acme/ca-certs/{}", acme.ca_id),
+        Some(json!({ "active": true })),
+    )
+    .await;
+    acme.connect("d:sensor:dev2", "d:acme:sensor:dev2").await;
+}
+
+#[tokio::test]
+async fn activating_another_server_cert_takes_effect_on_the_next_handshake() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let api = server.api();
+    let new = api
+        .post("/orgs/acme/server-certs/self-signed", json!({}))
+        .await;
+    assert_eq!(new["active"], false);
+    let new_pem = new["pem"].as_str().unwrap().to_owned();
+    let cert = acme.cert("d:sensor:dev1");
+    let sni = format!("acme.{DOMAIN}");
+    // The client pins the new certificate: refused while the old one is active.
+    assert!(raw_handshake(server.mqtt, &sni, &new_pem, Some(&cert))
+        .await
+        .is_err());
+    api.post(
+        &format!(
+            "/orgs/acme/server-certs/{}/activate",
+            new["id"].as_str().unwrap()
+        ),
+        json!({}),
+    )
+    .await;
+    raw_handshake(server.mqtt, &sni, &new_pem, Some(&cert))
+        .await
+        .expect("new server certificate presented after activation");
+    assert!(
+        raw_handshake(server.mqtt, &sni, &acme.server_pem, Some(&cert))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_orgs_cas_and_active_server_cert() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let server = server.restart_hard();
+    let (s, v) = server
+        .api()
+        .call(reqwest::Method::GET, "/orgs/acme/ca-certs", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+    // Same server certificate (pinned by the client), same CA.
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    let dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.client
+        .publish("iot-2/evt/boot/fmt/txt", QoS::AtLeastOnce, false, "again")
+        .await
+        .unwrap();
+    assert!(app.next_publish(WAIT).await.is_some());
+}
+
+#[tokio::test]
+async fn garbage_and_silent_sockets_do_not_disturb_others() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(server.mqtt).await.unwrap());
+    }
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3],
+        &[0u8; 4096],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(server.mqtt).await.unwrap();
+        let _ = s.write_all(junk).await;
+        let mut buf = [0u8; 64];
+        // The broker closes (or alerts and closes) rather than waiting.
+        let _ = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("closed promptly");
+    }
+    // Garbage inside a good TLS session: a non-CONNECT first packet.
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    let dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.client
+        .publish(
+            "iot-2/evt/e/fmt/f",
+            QoS::AtLeastOnce,
+            false,
+            "still serving",
+        )
+        .await
+        .unwrap();
+    assert_eq!(app.next_publish(WAIT).await.unwrap().1, b"still serving");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn retained_will_takeover_and_persistent_sessions() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+
+    // Retained: a later subscriber gets the last retained event.
+    let dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.client
+        .publish("iot-2/evt/state/fmt/txt", QoS::AtLeastOnce, true, "on")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    let (topic, payload) = app.next_publish(WAIT).await.expect("retained event");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("iot-2/type/sensor/id/dev1/evt/state/fmt/txt", &b"on"[..])
+    );
+
+    // Takeover: a second connection with the same client id closes the first.
+    let mut first = acme.connect("d:sensor:dev2", "d:acme:sensor:dev2").await;
+    let _second = acme.connect("d:sensor:dev2", "d:acme:sensor:dev2").await;
+    assert!(
+        first.wait_closed(WAIT).await.is_some(),
+        "first session not taken over"
+    );
+
+    // Will: published when a device drops without DISCONNECT.
+    let cert = acme.cert("d:sensor:dev3");
+    let mut opts =
+        device_sim::client::mqtt_options(&acme.target(), "d:acme:sensor:dev3", Some(&cert))
+            .unwrap();
+    opts.set_last_will(rumqttc::LastWill::new(
+        "iot-2/evt/lost/fmt/txt",
+        "gone",
+        QoS::AtMostOnce,
+        false,
+    ));
+    let (client, eventloop) = device_sim::client::async_client(opts, 10);
+    let (_c, mut ev) = (client, eventloop);
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) = ev.poll().await.unwrap() {
+            break;
+        }
+    }
+    drop(ev); // socket closed without DISCONNECT
+    let mut got_will = false;
+    while let Some((topic, payload)) = app.next_publish(WAIT).await {
+        if topic == "iot-2/type/sensor/id/dev3/evt/lost/fmt/txt" {
+            assert_eq!(payload, b"gone");
+            got_will = true;
+            break;
+        }
+    }
+    assert!(got_will, "will not published");
+}

@@ -1,0 +1,358 @@
+//! Test support: start the real `certmq` binary on free ports, talk to its admin API
+//! over HTTP, and connect MQTT clients over real mTLS.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use device_sim::certs::{ClientCert, ClientCertOptions, TestCa};
+use device_sim::client::{self, BrokerTarget};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet};
+use serde_json::{json, Value};
+
+pub const DOMAIN: &str = "messaging.localhost";
+pub const TOKEN: &str = "test-admin-token";
+
+/// A running `certmq serve` child process with its own data directory.
+pub struct Server {
+    child: Child,
+    pub mqtt: SocketAddr,
+    pub admin: SocketAddr,
+    data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server on free loopback ports in a fresh temp dir.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::spawn(&dir, "127.0.0.1:0");
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn spawn(dir: &Path, mqtt: &str) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_certmq"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--mqtt", mqtt, "--admin", "127.0.0.1:0", "--domain", DOMAIN])
+            .env("CERTMQ_ADMIN_TOKEN", TOKEN)
+            .env(
+                "RUST_LOG",
+                std::env::var("CERTMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn certmq");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            let line = lines
+                .next()
+                .expect("certmq exited before it was ready")
+                .expect("read stdout");
+            if line.starts_with("certmq ready ") {
+                break line;
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let field = |name: &str| -> SocketAddr {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}= in {ready:?}"))
+        };
+        Server {
+            mqtt: field("mqtt"),
+            admin: field("admin"),
+            child,
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    /// Stops the process (SIGKILL: nothing is flushed on the way out) and starts a new
+    /// one on the same data dir and MQTT port.
+    pub fn restart_hard(mut self) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let tmp = self._tmp.take();
+        let mqtt = self.mqtt.to_string();
+        let mut s = Self::spawn(&self.data_dir, &mqtt);
+        s._tmp = tmp;
+        s
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn api(&self) -> Api {
+        Api {
+            base: format!("http://{}/api/v1", self.admin),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The admin API over real HTTP.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin API request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
+        v
+    }
+
+    pub async fn upload_ca(&self, org: &str, pem: &str) -> Value {
+        self.post(
+            &format!("/orgs/{org}/ca-certs"),
+            json!({ "certificate": pem }),
+        )
+        .await
+    }
+}
+
+/// One org set up through the API: a CA uploaded, an active self-signed server cert.
+pub struct Org {
+    pub id: String,
+    pub ca: TestCa,
+    pub ca_id: String,
+    pub server_pem: String,
+    pub mqtt: SocketAddr,
+}
+
+impl Org {
+    pub async fn create(server: &Server, id: &str) -> Org {
+        let api = server.api();
+        api.post("/orgs", json!({ "id": id, "name": id })).await;
+        let ca = TestCa::new(&format!("{id} root CA")).expect("CA");
+        let ca_id = api.upload_ca(id, &ca.pem()).await["id"]
+            .as_str()
+            .expect("ca id")
+            .to_owned();
+        let srv = api
+            .post(&format!("/orgs/{id}/server-certs/self-signed"), json!({}))
+            .await;
+        Org {
+            id: id.to_owned(),
+            ca,
+            ca_id,
+            server_pem: srv["pem"].as_str().expect("pem").to_owned(),
+            mqtt: server.mqtt,
+        }
+    }
+
+    pub fn target(&self) -> BrokerTarget {
+        BrokerTarget {
+            host: "127.0.0.1".into(),
+            port: self.mqtt.port(),
+            sni: format!("{}.{DOMAIN}", self.id),
+            server_ca_pem: self.server_pem.clone(),
+        }
+    }
+
+    pub fn cert(&self, identity: &str) -> ClientCert {
+        self.ca
+            .issue_client(identity, ClientCertOptions::default())
+            .expect("client cert")
+    }
+
+    /// Connects `client_id` with a certificate for `identity` and waits for the CONNACK.
+    pub async fn connect(&self, identity: &str, client_id: &str) -> Client {
+        let cert = self.cert(identity);
+        connect_with(&self.target(), client_id, &cert)
+            .await
+            .unwrap_or_else(|e| panic!("{client_id} could not connect: {e}"))
+    }
+}
+
+/// An MQTT client whose event loop runs in the background, forwarding what it receives.
+pub struct Client {
+    pub client: AsyncClient,
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<Packet>,
+    /// Set when the event loop stops (connection closed by the broker or an error).
+    pub closed: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// Connects over mTLS; `Err` carries the connection error text (TLS alert, refused
+/// CONNACK) when the broker refuses.
+pub async fn connect_with(
+    target: &BrokerTarget,
+    client_id: &str,
+    cert: &ClientCert,
+) -> Result<Client, String> {
+    let opts = client::mqtt_options(target, client_id, Some(cert)).map_err(|e| e.to_string())?;
+    let (client, eventloop) = client::async_client(opts, 100);
+    start_loop(client, eventloop).await
+}
+
+async fn start_loop(client: AsyncClient, mut eventloop: EventLoop) -> Result<Client, String> {
+    // Wait for the CONNACK (or the error) before handing the client out.
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return if ack.code == rumqttc::ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("connack {:?}", ack.code))
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("{e:?}")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "timed out waiting for CONNACK".to_string())?;
+    first?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = closed_tx.send(Some(format!("{e:?}")));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Client { client, rx, closed })
+}
+
+impl Client {
+    /// The next PUBLISH received within `wait`, as (topic, payload).
+    pub async fn next_publish(&mut self, wait: Duration) -> Option<(String, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(Packet::Publish(p))) => return Some((p.topic, p.payload.to_vec())),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next SUBACK's return codes.
+    pub async fn next_suback(&mut self) -> Vec<rumqttc::SubscribeReasonCode> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await {
+                Ok(Some(Packet::SubAck(a))) => return a.return_codes,
+                Ok(Some(_)) => continue,
+                _ => panic!("no SUBACK"),
+            }
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        self.next_suback().await
+    }
+
+    /// Waits until the broker closes the connection; the error text.
+    pub async fn wait_closed(&mut self, wait: Duration) -> Option<String> {
+        let r = tokio::time::timeout(wait, self.closed.wait_for(|c| c.is_some())).await;
+        match r {
+            Ok(Ok(v)) => v.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// A raw TLS handshake with explicit SNI and optional client cert. Returns the error
+/// text if the server refused (an alert during the handshake or on the first read).
+pub async fn raw_handshake(
+    mqtt: SocketAddr,
+    sni: &str,
+    server_pem: &str,
+    cert: Option<&ClientCert>,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = BrokerTarget {
+        host: "127.0.0.1".into(),
+        port: mqtt.port(),
+        sni: sni.into(),
+        server_ca_pem: server_pem.into(),
+    };
+    let config: Arc<rustls::ClientConfig> =
+        client::tls_config(&target, cert).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(mqtt)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3: the server judges the client certificate after the client's Finished, so
+    // a refusal arrives as an alert on the first read. Send a CONNECT to provoke a reply.
+    let connect = [
+        0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00,
+    ];
+    tls.write_all(&connect).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+pub fn expired_options() -> ClientCertOptions {
+    let now = time::OffsetDateTime::now_utc();
+    ClientCertOptions {
+        not_before: now - time::Duration::days(10),
+        not_after: now - time::Duration::days(1),
+        ..ClientCertOptions::default()
+    }
+}
