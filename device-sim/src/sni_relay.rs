@@ -253,6 +253,19 @@ mod tests {
     }
 
     #[test]
+    fn resolvable_loopback_name_is_direct() {
+        let name = "acme.messaging.localhost";
+        let resolved = resolve(name, 8883);
+        let r = route("127.0.0.1", 8883, name, false).expect("route");
+        if !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()) {
+            // nss-myhostname (or /etc/hosts) present: no relay needed.
+            assert_eq!(r, Route::Direct { host: name.into() });
+        } else {
+            assert!(matches!(r, Route::Relay { .. }), "{r:?}");
+        }
+    }
+
+    #[test]
     fn forced_relay_uses_proxy() {
         let r = route("127.0.0.1", 8883, "acme.messaging.localhost", true).expect("route");
         assert_eq!(r.host(), "acme.messaging.localhost");
