@@ -85,7 +85,17 @@ async fn mosquitto_device_event_reaches_mosquitto_app() {
     for (version, payload) in [("mqttv311", "v311 hello"), ("mqttv5", "v5 hello")] {
         let sub = Command::new("mosquitto_sub")
             .args(tls_args(&files, &acme, "a:dash", "app"))
-            .args(["-i", "a:acme:dash", "-V", version, "-v", "-C", "1", "-W", "10"])
+            .args([
+                "-i",
+                "a:acme:dash",
+                "-V",
+                version,
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "10",
+            ])
             .args(["-t", "iot-2/type/+/id/+/evt/+/fmt/+"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -127,7 +137,14 @@ async fn mosquitto_wrong_client_id_and_foreign_ca_are_refused() {
 
     let out = Command::new("mosquitto_pub")
         .args(tls_args(&files, &acme, "d:sensor:dev1", "dev1"))
-        .args(["-i", "d:acme:sensor:other", "-t", "iot-2/evt/e/fmt/f", "-m", "x"])
+        .args([
+            "-i",
+            "d:acme:sensor:other",
+            "-t",
+            "iot-2/evt/e/fmt/f",
+            "-m",
+            "x",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -142,7 +159,14 @@ async fn mosquitto_wrong_client_id_and_foreign_ca_are_refused() {
     args[cert_at + 2] = files.write("beta.key", &beta_cert.key_pem);
     let out = Command::new("mosquitto_pub")
         .args(args)
-        .args(["-i", "d:acme:sensor:dev1", "-t", "iot-2/evt/e/fmt/f", "-m", "x"])
+        .args([
+            "-i",
+            "d:acme:sensor:dev1",
+            "-t",
+            "iot-2/evt/e/fmt/f",
+            "-m",
+            "x",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success(), "a foreign CA's device was admitted");
@@ -157,7 +181,10 @@ async fn paho_python_device_and_app() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_paho {
-        assert!(!required(), "CERTMQ_REQUIRE_INTEROP=1 but python3 paho-mqtt is missing");
+        assert!(
+            !required(),
+            "CERTMQ_REQUIRE_INTEROP=1 but python3 paho-mqtt is missing"
+        );
         eprintln!("skipping paho test: paho-mqtt not installed");
         return;
     }
@@ -188,6 +215,12 @@ async fn paho_python_device_and_app() {
         "paho round trip failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("event iot-2/type/sensor/id/dev1/evt/temp/fmt/json"), "{stdout}");
-    assert!(stdout.contains("command iot-2/cmd/reboot/fmt/json"), "{stdout}");
+    assert!(
+        stdout.contains("event iot-2/type/sensor/id/dev1/evt/temp/fmt/json"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("command iot-2/cmd/reboot/fmt/json"),
+        "{stdout}"
+    );
 }
