@@ -80,7 +80,7 @@ pub struct ServerCert {
     pub pem: String,
     /// PKCS#8 DER sealed under the master key; never serialized to API clients.
     #[serde(with = "b64")]
-    sealed_key: Vec<u8>,
+    pub(crate) sealed_key: Vec<u8>,
 }
 
 mod b64 {
@@ -153,21 +153,21 @@ type Listener = Box<dyn Fn(&Change) + Send + Sync>;
 
 /// The control-plane state of the broker.
 pub struct Registry {
-    store: Arc<dyn Store>,
-    key: MasterKey,
-    domain: String,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) key: MasterKey,
+    pub(crate) domain: String,
     /// Serializes read-check-write sequences (duplicates, the single active server cert).
-    write: Mutex<()>,
+    pub(crate) write: Mutex<()>,
     listeners: RwLock<Vec<Listener>>,
 }
 
 const PLATFORM_CERT: &str = "platform/server";
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     hex::encode(crate::seal::random_bytes::<8>())
 }
 
-fn to_pem_chain(ders: &[Vec<u8>]) -> String {
+pub(crate) fn to_pem_chain(ders: &[Vec<u8>]) -> String {
     ders.iter().map(|d| cert::to_pem(d)).collect()
 }
 
@@ -198,7 +198,7 @@ impl Registry {
             .push(Box::new(f));
     }
 
-    fn notify(&self, change: Change) {
+    pub(crate) fn notify(&self, change: Change) {
         for l in self
             .listeners
             .read()
@@ -209,11 +209,11 @@ impl Registry {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+    pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.store.get(key)? {
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -222,7 +222,7 @@ impl Registry {
         }
     }
 
-    fn scan_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+    pub(crate) fn scan_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
         self.store
             .scan(prefix)?
             .into_iter()
@@ -230,7 +230,7 @@ impl Registry {
             .collect()
     }
 
-    fn put<T: Serialize>(key: String, value: &T) -> Op {
+    pub(crate) fn put<T: Serialize>(key: String, value: &T) -> Op {
         // Our own record types always serialize.
         Op::Put(key, serde_json::to_vec(value).unwrap_or_default())
     }
@@ -332,7 +332,7 @@ impl Registry {
         Ok(CaView::from_record(ca, details))
     }
 
-    fn ca_record(&self, org: &OrgId, id: &str) -> Result<CaCert> {
+    pub(crate) fn ca_record(&self, org: &OrgId, id: &str) -> Result<CaCert> {
         self.get_json(&format!("ca/{org}/{id}"))?
             .ok_or_else(|| Error::NotFound(format!("CA certificate {id} not found in org {org}")))
     }
@@ -391,7 +391,7 @@ impl Registry {
 
     // ---- server certificates ----
 
-    fn self_signed(&self, names: Vec<String>) -> Result<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn self_signed(&self, names: Vec<String>) -> Result<(Vec<u8>, Vec<u8>)> {
         let mut params = rcgen::CertificateParams::new(names.clone())
             .map_err(|e| Error::BadRequest(format!("invalid host name: {e}")))?;
         params
@@ -412,7 +412,7 @@ impl Registry {
         Ok((cert.der().to_vec(), key.serialize_der()))
     }
 
-    fn seal_context(org: &str, id: &str) -> Vec<u8> {
+    pub(crate) fn seal_context(org: &str, id: &str) -> Vec<u8> {
         format!("server-key/{org}/{id}").into_bytes()
     }
 
@@ -441,7 +441,7 @@ impl Registry {
         ServerCertView::try_from(rec)
     }
 
-    fn server_record(&self, org: &OrgId, id: &str) -> Result<ServerCert> {
+    pub(crate) fn server_record(&self, org: &OrgId, id: &str) -> Result<ServerCert> {
         self.get_json(&format!("srv/{org}/{id}"))?.ok_or_else(|| {
             Error::NotFound(format!("server certificate {id} not found in org {org}"))
         })
@@ -501,7 +501,7 @@ impl Registry {
         Ok(())
     }
 
-    fn open_server(&self, rec: &ServerCert) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
+    pub(crate) fn open_server(&self, rec: &ServerCert) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
         let chain = cert::read_chain(rec.pem.as_bytes())?;
         let key = self.key.open(
             &Self::seal_context(rec.org.as_str(), &rec.id),
