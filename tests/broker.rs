@@ -426,3 +426,147 @@ async fn retained_will_takeover_and_persistent_sessions() {
     }
     assert!(got_will, "will not published");
 }
+
+#[tokio::test]
+async fn status_events_on_connect_and_disconnect() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    assert_eq!(
+        app.subscribe("iot-2/type/+/id/+/mon").await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    let (topic, payload) = app.next_publish(WAIT).await.expect("Connect status");
+    assert_eq!(topic, "iot-2/type/sensor/id/dev1/mon");
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["Action"], "Connect");
+    assert_eq!(v["ClientID"], "d:acme:sensor:dev1");
+    assert_eq!(v["Protocol"], "mqtt4-tls");
+    assert_eq!(v["Secure"], true);
+    assert_eq!(v["Port"], server.mqtt.port());
+    assert_eq!(v["ClientAddr"], "127.0.0.1");
+
+    dev.client.disconnect().await.unwrap();
+    let (_, payload) = app.next_publish(WAIT).await.expect("Disconnect status");
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["Action"], "Disconnect");
+    assert_eq!(v["CloseCode"], 0);
+    assert!(
+        v["ConnectTime"].is_string() && v["Reason"].is_string(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn persistent_session_keeps_subscriptions_and_queued_messages() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let cert = acme.cert("a:dash");
+    let persistent = |cert: &device_sim::certs::ClientCert| {
+        let mut o =
+            device_sim::client::mqtt_options(&acme.target(), "a:acme:dash", Some(cert)).unwrap();
+        o.set_clean_session(false);
+        o
+    };
+    let (client, eventloop) = device_sim::client::async_client(persistent(&cert), 10);
+    let mut app = support::start_loop(client, eventloop).await.unwrap();
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    app.client.disconnect().await.unwrap();
+    app.wait_closed(WAIT).await;
+
+    let dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.client
+        .publish(
+            "iot-2/evt/while-away/fmt/txt",
+            QoS::AtLeastOnce,
+            false,
+            "queued",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (client, eventloop) = device_sim::client::async_client(persistent(&cert), 10);
+    let mut app = support::start_loop(client, eventloop).await.unwrap();
+    let (topic, payload) = app
+        .next_publish(WAIT)
+        .await
+        .expect("queued message after reconnect");
+    assert_eq!(topic, "iot-2/type/sensor/id/dev1/evt/while-away/fmt/txt");
+    assert_eq!(payload, b"queued");
+}
+
+#[tokio::test]
+async fn mqtt5_client_gets_reason_codes() {
+    use rumqttc::v5::mqttbytes::v5::{
+        DisconnectReasonCode, Packet as P5, SubscribeReasonCode as Rc5,
+    };
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+
+    let cert = acme.cert("d:sensor:v5");
+    let opts = device_sim::client::mqtt_options_v5(&acme.target(), "d:acme:sensor:v5", Some(&cert))
+        .unwrap();
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 10);
+    assert!(matches!(next_v5(&mut el).await, Ok(P5::ConnAck(_))));
+    client
+        .subscribe_many([
+            rumqttc::v5::mqttbytes::v5::Filter::new("iot-2/cmd/+/fmt/+", Q5::AtLeastOnce),
+            rumqttc::v5::mqttbytes::v5::Filter::new("#", Q5::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    let suback = loop {
+        if let Ok(P5::SubAck(s)) = next_v5(&mut el).await {
+            break s;
+        }
+    };
+    assert_eq!(
+        suback.return_codes,
+        vec![Rc5::Success(Q5::AtLeastOnce), Rc5::NotAuthorized]
+    );
+
+    client
+        .publish("iot-2/evt/e/fmt/txt", Q5::AtLeastOnce, false, "v5 event")
+        .await
+        .unwrap();
+    // The event loop sends only while polled: drive it to the PUBACK.
+    while !matches!(next_v5(&mut el).await, Ok(P5::PubAck(_))) {}
+    assert_eq!(app.next_publish(WAIT).await.unwrap().1, b"v5 event");
+
+    client
+        .publish("iot-2/evt/e/fmt/txt/extra", Q5::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    // rumqttc reports the server's DISCONNECT as an error carrying its reason code.
+    let closed = loop {
+        match next_v5(&mut el).await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        closed.contains("ServerDisconnect")
+            && closed.contains(&format!("{:?}", DisconnectReasonCode::NotAuthorized)),
+        "{closed}"
+    );
+}
+
+async fn next_v5(
+    el: &mut rumqttc::v5::EventLoop,
+) -> Result<rumqttc::v5::mqttbytes::v5::Packet, String> {
+    loop {
+        match tokio::time::timeout(WAIT, el.poll())
+            .await
+            .expect("v5 event")
+        {
+            Ok(rumqttc::v5::Event::Incoming(p)) => return Ok(p),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    }
+}

@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    self, v4::V4, v5::V5, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    Protocol, SubscribeReasonCode,
+    self, v4::V4, v5::V5, ConnAck, ConnectReturnCode, Disconnect, DisconnectProperties,
+    DisconnectReasonCode, Packet, Protocol, SubscribeReasonCode,
 };
 
 /// The protocol a client speaks, fixed by its CONNECT.
@@ -111,15 +111,23 @@ impl Version {
         }
     }
 
-    /// The packet to send before closing, if the protocol has one (v5 DISCONNECT).
-    pub fn disconnect(self, reason: DisconnectReasonCode) -> Option<Packet> {
+    /// The packet to send before closing, if the protocol has one (v5 DISCONNECT with
+    /// a reason string for humans).
+    pub fn disconnect(self, reason: DisconnectReasonCode, text: &str) -> Option<Packet> {
         match self {
             Version::V4 => None,
+            // Always with properties: rumqttd 0.20 miscounts the length of a DISCONNECT
+            // that has a reason code but no properties.
             Version::V5 => Some(Packet::Disconnect(
                 Disconnect {
                     reason_code: reason,
                 },
-                None,
+                Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some(text.chars().take(200).collect()),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
             )),
         }
     }

@@ -154,6 +154,7 @@ impl Broker {
 
     async fn connection(&self, tcp: TcpStream, addr: SocketAddr) {
         let deadline = Instant::now() + self.config.handshake_timeout;
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or_default();
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
         let start = match tokio::time::timeout_at(deadline, acceptor).await {
             Ok(Ok(start)) => start,
@@ -222,6 +223,7 @@ impl Broker {
                 .map(|d| d.not_after)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
             remote_addr: addr,
+            local_port,
         };
         drop(org_tls);
         session::run(stream, peer, self.ctx.clone()).await;

@@ -53,6 +53,8 @@ pub(crate) struct Peer {
     pub cert_serial: String,
     pub cert_not_after: time::OffsetDateTime,
     pub remote_addr: std::net::SocketAddr,
+    /// The broker port the client connected to (status events report it).
+    pub local_port: u16,
 }
 
 /// Shared by all sessions.
@@ -167,6 +169,18 @@ where
         }
     };
     info!(protocol = version.label(), "connected");
+    let connected_at = time::OffsetDateTime::now_utc();
+    let status = StatusEvents {
+        principal: Principal {
+            org: org.clone(),
+            identity: principal.identity.clone(),
+        },
+        client_id: client_id.clone(),
+        addr: peer.remote_addr,
+        port: peer.local_port,
+        protocol: version.label(),
+        connected_at,
+    };
 
     let mut bridge = Bridge {
         version,
@@ -177,6 +191,11 @@ where
         wbuf: BytesMut::with_capacity(4096),
         limits: ctx.limits.clone(),
     };
+    if let Some((topic, payload)) = status.connect() {
+        let _ = bridge
+            .send_to_engine(Packet::Publish(Publish::new(topic, payload, false), None))
+            .await;
+    }
     let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
     let result = bridge
         .run(&mut stream, &mut rbuf, connack, keep_alive, &switch)
@@ -191,17 +210,22 @@ where
         Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
         Err(e) => info!(cause = %e, "connection ended"),
     }
+    // Will, status event and the engine DISCONNECT go in one batch: one notification
+    // to the router, which frees the link after the last of them.
+    let mut last_words = Vec::new();
     if send_will {
         if let Some(w) = will {
-            let _ = bridge
-                .link_tx
-                .send(Packet::Publish(
-                    Publish::new(w.topic, w.message, w.retain),
-                    None,
-                ))
-                .await;
+            last_words.push(Packet::Publish(
+                Publish::new(w.topic, w.message, w.retain),
+                None,
+            ));
         }
     }
+    let (code, reason) = close_code(&result);
+    if let Some((topic, payload)) = status.disconnect(code, &reason) {
+        last_words.push(Packet::Publish(Publish::new(topic, payload, false), None));
+    }
+    bridge.link_tx.buffer().extend(last_words);
     // Without an explicit DISCONNECT the engine never frees the link.
     let _ = bridge
         .link_tx
@@ -215,6 +239,89 @@ where
     let _ = stream.shutdown().await;
     ctx.sessions.remove(&client_id, seq);
     switch.finish();
+}
+
+/// Watson-style status events on `iot-2/type/<t>/id/<d>/mon` for devices and gateways.
+struct StatusEvents {
+    principal: Principal,
+    client_id: String,
+    addr: std::net::SocketAddr,
+    port: u16,
+    protocol: &'static str,
+    connected_at: time::OffsetDateTime,
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl StatusEvents {
+    fn topic(&self) -> Option<Bytes> {
+        let (t, d) = match &self.principal.identity {
+            Identity::Device {
+                device_type,
+                device_id,
+            } => (device_type, device_id),
+            Identity::Gateway {
+                gateway_type,
+                gateway_id,
+            } => (gateway_type, gateway_id),
+            Identity::App { .. } => return None,
+        };
+        Some(Bytes::from(crate::acl::status_topic(
+            &self.principal.org,
+            t,
+            d,
+        )))
+    }
+
+    fn base(&self, action: &str) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("Action".into(), action.into());
+        m.insert(
+            "Time".into(),
+            rfc3339(time::OffsetDateTime::now_utc()).into(),
+        );
+        m.insert("ClientAddr".into(), self.addr.ip().to_string().into());
+        m.insert("ClientID".into(), self.client_id.clone().into());
+        m.insert("Port".into(), self.port.into());
+        m.insert("Protocol".into(), self.protocol.into());
+        m.insert("Secure".into(), true.into());
+        m
+    }
+
+    fn connect(&self) -> Option<(Bytes, Bytes)> {
+        let body = serde_json::Value::Object(self.base("Connect"));
+        Some((self.topic()?, Bytes::from(body.to_string())))
+    }
+
+    fn disconnect(&self, code: u8, reason: &str) -> Option<(Bytes, Bytes)> {
+        let mut m = self.base("Disconnect");
+        m.insert("ConnectTime".into(), rfc3339(self.connected_at).into());
+        m.insert("CloseCode".into(), code.into());
+        m.insert("Reason".into(), reason.into());
+        Some((
+            self.topic()?,
+            Bytes::from(serde_json::Value::Object(m).to_string()),
+        ))
+    }
+}
+
+/// The status event's CloseCode (an MQTT v5 reason code) and reason text.
+fn close_code(result: &Result<Ending, SessionError>) -> (u8, String) {
+    match result {
+        Ok(Ending::Client { .. }) => (0x00, "The client disconnected".into()),
+        Ok(Ending::Closed(r)) => (r.number(), r.text().into()),
+        Err(SessionError::KeepAlive) => (0x8D, "Keep alive timeout".into()),
+        Err(SessionError::Denied(d)) => (0x87, format!("Not authorized: {d}")),
+        Err(SessionError::Protocol(p)) => (0x82, format!("Protocol error: {p}")),
+        Err(SessionError::Codec(c)) => (0x81, format!("Malformed packet: {c}")),
+        Err(e @ (SessionError::Eof | SessionError::Io(_))) => {
+            (0x80, format!("Connection lost: {e}"))
+        }
+        Err(e) => (0x80, e.to_string()),
+    }
 }
 
 fn map_will(principal: &Principal, w: LastWill) -> Result<LastWill, String> {
@@ -310,7 +417,7 @@ impl Bridge {
             let ka_deadline = ka_limit.map(|l| last_rx + l);
             tokio::select! {
                 reason = switch.closed() => {
-                    if let Some(p) = self.version.disconnect(reason.code()) {
+                    if let Some(p) = self.version.disconnect(reason.code(), reason.text()) {
                         self.version.write(p, &mut self.wbuf)?;
                         let _ = tokio::time::timeout(Duration::from_secs(1), self.flush(stream)).await;
                     }
@@ -388,10 +495,15 @@ impl Bridge {
                 Packet::SubAck(ack, props) => Packet::SubAck(self.merge_suback(ack), props),
                 p => p,
             },
-            Notification::Disconnect(d, props) => match self.version {
-                Version::V5 => Packet::Disconnect(d, props),
-                Version::V4 => return Ok(false),
-            },
+            Notification::Disconnect(d, _) => {
+                match self
+                    .version
+                    .disconnect(d.reason_code, "disconnected by the broker")
+                {
+                    Some(p) => p,
+                    None => return Ok(false),
+                }
+            }
             other => {
                 debug!(?other, "ignoring engine notification");
                 return Ok(false);
@@ -438,8 +550,9 @@ impl Bridge {
                         Ok(internal) => publish.topic = Bytes::from(internal),
                         Err(denied) => {
                             // SPEC 4: unauthorized PUBLISH closes the connection.
-                            if let Some(p) =
-                                self.version.disconnect(DisconnectReasonCode::NotAuthorized)
+                            if let Some(p) = self
+                                .version
+                                .disconnect(DisconnectReasonCode::NotAuthorized, &denied.0)
                             {
                                 self.version.write(p, &mut self.wbuf)?;
                                 self.flush(stream).await?;

@@ -49,6 +49,16 @@ impl CloseReason {
         }
     }
 
+    /// The MQTT v5 reason code number (status events report it as CloseCode).
+    pub fn number(self) -> u8 {
+        match self {
+            CloseReason::TakenOver => 0x8E,
+            CloseReason::Kicked => 0x98,
+            CloseReason::Revoked => 0x87,
+            CloseReason::Shutdown => 0x8B,
+        }
+    }
+
     pub fn text(self) -> &'static str {
         match self {
             CloseReason::TakenOver => "session taken over",

@@ -225,7 +225,7 @@ pub async fn connect_with(
     start_loop(client, eventloop).await
 }
 
-async fn start_loop(client: AsyncClient, mut eventloop: EventLoop) -> Result<Client, String> {
+pub async fn start_loop(client: AsyncClient, mut eventloop: EventLoop) -> Result<Client, String> {
     // Wait for the CONNACK (or the error) before handing the client out.
     let first = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
