@@ -6,7 +6,9 @@
 //! each session gets a "local link" (`LinkTx`/`LinkRx`) and the session task bridges it
 //! to the client's socket (see `session.rs`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::{Notification, Router, RouterConfig};
@@ -46,7 +48,16 @@ pub struct EngineError(String);
 #[derive(Clone)]
 pub struct Engine {
     connect: Arc<Connect>,
+    /// Round trip of the last probe through the router, microseconds.
+    lag_us: Arc<AtomicU64>,
 }
+
+/// The client id and topic of the router probe (no MQTT client can use either: client
+/// ids need an org and topics a `/tenants/<org>/` prefix).
+const PROBE_CLIENT: &str = "certmq-probe";
+const PROBE_TOPIC: &str = "/certmq/probe";
+/// How often the probe measures the router.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 impl Engine {
     /// Starts the router on its own thread.
@@ -64,7 +75,8 @@ impl Engine {
             },
         );
         let router_tx = router.spawn();
-        Engine {
+        let engine = Engine {
+            lag_us: Arc::new(AtomicU64::new(0)),
             connect: Arc::new(move |client_id: &str, clean: bool| {
                 // Wills are fired by the session (the router never fires a local
                 // link's will), so none is registered here.
@@ -73,6 +85,54 @@ impl Engine {
                     .build()
                     .map_err(|e| EngineError(e.to_string()))
             }),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(engine.clone().probe());
+        }
+        engine
+    }
+
+    /// How far behind the router is: the last probe's round trip (publish in, delivery
+    /// out). The router is one thread that both ingests and delivers; when ingest starves
+    /// delivery, this grows, and publishers are slowed (see `flow.rs`).
+    pub fn lag(&self) -> Duration {
+        Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
+    }
+
+    /// A shared handle on the lag, for the flow control of every session.
+    pub fn lag_handle(&self) -> Arc<AtomicU64> {
+        self.lag_us.clone()
+    }
+
+    async fn probe(self) {
+        let Ok((mut tx, mut rx, _)) = self.link(PROBE_CLIENT, true).await else {
+            tracing::warn!("router probe could not connect; flow control sees no router lag");
+            return;
+        };
+        if tx.subscribe(PROBE_TOPIC).is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        loop {
+            tick.tick().await;
+            let sent = Instant::now();
+            if tx.try_publish(PROBE_TOPIC, "p").is_err() {
+                // The router's channel is full: as behind as it gets.
+                self.lag_us.store(1_000_000, Ordering::Relaxed);
+                continue;
+            }
+            let lag = loop {
+                match tokio::time::timeout(Duration::from_secs(1), rx.next()).await {
+                    Ok(Ok(Some(rumqttd::Notification::Forward(_)))) => break sent.elapsed(),
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) => return,
+                    Err(_) => break Duration::from_secs(1),
+                }
+            };
+            self.lag_us.store(
+                lag.as_micros().min(u128::from(u64::MAX)) as u64,
+                Ordering::Relaxed,
+            );
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod acl;
 pub mod codec;
 pub mod engine;
+pub mod flow;
 mod server;
 mod session;
 pub mod sessions;

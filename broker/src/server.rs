@@ -64,8 +64,10 @@ impl Broker {
     pub fn new(registry: Arc<Registry>, config: BrokerConfig) -> Arc<Broker> {
         let tls = OrgTlsCache::new(registry.clone());
         let sessions = Arc::new(Sessions::default());
+        let engine = Engine::start(&config.engine);
         let ctx = Arc::new(SessionCtx {
-            engine: Engine::start(&config.engine),
+            pressure: crate::flow::Pressure::new(engine.lag_handle()),
+            engine,
             sessions: sessions.clone(),
             limits: config.limits.clone(),
         });

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::acl::Principal;
 use crate::codec::{connect_version, CodecError, Version};
 use crate::engine::Engine;
+use crate::flow::{self, Flow, Pressure};
 use crate::sessions::{CloseReason, KillSwitch, SessionInfo, Sessions};
 
 /// Limits applied to every session.
@@ -32,6 +33,11 @@ pub struct SessionLimits {
     /// Packets a session may have queued at the engine before the broker stops reading
     /// its socket (TCP backpressure slows a publisher that outruns the engine).
     pub max_queued_packets: usize,
+    /// A client that accepts no bytes for this long is closed as a slow consumer.
+    pub write_timeout: Duration,
+    /// Unacknowledged QoS 1/2 deliveries at which a subscriber counts as congested
+    /// (rumqttd stops sending to a client at 100 in flight, a constant of its own).
+    pub inflight_high: usize,
 }
 
 impl Default for SessionLimits {
@@ -40,6 +46,8 @@ impl Default for SessionLimits {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             max_queued_packets: 512,
+            write_timeout: Duration::from_secs(30),
+            inflight_high: 75,
         }
     }
 }
@@ -60,6 +68,7 @@ pub(crate) struct Peer {
 /// Shared by all sessions.
 pub(crate) struct SessionCtx {
     pub engine: Engine,
+    pub pressure: Pressure,
     pub sessions: Arc<Sessions>,
     pub limits: SessionLimits,
 }
@@ -74,6 +83,8 @@ enum SessionError {
     ConnectTimeout,
     #[error("keep-alive expired")]
     KeepAlive,
+    #[error("client did not read its messages within the write timeout")]
+    SlowConsumer,
     #[error("client closed the connection")]
     Eof,
     #[error("engine link: {0}")]
@@ -190,6 +201,8 @@ where
         pending_subs: HashMap::new(),
         wbuf: BytesMut::with_capacity(4096),
         limits: ctx.limits.clone(),
+        flow: ctx.pressure.flow(&org),
+        out_inflight: 0,
     };
     if let Some((topic, payload)) = status.connect() {
         let _ = bridge
@@ -392,6 +405,9 @@ struct Bridge {
     pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     wbuf: BytesMut,
     limits: SessionLimits,
+    flow: Flow,
+    /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
+    out_inflight: usize,
 }
 
 impl Bridge {
@@ -412,8 +428,14 @@ impl Bridge {
         if let Some(end) = self.inbound(rbuf, stream).await? {
             return Ok(end);
         }
+        // Under org pressure (see flow.rs) reading resumes only after this instant.
+        let mut throttled_until: Option<Instant> = None;
+        let mut scratch = vec![0u8; 16 * 1024];
         loop {
-            let paused = self.link_tx.buffer().len() >= self.limits.max_queued_packets;
+            let engine_behind = self.link_tx.buffer().len() >= self.limits.max_queued_packets;
+            let throttled = throttled_until.is_some_and(|t| t > Instant::now());
+            let paused = engine_behind || throttled;
+            let slice = self.flow.read_limit(scratch.len());
             let ka_deadline = ka_limit.map(|l| last_rx + l);
             tokio::select! {
                 reason = switch.closed() => {
@@ -423,18 +445,25 @@ impl Bridge {
                     }
                     return Ok(Ending::Closed(reason));
                 }
-                n = stream.read_buf(rbuf), if !paused => {
-                    if n? == 0 {
+                n = stream.read(&mut scratch[..slice]), if !paused => {
+                    let n = n?;
+                    if n == 0 {
                         return Err(SessionError::Eof);
                     }
+                    rbuf.extend_from_slice(&scratch[..n]);
                     last_rx = Instant::now();
                     if let Some(end) = self.inbound(rbuf, stream).await? {
                         return Ok(end);
                     }
+                    throttled_until = self.flow.pause_after_read().map(|p| Instant::now() + p);
                 }
-                // The engine is behind on this session's packets: stop reading the
-                // socket until it catches up.
-                _ = tokio::time::sleep(Duration::from_millis(1)), if paused => {}
+                // The engine is behind on this session's packets, or its org's
+                // subscribers are: wait before reading the socket again.
+                _ = tokio::time::sleep_until(match throttled_until {
+                    Some(t) if throttled => t,
+                    _ => Instant::now() + Duration::from_millis(1),
+                }), if paused => {}
+                _ = sleep_until_opt(self.flow.congestion_deadline()) => self.flow.relieved(),
                 n = self.link_rx.next() => {
                     let n = n.map_err(|e| SessionError::Link(e.to_string()))?;
                     let mut wake = false;
@@ -455,7 +484,21 @@ impl Bridge {
                             break;
                         }
                     }
-                    self.flush(stream).await?;
+                    let started = Instant::now();
+                    match tokio::time::timeout(self.limits.write_timeout, self.flush(stream)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Err(SessionError::SlowConsumer),
+                    }
+                    // The engine paused us (outgoing buffer full) or the socket is slow:
+                    // this subscriber cannot keep up, so its org's publishers slow down.
+                    if wake
+                        || started.elapsed() > flow::SLOW_WRITE
+                        || self.out_inflight >= self.limits.inflight_high
+                    {
+                        self.flow.congested();
+                    } else {
+                        self.flow.relieved();
+                    }
                     if wake {
                         self.link_rx.wake().await.map_err(|e| SessionError::Link(e.to_string()))?;
                     }
@@ -489,7 +532,14 @@ impl Bridge {
                         return Ok(false);
                     }
                 }
-                Packet::Publish(f.publish, f.properties)
+                let start = self.wbuf.len();
+                self.version
+                    .write(Packet::Publish(f.publish, f.properties), &mut self.wbuf)?;
+                // rumqttd keeps a publish's QoS private; the fixed header has it.
+                if self.wbuf.get(start).is_some_and(|b| b & 0b0110 != 0) {
+                    self.out_inflight += 1;
+                }
+                return Ok(false);
             }
             Notification::DeviceAck(ack) => match Packet::from(ack) {
                 Packet::SubAck(ack, props) => Packet::SubAck(self.merge_suback(ack), props),
@@ -614,11 +664,17 @@ impl Bridge {
                     return Ok(Some(Ending::Client { with_will }));
                 }
                 Packet::Connect(..) => return Err(SessionError::Protocol("second CONNECT")),
-                p @ (Packet::PubAck(..)
-                | Packet::PubRec(..)
-                | Packet::PubRel(..)
-                | Packet::PubComp(..)
-                | Packet::PingReq(..)) => self.send_to_engine(p).await?,
+                p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
+                    // The client acknowledged one of our QoS 1/2 deliveries.
+                    self.out_inflight = self.out_inflight.saturating_sub(1);
+                    if self.out_inflight <= self.limits.inflight_high / 2 {
+                        self.flow.relieved();
+                    }
+                    self.send_to_engine(p).await?
+                }
+                p @ (Packet::PubRel(..) | Packet::PubComp(..) | Packet::PingReq(..)) => {
+                    self.send_to_engine(p).await?
+                }
                 _ => {
                     return Err(SessionError::Protocol(
                         "unexpected packet type from a client",

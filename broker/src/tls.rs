@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use registry::{cert, names, OrgId, Registry};
+use registry::{cert, OrgId, Registry};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
@@ -113,9 +113,11 @@ impl OrgTlsCache {
         cache
     }
 
-    /// The org an SNI name selects, if that org exists.
+    /// The org an SNI name selects: `<org>.<domain>`, `<org>.<custom domain>` or an
+    /// exact name on the org's active server certificate (see `registry::domains`).
+    /// Answered from the registry's in-memory index, without a lock or a store read.
     pub fn org_for_sni(&self, sni: &str) -> Option<OrgId> {
-        names::org_from_host(sni, self.registry.domain(), [])
+        self.registry.org_for_host(sni)
     }
 
     /// The org's TLS state, building and caching it on first use. `Ok(None)` when the
