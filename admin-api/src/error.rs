@@ -15,6 +15,9 @@ pub(crate) enum ApiError {
     BadRequest(String),
     /// 401: no bearer token, or not the right one.
     Unauthorized,
+    /// 403: the caller sees the resource but its token may not do this (an org token
+    /// creating or deleting orgs).
+    Forbidden(String),
     /// 404: no such resource, including other orgs' resources and invalid ids.
     NotFound(String),
     /// 405: the path exists but not with this method.
@@ -40,6 +43,7 @@ impl ApiError {
                 "unauthorized",
                 "missing or invalid bearer token".into(),
             ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -73,12 +77,18 @@ impl ApiError {
     }
 }
 
+/// The machine code of an error response, as a response extension, so the audit log
+/// can record why a request failed without parsing the body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub(crate) &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = matches!(self, ApiError::Unauthorized);
         let (status, code, message) = self.status_code_message();
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
         let mut resp = (status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorCode(code));
         if unauthorized {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -13,6 +13,7 @@ use registry::OrgId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::ApiError;
 
 /// JSON in and out; a body that is not JSON, or not the expected JSON, is a 400
@@ -54,13 +55,23 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str,
         .ok_or_else(|| ApiError::Internal(format!("route has no {{{name}}} parameter")))
 }
 
-/// An invalid org id names no org, so it is a 404 like an unknown one, not a 400.
-fn org_param(params: &HashMap<String, String>) -> Result<OrgId, ApiError> {
+/// The `{org}` segment, checked against the caller's scope: this is the one place the
+/// org scope of org tokens is enforced. An invalid org id names no org, and an org
+/// token asking for another org must not learn whether it exists, so both are the same
+/// 404 as an unknown org, not a 400 or 403.
+fn org_param(parts: &Parts, params: &HashMap<String, String>) -> Result<OrgId, ApiError> {
     let raw = param(params, "org")?;
-    OrgId::try_from(raw).map_err(|_| ApiError::NotFound(format!("org {raw} not found")))
+    let not_found = || ApiError::NotFound(format!("org {raw} not found"));
+    let org = OrgId::try_from(raw).map_err(|_| not_found())?;
+    if Caller::of(parts)?.sees(&org) {
+        Ok(org)
+    } else {
+        Err(not_found())
+    }
 }
 
-/// The `{org}` path segment.
+/// The `{org}` path segment, an org the caller may see (see [`org_param`]). Every route
+/// under `/orgs/{org}` takes this or [`ItemPath`].
 pub(crate) struct OrgPath(pub(crate) OrgId);
 
 impl<S: Send + Sync> FromRequestParts<S> for OrgPath {
@@ -68,7 +79,7 @@ impl<S: Send + Sync> FromRequestParts<S> for OrgPath {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let params = path_params(parts, state).await?;
-        Ok(OrgPath(org_param(&params)?))
+        Ok(OrgPath(org_param(parts, &params)?))
     }
 }
 
@@ -84,7 +95,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ItemPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let params = path_params(parts, state).await?;
         Ok(ItemPath {
-            org: org_param(&params)?,
+            org: org_param(parts, &params)?,
             id: param(&params, "id")?.to_owned(),
         })
     }
@@ -136,7 +147,7 @@ impl<S: Send + Sync> FromRequest<S> for CertUpload {
 }
 
 /// `application/json` or any `application/*+json`, parameters ignored.
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };

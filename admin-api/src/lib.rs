@@ -7,8 +7,11 @@
 //! broker, reached through [`ConnectionsView`]. It does not bind sockets either; the
 //! `certmq` binary serves [`router`] on its listener.
 //!
-//! Every route under `/api/v1` needs `Authorization: Bearer <admin token>`; `/healthz`
-//! does not. Org-scoped tokens (SPEC section 5) are not implemented yet.
+//! Every route under `/api/v1` needs `Authorization: Bearer <token>`; `/healthz` does
+//! not. The token is the platform admin token, which sees everything, or an org token
+//! (`POST /orgs/{org}/tokens`), which sees its org only: other orgs are 404, creating
+//! and deleting orgs is 403 (see `auth`). Every mutating request is recorded in the
+//! audit log (see `audit`).
 
 use std::sync::Arc;
 
@@ -17,13 +20,17 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use registry::{OrgId, Registry};
 
+mod audit;
 mod auth;
 mod ca_certs;
 mod connections;
+mod csrs;
+mod domains;
 mod error;
 mod extract;
 mod orgs;
 mod server_certs;
+mod tokens;
 
 use error::ApiError;
 use extract::Json;
@@ -48,8 +55,8 @@ pub trait ConnectionsView: Send + Sync + 'static {
 pub struct AppState {
     /// Orgs, CA and server certificates.
     pub registry: Arc<Registry>,
-    /// The platform admin token every `/api/v1` request must present. An empty token
-    /// admits nobody.
+    /// The platform admin token, which sees every org. An empty token admits nobody.
+    /// (Org tokens live in the registry.)
     pub admin_token: Arc<String>,
     /// The broker's live sessions.
     pub connections: Arc<dyn ConnectionsView>,
@@ -93,7 +100,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(ca_certs::update)
                 .delete(ca_certs::delete),
         )
-        .route("/orgs/{org}/server-certs", get(server_certs::list))
+        .route(
+            "/orgs/{org}/server-certs",
+            post(server_certs::upload).get(server_certs::list),
+        )
         .route(
             "/orgs/{org}/server-certs/self-signed",
             post(server_certs::create_self_signed),
@@ -106,15 +116,35 @@ pub fn router(state: AppState) -> Router {
             "/orgs/{org}/server-certs/{id}/activate",
             post(server_certs::activate),
         )
+        .route(
+            "/orgs/{org}/server-certs/{id}/chain.pem",
+            get(server_certs::chain_pem),
+        )
+        .route("/orgs/{org}/csrs", post(csrs::create).get(csrs::list))
+        .route(
+            "/orgs/{org}/csrs/{id}",
+            get(csrs::show).delete(csrs::delete),
+        )
+        .route("/orgs/{org}/csrs/{id}/certificate", post(csrs::complete))
         .route("/orgs/{org}/connections", get(connections::list))
         .route("/orgs/{org}/connections/{id}", delete(connections::kick))
+        .route("/orgs/{org}/tokens", post(tokens::create).get(tokens::list))
+        .route("/orgs/{org}/tokens/{id}", delete(tokens::delete))
+        .route("/orgs/{org}/domains", get(domains::show).put(domains::set))
+        .route("/orgs/{org}/audit", get(audit::list))
+        .route("/audit", get(audit::list_platform))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        // `layer`, not `route_layer`: unknown paths under /api/v1 are 401 without a
-        // token too, so the route table is not probeable anonymously.
+        // `layer`, not `route_layer`: every request is audited (unknown routes too) and
+        // unknown paths under /api/v1 are 401 without a token, so the route table is not
+        // probeable anonymously. The last layer runs first: authenticate, then audit.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_admin,
+            audit::record,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
         ));
 
     Router::new()

@@ -34,6 +34,26 @@ pub enum Rule {
     WeakKey,
     /// The signature does not verify or uses an unsupported algorithm.
     BadSignature,
+    /// The private key is not the key of the leaf certificate (or of the CSR).
+    KeyMismatch,
+    /// The certificates do not form one path from the leaf up through its issuers.
+    ChainOrder,
+    /// The leaf's subjectAltName DNS names do not cover the org's host name.
+    HostnameMismatch,
+    /// The passphrase of an encrypted key, or the password of a PKCS#12 file, is wrong
+    /// or missing.
+    BadPassphrase,
+    /// Not a PKCS#12 file, or one certmq cannot read (no key, several keys, unsupported
+    /// encryption).
+    MalformedPkcs12,
+    /// The leaf certificate is a CA certificate (basicConstraints CA:TRUE).
+    LeafIsCa,
+    /// The leaf has an extendedKeyUsage extension without serverAuth, so TLS clients
+    /// would refuse it as a server certificate.
+    NotForServerAuth,
+    /// A private key format certmq does not read (legacy OpenSSL encrypted PEM, an
+    /// unsupported encryption scheme).
+    UnsupportedKeyFormat,
 }
 
 impl Rule {
@@ -47,6 +67,14 @@ impl Rule {
             Rule::NotYetValid => "not_yet_valid",
             Rule::WeakKey => "weak_key",
             Rule::BadSignature => "bad_signature",
+            Rule::KeyMismatch => "key_mismatch",
+            Rule::ChainOrder => "chain_order",
+            Rule::HostnameMismatch => "hostname_mismatch",
+            Rule::BadPassphrase => "bad_passphrase",
+            Rule::MalformedPkcs12 => "malformed_pkcs12",
+            Rule::LeafIsCa => "leaf_is_ca",
+            Rule::NotForServerAuth => "not_for_server_auth",
+            Rule::UnsupportedKeyFormat => "unsupported_key_format",
         }
     }
 }
@@ -60,7 +88,7 @@ pub struct CertError {
 }
 
 impl CertError {
-    fn new(rule: Rule, message: impl fmt::Display) -> CertError {
+    pub(crate) fn new(rule: Rule, message: impl fmt::Display) -> CertError {
         CertError {
             rule,
             message: message.to_string(),

@@ -1,18 +1,32 @@
 //! certmq's control-plane state: validated names, certificate rules, the embedded store
 //! and the [`Registry`] that ties them together.
 //!
-//! This crate owns *what is allowed* (names, identities, CA and server certificate rules)
-//! and *what is stored* (orgs, CA certificates, server certificates with sealed keys).
+//! This crate owns *what is allowed* (names, identities, CA and server certificate rules,
+//! custom domains) and *what is stored* (orgs, CA certificates, server certificates with
+//! sealed keys — uploaded, self-signed or from CSRs whose keys it generates —, org
+//! tokens as salted MACs, the audit log). It also answers which org a
+//! TLS server name selects ([`Registry::org_for_host`]), from memory.
 //! It does no networking: the broker reads [`TlsMaterial`] from it and listens for
 //! [`Change`]s; the admin API calls its mutations.
 
+pub mod audit;
 pub mod cert;
+mod csr;
+pub mod domains;
+mod keys;
 pub mod names;
 mod registry;
 pub mod seal;
+mod server_upload;
 pub mod store;
+pub mod tokens;
 
+pub use audit::{AuditEntry, AuditEvent, AuditLog};
+pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView, KeyType};
+pub use domains::DomainName;
 pub use names::{Identity, Kind, Name, OrgId};
 pub use registry::{
     CaCert, CaView, Change, Error, Org, Registry, Result, ServerCert, ServerCertView, TlsMaterial,
 };
+pub use server_upload::{NewServerCert, UploadServerCert};
+pub use tokens::{NewToken, TokenView};

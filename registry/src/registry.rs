@@ -83,13 +83,14 @@ pub struct ServerCert {
     pub(crate) sealed_key: Vec<u8>,
 }
 
-mod b64 {
+/// Serde for sealed bytes as base64 (shared by every record that holds a sealed key).
+pub(crate) mod b64 {
     use base64::{engine::general_purpose::STANDARD, Engine};
     use serde::{Deserialize, Deserializer, Serializer};
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(v))
     }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         STANDARD.decode(s).map_err(serde::de::Error::custom)
     }
@@ -159,6 +160,8 @@ pub struct Registry {
     /// Serializes read-check-write sequences (duplicates, the single active server cert).
     pub(crate) write: Mutex<()>,
     listeners: RwLock<Vec<Listener>>,
+    /// SNI routing for custom domains and certificate names (see `domains`).
+    pub(crate) hosts: crate::domains::Hosts,
 }
 
 const PLATFORM_CERT: &str = "platform/server";
@@ -181,8 +184,10 @@ impl Registry {
             domain: domain.to_ascii_lowercase(),
             write: Mutex::new(()),
             listeners: RwLock::new(Vec::new()),
+            hosts: Default::default(),
         };
         r.ensure_platform_cert()?;
+        r.load_hosts()?;
         Ok(r)
     }
 
@@ -199,6 +204,7 @@ impl Registry {
     }
 
     pub(crate) fn notify(&self, change: Change) {
+        self.refresh_hosts(&change);
         for l in self
             .listeners
             .read()
@@ -278,11 +284,18 @@ impl Registry {
         let _g = self.lock();
         self.get_org(id)?;
         let mut ops = vec![Op::Delete(format!("org/{id}"))];
-        for prefix in [format!("ca/{id}/"), format!("srv/{id}/")] {
+        for prefix in [
+            format!("ca/{id}/"),
+            format!("srv/{id}/"),
+            format!("csr/{id}/"),
+        ] {
             for (k, _) in self.store.scan(&prefix)? {
                 ops.push(Op::Delete(k));
             }
         }
+        ops.extend(self.token_delete_ops(id)?);
+        ops.extend(self.audit_delete_ops(id)?);
+        ops.extend(self.domain_delete_ops(id)?);
         self.store.apply(ops)?;
         drop(_g);
         self.notify(Change::Org(id.clone()));
@@ -416,11 +429,11 @@ impl Registry {
         format!("server-key/{org}/{id}").into_bytes()
     }
 
-    /// Generates a self-signed certificate for `<org>.<domain>`, stored inactive unless
-    /// the org has no active server certificate yet.
+    /// Generates a self-signed certificate for the org's host names (`<org>.<domain>`
+    /// and `<org>.<custom domain>` for each custom domain), stored inactive unless the
+    /// org has no active server certificate yet.
     pub fn create_self_signed(&self, org: &OrgId) -> Result<ServerCertView> {
-        let host = format!("{org}.{}", self.domain);
-        let (der, key) = self.self_signed(vec![host])?;
+        let (der, key) = self.self_signed(self.org_host_names(org))?;
         let id = new_id();
         let _g = self.lock();
         self.get_org(org)?;
@@ -621,11 +634,11 @@ impl TryFrom<ServerCert> for ServerCertView {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::SledStore;
 
-    fn registry(dir: &std::path::Path) -> Registry {
+    pub(crate) fn registry(dir: &std::path::Path) -> Registry {
         let store = Arc::new(SledStore::open(dir).unwrap());
         Registry::new(
             store,
@@ -717,7 +730,7 @@ mod tests {
         assert!(!found, "the PKCS#8 key bytes appear in the store files");
     }
 
-    fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    pub(crate) fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(p).unwrap() {
             let path = e.unwrap().path();
