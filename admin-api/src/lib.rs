@@ -24,11 +24,13 @@ mod audit;
 mod auth;
 mod ca_certs;
 mod connections;
+mod console;
 mod csrs;
 mod domains;
 mod error;
 mod extract;
 mod orgs;
+mod revocation;
 mod server_certs;
 mod tokens;
 
@@ -132,6 +134,19 @@ pub fn router(state: AppState) -> Router {
         .route("/orgs/{org}/tokens/{id}", delete(tokens::delete))
         .route("/orgs/{org}/domains", get(domains::show).put(domains::set))
         .route("/orgs/{org}/audit", get(audit::list))
+        .route(
+            "/orgs/{org}/blocked-devices",
+            post(revocation::block).get(revocation::list_blocked),
+        )
+        .route(
+            "/orgs/{org}/blocked-devices/{id}",
+            delete(revocation::unblock),
+        )
+        .route(
+            "/orgs/{org}/crls",
+            post(revocation::upload_crl).get(revocation::list_crls),
+        )
+        .route("/orgs/{org}/crls/{id}", delete(revocation::delete_crl))
         .route("/audit", get(audit::list_platform))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -150,6 +165,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
+        .merge(console::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -66,6 +66,7 @@ impl Broker {
         let sessions = Arc::new(Sessions::default());
         let engine = Engine::start(&config.engine);
         let ctx = Arc::new(SessionCtx {
+            registry: registry.clone(),
             pressure: crate::flow::Pressure::new(engine.lag_handle()),
             engine,
             sessions: sessions.clone(),
@@ -100,14 +101,22 @@ impl Broker {
                 return;
             }
         };
+        let revocations = match self.ctx.registry.revocations(org) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(%org, cause = %e, "cannot read revocations");
+                return;
+            }
+        };
         let n = self.sessions.kick_where(CloseReason::Revoked, |s| {
             &s.org == org
-                && active
+                && (active
                     .as_ref()
                     .is_none_or(|set| !set.contains(&s.ca_fingerprint))
+                    || revocations.refuses(&s.identity, &s.ca_fingerprint, &s.cert_serial))
         });
         if n > 0 {
-            info!(%org, sessions = n, "closed sessions whose CA is no longer active");
+            info!(%org, sessions = n, "closed sessions that are no longer admitted");
         }
     }
 

@@ -67,6 +67,7 @@ pub(crate) struct Peer {
 
 /// Shared by all sessions.
 pub(crate) struct SessionCtx {
+    pub registry: Arc<registry::Registry>,
     pub engine: Engine,
     pub pressure: Pressure,
     pub sessions: Arc<Sessions>,
@@ -137,6 +138,16 @@ where
             return;
         }
     };
+    // A blocked identity is refused whatever its certificate (fail closed on errors).
+    if ctx
+        .registry
+        .is_blocked(&org, &principal.identity)
+        .unwrap_or(true)
+    {
+        info!(%org, client_id, "refused: identity is blocked");
+        let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+        return;
+    }
     let will = match will.map(|w| map_will(&principal, w)).transpose() {
         Ok(w) => w,
         Err(e) => {

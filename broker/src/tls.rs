@@ -179,7 +179,16 @@ impl OrgTlsCache {
         let verifier: Arc<dyn ClientCertVerifier> = if roots.is_empty() {
             Arc::new(RejectAll::new(self.provider.clone()))
         } else {
+            let crls = material
+                .crls
+                .into_iter()
+                .map(rustls::pki_types::CertificateRevocationListDer::from);
+            // Revocation is checked for the client's own certificate; a CA without a
+            // CRL does not make its devices' status "unknown" and refused.
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status()
                 .build()
                 .map_err(|e| TlsError::Verifier(e.to_string()))?
         };

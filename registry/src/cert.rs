@@ -54,11 +54,20 @@ pub enum Rule {
     /// A private key format certmq does not read (legacy OpenSSL encrypted PEM, an
     /// unsupported encryption scheme).
     UnsupportedKeyFormat,
+    /// Not a PEM or DER certificate revocation list.
+    NotACrl,
+    /// The CRL is not signed by any CA of the org.
+    CrlNotFromOrgCa,
+    /// An older CRL than the one already stored for the same CA.
+    CrlOutdated,
 }
 
 impl Rule {
     pub fn code(self) -> &'static str {
         match self {
+            Rule::NotACrl => "not_a_crl",
+            Rule::CrlNotFromOrgCa => "crl_not_from_org_ca",
+            Rule::CrlOutdated => "crl_outdated",
             Rule::NotPemOrDer => "not_pem_or_der",
             Rule::MultipleCertificates => "multiple_certificates",
             Rule::UnexpectedPrivateKey => "unexpected_private_key",

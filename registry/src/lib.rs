@@ -16,6 +16,7 @@ pub mod domains;
 mod keys;
 pub mod names;
 mod registry;
+mod revocation;
 pub mod seal;
 mod server_upload;
 pub mod store;
@@ -28,5 +29,6 @@ pub use names::{Identity, Kind, Name, OrgId};
 pub use registry::{
     CaCert, CaView, Change, Error, Org, Registry, Result, ServerCert, ServerCertView, TlsMaterial,
 };
+pub use revocation::{BlockedDevice, Crl, Revocations};
 pub use server_upload::{NewServerCert, UploadServerCert};
 pub use tokens::{NewToken, TokenView};

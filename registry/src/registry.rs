@@ -132,6 +132,8 @@ pub struct TlsMaterial {
     pub server: Option<(Vec<Vec<u8>>, Vec<u8>)>,
     /// The org's active CA certificates: (id, DER, SHA-256 fingerprint).
     pub cas: Vec<(String, Vec<u8>, String)>,
+    /// The org's CRLs (DER), checked on every handshake.
+    pub crls: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -288,6 +290,8 @@ impl Registry {
             format!("ca/{id}/"),
             format!("srv/{id}/"),
             format!("csr/{id}/"),
+            format!("blocked/{id}/"),
+            format!("crl/{id}/"),
         ] {
             for (k, _) in self.store.scan(&prefix)? {
                 ops.push(Op::Delete(k));
@@ -546,7 +550,8 @@ impl Registry {
                 cas.push((ca.id, der, fp));
             }
         }
-        Ok(Some(TlsMaterial { server, cas }))
+        let crls = self.crl_ders(org)?;
+        Ok(Some(TlsMaterial { server, cas, crls }))
     }
 
     /// The platform default certificate (SAN `*.<domain>`), presented to orgs that
