@@ -49,6 +49,7 @@ pub(crate) async fn run(devices: usize, events: usize) -> anyhow::Result<()> {
         data_dir: dir.path().to_path_buf(),
         mqtt: any,
         admin: any,
+        mqtt_plain: None,
         domain: DOMAIN.into(),
     })
     .await?;

@@ -34,6 +34,10 @@ enum Command {
         /// Admin REST API listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin: SocketAddr,
+        /// Plain MQTT listen address, for orgs whose security level is `tls_optional`
+        /// (token authentication only); `off` disables it.
+        #[arg(long, default_value = "0.0.0.0:1883")]
+        mqtt_plain: OptionalAddr,
         /// Base messaging domain: org hosts are `<org>.<domain>`.
         #[arg(long, default_value = "messaging.localhost")]
         domain: String,
@@ -67,12 +71,14 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             mqtt,
             admin,
+            mqtt_plain,
             domain,
         } => {
             serve(app::Options {
                 data_dir,
                 mqtt,
                 admin,
+                mqtt_plain: mqtt_plain.0,
                 domain,
             })
             .await
@@ -91,8 +97,11 @@ async fn serve(opts: app::Options) -> anyhow::Result<()> {
         );
     }
     // One machine-readable line: tests and scripts wait for it.
+    let plain = running
+        .mqtt_plain_addr
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!(
-        "certmq ready mqtt={} admin={} domain={}",
+        "certmq ready mqtt={} admin={} mqtt_plain={plain} domain={}",
         running.mqtt_addr, running.admin_addr, opts.domain
     );
     tracing::info!(mqtt = %running.mqtt_addr, admin = %running.admin_addr, "certmq serving");
@@ -100,6 +109,21 @@ async fn serve(opts: app::Options) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// A listen address, or `off`.
+#[derive(Clone, Debug)]
+struct OptionalAddr(Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            Ok(OptionalAddr(None))
+        } else {
+            s.parse().map(|a| OptionalAddr(Some(a)))
+        }
+    }
 }
 
 async fn shutdown_signal() {

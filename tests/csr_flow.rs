@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,20 +17,6 @@ use serde_json::{json, Value};
 use support::*;
 
 const HOST: &str = "acme.messaging.localhost";
-
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command is needed by this test");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// GET returning the raw body (for PEM downloads).
 async fn get_text(api: &Api, path: &str) -> (u16, String, String) {

@@ -29,7 +29,9 @@ mod csrs;
 mod domains;
 mod error;
 mod extract;
+mod ops;
 mod orgs;
+mod policy;
 mod revocation;
 mod server_certs;
 mod tokens;
@@ -50,6 +52,32 @@ pub trait ConnectionsView: Send + Sync + 'static {
     fn list(&self, org: &OrgId) -> Vec<serde_json::Value>;
     /// Closes the session of `client_id` in `org`; `false` when there is none.
     fn kick(&self, org: &OrgId, client_id: &str) -> bool;
+    /// The Prometheus text exposition of the broker's metrics.
+    fn metrics(&self) -> String {
+        String::new()
+    }
+    /// The authorization dry run of `org` (`POST /orgs/{org}/authz/check`): the JSON
+    /// request in, the broker's decision out.
+    fn authz_check(
+        &self,
+        _org: &OrgId,
+        _request: serde_json::Value,
+    ) -> Result<serde_json::Value, DryRunError> {
+        Err(DryRunError::Unavailable)
+    }
+}
+
+/// Why a dry run did not produce a decision.
+#[derive(Debug)]
+pub enum DryRunError {
+    /// The request was malformed (400).
+    BadRequest(String),
+    /// The org does not exist (404).
+    NotFound(String),
+    /// The broker could not answer (500).
+    Internal(String),
+    /// This deployment has no broker behind the API (501).
+    Unavailable,
 }
 
 /// Everything the handlers share: cheap to clone, all `Arc`s.
@@ -134,6 +162,19 @@ pub fn router(state: AppState) -> Router {
         .route("/orgs/{org}/tokens/{id}", delete(tokens::delete))
         .route("/orgs/{org}/domains", get(domains::show).put(domains::set))
         .route("/orgs/{org}/audit", get(audit::list))
+        .route("/orgs/{org}/authz/check", post(ops::authz_check))
+        .route(
+            "/orgs/{org}/security-policy",
+            get(policy::show).put(policy::set),
+        )
+        .route(
+            "/orgs/{org}/device-tokens",
+            post(policy::set_token).get(policy::list_tokens),
+        )
+        .route(
+            "/orgs/{org}/device-tokens/{id}",
+            delete(policy::delete_token),
+        )
         .route(
             "/orgs/{org}/blocked-devices",
             post(revocation::block).get(revocation::list_blocked),
@@ -162,8 +203,16 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ));
 
+    let metrics = Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(metrics)
         .nest("/api/v1", api)
         .merge(console::routes())
         .method_not_allowed_fallback(method_not_allowed)

@@ -105,6 +105,11 @@ impl Pattern {
 pub struct Principal {
     pub org: OrgId,
     pub identity: Identity,
+    /// For a gateway whose type the org's policy limits: the device types it may act for.
+    pub gateway_scope: Option<Vec<Name>>,
+    /// For a scalable application instance (`A:<org>:<app>:<instance>`): every
+    /// subscription is shared among the app's instances.
+    pub scalable: bool,
 }
 
 /// `/tenants/<org>/`, the root of an org's internal topic space.
@@ -122,6 +127,25 @@ fn split(s: &str) -> Vec<&str> {
 }
 
 impl Principal {
+    /// A principal with no gateway scope, not a scalable app instance.
+    pub fn new(org: OrgId, identity: Identity) -> Principal {
+        Principal {
+            org,
+            identity,
+            gateway_scope: None,
+            scalable: false,
+        }
+    }
+
+    /// Whether this gateway may act for devices of type `t` (level 2 of a full topic);
+    /// `+` is allowed only when the gateway is not scoped.
+    fn in_gateway_scope(&self, t: &str) -> bool {
+        match &self.gateway_scope {
+            None => true,
+            Some(types) => types.iter().any(|x| x.as_str() == t),
+        }
+    }
+
     /// The device type and id this principal publishes as in the short form, if any.
     fn own_device(&self) -> Option<(&Name, &Name)> {
         match &self.identity {
@@ -155,7 +179,8 @@ impl Principal {
         let allowed = match self.identity {
             Identity::Device { .. } => DEVICE_EVT.matches_topic(&levels),
             Identity::Gateway { .. } => {
-                DEVICE_EVT.matches_topic(&levels) || FULL_EVT.matches_topic(&levels)
+                DEVICE_EVT.matches_topic(&levels)
+                    || (FULL_EVT.matches_topic(&levels) && self.in_gateway_scope(levels[2]))
             }
             Identity::App { .. } => FULL_CMD.matches_topic(&levels),
         };
@@ -180,13 +205,32 @@ impl Principal {
             if !matches!(self.identity, Identity::App { .. }) || Name::try_from(group).is_err() {
                 return Err(self.denied("subscribe to", filter));
             }
-            let mapped = self.subscribe_filter(inner)?;
+            let mapped = Principal {
+                scalable: false,
+                ..self.clone()
+            }
+            .subscribe_filter(inner)?;
             return Ok(format!("$share/{}.{group}/{mapped}", self.org));
+        }
+        if self.scalable {
+            // Watson scalable applications: instances of one app share its messages.
+            // ':' cannot occur in a user's group name, so this group is the app's own.
+            let mapped = Principal {
+                scalable: false,
+                ..self.clone()
+            }
+            .subscribe_filter(filter)?;
+            if let Identity::App { app_id } = &self.identity {
+                return Ok(format!("$share/{}:{app_id}/{mapped}", self.org));
+            }
         }
         let levels = split(filter);
         let allowed = match self.identity {
             Identity::Device { .. } => DEVICE_CMD.covers_filter(&levels),
-            Identity::Gateway { .. } => FULL_CMD.covers_filter(&levels),
+            Identity::Gateway { .. } => {
+                FULL_CMD.covers_filter(&levels)
+                    && (self.gateway_scope.is_none() || self.in_gateway_scope(levels[2]))
+            }
             Identity::App { .. } => {
                 FULL_EVT.covers_filter(&levels) || FULL_MON.covers_filter(&levels)
             }
@@ -224,10 +268,7 @@ mod tests {
     use super::*;
 
     fn p(org: &str, id: &str) -> Principal {
-        Principal {
-            org: OrgId::try_from(org).unwrap(),
-            identity: Identity::parse(id).unwrap(),
-        }
+        Principal::new(OrgId::try_from(org).unwrap(), Identity::parse(id).unwrap())
     }
 
     #[test]
@@ -318,6 +359,38 @@ mod tests {
             .is_ok());
         assert!(g.subscribe_filter("iot-2/type/+/id/+/cmd/+/fmt/+").is_ok());
         assert!(g.subscribe_filter("iot-2/type/+/id/+/evt/+/fmt/+").is_err());
+    }
+
+    #[test]
+    fn scoped_gateways_and_scalable_apps() {
+        let mut g = p("acme", "g:gw:g1");
+        g.gateway_scope = Some(vec![Name::try_from("sensor").unwrap()]);
+        assert!(g
+            .publish_topic("iot-2/type/sensor/id/d9/evt/e/fmt/f")
+            .is_ok());
+        assert!(g
+            .publish_topic("iot-2/type/camera/id/d9/evt/e/fmt/f")
+            .is_err());
+        assert!(
+            g.publish_topic("iot-2/evt/e/fmt/f").is_ok(),
+            "itself, always"
+        );
+        assert!(g
+            .subscribe_filter("iot-2/type/sensor/id/+/cmd/+/fmt/+")
+            .is_ok());
+        assert!(g.subscribe_filter("iot-2/type/+/id/+/cmd/+/fmt/+").is_err());
+
+        let mut a = p("acme", "a:dash");
+        a.scalable = true;
+        assert_eq!(
+            a.subscribe_filter("iot-2/type/+/id/+/evt/+/fmt/+").unwrap(),
+            "$share/acme:dash//tenants/acme/iot-2/type/+/id/+/evt/+/fmt/+"
+        );
+        assert_eq!(
+            a.subscribe_filter("$share/g/iot-2/type/+/id/+/mon")
+                .unwrap(),
+            "$share/acme.g//tenants/acme/iot-2/type/+/id/+/mon"
+        );
     }
 
     #[test]

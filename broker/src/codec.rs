@@ -15,11 +15,13 @@ pub enum Version {
 }
 
 impl Version {
-    /// The name status events and the connections API show (`mqtt4-tls`, `mqtt5-tls`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Version::V4 => "mqtt4-tls",
-            Version::V5 => "mqtt5-tls",
+    /// The name status events and the connections API show (`mqtt4-tls`, `mqtt5`, …).
+    pub fn label(self, transport: registry::Transport) -> &'static str {
+        match (self, transport) {
+            (Version::V4, registry::Transport::Tls) => "mqtt4-tls",
+            (Version::V5, registry::Transport::Tls) => "mqtt5-tls",
+            (Version::V4, registry::Transport::Plain) => "mqtt4",
+            (Version::V5, registry::Transport::Plain) => "mqtt5",
         }
     }
 }
@@ -98,6 +100,17 @@ impl Version {
             ConnAck {
                 session_present: false,
                 code: ConnectReturnCode::NotAuthorized,
+            },
+            None,
+        )
+    }
+
+    /// A CONNACK refusing a wrong token (3.1.1 rc 4, v5 0x86).
+    pub fn bad_credentials(self) -> Packet {
+        Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::BadUserNamePassword,
             },
             None,
         )

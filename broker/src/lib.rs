@@ -9,14 +9,18 @@
 //! packets authorized and rewritten by [`acl::Principal`] → engine.
 
 pub mod acl;
+mod admission;
+pub mod authz;
 pub mod codec;
 pub mod engine;
 pub mod flow;
+pub mod metrics;
 mod server;
 mod session;
 pub mod sessions;
 pub mod tls;
 
+pub use authz::{AuthzDecision, AuthzError, AuthzRequest};
 pub use server::{Broker, BrokerConfig};
 pub use session::SessionLimits;
 pub use sessions::{CloseReason, SessionInfo, Sessions};

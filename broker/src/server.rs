@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::admission::Arrival;
 use crate::engine::{Engine, EngineConfig};
 use crate::session::{self, Peer, SessionCtx, SessionLimits};
 use crate::sessions::{CloseReason, Sessions};
 use crate::tls::OrgTlsCache;
+use registry::Transport;
 
 /// Broker settings.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
 pub struct Broker {
     tls: Arc<OrgTlsCache>,
     sessions: Arc<Sessions>,
-    ctx: Arc<SessionCtx>,
+    pub(crate) ctx: Arc<SessionCtx>,
     config: BrokerConfig,
 }
 
@@ -62,11 +64,13 @@ impl Broker {
     /// rebuilt on its next handshake, and its live sessions whose admitting CA is no
     /// longer active (or whose org is gone) are closed at once.
     pub fn new(registry: Arc<Registry>, config: BrokerConfig) -> Arc<Broker> {
+        crate::metrics::install();
         let tls = OrgTlsCache::new(registry.clone());
         let sessions = Arc::new(Sessions::default());
         let engine = Engine::start(&config.engine);
         let ctx = Arc::new(SessionCtx {
             registry: registry.clone(),
+            tls: tls.clone(),
             pressure: crate::flow::Pressure::new(engine.lag_handle()),
             engine,
             sessions: sessions.clone(),
@@ -87,14 +91,26 @@ impl Broker {
         broker
     }
 
+    pub(crate) fn tls(&self) -> &OrgTlsCache {
+        &self.tls
+    }
+
+    /// The Prometheus text exposition of the broker's metrics.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.sessions, &self.ctx.registry)
+    }
+
     /// Live sessions (list, kick).
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
     }
 
+    /// Re-applies admission to the org's live sessions after a change: a session whose
+    /// credentials no longer pass — CA gone or inactive, serial revoked, identity
+    /// blocked, token replaced or deleted, security level raised, org deleted — is closed.
     fn reconcile(&self, org: &registry::OrgId) {
-        let active: Option<HashSet<String>> = match self.tls.get(org) {
-            Ok(t) => t.map(|t| t.cas.iter().map(|c| c.fingerprint.clone()).collect()),
+        let tls = match self.tls.get(org) {
+            Ok(t) => t,
             Err(e) => {
                 // Keep serving with what was admitted; the next handshake will retry.
                 error!(%org, cause = %e, "cannot rebuild TLS config");
@@ -108,12 +124,33 @@ impl Broker {
                 return;
             }
         };
+        let active: HashSet<&str> = tls
+            .as_ref()
+            .map(|t| t.cas.iter().map(|c| c.fingerprint.as_str()).collect())
+            .unwrap_or_default();
+        let registry = &self.ctx.registry;
         let n = self.sessions.kick_where(CloseReason::Revoked, |s| {
-            &s.org == org
-                && (active
-                    .as_ref()
-                    .is_none_or(|set| !set.contains(&s.ca_fingerprint))
-                    || revocations.refuses(&s.identity, &s.ca_fingerprint, &s.cert_serial))
+            if &s.org != org {
+                return false;
+            }
+            let Some(tls) = &tls else {
+                return true; // the org is gone
+            };
+            if revocations.blocked.contains(&s.identity) {
+                return true;
+            }
+            let cert_ok = s.has_cert
+                && active.contains(s.ca_fingerprint.as_str())
+                && !revocations.refuses(&s.identity, &s.ca_fingerprint, &s.cert_serial);
+            let token_ok = s.token_version.is_some()
+                && registry
+                    .device_token_version(org, &s.identity)
+                    .ok()
+                    .flatten()
+                    == s.token_version;
+            !tls.policy
+                .level_for(&s.identity)
+                .admits(s.transport, cert_ok, token_ok)
         });
         if n > 0 {
             info!(%org, sessions = n, "closed sessions that are no longer admitted");
@@ -123,6 +160,22 @@ impl Broker {
     /// Serves MQTT over TLS on `listener` until `shutdown` is cancelled, then closes
     /// every session and waits (up to 5 s) for them to end.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.accept_loop(listener, shutdown, false).await
+    }
+
+    /// Serves plain MQTT (no TLS) on `listener`: only orgs whose policy is
+    /// `tls_optional` admit anyone here, and only with a token; the org comes from the
+    /// client id.
+    pub async fn serve_plain(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.accept_loop(listener, shutdown, true).await
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        plain: bool,
+    ) {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let tracker = TaskTracker::new();
         loop {
@@ -152,7 +205,11 @@ impl Broker {
             );
             tracker.spawn(
                 async move {
-                    broker.connection(tcp, addr).await;
+                    if plain {
+                        broker.plain_connection(tcp, addr).await;
+                    } else {
+                        broker.connection(tcp, addr).await;
+                    }
                     drop(permit);
                 }
                 .instrument(span),
@@ -163,6 +220,25 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
 
+    async fn plain_connection(&self, tcp: TcpStream, addr: SocketAddr) {
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or_default();
+        let peer = Peer {
+            arrival: Arrival {
+                transport: Transport::Plain,
+                org_tls: None,
+                has_cert: false,
+                cert_identity: None,
+            },
+            ca_id: String::new(),
+            ca_fingerprint: String::new(),
+            cert_serial: String::new(),
+            cert_not_after: time::OffsetDateTime::UNIX_EPOCH,
+            remote_addr: addr,
+            local_port,
+        };
+        session::run(tcp, peer, self.ctx.clone()).await;
+    }
+
     async fn connection(&self, tcp: TcpStream, addr: SocketAddr) {
         let deadline = Instant::now() + self.config.handshake_timeout;
         let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or_default();
@@ -171,10 +247,12 @@ impl Broker {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
                 debug!(cause = %e, "not a TLS ClientHello");
+                crate::metrics::handshake(None, "not_tls");
                 return;
             }
             Err(_) => {
                 debug!("no ClientHello before the handshake timeout");
+                crate::metrics::handshake(None, "timeout");
                 return;
             }
         };
@@ -184,12 +262,14 @@ impl Broker {
             Some(Ok(Some(t))) => t,
             Some(Err(e)) => {
                 error!(cause = %e, "cannot build the org's TLS config");
+                crate::metrics::handshake(org.as_ref().map(|o| o.as_str()), "internal_error");
                 let mut io = start.io;
                 let _ = io.write_all(&ALERT_INTERNAL_ERROR).await;
                 return;
             }
             _ => {
                 debug!(sni = ?sni, "no org for this server name");
+                crate::metrics::handshake(None, "unrecognized_name");
                 let mut io = start.io;
                 let _ = io.write_all(&ALERT_UNRECOGNIZED_NAME).await;
                 let _ = io.shutdown().await;
@@ -206,24 +286,24 @@ impl Broker {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 info!(cause = %e, "TLS handshake failed");
+                let reason = crate::metrics::handshake_reason(&e);
+                crate::metrics::handshake(Some(org_tls.org.as_str()), reason);
                 return;
             }
             Err(_) => {
                 debug!("TLS handshake timed out");
+                crate::metrics::handshake(Some(org_tls.org.as_str()), "timeout");
                 return;
             }
         };
+        crate::metrics::handshake(Some(org_tls.org.as_str()), "ok");
         let (_, conn) = stream.get_ref();
-        let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) else {
-            // Cannot happen: the verifier requires a client certificate.
-            return;
-        };
-        let leaf = &chain[0];
-        let details = cert::details(leaf).ok();
-        let ca = org_tls.admitting_ca(chain);
+        // No chain only when the org's policy admits tokens (the verifier decides).
+        let chain = conn.peer_certificates().filter(|c| !c.is_empty());
+        let leaf = chain.and_then(|c| c.first());
+        let details = leaf.and_then(|l| cert::details(l).ok());
+        let ca = chain.and_then(|c| org_tls.admitting_ca(c));
         let peer = Peer {
-            principal_org: org_tls.org.clone(),
-            identity: cert::identity_of(leaf),
             ca_id: ca.map(|c| c.id.clone()).unwrap_or_default(),
             ca_fingerprint: ca.map(|c| c.fingerprint.clone()).unwrap_or_default(),
             cert_serial: details
@@ -233,10 +313,15 @@ impl Broker {
             cert_not_after: details
                 .map(|d| d.not_after)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            arrival: Arrival {
+                transport: Transport::Tls,
+                has_cert: leaf.is_some(),
+                cert_identity: leaf.and_then(|l| cert::identity_of(l)),
+                org_tls: Some(org_tls),
+            },
             remote_addr: addr,
             local_port,
         };
-        drop(org_tls);
         session::run(stream, peer, self.ctx.clone()).await;
     }
 }

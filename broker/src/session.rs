@@ -18,10 +18,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::acl::Principal;
+use crate::admission::{self, Arrival, Refusal};
 use crate::codec::{connect_version, CodecError, Version};
 use crate::engine::Engine;
 use crate::flow::{self, Flow, Pressure};
 use crate::sessions::{CloseReason, KillSwitch, SessionInfo, Sessions};
+use registry::Transport;
 
 /// Limits applied to every session.
 #[derive(Debug, Clone)]
@@ -52,10 +54,9 @@ impl Default for SessionLimits {
     }
 }
 
-/// What the TLS layer established about the peer.
+/// What the transport established about the peer.
 pub(crate) struct Peer {
-    pub principal_org: registry::OrgId,
-    pub identity: Option<Identity>,
+    pub arrival: Arrival,
     pub ca_id: String,
     pub ca_fingerprint: String,
     pub cert_serial: String,
@@ -68,6 +69,7 @@ pub(crate) struct Peer {
 /// Shared by all sessions.
 pub(crate) struct SessionCtx {
     pub registry: Arc<registry::Registry>,
+    pub tls: Arc<crate::tls::OrgTlsCache>,
     pub engine: Engine,
     pub pressure: Pressure,
     pub sessions: Arc<Sessions>,
@@ -119,35 +121,32 @@ where
             return;
         }
     };
-    let Packet::Connect(connect, _props, will, _will_props, _login) = packet else {
+    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
         return;
     };
     let client_id = connect.client_id.clone();
-    let org = peer.principal_org.clone();
-
-    // SPEC 3.3/3.4: the client id must be the one the certificate identity implies.
-    let principal = match &peer.identity {
-        Some(identity) if identity.admits_client_id(&org, &client_id) => Principal {
-            org: org.clone(),
-            identity: identity.clone(),
-        },
-        _ => {
-            info!(%org, client_id, identity = ?peer.identity.as_ref().map(|i| i.to_string()),
-                "refused: client id does not match the certificate identity");
-            let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+    let admitted = match admission::admit(
+        &ctx.registry,
+        &ctx.tls,
+        &peer.arrival,
+        &client_id,
+        login.as_ref().map(|l| l.username.as_str()),
+        login.as_ref().map(|l| l.password.as_str()),
+    ) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let (packet, why) = match refusal {
+                Refusal::NotAuthorized(m) => (version.not_authorized(), m),
+                Refusal::BadCredentials(m) => (version.bad_credentials(), m),
+            };
+            info!(client_id, cause = %why, "CONNECT refused");
+            let _ = write_packets(&mut stream, version, [packet]).await;
             return;
         }
     };
-    // A blocked identity is refused whatever its certificate (fail closed on errors).
-    if ctx
-        .registry
-        .is_blocked(&org, &principal.identity)
-        .unwrap_or(true)
-    {
-        info!(%org, client_id, "refused: identity is blocked");
-        let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
-        return;
-    }
+    let principal = admitted.principal;
+    let org = principal.org.clone();
+    tracing::Span::current().record("org", org.as_str());
     let will = match will.map(|w| map_will(&principal, w)).transpose() {
         Ok(w) => w,
         Err(e) => {
@@ -158,22 +157,33 @@ where
     };
 
     let switch = Arc::new(KillSwitch::default());
+    let has_cert = peer.arrival.has_cert;
+    let transport = peer.arrival.transport;
     let info = SessionInfo {
         client_id: client_id.clone(),
         org: org.clone(),
         kind: principal.identity.kind(),
         identity: principal.identity.clone(),
+        auth: match (has_cert, admitted.token_version.is_some()) {
+            (true, true) => "certificate+token",
+            (true, false) => "certificate",
+            _ => "token",
+        },
+        transport,
+        has_cert,
+        token_version: admitted.token_version,
         ca_id: peer.ca_id,
         ca_fingerprint: peer.ca_fingerprint,
         cert_serial: peer.cert_serial,
         cert_not_after: peer.cert_not_after,
         remote_addr: peer.remote_addr,
-        protocol: version.label(),
+        protocol: version.label(transport),
         since: time::OffsetDateTime::now_utc(),
     };
     let (seq, previous) = ctx.sessions.register(info, switch.clone());
     if let Some(prev) = previous {
         // Takeover (SPEC 3.5): the old session closes and releases its link first.
+        crate::metrics::kick(org.as_str(), CloseReason::TakenOver.label());
         prev.close(CloseReason::TakenOver);
         let _ = tokio::time::timeout(Duration::from_secs(5), prev.finished()).await;
     }
@@ -190,20 +200,20 @@ where
             return;
         }
     };
-    info!(protocol = version.label(), "connected");
+    info!(protocol = version.label(transport), "connected");
     let connected_at = time::OffsetDateTime::now_utc();
     let status = StatusEvents {
-        principal: Principal {
-            org: org.clone(),
-            identity: principal.identity.clone(),
-        },
+        principal: principal.clone(),
         client_id: client_id.clone(),
         addr: peer.remote_addr,
         port: peer.local_port,
-        protocol: version.label(),
+        protocol: version.label(transport),
+        secure: transport == Transport::Tls,
         connected_at,
     };
 
+    let counters =
+        crate::metrics::SessionCounters::new(org.as_str(), principal.identity.kind().as_str());
     let mut bridge = Bridge {
         version,
         principal,
@@ -213,6 +223,7 @@ where
         wbuf: BytesMut::with_capacity(4096),
         limits: ctx.limits.clone(),
         flow: ctx.pressure.flow(&org),
+        counters,
         out_inflight: 0,
     };
     if let Some((topic, payload)) = status.connect() {
@@ -272,6 +283,7 @@ struct StatusEvents {
     addr: std::net::SocketAddr,
     port: u16,
     protocol: &'static str,
+    secure: bool,
     connected_at: time::OffsetDateTime,
 }
 
@@ -311,7 +323,7 @@ impl StatusEvents {
         m.insert("ClientID".into(), self.client_id.clone().into());
         m.insert("Port".into(), self.port.into());
         m.insert("Protocol".into(), self.protocol.into());
-        m.insert("Secure".into(), true.into());
+        m.insert("Secure".into(), self.secure.into());
         m
     }
 
@@ -419,6 +431,7 @@ struct Bridge {
     flow: Flow,
     /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
     out_inflight: usize,
+    counters: crate::metrics::SessionCounters,
 }
 
 impl Bridge {
@@ -543,6 +556,7 @@ impl Bridge {
                         return Ok(false);
                     }
                 }
+                self.counters.deliveries.increment(1);
                 let start = self.wbuf.len();
                 self.version
                     .write(Packet::Publish(f.publish, f.properties), &mut self.wbuf)?;
@@ -621,6 +635,7 @@ impl Bridge {
                             return Err(SessionError::Denied(denied.0));
                         }
                     }
+                    self.counters.publishes.increment(1);
                     self.send_to_engine(Packet::Publish(publish, props)).await?;
                 }
                 Packet::Subscribe(sub, props) => {

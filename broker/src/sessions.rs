@@ -19,6 +19,15 @@ pub struct SessionInfo {
     pub org: OrgId,
     pub identity: Identity,
     pub kind: registry::Kind,
+    /// `certificate`, `token` or `certificate+token`.
+    pub auth: &'static str,
+    pub transport: registry::Transport,
+    #[serde(skip)]
+    pub has_cert: bool,
+    /// The version of the token that admitted the session, if one did.
+    #[serde(skip)]
+    pub token_version: Option<OffsetDateTime>,
+    /// Empty for a session without a client certificate.
     pub ca_id: String,
     pub ca_fingerprint: String,
     pub cert_serial: String,
@@ -56,6 +65,16 @@ impl CloseReason {
             CloseReason::Kicked => 0x98,
             CloseReason::Revoked => 0x87,
             CloseReason::Shutdown => 0x8B,
+        }
+    }
+
+    /// The `reason` label of `certmq_kicks_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::TakenOver => "taken_over",
+            CloseReason::Kicked => "kicked",
+            CloseReason::Revoked => "revoked",
+            CloseReason::Shutdown => "shutdown",
         }
     }
 
@@ -149,6 +168,15 @@ impl Sessions {
         v
     }
 
+    /// Live sessions per (org, kind), for the connections gauge.
+    pub fn counts(&self) -> std::collections::BTreeMap<(OrgId, registry::Kind), usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.map().values() {
+            *out.entry((e.info.org.clone(), e.info.kind)).or_default() += 1;
+        }
+        out
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.map().len()
@@ -162,6 +190,7 @@ impl Sessions {
     pub fn kick(&self, org: &OrgId, client_id: &str, reason: CloseReason) -> bool {
         match self.map().get(client_id) {
             Some(e) if &e.info.org == org => {
+                crate::metrics::kick(org.as_str(), reason.label());
                 e.switch.close(reason);
                 true
             }
@@ -174,6 +203,7 @@ impl Sessions {
         let map = self.map();
         let mut n = 0;
         for e in map.values().filter(|e| pred(&e.info)) {
+            crate::metrics::kick(e.info.org.as_str(), reason.label());
             e.switch.close(reason);
             n += 1;
         }

@@ -36,6 +36,10 @@ pub struct OrgTls {
     pub org: OrgId,
     pub config: Arc<ServerConfig>,
     pub cas: Vec<ActiveCa>,
+    /// The client verifier inside `config`, also used by the authorization dry run.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The org's security policy when the config was built.
+    pub policy: registry::SecurityPolicy,
 }
 
 impl OrgTls {
@@ -151,6 +155,13 @@ impl OrgTlsCache {
         let Some(material) = self.registry.tls_material(org)? else {
             return Ok(None);
         };
+        let policy = match self.registry.security_policy(org) {
+            Ok(p) => p,
+            Err(registry::Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // Levels that admit tokens ask for a certificate without requiring one.
+        let (cert_optional, _) = policy.loosest();
         let (chain, key) = match material.server {
             Some(server) => server,
             None => self.registry.platform_cert()?,
@@ -177,7 +188,7 @@ impl OrgTlsCache {
             });
         }
         let verifier: Arc<dyn ClientCertVerifier> = if roots.is_empty() {
-            Arc::new(RejectAll::new(self.provider.clone()))
+            Arc::new(RejectAll::new(self.provider.clone(), !cert_optional))
         } else {
             let crls = material
                 .crls
@@ -185,43 +196,59 @@ impl OrgTlsCache {
                 .map(rustls::pki_types::CertificateRevocationListDer::from);
             // Revocation is checked for the client's own certificate; a CA without a
             // CRL does not make its devices' status "unknown" and refused.
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .with_crls(crls)
-                .only_check_end_entity_revocation()
-                .allow_unknown_revocation_status()
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .with_crls(crls)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+            let builder = if cert_optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder
                 .build()
                 .map_err(|e| TlsError::Verifier(e.to_string()))?
         };
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_single_cert(chain, key)?;
         config.ignore_client_order = true;
         Ok(Some(OrgTls {
             org: org.clone(),
             config: Arc::new(config),
             cas,
+            verifier,
+            policy,
         }))
     }
 }
 
-/// The verifier of an org with no active CA: asks for a certificate, admits none.
+/// The verifier of an org with no active CA: asks for a certificate, admits none (and,
+/// when the policy allows tokens, lets clients come without one).
 #[derive(Debug)]
 struct RejectAll {
     schemes: Vec<SignatureScheme>,
+    mandatory: bool,
 }
 
 impl RejectAll {
-    fn new(provider: Arc<CryptoProvider>) -> RejectAll {
+    fn new(provider: Arc<CryptoProvider>, mandatory: bool) -> RejectAll {
         RejectAll {
             schemes: provider
                 .signature_verification_algorithms
                 .supported_schemes(),
+            mandatory,
         }
     }
 }
 
 impl ClientCertVerifier for RejectAll {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }

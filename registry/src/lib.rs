@@ -15,6 +15,7 @@ mod csr;
 pub mod domains;
 mod keys;
 pub mod names;
+pub mod policy;
 mod registry;
 mod revocation;
 pub mod seal;
@@ -26,6 +27,7 @@ pub use audit::{AuditEntry, AuditEvent, AuditLog};
 pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView, KeyType};
 pub use domains::DomainName;
 pub use names::{Identity, Kind, Name, OrgId};
+pub use policy::{DeviceToken, Level, SecurityPolicy, Transport};
 pub use registry::{
     CaCert, CaView, Change, Error, Org, Registry, Result, ServerCert, ServerCertView, TlsMaterial,
 };

@@ -120,7 +120,7 @@ pub enum Identity {
 }
 
 /// The kind of a client, as used in metrics and the connections API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Device,
@@ -238,6 +238,27 @@ impl fmt::Display for Identity {
     }
 }
 
+/// Reads org and identity from a client id: `d:<org>:<type>:<id>`, `g:<org>:<type>:<id>`,
+/// `a:<org>:<app>` or `A:<org>:<app>:<instance>`. Used where no certificate names the
+/// client (token authentication, plain MQTT).
+pub fn parse_client_id(client_id: &str) -> Option<(OrgId, Identity)> {
+    let parts: Vec<&str> = client_id.split(':').collect();
+    let (org, identity) = match parts.as_slice() {
+        ["d", org, t, d] => (org, format!("d:{t}:{d}")),
+        ["g", org, t, d] => (org, format!("g:{t}:{d}")),
+        ["a", org, app] => (org, format!("a:{app}")),
+        ["A", org, app, instance] => {
+            Name::try_from(*instance).ok()?;
+            (org, format!("a:{app}"))
+        }
+        _ => return None,
+    };
+    Some((
+        OrgId::try_from(*org).ok()?,
+        Identity::parse(&identity).ok()?,
+    ))
+}
+
 /// Maps an SNI host name to the org it names: `<org>.<domain>` for the base domain or
 /// any of `extra_domains`. Returns `None` for any other name.
 pub fn org_from_host<'a>(
@@ -305,6 +326,27 @@ mod tests {
         assert!(app.admits_client_id(&org, "A:acme:dash:i1"));
         assert!(!app.admits_client_id(&org, "A:acme:dash:"));
         assert!(!app.admits_client_id(&org, "A:acme:other:i1"));
+    }
+
+    #[test]
+    fn client_ids_parse_back_to_org_and_identity() {
+        let (o, i) = parse_client_id("d:acme:sensor:dev1").unwrap();
+        assert_eq!(
+            (o.as_str(), i.to_string().as_str()),
+            ("acme", "d:sensor:dev1")
+        );
+        let (_, i) = parse_client_id("A:acme:dash:i1").unwrap();
+        assert_eq!(i.to_string(), "a:dash");
+        for bad in [
+            "d:acme:sensor",
+            "x:acme:a",
+            "d:Acme:s:d",
+            "A:acme:dash:",
+            "a:acme:d:e",
+            "",
+        ] {
+            assert!(parse_client_id(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -285,13 +285,17 @@ impl Registry {
     pub fn delete_org(&self, id: &OrgId) -> Result<()> {
         let _g = self.lock();
         self.get_org(id)?;
-        let mut ops = vec![Op::Delete(format!("org/{id}"))];
+        let mut ops = vec![
+            Op::Delete(format!("org/{id}")),
+            Op::Delete(format!("policy/{id}")),
+        ];
         for prefix in [
             format!("ca/{id}/"),
             format!("srv/{id}/"),
             format!("csr/{id}/"),
             format!("blocked/{id}/"),
             format!("crl/{id}/"),
+            format!("devtoken/{id}/"),
         ] {
             for (k, _) in self.store.scan(&prefix)? {
                 ops.push(Op::Delete(k));

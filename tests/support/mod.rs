@@ -22,6 +22,8 @@ pub struct Server {
     child: Child,
     pub mqtt: SocketAddr,
     pub admin: SocketAddr,
+    /// The plain MQTT listener (orgs with level `tls_optional`).
+    pub mqtt_plain: SocketAddr,
     data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -41,6 +43,7 @@ impl Server {
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--mqtt", mqtt, "--admin", "127.0.0.1:0", "--domain", DOMAIN])
+            .args(["--mqtt-plain", "127.0.0.1:0"])
             .env("CERTMQ_ADMIN_TOKEN", TOKEN)
             .env(
                 "RUST_LOG",
@@ -73,6 +76,7 @@ impl Server {
         Server {
             mqtt: field("mqtt"),
             admin: field("admin"),
+            mqtt_plain: field("mqtt_plain"),
             child,
             data_dir: dir.to_path_buf(),
             _tmp: None,
@@ -355,4 +359,20 @@ pub fn expired_options() -> ClientCertOptions {
         not_after: now - time::Duration::days(1),
         ..ClientCertOptions::default()
     }
+}
+
+/// Runs the `openssl` command in `dir` and returns its stdout; panics with openssl's
+/// stderr when it fails (tests that sign with a "public" CA use the real tool).
+pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command is needed by this test");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

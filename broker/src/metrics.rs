@@ -1,0 +1,156 @@
+//! Prometheus metrics (`GET /metrics`), all named `certmq_*`.
+//!
+//! Counters go through the `metrics` facade into `metrics-exporter-prometheus` (the
+//! pair rumqttd itself uses); sessions keep their counter handles, so the hot path is an
+//! atomic add. Gauges that describe current state — live connections, certificate
+//! expiry — are computed at scrape time from the session registry and the registry, so
+//! a deleted CA or a departed org leaves no stale series behind.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use registry::Registry;
+use time::OffsetDateTime;
+
+use crate::sessions::Sessions;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once; `None` if another one was installed first.
+fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|_| handle)
+        })
+        .as_ref()
+}
+
+/// Call once at start-up so counters recorded before the first scrape are kept.
+pub fn install() {
+    let _ = handle();
+}
+
+/// Why a handshake ended, as the `reason` label of `certmq_handshakes_total`.
+pub(crate) fn handshake(org: Option<&str>, reason: &'static str) {
+    let result = if reason == "ok" { "ok" } else { "failed" };
+    metrics::counter!(
+        "certmq_handshakes_total",
+        "org" => org.unwrap_or("_unknown").to_owned(),
+        "result" => result,
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+/// Maps a handshake error to a short reason label.
+pub(crate) fn handshake_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(c)) => match c {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate_expired"
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate_not_yet_valid"
+            }
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::Revoked => "certificate_revoked",
+            _ => "bad_certificate",
+        },
+        Some(Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(Error::AlertReceived(_)) => "client_alert",
+        Some(_) => "tls_error",
+        None => "io_error",
+    }
+}
+
+/// A session closed by the broker (kick, revocation, takeover, shutdown).
+pub(crate) fn kick(org: &str, reason: &'static str) {
+    metrics::counter!("certmq_kicks_total", "org" => org.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// Per-session counter handles: one lookup at CONNECT, an atomic add per packet.
+pub(crate) struct SessionCounters {
+    pub publishes: metrics::Counter,
+    pub deliveries: metrics::Counter,
+}
+
+impl SessionCounters {
+    pub(crate) fn new(org: &str, kind: &'static str) -> SessionCounters {
+        SessionCounters {
+            publishes: metrics::counter!(
+                "certmq_publishes_total", "org" => org.to_owned(), "kind" => kind
+            ),
+            deliveries: metrics::counter!(
+                "certmq_deliveries_total", "org" => org.to_owned(), "kind" => kind
+            ),
+        }
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole Prometheus text exposition.
+pub fn render(sessions: &Sessions, registry: &Registry) -> String {
+    let mut out = handle().map(|h| h.render()).unwrap_or_default();
+
+    let conns = sessions.counts();
+    out.push_str(
+        "# HELP certmq_connections Live MQTT sessions.\n# TYPE certmq_connections gauge\n",
+    );
+    for ((org, kind), n) in conns {
+        let _ = writeln!(
+            out,
+            "certmq_connections{{org=\"{}\",kind=\"{}\"}} {n}",
+            label(org.as_str()),
+            kind.as_str()
+        );
+    }
+
+    out.push_str(
+        "# HELP certmq_cert_not_after_seconds Expiry of CA and server certificates (Unix time).\n\
+         # TYPE certmq_cert_not_after_seconds gauge\n",
+    );
+    let mut days = String::from(
+        "# HELP certmq_cert_days_to_expiry Whole days until a CA or server certificate expires.\n\
+         # TYPE certmq_cert_days_to_expiry gauge\n",
+    );
+    let now = OffsetDateTime::now_utc();
+    for org in registry.list_orgs().unwrap_or_default() {
+        let cas = registry.list_cas(&org.id).unwrap_or_default();
+        let cas = cas
+            .iter()
+            .map(|c| ("ca", &c.id, c.active, c.details.not_after));
+        let srv = registry.list_server_certs(&org.id).unwrap_or_default();
+        let srv = srv
+            .iter()
+            .map(|c| ("server", &c.id, c.active, c.details.not_after));
+        for (kind, id, active, not_after) in cas.chain(srv) {
+            let labels = format!(
+                "org=\"{}\",kind=\"{kind}\",id=\"{}\",active=\"{active}\"",
+                label(org.id.as_str()),
+                label(id)
+            );
+            let _ = writeln!(
+                out,
+                "certmq_cert_not_after_seconds{{{labels}}} {}",
+                not_after.unix_timestamp()
+            );
+            let _ = writeln!(
+                days,
+                "certmq_cert_days_to_expiry{{{labels}}} {}",
+                (not_after - now).whole_days()
+            );
+        }
+    }
+    out.push_str(&days);
+    out
+}

@@ -1,0 +1,294 @@
+//! Connection security policy per org (SPEC section 5) and device tokens.
+//!
+//! The level says which credentials a connection needs: a client certificate, a token
+//! (`use-token-auth` + the identity's token as password), either, and whether plain MQTT
+//! (port 1883) is open. A device type can override the org's level, and a gateway type
+//! can be limited to acting for listed device types. Tokens are stored as a random
+//! 16-byte salt and HMAC-SHA256(salt, token), verified in constant time.
+
+use std::collections::BTreeMap;
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::names::{Identity, Name, OrgId};
+use crate::registry::{Change, Error, Registry, Result};
+use crate::seal::random_bytes;
+use crate::store::Op;
+
+/// How a connection must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// TLS and a valid client certificate (the default).
+    #[default]
+    TlsClientCert,
+    /// TLS and a client certificate or a token.
+    TlsClientCertOrToken,
+    /// TLS and a token.
+    TlsToken,
+    /// As `TlsClientCertOrToken`, and also plain MQTT with a token.
+    TlsOptional,
+}
+
+/// The transport a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tls,
+    Plain,
+}
+
+impl Level {
+    /// Whether a connection with these credentials is admitted at this level.
+    pub fn admits(self, transport: Transport, has_cert: bool, has_token: bool) -> bool {
+        match (self, transport) {
+            (Level::TlsClientCert, Transport::Tls) => has_cert,
+            (Level::TlsClientCertOrToken, Transport::Tls) => has_cert || has_token,
+            (Level::TlsToken, Transport::Tls) => has_token,
+            (Level::TlsOptional, Transport::Tls) => has_cert || has_token,
+            (Level::TlsOptional, Transport::Plain) => has_token,
+            (_, Transport::Plain) => false,
+        }
+    }
+
+    /// Whether this level lets a TLS client connect without a certificate.
+    pub fn cert_optional(self) -> bool {
+        self != Level::TlsClientCert
+    }
+}
+
+/// An org's security policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityPolicy {
+    #[serde(default)]
+    pub level: Level,
+    /// Per device (or gateway) type overrides of `level`.
+    #[serde(default)]
+    pub device_types: BTreeMap<String, Level>,
+    /// Gateway type → the device types its gateways may act for (absent: any).
+    #[serde(default)]
+    pub gateway_device_types: BTreeMap<String, Vec<String>>,
+}
+
+impl SecurityPolicy {
+    /// The level that applies to `identity`.
+    pub fn level_for(&self, identity: &Identity) -> Level {
+        let t = match identity {
+            Identity::Device { device_type, .. } => Some(device_type),
+            Identity::Gateway { gateway_type, .. } => Some(gateway_type),
+            Identity::App { .. } => None,
+        };
+        t.and_then(|t| self.device_types.get(t.as_str()).copied())
+            .unwrap_or(self.level)
+    }
+
+    /// The most permissive level any identity of the org may get: decides whether the
+    /// TLS layer asks for an optional certificate and whether plain MQTT is open.
+    pub fn loosest(&self) -> (bool, bool) {
+        let levels = std::iter::once(self.level).chain(self.device_types.values().copied());
+        let mut cert_optional = false;
+        let mut plain = false;
+        for l in levels {
+            cert_optional |= l.cert_optional();
+            plain |= l == Level::TlsOptional;
+        }
+        (cert_optional, plain)
+    }
+
+    /// The device types gateways of `gateway_type` may act for, if limited.
+    pub fn gateway_scope(&self, gateway_type: &Name) -> Option<Vec<Name>> {
+        self.gateway_device_types
+            .get(gateway_type.as_str())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|t| Name::try_from(t.as_str()).ok())
+                    .collect()
+            })
+    }
+
+    fn validate(&self) -> Result<()> {
+        for t in self
+            .device_types
+            .keys()
+            .chain(self.gateway_device_types.keys())
+            .chain(self.gateway_device_types.values().flatten())
+        {
+            Name::try_from(t.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    identity: Identity,
+    salt: String,
+    hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+/// HMAC-SHA256 keyed with the per-token salt, as org API tokens are stored.
+fn token_hash(salt: &[u8], token: &str) -> Vec<u8> {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, salt);
+    hmac::sign(&key, token.as_bytes()).as_ref().to_vec()
+}
+
+/// A device token, shown once when it is set.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceToken {
+    pub identity: Identity,
+    pub token: String,
+}
+
+impl Registry {
+    pub fn security_policy(&self, org: &OrgId) -> Result<SecurityPolicy> {
+        self.get_org(org)?;
+        Ok(self.get_json(&format!("policy/{org}"))?.unwrap_or_default())
+    }
+
+    /// Replaces the policy; live sessions it no longer admits are closed by the broker.
+    pub fn set_security_policy(
+        &self,
+        org: &OrgId,
+        policy: SecurityPolicy,
+    ) -> Result<SecurityPolicy> {
+        policy.validate()?;
+        let _g = self.lock();
+        self.get_org(org)?;
+        self.store
+            .apply(vec![Self::put(format!("policy/{org}"), &policy)])?;
+        drop(_g);
+        self.notify(Change::Org(org.clone()));
+        Ok(policy)
+    }
+
+    /// Sets the token of `identity` (a random one when `token` is `None`); the token is
+    /// returned once and stored only as a salted hash.
+    pub fn set_device_token(
+        &self,
+        org: &OrgId,
+        identity: &str,
+        token: Option<String>,
+    ) -> Result<DeviceToken> {
+        let identity = Identity::parse(identity)?;
+        let token = match token {
+            Some(t) if (8..=128).contains(&t.len()) && !t.chars().any(char::is_control) => t,
+            Some(_) => {
+                return Err(Error::BadRequest(
+                    "a token must be 8-128 printable characters".into(),
+                ))
+            }
+            None => hex::encode(random_bytes::<20>()),
+        };
+        let salt: [u8; 16] = random_bytes();
+        let rec = StoredToken {
+            identity: identity.clone(),
+            salt: hex::encode(salt),
+            hash: hex::encode(token_hash(&salt, &token)),
+            created_at: OffsetDateTime::now_utc(),
+        };
+        let _g = self.lock();
+        self.get_org(org)?;
+        self.store
+            .apply(vec![Self::put(format!("devtoken/{org}/{identity}"), &rec)])?;
+        drop(_g);
+        self.notify(Change::Org(org.clone()));
+        Ok(DeviceToken { identity, token })
+    }
+
+    pub fn delete_device_token(&self, org: &OrgId, identity: &str) -> Result<()> {
+        let identity = Identity::parse(identity)?;
+        let _g = self.lock();
+        self.get_org(org)?;
+        let key = format!("devtoken/{org}/{identity}");
+        if self.store.get(&key)?.is_none() {
+            return Err(Error::NotFound(format!("{identity} has no token")));
+        }
+        self.store.apply(vec![Op::Delete(key)])?;
+        drop(_g);
+        self.notify(Change::Org(org.clone()));
+        Ok(())
+    }
+
+    /// Identities of `org` that have a token (never the tokens).
+    pub fn list_device_tokens(&self, org: &OrgId) -> Result<Vec<Identity>> {
+        self.get_org(org)?;
+        Ok(self
+            .scan_json::<StoredToken>(&format!("devtoken/{org}/"))?
+            .into_iter()
+            .map(|t| t.identity)
+            .collect())
+    }
+
+    /// Checks `token` against the token of `identity` in `org` (constant time). Returns
+    /// the token's version (when it was set) if it matches, so a session admitted by it
+    /// can be closed when the token is replaced or deleted.
+    pub fn verify_device_token(
+        &self,
+        org: &OrgId,
+        identity: &Identity,
+        token: &str,
+    ) -> Result<Option<OffsetDateTime>> {
+        let Some(rec) = self.get_json::<StoredToken>(&format!("devtoken/{org}/{identity}"))? else {
+            return Ok(None);
+        };
+        let (Ok(salt), Ok(hash)) = (hex::decode(&rec.salt), hex::decode(&rec.hash)) else {
+            return Ok(None);
+        };
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &salt);
+        Ok(hmac::verify(&key, token.as_bytes(), &hash)
+            .is_ok()
+            .then_some(rec.created_at))
+    }
+
+    /// The version of the token of `identity`, if it has one.
+    pub fn device_token_version(
+        &self,
+        org: &OrgId,
+        identity: &Identity,
+    ) -> Result<Option<OffsetDateTime>> {
+        Ok(self
+            .get_json::<StoredToken>(&format!("devtoken/{org}/{identity}"))?
+            .map(|t| t.created_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_admit_the_right_credentials() {
+        use Transport::{Plain, Tls};
+        assert!(Level::TlsClientCert.admits(Tls, true, false));
+        assert!(!Level::TlsClientCert.admits(Tls, false, true));
+        assert!(Level::TlsClientCertOrToken.admits(Tls, false, true));
+        assert!(!Level::TlsToken.admits(Tls, true, false));
+        assert!(Level::TlsToken.admits(Tls, true, true));
+        assert!(!Level::TlsToken.admits(Plain, false, true));
+        assert!(Level::TlsOptional.admits(Plain, false, true));
+        assert!(!Level::TlsOptional.admits(Plain, false, false));
+    }
+
+    #[test]
+    fn overrides_and_scopes() {
+        let p: SecurityPolicy = serde_json::from_str(
+            r#"{"level":"tls_client_cert","device_types":{"legacy":"tls_optional"},
+                "gateway_device_types":{"gw":["sensor"]}}"#,
+        )
+        .unwrap();
+        let legacy = Identity::parse("d:legacy:x").unwrap();
+        let sensor = Identity::parse("d:sensor:x").unwrap();
+        assert_eq!(p.level_for(&legacy), Level::TlsOptional);
+        assert_eq!(p.level_for(&sensor), Level::TlsClientCert);
+        assert_eq!(p.loosest(), (true, true));
+        assert_eq!(SecurityPolicy::default().loosest(), (false, false));
+        let gw = Name::try_from("gw").unwrap();
+        assert_eq!(p.gateway_scope(&gw).unwrap()[0].as_str(), "sensor");
+        assert!(serde_json::from_str::<SecurityPolicy>(r#"{"levle":"tls_token"}"#).is_err());
+    }
+}
