@@ -24,7 +24,10 @@ async fn closed_within(client: &mut Client, since: Instant) -> Duration {
 
 async fn still_open(client: &mut Client) {
     assert!(
-        client.wait_closed(Duration::from_millis(300)).await.is_none(),
+        client
+            .wait_closed(Duration::from_millis(300))
+            .await
+            .is_none(),
         "an unaffected session was closed"
     );
 }
@@ -39,23 +42,36 @@ async fn blocking_an_identity_closes_its_session_and_refuses_it() {
 
     let sent = Instant::now();
     let b = api
-        .post("/orgs/acme/blocked-devices", json!({ "identity": "d:sensor:dev2", "reason": "stolen" }))
+        .post(
+            "/orgs/acme/blocked-devices",
+            json!({ "identity": "d:sensor:dev2", "reason": "stolen" }),
+        )
         .await;
     assert_eq!(b["identity"], "d:sensor:dev2");
     let took = closed_within(&mut dev2, sent).await;
     eprintln!("block → session closed in {took:?}");
     still_open(&mut dev1).await;
 
-    let err = connect_with(&acme.target(), "d:acme:sensor:dev2", &acme.cert("d:sensor:dev2"))
-        .await
-        .err()
-        .expect("a blocked identity was admitted");
+    let err = connect_with(
+        &acme.target(),
+        "d:acme:sensor:dev2",
+        &acme.cert("d:sensor:dev2"),
+    )
+    .await
+    .err()
+    .expect("a blocked identity was admitted");
     assert!(err.contains("NotAuthorized"), "{err}");
-    let (s, v) = api.call(Method::GET, "/orgs/acme/blocked-devices", None).await;
+    let (s, v) = api
+        .call(Method::GET, "/orgs/acme/blocked-devices", None)
+        .await;
     assert_eq!((s, v[0]["reason"].as_str()), (200, Some("stolen")));
 
     let (s, _) = api
-        .call(Method::DELETE, "/orgs/acme/blocked-devices/d:sensor:dev2", None)
+        .call(
+            Method::DELETE,
+            "/orgs/acme/blocked-devices/d:sensor:dev2",
+            None,
+        )
         .await;
     assert_eq!(s, 204);
     acme.connect("d:sensor:dev2", "d:acme:sensor:dev2").await;
@@ -68,8 +84,12 @@ async fn a_crl_closes_the_revoked_session_and_refuses_its_handshake() {
     let api = server.api();
     let good = acme.cert("d:sensor:dev1");
     let bad = acme.cert("d:sensor:dev2");
-    let mut dev1 = connect_with(&acme.target(), "d:acme:sensor:dev1", &good).await.unwrap();
-    let mut dev2 = connect_with(&acme.target(), "d:acme:sensor:dev2", &bad).await.unwrap();
+    let mut dev1 = connect_with(&acme.target(), "d:acme:sensor:dev1", &good)
+        .await
+        .unwrap();
+    let mut dev2 = connect_with(&acme.target(), "d:acme:sensor:dev2", &bad)
+        .await
+        .unwrap();
 
     // A CRL signed by another org's CA is refused and changes nothing.
     let stranger = device_sim::certs::TestCa::new("stranger").unwrap();
@@ -103,13 +123,23 @@ async fn a_crl_closes_the_revoked_session_and_refuses_its_handshake() {
     eprintln!("CRL upload → session closed in {took:?}");
     still_open(&mut dev1).await;
 
-    let err = raw_handshake(server.mqtt, &format!("acme.{DOMAIN}"), &acme.server_pem, Some(&bad))
-        .await
-        .unwrap_err();
+    let err = raw_handshake(
+        server.mqtt,
+        &format!("acme.{DOMAIN}"),
+        &acme.server_pem,
+        Some(&bad),
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("CertificateRevoked"), "{err}");
-    raw_handshake(server.mqtt, &format!("acme.{DOMAIN}"), &acme.server_pem, Some(&good))
-        .await
-        .expect("an unrevoked certificate of the same CA is admitted");
+    raw_handshake(
+        server.mqtt,
+        &format!("acme.{DOMAIN}"),
+        &acme.server_pem,
+        Some(&good),
+    )
+    .await
+    .expect("an unrevoked certificate of the same CA is admitted");
     let (_, list) = api.call(Method::GET, "/orgs/acme/crls", None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
 }
@@ -126,13 +156,22 @@ async fn deleting_a_ca_closes_only_its_sessions() {
         .to_owned();
     let mut old = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
     let cert = second
-        .issue_client("d:sensor:dev2", device_sim::certs::ClientCertOptions::default())
+        .issue_client(
+            "d:sensor:dev2",
+            device_sim::certs::ClientCertOptions::default(),
+        )
         .unwrap();
-    let mut new = connect_with(&acme.target(), "d:acme:sensor:dev2", &cert).await.unwrap();
+    let mut new = connect_with(&acme.target(), "d:acme:sensor:dev2", &cert)
+        .await
+        .unwrap();
 
     let sent = Instant::now();
     let (s, _) = api
-        .call(Method::DELETE, &format!("/orgs/acme/ca-certs/{second_id}"), None)
+        .call(
+            Method::DELETE,
+            &format!("/orgs/acme/ca-certs/{second_id}"),
+            None,
+        )
         .await;
     assert_eq!(s, 204);
     let took = closed_within(&mut new, sent).await;
@@ -160,16 +199,26 @@ async fn connections_api_lists_and_kicks() {
     assert_eq!(c["ca_id"], acme.ca_id.as_str());
     assert_eq!(c["ca_fingerprint"].as_str().map(str::len), Some(64));
     assert!(c["cert_serial"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(c["remote_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert!(c["remote_addr"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:")));
     assert!(c["since"].is_string() && c["cert_not_after"].is_string());
 
     // Another org's client id is not found through acme.
     let (s, _) = api
-        .call(Method::DELETE, "/orgs/acme/connections/d:beta:sensor:dev1", None)
+        .call(
+            Method::DELETE,
+            "/orgs/acme/connections/d:beta:sensor:dev1",
+            None,
+        )
         .await;
     assert_eq!(s, 404);
     let (s, _) = api
-        .call(Method::DELETE, "/orgs/acme/connections/d:acme:sensor:dev1", None)
+        .call(
+            Method::DELETE,
+            "/orgs/acme/connections/d:acme:sensor:dev1",
+            None,
+        )
         .await;
     assert_eq!(s, 204);
     assert!(dev.wait_closed(WAIT).await.is_some());

@@ -1,0 +1,1584 @@
+// certmq web console: a single-page app over the admin REST API (/api/v1).
+//
+// Plain modern JavaScript, no build step, no dependencies, nothing loaded from elsewhere.
+// It holds no rules of its own: the server decides, and whatever the server answers —
+// including every error, with its code and message — is what the page shows.
+//
+// The bearer token typed at sign-in is kept in sessionStorage: it lives as long as the
+// tab and is sent only to this origin's /api/v1.
+
+const API = '/api/v1';
+const SESSION_KEY = 'certmq.console.session';
+/** Certificates expiring within this many days are "soon" (the expiry overview's window). */
+const SOON_DAYS = 30;
+/** ... and within this many, critical. */
+const CRITICAL_DAYS = 7;
+/** How often the connections page refreshes itself. */
+const CONNECTIONS_REFRESH_MS = 5000;
+
+/* ------------------------------------------------------------------ DOM helpers */
+
+/**
+ * Builds an element: h('button', {class: 'x', onclick: fn}, 'text', child).
+ * Strings become text nodes, so nothing from the server is ever parsed as HTML.
+ */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on') && typeof value === 'function') {
+      el.addEventListener(key.slice(2), value);
+    } else if (key === 'class') {
+      el.className = value;
+    } else if (key === 'value') {
+      el.value = value;
+    } else if (value === true) {
+      el.setAttribute(key, '');
+    } else {
+      el.setAttribute(key, String(value));
+    }
+  }
+  appendAll(el, children);
+  return el;
+}
+
+function appendAll(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+/** Encodes one path segment; `:` and `@` may stay (identities and client ids are full of them). */
+const enc = (segment) => encodeURIComponent(segment).replace(/%3A/gi, ':').replace(/%40/g, '@');
+const $ = (selector, root = document) => root.querySelector(selector);
+
+/** A labelled form field: <div class="field"><label>..</label><input ..><small>hint</small></div>. */
+function field(label, input, hint) {
+  if (!input.id) input.id = `f-${Math.random().toString(36).slice(2, 10)}`;
+  const parts = [h('label', { for: input.id }, label), input];
+  if (hint) {
+    const hintId = `${input.id}-hint`;
+    input.setAttribute('aria-describedby', hintId);
+    parts.push(h('small', { id: hintId, class: 'hint' }, hint));
+  }
+  return h('div', { class: 'field' }, parts);
+}
+
+/**
+ * A data table that turns into stacked cards at phone width (each cell carries its
+ * column label). columns: [{label, cell: row => node|string, class?}].
+ */
+function table(columns, rows, { empty, caption, rowAttrs } = {}) {
+  if (!rows.length) return h('p', { class: 'empty' }, empty || 'Nothing here yet.');
+  return h('div', { class: 'table-wrap' },
+    h('table', { class: 'data' },
+      caption ? h('caption', { class: 'visually-hidden' }, caption) : null,
+      h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c.label)))),
+      h('tbody', {}, rows.map((row) => h('tr', rowAttrs ? rowAttrs(row) : {},
+        columns.map((c) => h('td', { 'data-label': c.label, class: c.class }, c.cell(row))))))));
+}
+
+/** A definition list from [term, value] pairs; pairs with an empty value are left out. */
+function details(pairs) {
+  return h('dl', { class: 'details' },
+    pairs.filter(([, v]) => v !== undefined && v !== null && v !== '')
+      .map(([term, value]) => h('div', {}, h('dt', {}, term), h('dd', {}, value))));
+}
+
+/** Runs `fn` with `button` disabled and marked busy, so a slow request is not sent twice. */
+async function busy(button, fn) {
+  const wasDisabled = button.disabled;
+  button.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  try {
+    return await fn();
+  } finally {
+    button.disabled = wasDisabled;
+    button.removeAttribute('aria-busy');
+  }
+}
+
+/* ------------------------------------------------------------------ formatting */
+
+function fmtTime(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  return h('time', { datetime: iso, title: iso }, `${d.toISOString().slice(0, 16).replace('T', ' ')} UTC`);
+}
+
+function fmtDate(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  return h('time', { datetime: iso, title: iso }, d.toISOString().slice(0, 10));
+}
+
+/** Whole days from now until `iso` (negative once past), as the server counts them. */
+function daysUntil(iso) {
+  return Math.floor((new Date(iso).getTime() - Date.now()) / 86400000);
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** The days-left badge: red once expired or within a week, amber within 30 days, green after. */
+function daysBadge(days) {
+  let cls;
+  let text;
+  if (days < 0) {
+    cls = 'expired';
+    text = `expired ${plural(-days, 'day')} ago`;
+  } else {
+    cls = days <= CRITICAL_DAYS ? 'critical' : days <= SOON_DAYS ? 'soon' : 'ok';
+    text = days === 0 ? 'expires today' : `${plural(days, 'day')} left`;
+  }
+  return h('span', { class: `badge days ${cls}` }, text);
+}
+
+function validity(cert) {
+  return h('div', { class: 'validity' },
+    h('span', {}, fmtDate(cert.not_before), ' → ', fmtDate(cert.not_after)), ' ',
+    daysBadge(cert.days_to_expiry ?? daysUntil(cert.not_after)));
+}
+
+function fingerprint(fp) {
+  return h('code', { class: 'fp', title: 'SHA-256 fingerprint' }, fp || '');
+}
+
+function shortId(id) {
+  return h('code', { title: id }, String(id).slice(0, 8));
+}
+
+function activeBadge(active) {
+  return h('span', { class: `badge ${active ? 'on' : 'off'}` }, active ? 'active' : 'inactive');
+}
+
+/** The fields of a parsed certificate (a CA, a server certificate, a preview). */
+function certDetails(c) {
+  return details([
+    ['Subject', c.subject],
+    ['Issuer', c.issuer],
+    ['Serial', c.serial && h('code', {}, c.serial)],
+    ['Valid', validity(c)],
+    ['SHA-256 fingerprint', fingerprint(c.fingerprint_sha256)],
+    ['Key', c.key_type],
+    ['CA certificate', c.is_ca === undefined ? '' : c.is_ca ? 'yes (basicConstraints CA:TRUE)' : 'no'],
+    ['DNS names', (c.dns_names || []).join(', ')],
+  ]);
+}
+
+/* ------------------------------------------------------------------ session and API */
+
+const session = {
+  token: null,
+  /** True for the platform admin token; false for an org token. */
+  admin: false,
+  /** The org of an org token. */
+  org: null,
+  /** Orgs the token sees, as last listed. */
+  orgs: [],
+  load() {
+    try {
+      Object.assign(this, JSON.parse(sessionStorage.getItem(SESSION_KEY)) || {});
+    } catch {
+      sessionStorage.removeItem(SESSION_KEY);
+    }
+  },
+  save() {
+    const { token, admin, org } = this;
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ token, admin, org }));
+  },
+  clear() {
+    Object.assign(this, { token: null, admin: false, org: null, orgs: [] });
+    sessionStorage.removeItem(SESSION_KEY);
+  },
+};
+
+/** An API failure: the server's `{"error":{"code","message"}}`, or what we know instead. */
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/**
+ * Calls the admin API. opts: json (a body to send as JSON), body + contentType (a raw
+ * body; a FormData sets its own type), raw (return the Response), token (override).
+ * Resolves to the parsed JSON (null for 204); rejects with an ApiError.
+ */
+async function api(method, path, opts = {}) {
+  const headers = { Authorization: `Bearer ${opts.token ?? session.token}` };
+  let { body } = opts;
+  if (opts.json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify(opts.json);
+  } else if (opts.contentType) {
+    headers['Content-Type'] = opts.contentType;
+  }
+  let resp;
+  try {
+    resp = await fetch(API + path, { method, headers, body, cache: 'no-store', credentials: 'omit' });
+  } catch (e) {
+    throw new ApiError(0, 'network_error', `certmq did not answer (${e.message}). Is the server running?`);
+  }
+  if (!resp.ok) {
+    const err = await errorOf(resp);
+    if (resp.status === 401 && !opts.token) signOut(err);
+    throw err;
+  }
+  if (opts.raw) return resp;
+  if (resp.status === 204) return null;
+  const type = resp.headers.get('content-type') || '';
+  return type.includes('json') ? resp.json() : resp.text();
+}
+
+async function errorOf(resp) {
+  const text = await resp.text().catch(() => '');
+  try {
+    const e = JSON.parse(text).error;
+    if (e && e.message) return new ApiError(resp.status, e.code || 'error', e.message);
+  } catch {
+    // Not JSON: fall through to the text.
+  }
+  const message = text.trim() || resp.statusText || 'the server sent no message';
+  return new ApiError(resp.status, `http_${resp.status}`, message.slice(0, 500));
+}
+
+/** An error as the page shows it: the code (the rule that failed), the message, the status. */
+function errorBox(err, context) {
+  const box = h('div', { class: 'alert error', role: 'alert' },
+    context ? h('strong', {}, `${context}: `) : null,
+    h('code', { class: 'error-code' }, err.code || 'error'), ' ',
+    h('span', { class: 'error-message' }, err.message || String(err)),
+    err.status ? h('span', { class: 'status' }, ` (HTTP ${err.status})`) : null);
+  if (err.status === 404 && err.code === 'not_found' && /route/.test(err.message)) {
+    box.append(h('p', { class: 'hint' },
+      'This certmq server does not offer this endpoint yet; the page works once the server does.'));
+  }
+  return box;
+}
+
+function showError(slot, err, context) {
+  if (!(err instanceof ApiError)) console.error(err);
+  slot.replaceChildren(errorBox(err, context));
+}
+
+function showOk(slot, ...content) {
+  slot.replaceChildren(h('div', { class: 'alert ok', role: 'status' }, content));
+}
+
+let toastTimer;
+function toast(message) {
+  const el = $('#toast');
+  el.textContent = message;
+  el.classList.add('show');
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => el.classList.remove('show'), 4000);
+}
+
+/** A modal confirmation naming what is about to happen. Resolves true on confirm. */
+function confirmDialog({ title, body, confirm }) {
+  return new Promise((resolve) => {
+    const cancel = h('button', { type: 'button', class: 'secondary' }, 'Cancel');
+    const ok = h('button', { type: 'button', class: 'danger', id: 'confirm-ok' }, confirm);
+    const dialog = h('dialog', { class: 'confirm', 'aria-labelledby': 'confirm-title' },
+      h('h2', { id: 'confirm-title' }, title),
+      [body].flat().map((p) => h('p', {}, p)),
+      h('div', { class: 'actions' }, cancel, ok));
+    cancel.addEventListener('click', () => dialog.close('cancel'));
+    ok.addEventListener('click', () => dialog.close('ok'));
+    dialog.addEventListener('close', () => {
+      resolve(dialog.returnValue === 'ok');
+      dialog.remove();
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    cancel.focus();
+  });
+}
+
+/** Fetches an API file (it needs the bearer header, so a plain link cannot) and saves it. */
+async function download(path, fallbackName) {
+  const resp = await api('GET', path, { raw: true });
+  const disposition = resp.headers.get('content-disposition') || '';
+  const name = /filename="([^"]+)"/.exec(disposition)?.[1] || fallbackName;
+  const url = URL.createObjectURL(await resp.blob());
+  const a = h('a', { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+/** PEM text goes as a PEM file, anything else as DER; the server reads both. */
+function certContentType(bytes, der = 'application/pkix-cert') {
+  const head = new TextDecoder().decode(bytes.slice(0, 4096));
+  return head.includes('-----BEGIN') ? 'application/x-pem-file' : der;
+}
+
+/* ------------------------------------------------------------------ routing */
+
+/** Functions that undo what the current page set up (timers), run before the next one. */
+let cleanups = [];
+
+const ORG_TABS = [
+  ['ca-certs', 'CA certificates', tabCaCerts],
+  ['server-certs', 'Server certificates', tabServerCerts],
+  ['csrs', 'CSR wizard', tabCsrs],
+  ['connections', 'Connections', tabConnections],
+  ['blocked-devices', 'Blocked devices', tabBlocked],
+  ['crls', 'CRLs', tabCrls],
+  ['audit', 'Audit log', tabAudit],
+  ['settings', 'Tokens & domains', tabSettings],
+];
+
+function homeHash() {
+  return session.admin || !session.org ? '#/orgs' : `#/org/${enc(session.org)}/ca-certs`;
+}
+
+async function render({ focus = false } = {}) {
+  cleanups.forEach((fn) => fn());
+  cleanups = [];
+  const main = $('#main');
+  updateChrome();
+  if (!session.token) {
+    pageSignIn(main);
+    return;
+  }
+  const hash = location.hash || homeHash();
+  let m;
+  main.replaceChildren();
+  if (hash === '#/orgs') await pageOrgs(main);
+  else if (hash === '#/expiry') await pageExpiry(main);
+  else if (hash === '#/audit') await pagePlatformAudit(main);
+  else if ((m = /^#\/org\/([^/]+)\/([a-z-]+)(?:\/([^/]+))?$/.exec(hash))) {
+    await pageOrg(main, decodeURIComponent(m[1]), m[2], m[3] && decodeURIComponent(m[3]));
+  } else {
+    location.replace(homeHash());
+    return;
+  }
+  if (focus) ($('h1', main) || main).focus();
+}
+
+/** Goes to `hash`, rendering it even when it is already the current one. */
+function navigate(hash) {
+  if (location.hash === hash) render({ focus: true });
+  else location.hash = hash;
+}
+
+function updateChrome() {
+  const signedIn = Boolean(session.token);
+  $('#nav').hidden = !signedIn;
+  $('#who').hidden = !signedIn;
+  for (const el of document.querySelectorAll('[data-admin-only]')) el.hidden = !session.admin;
+  $('#who-label').textContent = session.admin ? 'Platform admin' : `Org token · ${session.org || ''}`;
+  const current = (location.hash || '').split('/')[1] || 'orgs';
+  for (const a of document.querySelectorAll('#nav a')) {
+    if (a.dataset.nav === (current === 'org' ? 'orgs' : current)) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+}
+
+function signOut(reason) {
+  session.clear();
+  signOutReason = reason || null;
+  if (location.hash) history.replaceState(null, '', location.pathname);
+  render();
+}
+
+let signOutReason = null;
+
+/* ------------------------------------------------------------------ sign in */
+
+function pageSignIn(main) {
+  const token = h('input', { type: 'password', id: 'token', name: 'token', required: true, autocomplete: 'off', spellcheck: 'false' });
+  const msg = h('div', { class: 'messages' });
+  if (signOutReason) showError(msg, signOutReason, 'Signed out');
+  const submit = h('button', { type: 'submit', id: 'sign-in' }, 'Sign in');
+  const form = h('form', { class: 'card narrow', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      try {
+        await signIn(token.value.trim());
+        signOutReason = null;
+        navigate(homeHash());
+      } catch (err) {
+        showError(msg, err, 'Sign-in failed');
+      }
+    });
+  } },
+  h('h1', { tabindex: '-1' }, 'Sign in to certmq'),
+  h('p', {}, 'Use the platform admin token (printed at first start and kept in ',
+    h('code', {}, '<data-dir>/admin-token'), ') or an org token. The token stays in this browser tab only.'),
+  msg,
+  field('API token', token),
+  h('div', { class: 'actions' }, submit));
+  main.replaceChildren(form);
+  token.focus();
+}
+
+/** Checks the token and learns what it may see: every org (platform) or its own. */
+async function signIn(token) {
+  if (!token) throw new ApiError(0, 'missing_token', 'Enter a token.');
+  const orgs = await api('GET', '/orgs', { token });
+  let admin = true;
+  try {
+    await api('GET', '/audit?limit=1', { token });
+  } catch (e) {
+    if (e.status !== 403) throw e;
+    admin = false;
+  }
+  Object.assign(session, { token, admin, org: admin ? null : orgs[0]?.id ?? null, orgs });
+  session.save();
+}
+
+/* ------------------------------------------------------------------ orgs */
+
+async function loadOrgs() {
+  session.orgs = await api('GET', '/orgs');
+  return session.orgs;
+}
+
+async function pageOrgs(main) {
+  const msg = h('div', { class: 'messages' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  main.append(h('h1', { tabindex: '-1' }, 'Organizations'), msg,
+    h('section', { class: 'card' }, h('h2', {}, session.admin ? 'All organizations' : 'Your organization'), list));
+  if (session.admin) main.append(createOrgForm(msg));
+
+  try {
+    const orgs = await loadOrgs();
+    list.replaceChildren(table([
+      { label: 'ID', cell: (o) => h('a', { href: `#/org/${enc(o.id)}/ca-certs` }, o.id) },
+      { label: 'Name', cell: (o) => o.name },
+      { label: 'Created', cell: (o) => fmtTime(o.created_at) },
+      { label: 'Open', cell: (o) => h('div', { class: 'row-actions' },
+        ORG_TABS.slice(0, 4).map(([tab, label]) => h('a', { href: `#/org/${enc(o.id)}/${tab}`, class: 'chip' }, label)),
+        session.admin ? h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete organization ${o.id}`, onclick: (e) => deleteOrg(e.currentTarget, o, msg) }, 'Delete') : null) },
+    ], orgs, {
+      caption: 'Organizations',
+      empty: session.admin ? 'No organizations yet: create the first one below.' : 'This token sees no organization.',
+    }));
+  } catch (e) {
+    list.replaceChildren();
+    showError(msg, e, 'Loading organizations');
+  }
+}
+
+function createOrgForm(msg) {
+  const id = h('input', { id: 'org-id', required: true, autocomplete: 'off', spellcheck: 'false', placeholder: 'acme' });
+  const name = h('input', { id: 'org-name', autocomplete: 'off', placeholder: 'Acme Corp' });
+  const submit = h('button', { type: 'submit', id: 'org-create' }, 'Create organization');
+  return h('form', { class: 'card', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      try {
+        const org = await api('POST', '/orgs', { json: { id: id.value.trim(), name: name.value.trim() } });
+        toast(`Created organization ${org.id}`);
+        location.hash = `#/org/${enc(org.id)}/ca-certs`;
+      } catch (err) {
+        showError(msg, err, 'Creating the organization failed');
+        msg.scrollIntoView({ block: 'nearest' });
+      }
+    });
+  } },
+  h('h2', {}, 'Create an organization'),
+  h('div', { class: 'grid' },
+    field('ID', id, 'Lowercase letters, digits and dashes; devices reach it as <id>.<domain>.'),
+    field('Name', name, 'Optional; defaults to the ID.')),
+  h('div', { class: 'actions' }, submit));
+}
+
+async function deleteOrg(button, org, msg) {
+  const yes = await confirmDialog({
+    title: `Delete organization “${org.id}”?`,
+    body: [`This deletes ${org.name || org.id} with all of its certificates, tokens, domains and audit log, and closes every live session of its devices.`, 'This cannot be undone.'],
+    confirm: `Delete ${org.id}`,
+  });
+  if (!yes) return;
+  await busy(button, async () => {
+    try {
+      await api('DELETE', `/orgs/${enc(org.id)}`);
+      toast(`Deleted organization ${org.id}`);
+      render();
+    } catch (e) {
+      showError(msg, e, `Deleting ${org.id} failed`);
+    }
+  });
+}
+
+/* ------------------------------------------------------------------ one org */
+
+async function pageOrg(main, org, tab, id) {
+  const entry = ORG_TABS.find(([t]) => t === tab);
+  if (!entry) {
+    location.replace(`#/org/${enc(org)}/ca-certs`);
+    return;
+  }
+  const title = h('h1', { tabindex: '-1' }, `Organization ${org}`);
+  const header = h('div', { class: 'org-header' }, title);
+  const msg = h('div', { class: 'messages' });
+  const tabs = h('nav', { class: 'tabs', 'aria-label': `Pages of ${org}` },
+    ORG_TABS.map(([t, label]) => h('a', { href: `#/org/${enc(org)}/${t}`, 'aria-current': t === tab ? 'page' : false }, label)));
+  const body = h('div', { class: 'tab-body' });
+  main.append(header, msg, tabs, body);
+
+  // The org's name, and a switcher when the token sees several.
+  try {
+    const info = await api('GET', `/orgs/${enc(org)}`);
+    if (info.name && info.name !== info.id) title.append(h('span', { class: 'org-name' }, ` · ${info.name}`));
+  } catch (e) {
+    showError(msg, e, `Opening organization ${org}`);
+    tabs.remove();
+    return;
+  }
+  if (session.admin) {
+    const orgs = session.orgs.length ? session.orgs : await loadOrgs().catch(() => []);
+    if (orgs.length > 1) {
+      const select = h('select', { id: 'org-switch', onchange: () => { location.hash = `#/org/${enc(select.value)}/${tab}`; } },
+        orgs.map((o) => h('option', { value: o.id, selected: o.id === org }, o.id)));
+      header.append(h('div', { class: 'switch' }, h('label', { for: 'org-switch' }, 'Organization'), select));
+    }
+  }
+  await entry[2](body, org, id);
+}
+
+/* ---------- CA certificates */
+
+async function tabCaCerts(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  root.append(
+    h('section', { class: 'card' },
+      h('h2', {}, 'CA certificates'),
+      h('p', { class: 'muted' }, 'Devices of this org connect with certificates issued by its active CAs. Every change applies to the next handshake; deactivating or deleting a CA closes the live sessions only it admitted.'),
+      msg, list),
+    caUpload(org, reload));
+
+  async function reload() {
+    try {
+      const cas = await api('GET', `/orgs/${enc(org)}/ca-certs`);
+      list.replaceChildren(caTable(org, cas, msg, reload));
+    } catch (e) {
+      list.replaceChildren();
+      showError(msg, e, 'Loading CA certificates');
+    }
+  }
+  await reload();
+}
+
+function caTable(org, cas, msg, reload) {
+  return table([
+    { label: 'Subject', cell: (c) => [h('strong', {}, c.subject), h('div', { class: 'muted small' }, c.key_type, ' · serial ', h('code', {}, c.serial))] },
+    { label: 'Issuer', cell: (c) => c.issuer },
+    { label: 'SHA-256 fingerprint', cell: (c) => fingerprint(c.fingerprint_sha256), class: 'fp-cell' },
+    { label: 'Validity', cell: (c) => validity(c) },
+    { label: 'Active', cell: (c) => activeToggle(org, c, msg) },
+    { label: 'Description', cell: (c) => descriptionForm(org, c, msg) },
+    { label: 'Actions', cell: (c) => h('button', {
+      type: 'button', class: 'danger small', 'aria-label': `Delete CA certificate ${c.subject}`,
+      onclick: (e) => deleteCa(e.currentTarget, org, c, msg, reload),
+    }, 'Delete') },
+  ], cas, {
+    caption: 'CA certificates',
+    empty: 'No CA certificates yet: no device of this org can connect until you upload the CA that issued its certificate.',
+    rowAttrs: (c) => ({ 'data-id': c.id, 'data-fingerprint': c.fingerprint_sha256 }),
+  });
+}
+
+function activeToggle(org, ca, msg) {
+  const box = h('input', { type: 'checkbox', role: 'switch', checked: ca.active, 'aria-label': `Active: ${ca.subject}` });
+  const state = h('span', { 'aria-hidden': 'true' }, ca.active ? 'on' : 'off');
+  box.addEventListener('change', async () => {
+    box.disabled = true;
+    try {
+      const updated = await api('PATCH', `/orgs/${enc(org)}/ca-certs/${enc(ca.id)}`, { json: { active: box.checked } });
+      toast(`${updated.active ? 'Activated' : 'Deactivated'} ${updated.subject}`);
+    } catch (e) {
+      box.checked = !box.checked;
+      showError(msg, e, `Changing ${ca.subject}`);
+    } finally {
+      box.disabled = false;
+      state.textContent = box.checked ? 'on' : 'off';
+    }
+  });
+  return h('label', { class: 'switch-label' }, box, state);
+}
+
+function descriptionForm(org, ca, msg) {
+  const input = h('input', { type: 'text', value: ca.description, 'aria-label': `Description of ${ca.subject}`, placeholder: 'Add a description' });
+  const save = h('button', { type: 'submit', class: 'secondary small' }, 'Save');
+  return h('form', { class: 'inline', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(save, async () => {
+      try {
+        await api('PATCH', `/orgs/${enc(org)}/ca-certs/${enc(ca.id)}`, { json: { description: input.value } });
+        toast(`Saved the description of ${ca.subject}`);
+      } catch (err) {
+        showError(msg, err, `Saving the description of ${ca.subject}`);
+      }
+    });
+  } }, input, save);
+}
+
+async function deleteCa(button, org, ca, msg, reload) {
+  const yes = await confirmDialog({
+    title: `Delete CA certificate “${ca.subject}”?`,
+    body: [
+      `Fingerprint ${ca.fingerprint_sha256}${ca.description ? ` (${ca.description})` : ''}.`,
+      'Devices whose certificates it issued can no longer connect, and the live sessions it admitted are closed now.',
+    ],
+    confirm: 'Delete CA certificate',
+  });
+  if (!yes) return;
+  await busy(button, async () => {
+    try {
+      await api('DELETE', `/orgs/${enc(org)}/ca-certs/${enc(ca.id)}`);
+      toast(`Deleted ${ca.subject}`);
+      await reload();
+    } catch (e) {
+      showError(msg, e, `Deleting ${ca.subject} failed`);
+    }
+  });
+}
+
+/** Upload by file picker, drag and drop or paste; the server previews it before it is saved. */
+function caUpload(org, onSaved) {
+  const msg = h('div', { class: 'messages' });
+  const preview = h('div', { class: 'preview', id: 'ca-preview', hidden: true });
+  const file = h('input', { type: 'file', id: 'ca-file', accept: '.pem,.crt,.cer,.der,application/x-pem-file,application/pkix-cert' });
+  const paste = h('textarea', { id: 'ca-paste', rows: '4', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' });
+  const description = h('input', { type: 'text', id: 'ca-description', autocomplete: 'off' });
+  const previewPaste = h('button', { type: 'button', class: 'secondary', id: 'ca-preview-paste' }, 'Preview pasted PEM');
+  const save = h('button', { type: 'button', id: 'ca-save' }, 'Save CA certificate');
+  const cancel = h('button', { type: 'button', class: 'secondary' }, 'Cancel');
+  let pending = null;
+
+  function reset() {
+    pending = null;
+    preview.hidden = true;
+    preview.replaceChildren();
+  }
+
+  async function runPreview(bytes, name) {
+    reset();
+    msg.replaceChildren(h('p', { class: 'muted' }, `Checking ${name}…`));
+    try {
+      const cert = await api('POST', `/orgs/${enc(org)}/ca-certs/preview`, { body: bytes, contentType: certContentType(bytes) });
+      msg.replaceChildren();
+      pending = { bytes, name };
+      preview.replaceChildren(
+        h('h3', {}, `Preview of ${name}`),
+        h('p', { class: 'muted' }, 'The server checked it and stored nothing yet. Save it to admit devices whose certificates it issued.'),
+        certDetails(cert),
+        h('div', { class: 'actions' }, save, cancel));
+      preview.hidden = false;
+      save.focus();
+    } catch (e) {
+      showError(msg, e, `${name} was not accepted`);
+    }
+  }
+
+  async function readFile(f) {
+    if (!f) return;
+    const bytes = new Uint8Array(await f.arrayBuffer());
+    file.value = '';
+    await runPreview(bytes, f.name);
+  }
+
+  file.addEventListener('change', () => readFile(file.files[0]));
+  previewPaste.addEventListener('click', () => {
+    if (!paste.value.trim()) {
+      showError(msg, new ApiError(0, 'empty', 'Paste a PEM certificate first.'));
+      return;
+    }
+    runPreview(new TextEncoder().encode(paste.value), 'the pasted certificate');
+  });
+  cancel.addEventListener('click', () => {
+    reset();
+    file.focus();
+  });
+  save.addEventListener('click', () => busy(save, async () => {
+    if (!pending) return;
+    try {
+      const path = `/orgs/${enc(org)}/ca-certs?description=${enc(description.value)}`;
+      const ca = await api('POST', path, { body: pending.bytes, contentType: certContentType(pending.bytes) });
+      reset();
+      paste.value = '';
+      description.value = '';
+      showOk(msg, `Saved ${ca.subject} (fingerprint `, fingerprint(ca.fingerprint_sha256), '). It is active.');
+      await onSaved();
+    } catch (e) {
+      showError(msg, e, `Saving ${pending.name} failed`);
+    }
+  }));
+
+  const drop = h('div', { class: 'dropzone', id: 'ca-drop' },
+    h('p', {}, h('strong', {}, 'Drop a CA certificate here'), ' (PEM or DER, one certificate), or choose a file:'),
+    field('Certificate file', file));
+  drop.addEventListener('dragover', (e) => {
+    e.preventDefault();
+    drop.classList.add('over');
+  });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    readFile(e.dataTransfer.files[0]);
+  });
+
+  return h('section', { class: 'card', 'aria-labelledby': 'ca-upload-title' },
+    h('h2', { id: 'ca-upload-title' }, 'Upload a CA certificate'),
+    drop,
+    h('details', {}, h('summary', {}, 'Or paste PEM text'),
+      field('PEM certificate', paste), h('div', { class: 'actions' }, previewPaste)),
+    field('Description', description, 'Optional, e.g. who operates this CA.'),
+    msg, preview);
+}
+
+/* ---------- server certificates */
+
+async function tabServerCerts(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const generate = h('button', { type: 'button', class: 'secondary', id: 'self-signed' }, 'Generate self-signed');
+  generate.addEventListener('click', () => busy(generate, async () => {
+    try {
+      const cert = await api('POST', `/orgs/${enc(org)}/server-certs/self-signed`);
+      showOk(msg, `Generated a self-signed certificate for ${(cert.dns_names || []).join(', ')}`, cert.active ? ' (active: it was the first).' : ' (inactive: activate it when ready).');
+      await reload();
+    } catch (e) {
+      showError(msg, e, 'Generating a self-signed certificate failed');
+    }
+  }));
+  root.append(
+    h('section', { class: 'card' },
+      h('h2', {}, 'Server certificates'),
+      h('p', { class: 'muted' }, 'The broker presents the active one to devices of this org. Activating applies to the next handshake; the previous certificate stays, so rolling back is activating it again.'),
+      msg, list,
+      h('div', { class: 'actions' }, generate, h('a', { class: 'button secondary', href: `#/org/${enc(org)}/csrs` }, 'Request one with a CSR'))),
+    serverUpload(org, reload));
+
+  async function reload() {
+    try {
+      const certs = await api('GET', `/orgs/${enc(org)}/server-certs`);
+      list.replaceChildren(serverTable(org, certs, msg, reload));
+    } catch (e) {
+      list.replaceChildren();
+      showError(msg, e, 'Loading server certificates');
+    }
+  }
+  await reload();
+}
+
+function serverTable(org, certs, msg, reload) {
+  return table([
+    { label: 'Subject', cell: (c) => [h('strong', {}, c.subject), h('div', { class: 'muted small' }, (c.dns_names || []).join(', '))] },
+    { label: 'Issuer', cell: (c) => c.issuer },
+    { label: 'Origin', cell: (c) => c.origin },
+    { label: 'Validity', cell: (c) => validity(c) },
+    { label: 'Status', cell: (c) => activeBadge(c.active) },
+    { label: 'Actions', cell: (c) => h('div', { class: 'row-actions' },
+      c.active ? null : h('button', {
+        type: 'button', class: 'small', 'aria-label': `Activate ${c.subject} (${c.id})`,
+        onclick: (e) => activateServerCert(e.currentTarget, org, c, msg, reload),
+      }, 'Activate'),
+      h('button', {
+        type: 'button', class: 'secondary small', 'aria-label': `Download the chain of ${c.subject} (${c.id})`,
+        onclick: (e) => busy(e.currentTarget, () => download(`/orgs/${enc(org)}/server-certs/${enc(c.id)}/chain.pem`, `${c.id}-chain.pem`)
+          .catch((err) => showError(msg, err, 'Downloading the chain failed'))),
+      }, 'Download chain'),
+      c.active ? null : h('button', {
+        type: 'button', class: 'danger small', 'aria-label': `Delete ${c.subject} (${c.id})`,
+        onclick: (e) => deleteServerCert(e.currentTarget, org, c, msg, reload),
+      }, 'Delete')) },
+  ], certs, {
+    caption: 'Server certificates',
+    empty: 'No server certificate yet: devices get the platform default certificate. Generate a self-signed one, upload one, or request one with a CSR.',
+    rowAttrs: (c) => ({ 'data-id': c.id, class: c.active ? 'is-active' : '' }),
+  });
+}
+
+async function activateServerCert(button, org, cert, msg, reload) {
+  await busy(button, async () => {
+    try {
+      await api('POST', `/orgs/${enc(org)}/server-certs/${enc(cert.id)}/activate`);
+      showOk(msg, `Activated ${cert.subject}: the next handshake presents it.`);
+      await reload();
+    } catch (e) {
+      showError(msg, e, `Activating ${cert.subject} failed`);
+    }
+  });
+}
+
+async function deleteServerCert(button, org, cert, msg, reload) {
+  const yes = await confirmDialog({
+    title: `Delete server certificate “${cert.subject}”?`,
+    body: [`${(cert.dns_names || []).join(', ')} · ${cert.origin} · fingerprint ${cert.fingerprint_sha256}.`, 'Its private key is destroyed with it; you cannot roll back to it afterwards.'],
+    confirm: 'Delete server certificate',
+  });
+  if (!yes) return;
+  await busy(button, async () => {
+    try {
+      await api('DELETE', `/orgs/${enc(org)}/server-certs/${enc(cert.id)}`);
+      toast(`Deleted ${cert.subject}`);
+      await reload();
+    } catch (e) {
+      showError(msg, e, `Deleting ${cert.subject} failed`);
+    }
+  });
+}
+
+/** Upload a PEM chain + key (+ passphrase) or a PKCS#12 file (+ password), as a form. */
+function serverUpload(org, onSaved) {
+  const msg = h('div', { class: 'messages', id: 'server-upload-messages' });
+  const chain = h('input', { type: 'file', id: 'srv-chain', accept: '.pem,.crt,.cer' });
+  const key = h('input', { type: 'file', id: 'srv-key', accept: '.pem,.key' });
+  const passphrase = h('input', { type: 'password', id: 'srv-passphrase', autocomplete: 'off' });
+  const p12 = h('input', { type: 'file', id: 'srv-p12', accept: '.p12,.pfx' });
+  const password = h('input', { type: 'password', id: 'srv-password', autocomplete: 'off' });
+  const pemRadio = h('input', { type: 'radio', name: 'srv-kind', id: 'srv-kind-pem', value: 'pem', checked: true });
+  const p12Radio = h('input', { type: 'radio', name: 'srv-kind', id: 'srv-kind-p12', value: 'p12' });
+  const pemFields = h('div', { class: 'grid' },
+    field('Certificate chain (PEM, leaf first)', chain, 'Intermediates in the same file; any order is fixed and reported.'),
+    field('Private key (PEM)', key, 'PKCS#8, SEC1 or PKCS#1; encrypted PKCS#8 needs its passphrase.'),
+    field('Passphrase', passphrase, 'Only for an encrypted key.'));
+  const p12Fields = h('div', { class: 'grid', hidden: true },
+    field('PKCS#12 file (.p12, .pfx)', p12),
+    field('Password', password));
+  const submit = h('button', { type: 'submit', id: 'srv-upload' }, 'Upload');
+  const sync = () => {
+    pemFields.hidden = !pemRadio.checked;
+    p12Fields.hidden = !p12Radio.checked;
+  };
+  pemRadio.addEventListener('change', sync);
+  p12Radio.addEventListener('change', sync);
+
+  const form = h('form', { class: 'card', 'aria-labelledby': 'srv-upload-title', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      const body = new FormData();
+      if (pemRadio.checked) {
+        if (!chain.files[0] || !key.files[0]) {
+          showError(msg, new ApiError(0, 'incomplete', 'Choose the certificate chain file and the private key file.'));
+          return;
+        }
+        body.append('certificate', await chain.files[0].text());
+        body.append('private_key', await key.files[0].text());
+        if (passphrase.value) body.append('passphrase', passphrase.value);
+      } else {
+        if (!p12.files[0]) {
+          showError(msg, new ApiError(0, 'incomplete', 'Choose the PKCS#12 file.'));
+          return;
+        }
+        body.append('pkcs12', p12.files[0]);
+        if (password.value) body.append('password', password.value);
+      }
+      try {
+        const cert = await api('POST', `/orgs/${enc(org)}/server-certs`, { body });
+        form.reset();
+        sync();
+        const activate = h('button', { type: 'button', class: 'small', onclick: (ev) => activateServerCert(ev.currentTarget, org, cert, msg, onSaved) }, 'Activate now');
+        showOk(msg, `Uploaded ${cert.subject} for ${(cert.dns_names || []).join(', ')}; it is inactive until you activate it. `, activate,
+          cert.notes?.length ? h('ul', {}, cert.notes.map((n) => h('li', {}, n))) : null);
+        await onSaved();
+      } catch (err) {
+        showError(msg, err, 'The upload was refused');
+      }
+    });
+  } },
+  h('h2', { id: 'srv-upload-title' }, 'Upload a server certificate'),
+  h('fieldset', { class: 'choice' }, h('legend', {}, 'What you have'),
+    h('label', {}, pemRadio, ' PEM chain + private key'),
+    h('label', {}, p12Radio, ' PKCS#12 file')),
+  pemFields, p12Fields, msg,
+  h('div', { class: 'actions' }, submit));
+  return form;
+}
+
+/* ---------- CSR wizard */
+
+const KEY_TYPES = [
+  ['ecdsa-p256', 'ECDSA P-256 (recommended)'],
+  ['ecdsa-p384', 'ECDSA P-384'],
+  ['rsa-2048', 'RSA 2048'],
+  ['rsa-3072', 'RSA 3072'],
+  ['rsa-4096', 'RSA 4096 (takes a few seconds)'],
+];
+
+function steps(current) {
+  return h('ol', { class: 'steps' },
+    ['Subject and key', 'Have a CA sign it', 'Activate'].map((label, i) => h('li', {
+      class: i + 1 < current ? 'done' : i + 1 === current ? 'current' : '',
+      'aria-current': i + 1 === current ? 'step' : false,
+    }, label)));
+}
+
+function subjectLine(s) {
+  return [['CN', s.common_name], ['O', s.organization], ['OU', s.organizational_unit], ['L', s.locality],
+    ['ST', s.state], ['C', s.country], ['emailAddress', s.email]]
+    .filter(([, v]) => v).map(([k, v]) => `${k}=${v}`).join(', ');
+}
+
+async function tabCsrs(root, org, id) {
+  const wizard = h('section', { class: 'card wizard', 'aria-labelledby': 'csr-title' });
+  const listMsg = h('div', { class: 'messages' });
+  const list = h('div', {});
+  root.append(wizard, h('section', { class: 'card' }, h('h2', {}, 'Certificate signing requests'), listMsg, list));
+
+  if (id) await csrStep(wizard, org, id);
+  else csrForm(wizard, org);
+
+  try {
+    const csrs = await api('GET', `/orgs/${enc(org)}/csrs`);
+    list.replaceChildren(table([
+      { label: 'Common name', cell: (c) => h('a', { href: `#/org/${enc(org)}/csrs/${enc(c.id)}` }, c.subject.common_name) },
+      { label: 'SANs', cell: (c) => c.sans.join(', ') },
+      { label: 'Key', cell: (c) => c.key_type },
+      { label: 'Status', cell: (c) => h('span', { class: `badge ${c.status === 'completed' ? 'on' : 'pending'}` }, c.status) },
+      { label: 'Created', cell: (c) => fmtTime(c.created_at) },
+      { label: 'Actions', cell: (c) => h('div', { class: 'row-actions' },
+        h('a', { class: 'button secondary small', href: `#/org/${enc(org)}/csrs/${enc(c.id)}` }, c.status === 'pending' ? 'Continue' : 'Open'),
+        h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete the CSR for ${c.subject.common_name} (${c.id})`, onclick: (e) => deleteCsr(e.currentTarget, org, c, listMsg) }, 'Delete')) },
+    ], csrs.slice().reverse(), { caption: 'CSRs', empty: 'No CSRs yet.' }));
+  } catch (e) {
+    showError(listMsg, e, 'Loading CSRs');
+  }
+}
+
+async function deleteCsr(button, org, csr, msg) {
+  const pending = csr.status === 'pending';
+  const yes = await confirmDialog({
+    title: `Delete the CSR for “${csr.subject.common_name}”?`,
+    body: pending
+      ? ['Its private key is destroyed: a certificate signed for it can no longer be uploaded.']
+      : ['The server certificate it became stays.'],
+    confirm: 'Delete CSR',
+  });
+  if (!yes) return;
+  await busy(button, async () => {
+    try {
+      await api('DELETE', `/orgs/${enc(org)}/csrs/${enc(csr.id)}`);
+      toast(`Deleted the CSR for ${csr.subject.common_name}`);
+      if (location.hash.endsWith(`/csrs/${enc(csr.id)}`)) location.hash = `#/org/${enc(org)}/csrs`;
+      else render();
+    } catch (e) {
+      showError(msg, e, 'Deleting the CSR failed');
+    }
+  });
+}
+
+/** Step 1: subject, SANs and key type. */
+function csrForm(wizard, org) {
+  const msg = h('div', { class: 'messages' });
+  const input = (id, attrs = {}) => h('input', { id, autocomplete: 'off', spellcheck: 'false', ...attrs });
+  const cn = input('csr-cn', { required: true, maxlength: '64' });
+  const o = input('csr-o', { maxlength: '64' });
+  const ou = input('csr-ou', { maxlength: '64' });
+  const c = input('csr-c', { maxlength: '2', pattern: '[A-Z]{2}', placeholder: 'DE' });
+  const st = input('csr-st', { maxlength: '128' });
+  const l = input('csr-l', { maxlength: '128' });
+  const email = input('csr-email', { type: 'email' });
+  const sans = h('textarea', { id: 'csr-sans', rows: '3', spellcheck: 'false' });
+  const keyType = h('select', { id: 'csr-key-type' }, KEY_TYPES.map(([v, label]) => h('option', { value: v }, label)));
+  const submit = h('button', { type: 'submit', id: 'csr-create' }, 'Generate key and CSR');
+
+  // Suggest the org's host name, as its current server certificates name it.
+  api('GET', `/orgs/${enc(org)}/server-certs`).then((certs) => {
+    const host = certs.flatMap((x) => x.dns_names || []).find((n) => n.startsWith(`${org}.`));
+    if (host) {
+      cn.placeholder = host;
+      sans.placeholder = host;
+    }
+  }).catch(() => {});
+
+  const form = h('form', { onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      const subject = { common_name: cn.value.trim() };
+      for (const [k, el] of [['organization', o], ['organizational_unit', ou], ['country', c], ['state', st], ['locality', l], ['email', email]]) {
+        if (el.value.trim()) subject[k] = el.value.trim();
+      }
+      const body = { subject, sans: sans.value.split(/[\s,]+/).filter(Boolean), key_type: keyType.value };
+      try {
+        const csr = await api('POST', `/orgs/${enc(org)}/csrs`, { json: body });
+        toast('CSR generated; the private key stays on the broker');
+        location.hash = `#/org/${enc(org)}/csrs/${enc(csr.id)}`;
+      } catch (err) {
+        showError(msg, err, 'The CSR was not created');
+      }
+    });
+  } },
+  h('div', { class: 'grid' },
+    field('Common name (required)', cn, 'Usually the host name devices connect to.'),
+    field('Organization (O)', o),
+    field('Organizational unit (OU)', ou),
+    field('Country (C)', c, 'Two capital letters.'),
+    field('State (ST)', st),
+    field('Locality (L)', l),
+    field('Email', email)),
+  field('Subject alternative names', sans, 'DNS names or IP addresses, one per line. Empty: the common name. They must cover the org’s host name.'),
+  field('Key type', keyType),
+  msg,
+  h('div', { class: 'actions' }, submit));
+
+  wizard.replaceChildren(
+    h('h2', { id: 'csr-title' }, 'Request a server certificate'),
+    steps(1),
+    h('p', { class: 'muted' }, 'The broker generates the key pair and keeps the private key; only the CSR leaves it.'),
+    form);
+}
+
+/** Steps 2 and 3 for an existing CSR. */
+async function csrStep(wizard, org, id) {
+  const msg = h('div', { class: 'messages' });
+  wizard.replaceChildren(h('h2', { id: 'csr-title' }, 'Request a server certificate'), msg);
+  let csr;
+  try {
+    csr = await api('GET', `/orgs/${enc(org)}/csrs/${enc(id)}`);
+  } catch (e) {
+    showError(msg, e, 'Opening the CSR');
+    wizard.append(h('a', { href: `#/org/${enc(org)}/csrs` }, 'Start a new CSR'));
+    return;
+  }
+  const summary = details([
+    ['Subject', subjectLine(csr.subject)],
+    ['SANs', csr.sans.join(', ')],
+    ['Key type', csr.key_type],
+    ['Created', fmtTime(csr.created_at)],
+  ]);
+  if (csr.status === 'pending') csrSign(wizard, org, csr, summary, msg);
+  else await csrActivate(wizard, org, csr, summary, msg);
+  wizard.append(h('p', {}, h('a', { href: `#/org/${enc(org)}/csrs` }, 'Start another CSR')));
+}
+
+function csrSign(wizard, org, csr, summary, msg) {
+  const pem = h('textarea', { id: 'csr-pem', rows: '8', readonly: true, spellcheck: 'false', value: csr.csr_pem });
+  const downloadBtn = h('button', { type: 'button', class: 'secondary', id: 'csr-download' }, 'Download CSR (.pem)');
+  downloadBtn.addEventListener('click', () => busy(downloadBtn, () =>
+    download(`/orgs/${enc(org)}/csrs/${enc(csr.id)}.pem`, `${csr.id}.csr.pem`).catch((e) => showError(msg, e, 'Downloading the CSR failed'))));
+  const copy = h('button', { type: 'button', class: 'secondary' }, 'Copy');
+  copy.addEventListener('click', async () => {
+    pem.select();
+    try {
+      await navigator.clipboard.writeText(csr.csr_pem);
+      toast('CSR copied');
+    } catch {
+      toast('Selected: press Ctrl+C to copy');
+    }
+  });
+
+  const file = h('input', { type: 'file', id: 'signed-file', accept: '.pem,.crt,.cer' });
+  const paste = h('textarea', { id: 'signed-pem', rows: '5', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' });
+  const submit = h('button', { type: 'submit', id: 'signed-upload' }, 'Upload signed certificate');
+  const uploadMsg = h('div', { class: 'messages' });
+  const form = h('form', { onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      const text = file.files[0] ? await file.files[0].text() : paste.value;
+      if (!text.trim()) {
+        showError(uploadMsg, new ApiError(0, 'incomplete', 'Choose the signed certificate file or paste it.'));
+        return;
+      }
+      try {
+        await api('POST', `/orgs/${enc(org)}/csrs/${enc(csr.id)}/certificate`, { body: text, contentType: 'application/x-pem-file' });
+        toast('Signed certificate accepted');
+        render();
+      } catch (err) {
+        showError(uploadMsg, err, 'The signed certificate was refused');
+      }
+    });
+  } },
+  h('h3', {}, 'Upload the signed certificate'),
+  field('Certificate file (PEM, with any intermediates)', file),
+  field('…or paste it', paste),
+  uploadMsg,
+  h('div', { class: 'actions' }, submit));
+
+  wizard.append(steps(2), summary,
+    field('CSR (PEM)', pem),
+    h('div', { class: 'actions' }, downloadBtn, copy),
+    h('details', {}, h('summary', {}, 'Signing it with your own CA (openssl)'),
+      h('pre', {}, `cat > server.ext <<'EOF'
+subjectAltName = ${csr.sans.map((s) => (/^[0-9.:]+$/.test(s) ? `IP:${s}` : `DNS:${s}`)).join(', ')}
+extendedKeyUsage = serverAuth
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+EOF
+openssl x509 -req -in ${csr.id}.csr.pem -CA ca.pem -CAkey ca.key \\
+    -CAcreateserial -days 397 -extfile server.ext -out server.crt`)),
+    form);
+}
+
+async function csrActivate(wizard, org, csr, summary, msg) {
+  wizard.append(steps(3), summary);
+  let cert;
+  try {
+    cert = await api('GET', `/orgs/${enc(org)}/server-certs/${enc(csr.server_cert_id)}`);
+  } catch (e) {
+    showError(msg, e, 'Loading the server certificate this CSR became');
+    return;
+  }
+  const state = h('div', { id: 'csr-state' });
+  const show = () => {
+    if (cert.active) {
+      state.replaceChildren(h('div', { class: 'alert ok', role: 'status' },
+        activeBadge(true), ` The broker presents this certificate to devices connecting to ${(cert.dns_names || []).join(', ')}.`));
+    } else {
+      const activate = h('button', { type: 'button', id: 'csr-activate' }, 'Activate');
+      activate.addEventListener('click', () => busy(activate, async () => {
+        try {
+          cert = await api('POST', `/orgs/${enc(org)}/server-certs/${enc(cert.id)}/activate`);
+          toast(`Activated ${cert.subject}`);
+          show();
+          $('h2', state.closest('.wizard'))?.focus();
+        } catch (e) {
+          showError(msg, e, 'Activating failed');
+        }
+      }));
+      state.replaceChildren(h('p', {}, activeBadge(false), ' The signed certificate is stored with its key. Activate it when you are ready: the next handshake presents it, and the previous certificate stays for a rollback.'),
+        h('div', { class: 'actions' }, activate));
+    }
+  };
+  show();
+  wizard.append(h('h3', {}, 'The server certificate'), certDetails(cert), state);
+}
+
+/* ---------- live connections */
+
+async function tabConnections(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const filter = h('input', { type: 'search', id: 'conn-filter', placeholder: 'client id, identity, address…', autocomplete: 'off' });
+  const auto = h('input', { type: 'checkbox', id: 'conn-auto', checked: true });
+  const refresh = h('button', { type: 'button', class: 'secondary', id: 'conn-refresh' }, 'Refresh');
+  const count = h('p', { class: 'muted', 'aria-live': 'polite' });
+  const list = h('div', {});
+  let sessions = [];
+  let lastJson = '';
+
+  root.append(h('section', { class: 'card' },
+    h('h2', {}, 'Live connections'),
+    h('div', { class: 'toolbar' },
+      field('Filter', filter),
+      h('label', { class: 'check' }, auto, ` Refresh every ${CONNECTIONS_REFRESH_MS / 1000} s`),
+      refresh),
+    msg, count, list));
+
+  const draw = () => {
+    const q = filter.value.trim().toLowerCase();
+    const shown = q ? sessions.filter((s) => JSON.stringify(s).toLowerCase().includes(q)) : sessions;
+    count.textContent = q ? `${shown.length} of ${plural(sessions.length, 'session')}` : plural(sessions.length, 'live session');
+    list.replaceChildren(table([
+      { label: 'Client ID', cell: (s) => h('code', {}, s.client_id) },
+      { label: 'Identity', cell: (s) => [s.identity, s.kind ? h('div', { class: 'muted small' }, s.kind) : null] },
+      { label: 'Protocol', cell: (s) => s.protocol },
+      { label: 'Remote address', cell: (s) => s.remote_addr },
+      { label: 'Since', cell: (s) => fmtTime(s.since) },
+      { label: 'Certificate', cell: (s) => [h('div', {}, 'serial ', h('code', {}, s.cert_serial)),
+        s.cert_not_after ? daysBadge(daysUntil(s.cert_not_after)) : null,
+        h('div', { class: 'muted small' }, 'CA ', h('code', { title: s.ca_fingerprint }, String(s.ca_fingerprint || '').slice(0, 16)), '…')] },
+      { label: 'Actions', cell: (s) => h('button', {
+        type: 'button', class: 'danger small kick', 'aria-label': `Kick ${s.client_id}`,
+        onclick: (e) => kick(e.currentTarget, s),
+      }, 'Kick') },
+    ], shown, {
+      caption: 'Live connections',
+      empty: q ? 'No session matches the filter.' : 'No device or application of this org is connected.',
+      rowAttrs: (s) => ({ 'data-client-id': s.client_id }),
+    }));
+  };
+
+  async function load() {
+    try {
+      const next = await api('GET', `/orgs/${enc(org)}/connections`);
+      msg.replaceChildren();
+      const json = JSON.stringify(next);
+      // Redraw only on change, so a periodic refresh does not steal keyboard focus.
+      if (json !== lastJson) {
+        lastJson = json;
+        sessions = next;
+        draw();
+      }
+    } catch (e) {
+      showError(msg, e, 'Loading connections');
+    }
+  }
+
+  async function kick(button, s) {
+    await busy(button, async () => {
+      try {
+        await api('DELETE', `/orgs/${enc(org)}/connections/${enc(s.client_id)}`);
+        toast(`Kicked ${s.client_id}`);
+        // The session closes asynchronously: look again until it is gone.
+        for (let i = 0; i < 20; i++) {
+          await load();
+          if (!sessions.some((x) => x.client_id === s.client_id && x.since === s.since)) break;
+          await new Promise((r) => setTimeout(r, 250));
+        }
+      } catch (e) {
+        showError(msg, e, `Kicking ${s.client_id} failed`);
+      }
+    });
+  }
+
+  filter.addEventListener('input', draw);
+  refresh.addEventListener('click', () => busy(refresh, load));
+  const timer = setInterval(() => { if (auto.checked && !document.hidden) load(); }, CONNECTIONS_REFRESH_MS);
+  cleanups.push(() => clearInterval(timer));
+  await load();
+}
+
+/* ---------- blocked devices */
+
+async function tabBlocked(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const identity = h('input', { id: 'block-identity', required: true, autocomplete: 'off', spellcheck: 'false', placeholder: 'd:sensor:dev2' });
+  const reason = h('input', { id: 'block-reason', autocomplete: 'off', placeholder: 'lost in the field' });
+  const submit = h('button', { type: 'submit', id: 'block-add' }, 'Block');
+  const formMsg = h('div', { class: 'messages' });
+
+  root.append(
+    h('section', { class: 'card' }, h('h2', {}, 'Blocked devices'),
+      h('p', { class: 'muted' }, 'A blocked identity cannot connect, whatever certificate it presents; blocking closes its live session.'),
+      msg, list),
+    h('form', { class: 'card', onsubmit: async (e) => {
+      e.preventDefault();
+      await busy(submit, async () => {
+        try {
+          const b = await api('POST', `/orgs/${enc(org)}/blocked-devices`, { json: { identity: identity.value.trim(), reason: reason.value.trim() } });
+          showOk(formMsg, `Blocked ${b.identity ?? identity.value.trim()}.`);
+          identity.value = '';
+          reason.value = '';
+          await reload();
+        } catch (err) {
+          showError(formMsg, err, 'Blocking failed');
+        }
+      });
+    } },
+    h('h2', {}, 'Block an identity'),
+    h('div', { class: 'grid' },
+      field('Identity', identity, 'd:<type>:<id>, g:<type>:<id> or a:<app>.'),
+      field('Reason', reason)),
+    formMsg,
+    h('div', { class: 'actions' }, submit)));
+
+  async function reload() {
+    try {
+      const blocked = await api('GET', `/orgs/${enc(org)}/blocked-devices`);
+      list.replaceChildren(table([
+        { label: 'Identity', cell: (b) => h('code', {}, b.identity) },
+        { label: 'Reason', cell: (b) => b.reason },
+        { label: 'Blocked since', cell: (b) => fmtTime(b.created_at || b.blocked_at) },
+        { label: 'Actions', cell: (b) => h('button', {
+          type: 'button', class: 'secondary small', 'aria-label': `Unblock ${b.identity}`,
+          onclick: (e) => busy(e.currentTarget, async () => {
+            try {
+              await api('DELETE', `/orgs/${enc(org)}/blocked-devices/${enc(b.identity)}`);
+              toast(`Unblocked ${b.identity}`);
+              await reload();
+            } catch (err) {
+              showError(msg, err, `Unblocking ${b.identity} failed`);
+            }
+          }),
+        }, 'Unblock') },
+      ], blocked, { caption: 'Blocked devices', empty: 'No identity is blocked.' }));
+    } catch (e) {
+      list.replaceChildren();
+      showError(msg, e, 'Loading blocked devices');
+    }
+  }
+  await reload();
+}
+
+/* ---------- CRLs */
+
+async function tabCrls(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const file = h('input', { type: 'file', id: 'crl-file', accept: '.crl,.pem,.der' });
+  const submit = h('button', { type: 'submit', id: 'crl-upload' }, 'Upload CRL');
+  const formMsg = h('div', { class: 'messages' });
+
+  root.append(
+    h('section', { class: 'card' }, h('h2', {}, 'Certificate revocation lists'),
+      h('p', { class: 'muted' }, 'CRLs of this org’s CAs are checked on every handshake; a revoked certificate’s live session is closed when its CRL arrives.'),
+      msg, list),
+    h('form', { class: 'card', onsubmit: async (e) => {
+      e.preventDefault();
+      await busy(submit, async () => {
+        const f = file.files[0];
+        if (!f) {
+          showError(formMsg, new ApiError(0, 'incomplete', 'Choose a CRL file (PEM or DER).'));
+          return;
+        }
+        const bytes = new Uint8Array(await f.arrayBuffer());
+        try {
+          const crl = await api('POST', `/orgs/${enc(org)}/crls`, { body: bytes, contentType: certContentType(bytes, 'application/pkix-crl') });
+          showOk(formMsg, `Uploaded the CRL of ${crl.issuer ?? f.name} (${plural((crl.revoked_serials || []).length, 'revoked certificate')}).`);
+          file.value = '';
+          await reload();
+        } catch (err) {
+          showError(formMsg, err, `${f.name} was refused`);
+        }
+      });
+    } },
+    h('h2', {}, 'Upload a CRL'),
+    field('CRL file (PEM or DER)', file),
+    formMsg,
+    h('div', { class: 'actions' }, submit)));
+
+  async function reload() {
+    try {
+      const crls = await api('GET', `/orgs/${enc(org)}/crls`);
+      list.replaceChildren(table([
+        { label: 'Issuer', cell: (c) => [h('strong', {}, c.issuer), c.ca_fingerprint ? h('div', { class: 'muted small' }, 'CA ', h('code', { title: c.ca_fingerprint }, c.ca_fingerprint.slice(0, 16)), '…') : null] },
+        { label: 'CRL number', cell: (c) => c.crl_number ?? '' },
+        { label: 'This update', cell: (c) => fmtTime(c.this_update) },
+        { label: 'Next update', cell: (c) => (c.next_update ? [fmtTime(c.next_update), ' ', daysUntil(c.next_update) < 0 ? h('span', { class: 'badge days expired' }, 'overdue') : null] : 'none') },
+        { label: 'Revoked', cell: (c) => {
+          const serials = c.revoked_serials || [];
+          return serials.length ? h('details', {}, h('summary', {}, plural(serials.length, 'certificate')), h('ul', { class: 'serials' }, serials.map((s) => h('li', {}, h('code', {}, s))))) : 'none';
+        } },
+        { label: 'Uploaded', cell: (c) => fmtTime(c.created_at) },
+        { label: 'Actions', cell: (c) => h('button', {
+          type: 'button', class: 'danger small', 'aria-label': `Delete the CRL of ${c.issuer}`,
+          onclick: async (e) => {
+            const button = e.currentTarget;
+            const yes = await confirmDialog({
+              title: `Delete the CRL of “${c.issuer}”?`,
+              body: [`CRL number ${c.crl_number ?? 'none'}, ${plural((c.revoked_serials || []).length, 'revoked certificate')}.`, 'Certificates it revokes can connect again unless another CRL revokes them.'],
+              confirm: 'Delete CRL',
+            });
+            if (!yes) return;
+            await busy(button, async () => {
+              try {
+                await api('DELETE', `/orgs/${enc(org)}/crls/${enc(c.id)}`);
+                toast(`Deleted the CRL of ${c.issuer}`);
+                await reload();
+              } catch (err) {
+                showError(msg, err, 'Deleting the CRL failed');
+              }
+            });
+          },
+        }, 'Delete') },
+      ], crls, { caption: 'CRLs', empty: 'No CRLs uploaded.' }));
+    } catch (e) {
+      list.replaceChildren();
+      showError(msg, e, 'Loading CRLs');
+    }
+  }
+  await reload();
+}
+
+/* ---------- audit */
+
+function auditView(path, title) {
+  const msg = h('div', { class: 'messages' });
+  const rows = [];
+  const list = h('div', {});
+  const more = h('button', { type: 'button', class: 'secondary', id: 'audit-more', hidden: true }, 'Load older entries');
+  const limit = 100;
+
+  async function load(before) {
+    try {
+      const sep = path.includes('?') ? '&' : '?';
+      const page = await api('GET', `${path}${sep}limit=${limit}${before ? `&before=${before}` : ''}`);
+      rows.push(...page);
+      list.replaceChildren(table([
+        { label: '#', cell: (e) => e.seq },
+        { label: 'When', cell: (e) => fmtTime(e.at) },
+        { label: 'Token', cell: (e) => h('code', {}, e.token_id) },
+        { label: 'Request', cell: (e) => [h('strong', {}, e.method), ' ', h('code', { class: 'path' }, e.path)] },
+        { label: 'What', cell: (e) => e.summary },
+        { label: 'Result', cell: (e) => [h('span', { class: `badge status s${String(e.status)[0]}` }, e.status), e.error ? [' ', h('code', {}, e.error)] : null] },
+      ], rows, { caption: title, empty: 'Nothing recorded yet.' }));
+      more.hidden = page.length < limit;
+    } catch (e) {
+      showError(msg, e, 'Loading the audit log');
+    }
+  }
+  more.addEventListener('click', () => busy(more, () => load(rows[rows.length - 1]?.seq)));
+  const section = h('section', { class: 'card' }, h('h2', {}, title),
+    h('p', { class: 'muted' }, 'Every change made through the API, newest first, failures included. Tokens appear by id, never by value.'),
+    msg, list, h('div', { class: 'actions' }, more));
+  return { section, load: () => load() };
+}
+
+async function tabAudit(root, org) {
+  const view = auditView(`/orgs/${enc(org)}/audit`, 'Audit log');
+  root.append(view.section);
+  await view.load();
+}
+
+async function pagePlatformAudit(main) {
+  const view = auditView('/audit', 'Platform audit log');
+  main.append(h('h1', { tabindex: '-1' }, 'Platform audit'),
+    h('p', { class: 'muted' }, 'Creating and deleting organizations, and requests naming organizations that do not exist.'),
+    view.section);
+  await view.load();
+}
+
+/* ---------- tokens and domains */
+
+async function tabSettings(root, org) {
+  const tokensMsg = h('div', { class: 'messages' });
+  const tokenList = h('div', {});
+  const name = h('input', { id: 'token-name', required: true, maxlength: '100', autocomplete: 'off', placeholder: 'ops' });
+  const create = h('button', { type: 'submit', id: 'token-create' }, 'Create token');
+  const shown = h('div', {});
+  const domainsMsg = h('div', { class: 'messages' });
+  const domains = h('textarea', { id: 'domains', rows: '3', spellcheck: 'false', placeholder: 'iot.example.com' });
+  const saveDomains = h('button', { type: 'submit', id: 'domains-save' }, 'Save domains');
+
+  root.append(
+    h('section', { class: 'card' }, h('h2', {}, 'API tokens'),
+      h('p', { class: 'muted' }, `An org token sees ${org} only. The token is shown once, when it is created.`),
+      tokensMsg, tokenList,
+      h('form', { class: 'inline-form', onsubmit: async (e) => {
+        e.preventDefault();
+        await busy(create, async () => {
+          try {
+            const t = await api('POST', `/orgs/${enc(org)}/tokens`, { json: { name: name.value.trim() } });
+            name.value = '';
+            const value = h('input', { id: 'new-token', readonly: true, value: t.token, class: 'mono' });
+            shown.replaceChildren(h('div', { class: 'alert ok', role: 'status' },
+              h('p', {}, `Token “${t.name}” created. Copy it now: certmq keeps only a hash and cannot show it again.`),
+              field('New token', value)));
+            value.select();
+            await reloadTokens();
+          } catch (err) {
+            showError(tokensMsg, err, 'Creating the token failed');
+          }
+        });
+      } }, field('Name', name), create),
+      shown),
+    h('form', { class: 'card', onsubmit: async (e) => {
+      e.preventDefault();
+      await busy(saveDomains, async () => {
+        try {
+          const r = await api('PUT', `/orgs/${enc(org)}/domains`, { json: { domains: domains.value.split(/[\s,]+/).filter(Boolean) } });
+          domains.value = r.domains.join('\n');
+          showOk(domainsMsg, r.domains.length ? `Devices may now also use ${r.domains.map((d) => `${org}.${d}`).join(', ')}.` : 'No custom domains.');
+        } catch (err) {
+          showError(domainsMsg, err, 'The domains were not saved');
+        }
+      });
+    } },
+    h('h2', {}, 'Custom domains'),
+    h('p', { class: 'muted' }, `Devices select this org with <org>.<domain>; register extra domains here (up to 10). Register a domain before generating or uploading a certificate for it.`),
+    field('Domains, one per line', domains),
+    domainsMsg,
+    h('div', { class: 'actions' }, saveDomains)));
+
+  async function reloadTokens() {
+    try {
+      const tokens = await api('GET', `/orgs/${enc(org)}/tokens`);
+      tokenList.replaceChildren(table([
+        { label: 'Name', cell: (t) => t.name },
+        { label: 'ID', cell: (t) => h('code', {}, t.id) },
+        { label: 'Created', cell: (t) => fmtTime(t.created_at) },
+        { label: 'Actions', cell: (t) => h('button', {
+          type: 'button', class: 'danger small', 'aria-label': `Revoke token ${t.name} (${t.id})`,
+          onclick: async (e) => {
+            const button = e.currentTarget;
+            const yes = await confirmDialog({
+              title: `Revoke token “${t.name}”?`,
+              body: [`Token ${t.id}, created ${new Date(t.created_at).toISOString().slice(0, 10)}. Requests presenting it get 401 from now on${session.token.includes(t.id) ? ' — including this console, which signed in with it' : ''}.`],
+              confirm: 'Revoke token',
+            });
+            if (!yes) return;
+            await busy(button, async () => {
+              try {
+                await api('DELETE', `/orgs/${enc(org)}/tokens/${enc(t.id)}`);
+                toast(`Revoked ${t.name}`);
+                await reloadTokens();
+              } catch (err) {
+                showError(tokensMsg, err, 'Revoking failed');
+              }
+            });
+          },
+        }, 'Revoke') },
+      ], tokens, { caption: 'API tokens', empty: 'No org tokens.' }));
+    } catch (e) {
+      showError(tokensMsg, e, 'Loading tokens');
+    }
+  }
+
+  await Promise.all([
+    reloadTokens(),
+    api('GET', `/orgs/${enc(org)}/domains`)
+      .then((r) => { domains.value = r.domains.join('\n'); })
+      .catch((e) => showError(domainsMsg, e, 'Loading domains')),
+  ]);
+}
+
+/* ------------------------------------------------------------------ expiry overview */
+
+async function pageExpiry(main) {
+  const msg = h('div', { class: 'messages' });
+  const windowSelect = h('select', { id: 'expiry-window' },
+    [[7, 'the next 7 days'], [30, 'the next 30 days'], [90, 'the next 90 days'], [365, 'the next year'], [Infinity, 'any time (all certificates)']]
+      .map(([d, label]) => h('option', { value: String(d), selected: d === SOON_DAYS }, label)));
+  const summary = h('div', { class: 'summary', 'aria-live': 'polite' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  main.append(h('h1', { tabindex: '-1' }, 'Expiry overview'),
+    h('p', { class: 'muted' }, 'Every CA and server certificate of every organization this token sees, soonest first: what goes dark next.'),
+    h('div', { class: 'toolbar' }, field('Expiring within', windowSelect)),
+    msg, summary, list);
+
+  let orgs;
+  try {
+    orgs = await loadOrgs();
+  } catch (e) {
+    list.replaceChildren();
+    showError(msg, e, 'Loading organizations');
+    return;
+  }
+  const items = [];
+  const failures = [];
+  await Promise.all(orgs.map(async (o) => {
+    const base = `/orgs/${enc(o.id)}`;
+    const [cas, servers] = await Promise.allSettled([api('GET', `${base}/ca-certs`), api('GET', `${base}/server-certs`)]);
+    for (const [result, kind, tab] of [[cas, 'CA', 'ca-certs'], [servers, 'Server', 'server-certs']]) {
+      if (result.status === 'fulfilled') result.value.forEach((c) => items.push({ ...c, org: o.id, kind, tab }));
+      else failures.push([`${o.id}: ${kind === 'CA' ? 'CA certificates' : 'server certificates'}`, result.reason]);
+    }
+  }));
+  if (failures.length) msg.replaceChildren(...failures.map(([what, err]) => errorBox(err, what)));
+  items.sort((a, b) => a.days_to_expiry - b.days_to_expiry || a.org.localeCompare(b.org));
+
+  const draw = () => {
+    const within = Number(windowSelect.value);
+    const shown = items.filter((c) => c.days_to_expiry <= within);
+    const expired = items.filter((c) => c.days_to_expiry < 0).length;
+    const soon = items.filter((c) => c.days_to_expiry >= 0 && c.days_to_expiry <= SOON_DAYS).length;
+    summary.replaceChildren(
+      h('div', { class: `stat ${expired ? 'expired' : ''}` }, h('strong', {}, expired), ' expired'),
+      h('div', { class: `stat ${soon ? 'soon' : ''}` }, h('strong', {}, soon), ` expire within ${SOON_DAYS} days`),
+      h('div', { class: 'stat' }, h('strong', {}, items.length), ` certificates in ${plural(orgs.length, 'organization')}`));
+    list.replaceChildren(table([
+      { label: 'Expires', cell: (c) => [daysBadge(c.days_to_expiry), ' ', fmtDate(c.not_after)] },
+      { label: 'Organization', cell: (c) => h('a', { href: `#/org/${enc(c.org)}/${c.tab}` }, c.org) },
+      { label: 'Kind', cell: (c) => (c.kind === 'CA' ? 'CA certificate' : 'Server certificate') },
+      { label: 'Subject', cell: (c) => [h('strong', {}, c.subject), c.dns_names?.length && c.kind !== 'CA' ? h('div', { class: 'muted small' }, c.dns_names.join(', ')) : null] },
+      { label: 'Status', cell: (c) => activeBadge(c.active) },
+    ], shown, {
+      caption: 'Certificates by expiry',
+      empty: Number.isFinite(within) ? `Nothing expires within ${plural(within, 'day')}.` : 'No certificates.',
+      rowAttrs: (c) => ({ 'data-id': c.id }),
+    }));
+  };
+  windowSelect.addEventListener('change', draw);
+  draw();
+}
+
+/* ------------------------------------------------------------------ start */
+
+session.load();
+$('#sign-out').addEventListener('click', () => signOut());
+window.addEventListener('hashchange', () => render({ focus: true }));
+render();
