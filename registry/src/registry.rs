@@ -724,6 +724,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn concurrent_activations_leave_exactly_one_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(registry(dir.path()));
+        let org = r.create_org("acme", "").unwrap().id;
+        let ids: Vec<String> = (0..8)
+            .map(|_| r.create_self_signed(&org).unwrap().id)
+            .collect();
+        for _ in 0..5 {
+            let barrier = Arc::new(std::sync::Barrier::new(ids.len()));
+            let handles: Vec<_> = ids
+                .iter()
+                .cloned()
+                .map(|id| {
+                    let (r, org, barrier) = (r.clone(), org.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        r.activate_server_cert(&org, &id).unwrap();
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            let active = r
+                .list_server_certs(&org)
+                .unwrap()
+                .into_iter()
+                .filter(|c| c.active)
+                .count();
+            assert_eq!(active, 1);
+        }
+    }
+
+    #[test]
     fn private_keys_are_not_stored_in_clear() {
         let dir = tempfile::tempdir().unwrap();
         let r = registry(dir.path());
