@@ -92,58 +92,9 @@ async fn csr_signed_by_a_public_ca_is_activated_without_restart() {
     openssl(dir, &["req", "-verify", "-noout", "-in", "server.csr"]);
 
     // 2. A public CA (made here with openssl) signs it.
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=Test Public CA",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        format!(
-            "subjectAltName=DNS:{HOST}\nextendedKeyUsage=serverAuth\n\
-             basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        ),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-    let signed = std::fs::read_to_string(dir.join("server.crt")).unwrap();
-    let public_ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let public = OpensslCa::new(dir, "Test Public CA");
+    let signed = std::fs::read_to_string(public.sign_server("server", HOST)).unwrap();
+    let public_ca = public.pem.clone();
 
     // 3. Upload the signed certificate: an inactive server cert; the CSR is completed.
     let (status, cert) = post_raw(

@@ -321,8 +321,8 @@ function certContentType(bytes, der = 'application/pkix-cert') {
 
 /* ------------------------------------------------------------------ routing */
 
-/** Functions that undo what the current page set up (timers), run before the next one. */
-let cleanups = [];
+/** Counts renders; a page's timers stop once another page has been rendered. */
+let renderCount = 0;
 
 const ORG_TABS = [
   ['ca-certs', 'CA certificates', tabCaCerts],
@@ -340,8 +340,7 @@ function homeHash() {
 }
 
 async function render({ focus = false } = {}) {
-  cleanups.forEach((fn) => fn());
-  cleanups = [];
+  renderCount += 1;
   const main = $('#main');
   updateChrome();
   if (!session.token) {
@@ -1226,8 +1225,11 @@ async function tabConnections(root, org) {
 
   filter.addEventListener('input', draw);
   refresh.addEventListener('click', () => busy(refresh, load));
-  const timer = setInterval(() => { if (auto.checked && !document.hidden) load(); }, CONNECTIONS_REFRESH_MS);
-  cleanups.push(() => clearInterval(timer));
+  const page = renderCount;
+  const timer = setInterval(() => {
+    if (page !== renderCount) clearInterval(timer);
+    else if (auto.checked && !document.hidden) load();
+  }, CONNECTIONS_REFRESH_MS);
   await load();
 }
 
@@ -1251,8 +1253,7 @@ async function tabBlocked(root, org) {
         try {
           const b = await api('POST', `/orgs/${enc(org)}/blocked-devices`, { json: { identity: identity.value.trim(), reason: reason.value.trim() } });
           showOk(formMsg, `Blocked ${b.identity ?? identity.value.trim()}.`);
-          identity.value = '';
-          reason.value = '';
+          e.target.reset();
           await reload();
         } catch (err) {
           showError(formMsg, err, 'Blocking failed');
@@ -1443,7 +1444,7 @@ async function tabSettings(root, org) {
         await busy(create, async () => {
           try {
             const t = await api('POST', `/orgs/${enc(org)}/tokens`, { json: { name: name.value.trim() } });
-            name.value = '';
+            e.target.reset();
             const value = h('input', { id: 'new-token', readonly: true, value: t.token, class: 'mono' });
             shown.replaceChildren(h('div', { class: 'alert ok', role: 'status' },
               h('p', {}, `Token “${t.name}” created. Copy it now: certmq keeps only a hash and cannot show it again.`),

@@ -103,7 +103,7 @@ mod tests {
             .unwrap()
     }
 
-    fn header<'a>(resp: &'a Response, name: HeaderName) -> &'a str {
+    fn header(resp: &Response, name: HeaderName) -> &str {
         resp.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())

@@ -95,6 +95,11 @@ impl Server {
         s
     }
 
+    /// The broker's process id (for RSS readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -375,4 +380,104 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// `openssl req` arguments for a new, unencrypted ECDSA P-256 key.
+const NEW_P256_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// A CA made with the openssl command line — `ca.pem` and `ca.key` in its directory — as
+/// an operator's own PKI or a public CA would be, signing server certificates.
+pub struct OpensslCa {
+    dir: PathBuf,
+    /// The CA certificate, PEM (what devices trust to verify the broker).
+    pub pem: String,
+}
+
+impl OpensslCa {
+    /// Makes a P-256 root CA in `dir`.
+    pub fn new(dir: &Path, common_name: &str) -> OpensslCa {
+        let subject = format!("/CN={common_name}");
+        let ca = [
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            &subject,
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ];
+        openssl(dir, &[&["req", "-x509"][..], &NEW_P256_KEY, &ca].concat());
+        OpensslCa {
+            dir: dir.to_path_buf(),
+            pem: std::fs::read_to_string(dir.join("ca.pem")).expect("CA PEM"),
+        }
+    }
+
+    /// The CA's private key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
+    /// Signs `<name>.csr` (in the CA's directory) as a TLS server certificate for `host`
+    /// (SAN, serverAuth, CA:FALSE); returns the certificate file, `<name>.crt`.
+    pub fn sign_server(&self, name: &str, host: &str) -> PathBuf {
+        let (csr, crt, ext) = (
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(
+            self.dir.join(&ext),
+            format!(
+                "subjectAltName=DNS:{host}\nextendedKeyUsage=serverAuth\n\
+                 basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+            ),
+        )
+        .expect("write extensions");
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ],
+        );
+        self.dir.join(crt)
+    }
+
+    /// A new key (`<name>.key`) and a server certificate for `host` (`<name>.crt`).
+    pub fn issue_server(&self, name: &str, host: &str) -> (PathBuf, PathBuf) {
+        let (key, csr, subject) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("/CN={host}"),
+        );
+        let request = ["-keyout", &key, "-out", &csr, "-subj", &subject];
+        openssl(
+            &self.dir,
+            &[&["req", "-new"][..], &NEW_P256_KEY, &request].concat(),
+        );
+        (self.sign_server(name, host), self.dir.join(key))
+    }
 }
