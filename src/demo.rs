@@ -41,7 +41,7 @@ impl Api {
     }
 }
 
-pub(crate) async fn run(devices: usize, events: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -59,6 +59,10 @@ pub(crate) async fn run(devices: usize, events: usize) -> anyhow::Result<()> {
         running.mqtt_addr.port()
     );
     println!("  admin API http://{}/api/v1", running.admin_addr);
+    println!(
+        "  console   http://{}/console  (sign in with token {})",
+        running.admin_addr, running.admin_token
+    );
     println!("  data dir  {} (deleted at exit)", dir.path().display());
 
     let api = Api {

@@ -50,6 +50,9 @@ enum Command {
         /// Events each device publishes.
         #[arg(long, default_value_t = 5)]
         events: usize,
+        /// Keep the broker and the console running after the summary (until Ctrl-C).
+        #[arg(long)]
+        keep_running: bool,
     },
 }
 
@@ -83,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Demo { devices, events } => demo::run(devices, events).await,
+        Command::Demo {
+            devices,
+            events,
+            keep_running,
+        } => demo::run(devices, events, keep_running).await,
     }
 }
 
@@ -104,6 +111,7 @@ async fn serve(opts: app::Options) -> anyhow::Result<()> {
         "certmq ready mqtt={} admin={} mqtt_plain={plain} domain={}",
         running.mqtt_addr, running.admin_addr, opts.domain
     );
+    println!("console: http://{}/console", running.admin_addr);
     tracing::info!(mqtt = %running.mqtt_addr, admin = %running.admin_addr, "certmq serving");
     shutdown_signal().await;
     tracing::info!("shutting down");
