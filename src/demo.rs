@@ -144,6 +144,13 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
         "   total demo time: {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    if keep_running {
+        println!(
+            "\nstill serving: console http://{}/console (token {}); Ctrl-C to stop",
+            running.admin_addr, running.admin_token
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     running.stop().await;
     if !report.is_complete() {
         bail!("the demo fleet did not complete: {:?}", report.errors);
