@@ -570,3 +570,55 @@ async fn next_v5(
         }
     }
 }
+
+#[tokio::test]
+async fn intermediate_cas_build_chains_both_ways() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let api = server.api();
+    // Root uploaded (by Org::create); the device sends leaf + intermediate.
+    let issuing = acme.ca.issue_intermediate("acme issuing CA").unwrap();
+    let dev = issuing
+        .issue_client(
+            "d:sensor:dev1",
+            device_sim::certs::ClientCertOptions::default(),
+        )
+        .unwrap();
+    assert_ne!(
+        dev.chain_pem, dev.cert_pem,
+        "the chain carries the intermediate"
+    );
+    connect_with(&acme.target(), "d:acme:sensor:dev1", &dev)
+        .await
+        .expect("leaf + intermediate chains to the uploaded root");
+    let (_, conns) = api
+        .call(reqwest::Method::GET, "/orgs/acme/connections", None)
+        .await;
+    assert_eq!(
+        conns[0]["ca_id"],
+        acme.ca_id.as_str(),
+        "admitted by the root"
+    );
+
+    // An org that uploaded only the intermediate admits a device sending just its leaf.
+    let beta = Org::create(&server, "beta").await;
+    let beta_issuing = beta.ca.issue_intermediate("beta issuing CA").unwrap();
+    let uploaded = api.upload_ca("beta", &beta_issuing.pem()).await;
+    let leaf_only = beta_issuing
+        .issue_client(
+            "d:sensor:dev2",
+            device_sim::certs::ClientCertOptions::default(),
+        )
+        .unwrap();
+    let leaf_only = device_sim::certs::ClientCert {
+        chain_pem: leaf_only.cert_pem.clone(),
+        ..leaf_only
+    };
+    connect_with(&beta.target(), "d:beta:sensor:dev2", &leaf_only)
+        .await
+        .expect("a leaf issued by an uploaded intermediate");
+    let (_, conns) = api
+        .call(reqwest::Method::GET, "/orgs/beta/connections", None)
+        .await;
+    assert_eq!(conns[0]["ca_id"], uploaded["id"]);
+}
