@@ -167,12 +167,26 @@ async fn authz_dry_run_names_the_deciding_rule() {
         }
     };
 
-    let (s, d) = check(json!({
+    // The request and answer are the broker's types, passed through; the OpenAPI
+    // document copies them, and must name exactly their fields.
+    let request = json!({
         "certificate": dev.chain_pem, "client_id": "d:acme:sensor:dev1",
         "topic": "iot-2/evt/temp/fmt/json", "action": "publish"
-    }))
-    .await;
+    });
+    assert_eq!(
+        api.documented_properties("AuthzCheck").await,
+        keys(&request)
+    );
+    let decision_fields = api.documented_properties("AuthzDecision").await;
+    let stages = api.documented_schema("AuthzStage").await["enum"].clone();
+    let documented = |d: &serde_json::Value| {
+        assert_eq!(keys(d), decision_fields, "{d}");
+        assert!(stages.as_array().unwrap().contains(&d["stage"]), "{d}");
+    };
+
+    let (s, d) = check(request).await;
     assert_eq!(s, 200, "{d}");
+    documented(&d);
     assert_eq!(d["allowed"], true);
     assert_eq!(d["ca_id"], acme.ca_id.as_str());
     assert_eq!(
@@ -209,6 +223,7 @@ async fn authz_dry_run_names_the_deciding_rule() {
         (Some(false), Some("certificate")),
         "{d}"
     );
+    documented(&d);
 
     api.post(
         "/orgs/acme/blocked-devices",
@@ -217,6 +232,7 @@ async fn authz_dry_run_names_the_deciding_rule() {
     .await;
     let (_, d) = check(json!({ "certificate": dev.chain_pem })).await;
     assert_eq!(d["stage"], "blocked");
+    documented(&d);
 
     let (s, d) = check(json!({ "certificate": "garbage" })).await;
     assert_eq!(s, 400, "{d}");

@@ -203,6 +203,8 @@ async fn connections_api_lists_and_kicks() {
         .as_str()
         .is_some_and(|a| a.starts_with("127.0.0.1:")));
     assert!(c["since"].is_string() && c["cert_not_after"].is_string());
+    // The broker's session type, passed through: the OpenAPI document copies it.
+    assert_eq!(keys(c), api.documented_properties("Session").await);
 
     // Another org's client id is not found through acme.
     let (s, _) = api

@@ -15,9 +15,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponseParts, Response, ResponseParts};
 use registry::{AuditEntry, AuditEvent, AuditLog, OrgId};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::auth::{Caller, PlatformAdmin};
-use crate::error::ErrorCode;
+use crate::error::{ErrorBody, ErrorCode};
 use crate::extract::OrgPath;
 use crate::{blocking, ApiError, AppState, Json};
 
@@ -132,11 +133,15 @@ fn truncate(mut s: String) -> String {
 }
 
 /// `?limit=100&before=<seq>`: a page of entries, newest first.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Page {
+    /// Entries per page, 1-1000.
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: usize,
+    /// Only entries older than this `seq` (the next page back).
     before: Option<u64>,
 }
 
@@ -156,7 +161,18 @@ async fn list_log(
     Ok(Json(entries))
 }
 
-/// `GET /orgs/{org}/audit`: the org's log.
+/// Read the org's audit log.
+///
+/// Every `POST`, `PUT`, `PATCH` and `DELETE` under `/api/v1` with a valid token, failed
+/// ones included, newest first. Each log keeps its newest 10,000 entries.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/audit",
+    tag = "audit",
+    operation_id = "list_org_audit",
+    params(OrgPath, Page),
+    responses((status = 200, description = "A page of entries, newest first.", body = Vec<AuditEntry>)),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -165,7 +181,21 @@ pub(crate) async fn list(
     list_log(state, AuditLog::Org(org), page).await
 }
 
-/// `GET /audit`: the platform log (org lifecycle, requests naming unknown orgs).
+/// Read the platform audit log.
+///
+/// Org creation and deletion, and requests naming orgs that do not exist. Platform
+/// admin token only.
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    operation_id = "list_platform_audit",
+    params(Page),
+    responses(
+        (status = 200, description = "A page of entries, newest first.", body = Vec<AuditEntry>),
+        (status = 403, description = "`forbidden`: an org token cannot read the platform log.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn list_platform(
     State(state): State<AppState>,
     _: PlatformAdmin,

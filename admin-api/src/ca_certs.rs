@@ -5,10 +5,37 @@ use axum::http::StatusCode;
 use registry::cert::CertDetails;
 use registry::CaView;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use crate::extract::{CertUpload, ItemPath, OrgPath};
+use crate::error::ErrorBody;
+use crate::extract::{CertUpload, ItemPath, JsonUpload, OrgPath, UploadQuery};
+use crate::openapi::DerFile;
 use crate::{ApiError, AppState, Json};
 
+/// Upload a CA certificate.
+///
+/// Exactly one certificate, PEM or DER, with basicConstraints CA:TRUE, currently valid.
+/// Active at once: client certificates it issued are admitted from the next handshake.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/ca-certs",
+    tag = "ca-certs",
+    operation_id = "upload_ca_cert",
+    params(OrgPath, UploadQuery),
+    request_body(
+        description = "The certificate: the raw PEM or DER file (any content type but JSON is read as the file), or JSON.",
+        content(
+            (String = "application/x-pem-file"),
+            (inline(DerFile) = "application/pkix-cert"),
+            (JsonUpload = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Stored, active.", body = CaView),
+        (status = 409, description = "`conflict`: the same certificate is already uploaded to this org.", body = ErrorBody),
+        (status = 422, description = "The certificate broke a rule; `code` names it: `not_pem_or_der`, `multiple_certificates`, `unexpected_private_key`, `not_a_ca`, `expired`, `not_yet_valid`, `weak_key`, `bad_signature`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn upload(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -20,7 +47,28 @@ pub(crate) async fn upload(
     Ok((StatusCode::CREATED, Json(ca)))
 }
 
+/// Check a CA certificate without storing it.
+///
 /// Runs the upload checks and stores nothing. The org must exist, like for an upload.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/ca-certs/preview",
+    tag = "ca-certs",
+    operation_id = "preview_ca_cert",
+    params(OrgPath),
+    request_body(
+        description = "The certificate: the raw PEM or DER file (any content type but JSON is read as the file), or JSON.",
+        content(
+            (String = "application/x-pem-file"),
+            (inline(DerFile) = "application/pkix-cert"),
+            (JsonUpload = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The certificate passes; its parsed details.", body = CertDetails),
+        (status = 422, description = "The certificate broke a rule; `code` names it: `not_pem_or_der`, `multiple_certificates`, `unexpected_private_key`, `not_a_ca`, `expired`, `not_yet_valid`, `weak_key`, `bad_signature`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn preview(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -35,6 +83,15 @@ pub(crate) async fn preview(
     Ok(Json(details))
 }
 
+/// List the org's CA certificates.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/ca-certs",
+    tag = "ca-certs",
+    operation_id = "list_ca_certs",
+    params(OrgPath),
+    responses((status = 200, description = "Every CA certificate of the org, active or not.", body = Vec<CaView>)),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -42,6 +99,15 @@ pub(crate) async fn list(
     Ok(Json(state.registry(move |r| r.list_cas(&org)).await?))
 }
 
+/// Show a CA certificate.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/ca-certs/{id}",
+    tag = "ca-certs",
+    operation_id = "show_ca_cert",
+    params(OrgPath, ("id" = String, Path, description = "The CA certificate's id.")),
+    responses((status = 200, description = "The CA certificate.", body = CaView)),
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -50,13 +116,28 @@ pub(crate) async fn show(
 }
 
 /// `PATCH` body: each field present is changed, absent ones are kept.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"active": false}))]
 pub(crate) struct CaPatch {
+    /// Whether the CA admits client certificates. Deactivating closes the live sessions
+    /// it admitted.
     active: Option<bool>,
     description: Option<String>,
 }
 
+/// Activate or deactivate a CA certificate, or change its description.
+#[utoipa::path(
+    patch,
+    path = "/orgs/{org}/ca-certs/{id}",
+    tag = "ca-certs",
+    operation_id = "update_ca_cert",
+    params(OrgPath, ("id" = String, Path, description = "The CA certificate's id.")),
+    request_body(content = CaPatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The CA certificate as changed.", body = CaView),
+    ),
+)]
 pub(crate) async fn update(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -68,6 +149,17 @@ pub(crate) async fn update(
     Ok(Json(ca))
 }
 
+/// Delete a CA certificate.
+///
+/// The live sessions it admitted are closed.
+#[utoipa::path(
+    delete,
+    path = "/orgs/{org}/ca-certs/{id}",
+    tag = "ca-certs",
+    operation_id = "delete_ca_cert",
+    params(OrgPath, ("id" = String, Path, description = "The CA certificate's id.")),
+    responses((status = 204, description = "Deleted.")),
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,

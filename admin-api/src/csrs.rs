@@ -5,14 +5,35 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use registry::{CsrRequest, CsrView, NewServerCert};
+use registry::{CsrRequest, CsrView, NewServerCert, OrgId};
 
 use crate::audit::AuditNote;
-use crate::extract::{CertUpload, ItemPath, OrgPath};
+use crate::error::ErrorBody;
+use crate::extract::{CertUpload, ItemPath, JsonUpload, OrgPath};
 use crate::server_certs::pem_file;
 use crate::{ApiError, AppState, Json};
 
-/// Generates the key pair (ECDSA P-256 unless `key_type` says otherwise) and the CSR.
+/// Generate a key pair and a CSR on the broker.
+///
+/// The key (ECDSA P-256 unless `key_type` says otherwise) never leaves the broker. The
+/// SANs must cover one of the org's host names, since the certificate could not be
+/// activated otherwise.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/csrs",
+    tag = "csrs",
+    operation_id = "create_csr",
+    params(OrgPath),
+    request_body(content = CsrRequest, content_type = "application/json", example = json!({
+        "subject": {"common_name": "acme.messaging.localhost", "organization": "Acme Corp", "country": "DE"},
+        "sans": ["acme.messaging.localhost"],
+        "key_type": "ecdsa-p256"
+    })),
+    responses(
+        (status = 201, description = "Created, `pending`.", body = CsrView),
+        (status = 422, description = "`hostname_mismatch`: no SAN covers the org's host names.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -23,6 +44,15 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, note, Json(csr)))
 }
 
+/// List the org's CSRs.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/csrs",
+    tag = "csrs",
+    operation_id = "list_csrs",
+    params(OrgPath),
+    responses((status = 200, description = "Oldest first.", body = Vec<CsrView>)),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -30,25 +60,69 @@ pub(crate) async fn list(
     Ok(Json(state.registry(move |r| r.list_csrs(&org)).await?))
 }
 
-/// `GET .../csrs/{id}`: the CSR as JSON; `GET .../csrs/{id}.pem`: the PEM file alone.
-/// (axum path segments cannot carry a suffix, so one route serves both.)
+/// Show a CSR.
+///
+/// The PEM alone, as a file: `GET .../csrs/{id}.pem`.
+// That is [`download`]: axum path segments cannot carry a suffix, so this route serves
+// both.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/csrs/{id}",
+    tag = "csrs",
+    operation_id = "show_csr",
+    params(OrgPath, ("id" = String, Path, description = "The CSR's id.")),
+    responses((status = 200, description = "The CSR, with its PEM in `csr_pem`.", body = CsrView)),
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
 ) -> Result<Response, ApiError> {
-    match id.strip_suffix(".pem").map(str::to_owned) {
-        Some(id) => {
-            let csr = state.registry(move |r| r.get_csr(&org, &id)).await?;
-            Ok(pem_file(&format!("{}.csr.pem", csr.id), csr.csr_pem).into_response())
-        }
-        None => {
-            let csr = state.registry(move |r| r.get_csr(&org, &id)).await?;
-            Ok(Json(csr).into_response())
-        }
+    if let Some(id) = id.strip_suffix(".pem") {
+        return download(state, org, id.to_owned()).await;
     }
+    let csr = state.registry(move |r| r.get_csr(&org, &id)).await?;
+    Ok(Json(csr).into_response())
 }
 
-/// Deletes a CSR; a pending CSR's key is destroyed with it.
+/// Download a CSR as a PEM file.
+///
+/// Hand it to the CA that is to sign it.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/csrs/{id}.pem",
+    tag = "csrs",
+    operation_id = "download_csr",
+    params(OrgPath, ("id" = String, Path, description = "The CSR's id.")),
+    responses((
+        status = 200,
+        description = "The PKCS#10 request (`Content-Disposition: attachment; filename=\"<id>.csr.pem\"`).",
+        body = String,
+        content_type = "application/x-pem-file",
+    )),
+)]
+async fn download(state: AppState, org: OrgId, id: String) -> Result<Response, ApiError> {
+    let csr = state.registry(move |r| r.get_csr(&org, &id)).await?;
+    Ok(pem_file(&format!("{}.csr.pem", csr.id), csr.csr_pem).into_response())
+}
+
+/// [`download`]'s path: it has no route of its own (see [`show`]), so it is added to the
+/// OpenAPI document apart from the routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(download))]
+pub(crate) struct DownloadDoc;
+
+/// Delete a CSR.
+///
+/// A pending CSR's key is destroyed with it; the server certificate of a completed one
+/// stays.
+#[utoipa::path(
+    delete,
+    path = "/orgs/{org}/csrs/{id}",
+    tag = "csrs",
+    operation_id = "delete_csr",
+    params(OrgPath, ("id" = String, Path, description = "The CSR's id.")),
+    responses((status = 204, description = "Deleted.")),
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -57,8 +131,27 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The signed certificate (+ chain) as the raw PEM body (or JSON `{"certificate"}`);
-/// answers 201 with the new server certificate.
+/// Upload the signed certificate of a CSR.
+///
+/// The certificate (+ intermediates) as the raw PEM body, or JSON `{"certificate"}`. It
+/// must hold the CSR's key and pass the server certificate rules; the CSR becomes
+/// `completed` and the answer is the new server certificate, inactive until activated.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/csrs/{id}/certificate",
+    tag = "csrs",
+    operation_id = "complete_csr",
+    params(OrgPath, ("id" = String, Path, description = "The CSR's id.")),
+    request_body(content(
+        (String = "application/x-pem-file"),
+        (JsonUpload = "application/json"),
+    )),
+    responses(
+        (status = 201, description = "The new server certificate, inactive.", body = NewServerCert),
+        (status = 409, description = "`conflict`: the CSR is already completed, or the leaf is already stored.", body = ErrorBody),
+        (status = 422, description = "The certificate broke a rule; `code` names it: `key_mismatch` (not the CSR's key), `not_pem_or_der`, `unexpected_private_key`, `chain_order`, `expired`, `not_yet_valid`, `weak_key`, `leaf_is_ca`, `not_for_server_auth`, `hostname_mismatch`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn complete(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,

@@ -5,23 +5,38 @@
 use axum::extract::State;
 use registry::DomainName;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::audit::AuditNote;
+use crate::error::ErrorBody;
 use crate::extract::OrgPath;
 use crate::{ApiError, AppState, Json};
 
-/// Body of `PUT` and answer of both methods.
-#[derive(Deserialize)]
+/// Body of `PUT`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"domains": ["iot.example.com"]}))]
 pub(crate) struct DomainsBody {
+    /// The whole new list (at most 10); `[]` clears it. Case and a trailing dot are
+    /// normalized away, duplicates dropped.
     domains: Vec<String>,
 }
 
-#[derive(Serialize)]
+/// Answer of `GET` and `PUT`: the shape `PUT` takes.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Domains {
     domains: Vec<DomainName>,
 }
 
+/// Show the org's custom domains.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/domains",
+    tag = "domains",
+    operation_id = "show_domains",
+    params(OrgPath),
+    responses((status = 200, description = "The org's custom domains.", body = Domains)),
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -30,6 +45,22 @@ pub(crate) async fn show(
     Ok(Json(Domains { domains }))
 }
 
+/// Replace the org's custom domains.
+///
+/// Devices then select the org with `<org>.<custom domain>`. A domain must not be the
+/// base domain, under it or above it.
+#[utoipa::path(
+    put,
+    path = "/orgs/{org}/domains",
+    tag = "domains",
+    operation_id = "set_domains",
+    params(OrgPath),
+    request_body = DomainsBody,
+    responses(
+        (status = 200, description = "The list as stored.", body = Domains),
+        (status = 409, description = "`conflict`: a domain equals, is under, or is above a domain of another org.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn set(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,

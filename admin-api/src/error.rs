@@ -3,6 +3,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use registry::cert::CertError;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Everything the admin API answers with when a request fails.
 ///
@@ -82,11 +84,44 @@ impl ApiError {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ErrorCode(pub(crate) &'static str);
 
+/// The body of every error answer: `{"error":{"code":"..","message":".."}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_a_ca", "message": "not a CA certificate: basicConstraints CA:TRUE is required"}}))]
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Machine-readable: one of [`CODES`], or with 422 the certificate rule that failed.
+    #[schema(schema_with = crate::openapi::error_code_schema)]
+    pub(crate) code: &'static str,
+    /// For humans: what was wrong and, for a rule, which one.
+    pub(crate) message: String,
+}
+
+/// The status and code of every [`ApiError`] but [`ApiError::Rejected`], whose code is
+/// the rule's (`registry::cert::Rule::code`, always 422). The OpenAPI document lists them.
+pub(crate) const CODES: [(StatusCode, &str); 9] = [
+    (StatusCode::BAD_REQUEST, "bad_request"),
+    (StatusCode::UNAUTHORIZED, "unauthorized"),
+    (StatusCode::FORBIDDEN, "forbidden"),
+    (StatusCode::NOT_FOUND, "not_found"),
+    (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    (StatusCode::CONFLICT, "conflict"),
+    (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+];
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = matches!(self, ApiError::Unauthorized);
         let (status, code, message) = self.status_code_message();
-        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        let body = ErrorBody {
+            error: ErrorDetail { code, message },
+        };
         let mut resp = (status, axum::Json(body)).into_response();
         resp.extensions_mut().insert(ErrorCode(code));
         if unauthorized {
@@ -122,5 +157,58 @@ impl ApiError {
             s if s.is_server_error() => ApiError::Internal(message),
             _ => ApiError::BadRequest(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry::cert::Rule;
+
+    /// [`CODES`] is what the variants answer (the OpenAPI document is built from it).
+    #[test]
+    fn codes_list_every_variant() {
+        let m = || String::from("m");
+        let all = [
+            ApiError::BadRequest(m()),
+            ApiError::Unauthorized,
+            ApiError::Forbidden(m()),
+            ApiError::NotFound(m()),
+            ApiError::MethodNotAllowed,
+            ApiError::Conflict(m()),
+            ApiError::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(m()),
+            ApiError::Rejected(CertError {
+                rule: Rule::NotACa,
+                message: m(),
+            }),
+            ApiError::Internal(m()),
+        ];
+        let mut listed = Vec::new();
+        for e in all {
+            // Exhaustive: a new variant does not compile until it is sampled above.
+            let rejected = match &e {
+                ApiError::Rejected(_) => true,
+                ApiError::BadRequest(_)
+                | ApiError::Unauthorized
+                | ApiError::Forbidden(_)
+                | ApiError::NotFound(_)
+                | ApiError::MethodNotAllowed
+                | ApiError::Conflict(_)
+                | ApiError::PayloadTooLarge
+                | ApiError::UnsupportedMediaType(_)
+                | ApiError::Internal(_) => false,
+            };
+            let (status, code, _) = e.status_code_message();
+            if rejected {
+                assert_eq!(
+                    (status, code),
+                    (StatusCode::UNPROCESSABLE_ENTITY, "not_a_ca")
+                );
+            } else {
+                listed.push((status, code));
+            }
+        }
+        assert_eq!(listed, CODES);
     }
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use registry::OrgId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::ApiError;
@@ -71,8 +72,14 @@ fn org_param(parts: &Parts, params: &HashMap<String, String>) -> Result<OrgId, A
 }
 
 /// The `{org}` path segment, an org the caller may see (see [`org_param`]). Every route
-/// under `/orgs/{org}` takes this or [`ItemPath`].
-pub(crate) struct OrgPath(pub(crate) OrgId);
+/// under `/orgs/{org}` takes this or [`ItemPath`]; both document `{org}` with this
+/// (`params(OrgPath)`).
+#[derive(IntoParams)]
+#[into_params(names("org"), parameter_in = Path)]
+pub(crate) struct OrgPath(
+    /// The org id. An org the token does not see answers 404, as one that does not exist.
+    pub(crate) OrgId,
+);
 
 impl<S: Send + Sync> FromRequestParts<S> for OrgPath {
     type Rejection = ApiError;
@@ -109,16 +116,23 @@ pub(crate) struct CertUpload {
     pub(crate) description: String,
 }
 
-#[derive(Deserialize)]
+/// The JSON form of a certificate (or CRL) upload.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonUpload {
+#[schema(as = CertificateUpload)]
+pub(crate) struct JsonUpload {
+    /// The PEM text.
     certificate: String,
+    /// Free text kept with a CA certificate (ignored by other uploads).
     #[serde(default)]
     description: String,
 }
 
-#[derive(Deserialize)]
-struct UploadQuery {
+/// The query of a raw certificate upload.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UploadQuery {
+    /// Free text kept with a CA certificate (ignored by other uploads).
     #[serde(default)]
     description: String,
 }

@@ -7,18 +7,22 @@
 //! broker, reached through [`ConnectionsView`]. It does not bind sockets either; the
 //! `certmq` binary serves [`router`] on its listener.
 //!
-//! Every route under `/api/v1` needs `Authorization: Bearer <token>`; `/healthz` does
-//! not. The token is the platform admin token, which sees everything, or an org token
-//! (`POST /orgs/{org}/tokens`), which sees its org only: other orgs are 404, creating
-//! and deleting orgs is 403 (see `auth`). Every mutating request is recorded in the
-//! audit log (see `audit`).
+//! Every route under `/api/v1` needs `Authorization: Bearer <token>`, as does
+//! `/metrics`; `/healthz` and the OpenAPI document `/api/v1/openapi.json` (see
+//! `openapi`) do not. The token is the platform admin token, which sees everything, or
+//! an org token (`POST /orgs/{org}/tokens`), which sees its org only: other orgs are
+//! 404, creating and deleting orgs is 403 (see `auth`). Every mutating request is
+//! recorded in the audit log (see `audit`).
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use registry::{OrgId, Registry};
+use serde::Serialize;
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 mod audit;
 mod auth;
@@ -29,6 +33,7 @@ mod csrs;
 mod domains;
 mod error;
 mod extract;
+mod openapi;
 mod ops;
 mod orgs;
 mod policy;
@@ -113,82 +118,45 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
 }
 
-/// The whole admin API: `/healthz` and the authenticated `/api/v1` routes, with the
-/// body limit and JSON error fallbacks applied.
+/// The whole admin API: `/healthz`, `/metrics`, the authenticated `/api/v1` routes and
+/// the OpenAPI document at `/api/v1/openapi.json`, with the body limit and JSON error
+/// fallbacks applied.
+///
+/// Routes are added with `routes!` only: it registers each handler at the path and
+/// method of its `#[utoipa::path]`, which is also what puts it in the OpenAPI document
+/// (`tests/openapi.rs` fails on a route the document does not describe).
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/orgs", post(orgs::create).get(orgs::list))
-        .route("/orgs/{org}", get(orgs::show).delete(orgs::delete))
-        .route(
-            "/orgs/{org}/ca-certs",
-            post(ca_certs::upload).get(ca_certs::list),
-        )
-        .route("/orgs/{org}/ca-certs/preview", post(ca_certs::preview))
-        .route(
-            "/orgs/{org}/ca-certs/{id}",
-            get(ca_certs::show)
-                .patch(ca_certs::update)
-                .delete(ca_certs::delete),
-        )
-        .route(
-            "/orgs/{org}/server-certs",
-            post(server_certs::upload).get(server_certs::list),
-        )
-        .route(
-            "/orgs/{org}/server-certs/self-signed",
-            post(server_certs::create_self_signed),
-        )
-        .route(
-            "/orgs/{org}/server-certs/{id}",
-            get(server_certs::show).delete(server_certs::delete),
-        )
-        .route(
-            "/orgs/{org}/server-certs/{id}/activate",
-            post(server_certs::activate),
-        )
-        .route(
-            "/orgs/{org}/server-certs/{id}/chain.pem",
-            get(server_certs::chain_pem),
-        )
-        .route("/orgs/{org}/csrs", post(csrs::create).get(csrs::list))
-        .route(
-            "/orgs/{org}/csrs/{id}",
-            get(csrs::show).delete(csrs::delete),
-        )
-        .route("/orgs/{org}/csrs/{id}/certificate", post(csrs::complete))
-        .route("/orgs/{org}/connections", get(connections::list))
-        .route("/orgs/{org}/connections/{id}", delete(connections::kick))
-        .route("/orgs/{org}/tokens", post(tokens::create).get(tokens::list))
-        .route("/orgs/{org}/tokens/{id}", delete(tokens::delete))
-        .route("/orgs/{org}/domains", get(domains::show).put(domains::set))
-        .route("/orgs/{org}/audit", get(audit::list))
-        .route("/orgs/{org}/authz/check", post(ops::authz_check))
-        .route(
-            "/orgs/{org}/security-policy",
-            get(policy::show).put(policy::set),
-        )
-        .route(
-            "/orgs/{org}/device-tokens",
-            post(policy::set_token).get(policy::list_tokens),
-        )
-        .route(
-            "/orgs/{org}/device-tokens/{id}",
-            delete(policy::delete_token),
-        )
-        .route(
-            "/orgs/{org}/blocked-devices",
-            post(revocation::block).get(revocation::list_blocked),
-        )
-        .route(
-            "/orgs/{org}/blocked-devices/{id}",
-            delete(revocation::unblock),
-        )
-        .route(
-            "/orgs/{org}/crls",
-            post(revocation::upload_crl).get(revocation::list_crls),
-        )
-        .route("/orgs/{org}/crls/{id}", delete(revocation::delete_crl))
-        .route("/audit", get(audit::list_platform))
+    let (api, mut api_doc) = OpenApiRouter::<AppState>::default()
+        .routes(routes!(orgs::create, orgs::list))
+        .routes(routes!(orgs::show, orgs::delete))
+        .routes(routes!(ca_certs::upload, ca_certs::list))
+        .routes(routes!(ca_certs::preview))
+        .routes(routes!(ca_certs::show, ca_certs::update, ca_certs::delete))
+        .routes(routes!(server_certs::upload, server_certs::list))
+        .routes(routes!(server_certs::create_self_signed))
+        .routes(routes!(server_certs::show, server_certs::delete))
+        .routes(routes!(server_certs::activate))
+        .routes(routes!(server_certs::chain_pem))
+        .routes(routes!(csrs::create, csrs::list))
+        .routes(routes!(csrs::show, csrs::delete))
+        .routes(routes!(csrs::complete))
+        .routes(routes!(connections::list))
+        .routes(routes!(connections::kick))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::delete))
+        .routes(routes!(domains::show, domains::set))
+        .routes(routes!(audit::list))
+        .routes(routes!(ops::authz_check))
+        .routes(routes!(policy::show, policy::set))
+        .routes(routes!(policy::set_token, policy::list_tokens))
+        .routes(routes!(policy::delete_token))
+        .routes(routes!(revocation::block, revocation::list_blocked))
+        .routes(routes!(revocation::unblock))
+        .routes(routes!(revocation::upload_crl, revocation::list_crls))
+        .routes(routes!(revocation::delete_crl))
+        .routes(routes!(audit::list_platform))
+        .split_for_parts();
+    let api = api
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // `layer`, not `route_layer`: every request is audited (unknown routes too) and
@@ -203,26 +171,57 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ));
 
-    let metrics = Router::new()
-        .route("/metrics", get(ops::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+    let (metrics, metrics_doc) = OpenApiRouter::<AppState>::default()
+        .routes(routes!(ops::metrics))
+        .split_for_parts();
+    let metrics = metrics.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
+
+    // Outside the authentication layer. The document's own route is an exact path, so
+    // it wins over the /api/v1 fallback nested below.
+    let (public, public_doc) = OpenApiRouter::<AppState>::default()
+        .routes(routes!(healthz))
+        .routes(routes!(openapi::serve))
+        .split_for_parts();
+
+    // Served by the CSR's `{id}` route, so documented apart (see `csrs::show`).
+    api_doc.merge(csrs::DownloadDoc::openapi());
+    let document = openapi::document(api_doc, [metrics_doc, public_doc]);
 
     Router::new()
-        .route("/healthz", get(healthz))
+        .merge(public)
         .merge(metrics)
         .nest("/api/v1", api)
         .merge(console::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(Extension(document))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `{"status":"ok"}` while the process serves.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// Liveness.
+///
+/// No token needed.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "The process is up.", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 async fn not_found() -> ApiError {

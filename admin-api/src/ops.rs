@@ -4,13 +4,33 @@
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::PlatformAdmin;
+use crate::error::ErrorBody;
 use crate::extract::OrgPath;
 use crate::{blocking, ApiError, AppState, DryRunError, Json};
 
-/// Prometheus scrape. Needs the platform token (`bearer_token` in the scrape config):
-/// the series name every org.
+/// Prometheus metrics.
+///
+/// The text exposition format. Needs the platform admin token (`bearer_token` in the
+/// scrape config): the series name every org. Series: `certmq_connections{org,kind}`,
+/// `certmq_handshakes_total{org,result,reason}`, `certmq_publishes_total{org,kind}`,
+/// `certmq_deliveries_total{org,kind}`, `certmq_kicks_total{org,reason}`,
+/// `certmq_cert_not_after_seconds{org,kind,id,active}`,
+/// `certmq_cert_days_to_expiry{org,kind,id,active}`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", body = String,
+            content_type = "text/plain; version=0.0.4"),
+        (status = 403, description = "`forbidden`: an org token cannot read metrics.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn metrics(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
@@ -19,7 +39,89 @@ pub(crate) async fn metrics(
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
-/// What the broker would decide for a client chain, client id and topic, and why.
+/// What to check: a client certificate chain, and optionally a client id and a topic.
+// The broker's `AuthzRequest`; this crate does not depend on the broker, so this is a
+// copy for the schema, which `tests/ops.rs` compares with the real one.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a schema only: the request passes through as JSON
+pub(crate) struct AuthzCheck {
+    /// The client certificate chain, PEM, leaf first.
+    certificate: String,
+    /// The client id to check against the certificate's identity.
+    client_id: Option<String>,
+    /// A topic (publish) or topic filter (subscribe) as the client would send it.
+    topic: Option<String>,
+    /// What to check `topic` for; default `publish`.
+    #[schema(value_type = Option<String>, pattern = "^(publish|subscribe)$")]
+    action: Option<String>,
+}
+
+/// The broker's decision and how it was reached.
+// The broker's `AuthzDecision` (see [`AuthzCheck`]).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a schema only: the decision passes through as JSON
+pub(crate) struct AuthzDecision {
+    allowed: bool,
+    /// The rule that decided, in words.
+    reason: String,
+    /// The step that decided, in the broker's order.
+    stage: AuthzStage,
+    /// The identity the certificate carries (once read).
+    identity: Option<String>,
+    /// The org CA that admits the certificate (once verified).
+    ca_id: Option<String>,
+    ca_fingerprint: Option<String>,
+    /// The client id the certificate must use in this org.
+    expected_client_id: Option<String>,
+    /// The topic or filter the broker would use internally.
+    internal_topic: Option<String>,
+}
+
+/// The step of the broker's admission and authorization that decided a dry run.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // a schema only
+pub(crate) enum AuthzStage {
+    /// TLS would refuse the chain: no active CA of the org issued it, expired, revoked by
+    /// a CRL.
+    Certificate,
+    /// No identity in the subject CN or an email SAN.
+    Identity,
+    /// The identity is blocked.
+    Blocked,
+    /// The client id does not match the identity.
+    ClientId,
+    /// The topic rules refuse the topic.
+    Topic,
+    /// Everything asked for passed.
+    Admitted,
+}
+
+/// Authorization dry run.
+///
+/// What the broker would decide for a client certificate chain, client id and topic,
+/// and which rule decided — the broker's own steps in its order: the org's client
+/// verifier (CAs, validity, CRLs), identity, admitting CA, block list, client id, topic
+/// rules. A deny is a 200 with `allowed: false`.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/authz/check",
+    tag = "authz",
+    operation_id = "authz_check",
+    params(OrgPath),
+    request_body(content = AuthzCheck, content_type = "application/json", example = json!({
+        "certificate": "-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n",
+        "client_id": "d:acme:sensor:dev1",
+        "topic": "iot-2/evt/temp/fmt/json",
+        "action": "publish"
+    })),
+    responses((status = 200, description = "The decision.", body = AuthzDecision, example = json!({
+        "allowed": true, "reason": "topic rule for device allows it", "stage": "admitted",
+        "identity": "d:sensor:dev1", "ca_id": "3f9c0a1b2c3d4e5f", "ca_fingerprint": "…",
+        "expected_client_id": "d:acme:sensor:dev1",
+        "internal_topic": "/tenants/acme/iot-2/type/sensor/id/dev1/evt/temp/fmt/json"
+    }))),
+)]
 pub(crate) async fn authz_check(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,

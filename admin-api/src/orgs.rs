@@ -5,21 +5,42 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use registry::Org;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::audit::AuditNote;
 use crate::auth::{Caller, PlatformAdmin};
+use crate::error::ErrorBody;
 use crate::extract::OrgPath;
 use crate::{ApiError, AppState, Json};
 
 /// `POST /orgs` body; an empty or missing name defaults to the id.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "acme", "name": "Acme Corp"}))]
 pub(crate) struct NewOrg {
+    /// 1-32 characters a-z 0-9, starting with a letter: the first label of the org's
+    /// host name `<org>.<domain>`.
     id: String,
+    /// Display name; empty or missing: the id.
     #[serde(default)]
     name: String,
 }
 
+/// Create an org.
+///
+/// Platform admin token only.
+#[utoipa::path(
+    post,
+    path = "/orgs",
+    tag = "orgs",
+    operation_id = "create_org",
+    request_body = NewOrg,
+    responses(
+        (status = 201, description = "Created.", body = Org),
+        (status = 403, description = "`forbidden`: an org token cannot create orgs.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the org exists.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     _: PlatformAdmin,
@@ -32,7 +53,16 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, note, Json(org)))
 }
 
+/// List orgs.
+///
 /// Every org for the platform admin; the token's own org for an org token.
+#[utoipa::path(
+    get,
+    path = "/orgs",
+    tag = "orgs",
+    operation_id = "list_orgs",
+    responses((status = 200, description = "The orgs the token sees.", body = Vec<Org>)),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -46,6 +76,15 @@ pub(crate) async fn list(
     Ok(Json(orgs))
 }
 
+/// Show an org.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}",
+    tag = "orgs",
+    operation_id = "show_org",
+    params(OrgPath),
+    responses((status = 200, description = "The org.", body = Org)),
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -53,7 +92,21 @@ pub(crate) async fn show(
     Ok(Json(state.registry(move |r| r.get_org(&org)).await?))
 }
 
-/// Deletes the org with everything it owns: certificates, tokens, domains, audit log.
+/// Delete an org.
+///
+/// Deletes the org with everything it owns: certificates, tokens, domains, audit log;
+/// its live sessions are closed. Platform admin token only.
+#[utoipa::path(
+    delete,
+    path = "/orgs/{org}",
+    tag = "orgs",
+    operation_id = "delete_org",
+    params(OrgPath),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 403, description = "`forbidden`: an org token cannot delete orgs, its own included.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     _: PlatformAdmin,

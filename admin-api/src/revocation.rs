@@ -5,18 +5,41 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use registry::{BlockedDevice, Crl};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use crate::extract::{CertUpload, ItemPath, OrgPath};
+use crate::error::ErrorBody;
+use crate::extract::{CertUpload, ItemPath, JsonUpload, OrgPath};
+use crate::openapi::DerFile;
 use crate::{ApiError, AppState, Json};
 
-#[derive(Deserialize)]
+/// `POST /orgs/{org}/blocked-devices` body.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"identity": "d:sensor:dev2", "reason": "stolen"}))]
 pub(crate) struct BlockRequest {
+    /// `d:<type>:<id>`, `g:<type>:<id>` or `a:<appId>`.
     identity: String,
+    /// Free text, at most 500 characters.
     #[serde(default)]
     reason: String,
 }
 
+/// Block an identity.
+///
+/// Refused at CONNECT (*not authorized*) whatever its certificate or token; its live
+/// session is closed before the answer.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/blocked-devices",
+    tag = "blocked-devices",
+    operation_id = "block_device",
+    params(OrgPath),
+    request_body = BlockRequest,
+    responses(
+        (status = 201, description = "Blocked.", body = BlockedDevice),
+        (status = 409, description = "`conflict`: already blocked.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn block(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -28,6 +51,15 @@ pub(crate) async fn block(
     Ok((StatusCode::CREATED, Json(b)))
 }
 
+/// List the blocked identities.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/blocked-devices",
+    tag = "blocked-devices",
+    operation_id = "list_blocked_devices",
+    params(OrgPath),
+    responses((status = 200, description = "The blocked identities.", body = Vec<BlockedDevice>)),
+)]
 pub(crate) async fn list_blocked(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -35,7 +67,18 @@ pub(crate) async fn list_blocked(
     Ok(Json(state.registry(move |r| r.list_blocked(&org)).await?))
 }
 
-/// `DELETE /orgs/{org}/blocked-devices/{identity}` (e.g. `d:sensor:dev2`).
+/// Unblock an identity.
+#[utoipa::path(
+    delete,
+    path = "/orgs/{org}/blocked-devices/{id}",
+    tag = "blocked-devices",
+    operation_id = "unblock_device",
+    params(OrgPath, ("id" = String, Path, description = "The identity, e.g. `d:sensor:dev2`.")),
+    responses(
+        (status = 204, description = "Unblocked."),
+        (status = 400, description = "`bad_request`: not an identity.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn unblock(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -44,7 +87,28 @@ pub(crate) async fn unblock(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /orgs/{org}/crls`: the raw PEM or DER CRL.
+/// Upload a CRL.
+///
+/// The raw PEM (`X509 CRL`) or DER file, or JSON `{"certificate":"<pem>"}`. It must be
+/// signed by one of the org's CAs (active or not). A newer CRL of the same CA replaces
+/// the stored one. Checked on every handshake (a revoked client gets the TLS alert
+/// `certificate_revoked`); live sessions it revokes are closed before the answer.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/crls",
+    tag = "crls",
+    operation_id = "upload_crl",
+    params(OrgPath),
+    request_body(content(
+        (String = "application/x-pem-file"),
+        (inline(DerFile) = "application/pkix-crl"),
+        (JsonUpload = "application/json"),
+    )),
+    responses(
+        (status = 201, description = "Stored.", body = Crl),
+        (status = 422, description = "Refused; `code` names the rule: `not_a_crl`, `multiple_certificates` (more than one CRL in the file), `crl_not_from_org_ca` (no CA of the org signed it), `crl_outdated` (a newer CRL of that CA is stored).", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn upload_crl(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -56,6 +120,15 @@ pub(crate) async fn upload_crl(
     Ok((StatusCode::CREATED, Json(crl)))
 }
 
+/// List the org's CRLs (one per CA at most).
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/crls",
+    tag = "crls",
+    operation_id = "list_crls",
+    params(OrgPath),
+    responses((status = 200, description = "The stored CRLs.", body = Vec<Crl>)),
+)]
 pub(crate) async fn list_crls(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -63,6 +136,17 @@ pub(crate) async fn list_crls(
     Ok(Json(state.registry(move |r| r.list_crls(&org)).await?))
 }
 
+/// Delete a CRL.
+///
+/// The certificates it revoked are admitted again from the next handshake.
+#[utoipa::path(
+    delete,
+    path = "/orgs/{org}/crls/{id}",
+    tag = "crls",
+    operation_id = "delete_crl",
+    params(OrgPath, ("id" = String, Path, description = "The CRL's id.")),
+    responses((status = 204, description = "Deleted.")),
+)]
 pub(crate) async fn delete_crl(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,

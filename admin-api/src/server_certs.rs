@@ -6,13 +6,35 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use registry::{NewServerCert, ServerCertView, UploadServerCert};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::audit::AuditNote;
+use crate::error::ErrorBody;
 use crate::extract::{is_json, ItemPath, OrgPath};
 use crate::{ApiError, AppState, Json};
 
-/// Uploads a chain with its key, or a PKCS#12 file ([`ServerCertUpload`]). It is stored
-/// inactive; `notes` in the answer say what was fixed on the way (e.g. chain order).
+/// Upload a server certificate chain with its private key, or a PKCS#12 file.
+///
+/// JSON (a PEM chain + key, or a base64 PKCS#12 file) or a `multipart/form-data` form
+/// with the same field names. Stored inactive (activate it to present it); `notes` in
+/// the answer say what was fixed on the way, e.g. the chain order.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/server-certs",
+    tag = "server-certs",
+    operation_id = "upload_server_cert",
+    params(OrgPath),
+    request_body(content(
+        (ServerCertJson = "application/json"),
+        (ServerCertForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 201, description = "Stored, inactive.", body = NewServerCert),
+        (status = 409, description = "`conflict`: the same leaf certificate is already stored in this org.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: neither JSON nor a form.", body = ErrorBody),
+        (status = 422, description = "The chain or key broke a rule; `code` names it: `not_pem_or_der`, `unexpected_private_key`, `unsupported_key_format`, `bad_passphrase`, `malformed_pkcs12`, `key_mismatch`, `chain_order`, `expired`, `not_yet_valid`, `weak_key`, `leaf_is_ca`, `not_for_server_auth`, `hostname_mismatch`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn upload(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -25,7 +47,22 @@ pub(crate) async fn upload(
     Ok((StatusCode::CREATED, note, Json(cert)))
 }
 
-/// The certificate chain as a PEM file (leaf first), never the key.
+/// Download the certificate chain as a PEM file.
+///
+/// Leaf first, then the intermediates; never the key.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/server-certs/{id}/chain.pem",
+    tag = "server-certs",
+    operation_id = "download_server_cert_chain",
+    params(OrgPath, ("id" = String, Path, description = "The server certificate's id.")),
+    responses((
+        status = 200,
+        description = "The chain (`Content-Disposition: attachment; filename=\"<id>-chain.pem\"`).",
+        body = String,
+        content_type = "application/x-pem-file",
+    )),
+)]
 pub(crate) async fn chain_pem(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -57,6 +94,58 @@ pub(crate) fn pem_file(filename: &str, pem: String) -> impl IntoResponse {
 /// `{"certificate":"<pem chain>","private_key":"<pem>","passphrase":".."}` or
 /// `{"pkcs12":"<base64>","password":".."}`.
 pub(crate) struct ServerCertUpload(UploadServerCert);
+
+/// A server certificate upload as JSON: a PEM chain with its key, or a PKCS#12 file.
+// The documented shapes; [`UploadFields`] reads them (the tests below keep the two in
+// step).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only (and the tests' check of it)
+pub(crate) enum ServerCertJson {
+    Pem(PemUpload),
+    Pkcs12(Pkcs12Upload),
+}
+
+/// A PEM chain and its private key.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // a schema only
+pub(crate) struct PemUpload {
+    /// The chain, PEM: the leaf and its intermediates (any order; the root may be
+    /// included), at most 10 certificates.
+    certificate: String,
+    /// PEM: PKCS#8 (`PRIVATE KEY`, or `ENCRYPTED PRIVATE KEY` under PBES2), SEC1
+    /// (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`).
+    private_key: String,
+    /// The passphrase of an encrypted `private_key`.
+    passphrase: Option<String>,
+}
+
+/// A PKCS#12 (`.p12`, `.pfx`) file holding one private key and its chain.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // a schema only
+pub(crate) struct Pkcs12Upload {
+    /// The file, base64 (line breaks are ignored).
+    #[schema(content_encoding = "base64")]
+    pkcs12: String,
+    /// The file's password; missing: empty.
+    password: Option<String>,
+}
+
+/// A server certificate upload as a form: the PKCS#12 file with its password, or
+/// `certificate`, `private_key` and `passphrase` (as text or files).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: `read_multipart` reads the form
+pub(crate) struct ServerCertForm {
+    /// The PKCS#12 file itself (not base64).
+    #[schema(value_type = Option<String>, format = Binary)]
+    pkcs12: Option<Vec<u8>>,
+    password: Option<String>,
+    certificate: Option<String>,
+    private_key: Option<String>,
+    passphrase: Option<String>,
+}
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,8 +266,19 @@ impl<S: Send + Sync> FromRequest<S> for ServerCertUpload {
     }
 }
 
-/// Generates a self-signed certificate for `<org>.<domain>`; it becomes active only
-/// when the org has no active one yet.
+/// Generate a self-signed server certificate.
+///
+/// For trials and bootstrap: ECDSA P-256, valid 397 days, for `<org>.<domain>` and
+/// `<org>.<custom domain>` of each custom domain. It becomes active only when the org
+/// has no active one yet.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/server-certs/self-signed",
+    tag = "server-certs",
+    operation_id = "create_self_signed_server_cert",
+    params(OrgPath),
+    responses((status = 201, description = "Created.", body = ServerCertView)),
+)]
 pub(crate) async fn create_self_signed(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -187,6 +287,15 @@ pub(crate) async fn create_self_signed(
     Ok((StatusCode::CREATED, Json(cert)))
 }
 
+/// List the org's server certificates.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/server-certs",
+    tag = "server-certs",
+    operation_id = "list_server_certs",
+    params(OrgPath),
+    responses((status = 200, description = "Every server certificate of the org; at most one is active.", body = Vec<ServerCertView>)),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -196,6 +305,15 @@ pub(crate) async fn list(
     ))
 }
 
+/// Show a server certificate.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/server-certs/{id}",
+    tag = "server-certs",
+    operation_id = "show_server_cert",
+    params(OrgPath, ("id" = String, Path, description = "The server certificate's id.")),
+    responses((status = 200, description = "The server certificate (chain, never the key).", body = ServerCertView)),
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -207,7 +325,21 @@ pub(crate) async fn show(
     ))
 }
 
-/// Makes this certificate the one presented; the previous one stays, inactive.
+/// Activate a server certificate.
+///
+/// Makes it the one presented from the next handshake; the previous one stays, inactive
+/// (rolling back is activating it again).
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/server-certs/{id}/activate",
+    tag = "server-certs",
+    operation_id = "activate_server_cert",
+    params(OrgPath, ("id" = String, Path, description = "The server certificate's id.")),
+    responses(
+        (status = 200, description = "Now active.", body = ServerCertView),
+        (status = 422, description = "The leaf is not (or no longer) valid now: `expired`, `not_yet_valid`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn activate(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -219,7 +351,20 @@ pub(crate) async fn activate(
     ))
 }
 
-/// Deletes an inactive certificate; the active one is a 409.
+/// Delete a server certificate.
+///
+/// Inactive ones only, with their key.
+#[utoipa::path(
+    delete,
+    path = "/orgs/{org}/server-certs/{id}",
+    tag = "server-certs",
+    operation_id = "delete_server_cert",
+    params(OrgPath, ("id" = String, Path, description = "The server certificate's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 409, description = "`conflict`: it is the active certificate.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
@@ -228,4 +373,53 @@ pub(crate) async fn delete(
         .registry(move |r| r.delete_server_cert(&org, &id))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    use utoipa::PartialSchema;
+
+    fn properties(schema: RefOr<Schema>) -> Vec<String> {
+        match schema {
+            RefOr::T(Schema::Object(o)) => o.properties.into_keys().collect(),
+            _ => panic!("not an object schema"),
+        }
+    }
+
+    /// The documented upload shapes are what [`UploadFields`] reads: a body with every
+    /// documented field of a shape parses and builds the upload it describes.
+    #[test]
+    fn documented_shapes_are_read() {
+        let body = |names: Vec<String>| {
+            let obj: serde_json::Map<_, _> = names
+                .into_iter()
+                .map(|n| (n, serde_json::Value::from("AAAA")))
+                .collect();
+            let doc: ServerCertJson = serde_json::from_value(obj.clone().into()).unwrap();
+            let fields: UploadFields = serde_json::from_value(obj.into()).unwrap();
+            (doc, fields)
+        };
+        let (doc, fields) = body(properties(PemUpload::schema()));
+        assert!(matches!(doc, ServerCertJson::Pem(_)));
+        assert!(matches!(
+            fields.build(None),
+            Ok(UploadServerCert::Pem { .. })
+        ));
+        let (doc, mut fields) = body(properties(Pkcs12Upload::schema()));
+        assert!(matches!(doc, ServerCertJson::Pkcs12(_)));
+        let data = fields.pkcs12.take().map(String::into_bytes);
+        assert!(matches!(
+            fields.build(data),
+            Ok(UploadServerCert::Pkcs12 { .. })
+        ));
+        // The form has the same names.
+        let form: serde_json::Map<_, _> = properties(ServerCertForm::schema())
+            .into_iter()
+            .map(|n| (n, serde_json::Value::from("x")))
+            .collect();
+        serde_json::from_value::<UploadFields>(form.into()).unwrap();
+    }
 }

@@ -8,18 +8,40 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use registry::{NewToken, TokenView};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::audit::AuditNote;
+use crate::error::ErrorBody;
 use crate::extract::{ItemPath, OrgPath};
 use crate::{ApiError, AppState, Json};
 
 /// `POST /orgs/{org}/tokens` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ops"}))]
 pub(crate) struct NewTokenBody {
+    /// What the token is for: 1-100 characters, no control characters.
     name: String,
 }
 
+/// Create an org token.
+///
+/// The platform admin, or a token of the same org. The token is in this answer only
+/// (`Cache-Control: no-store`); certmq keeps a salted HMAC of it. An org holds at most
+/// 100 tokens.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/tokens",
+    tag = "tokens",
+    operation_id = "create_token",
+    params(OrgPath),
+    request_body = NewTokenBody,
+    responses(
+        (status = 201, description = "Created; `token` is shown this once.", body = NewToken,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 409, description = "`conflict`: the org already holds 100 tokens.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -45,6 +67,15 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, no_store, note, Json(token)))
 }
 
+/// List the org's tokens (never the tokens themselves).
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    params(OrgPath),
+    responses((status = 200, description = "Id, name and creation time of each token.", body = Vec<TokenView>)),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
@@ -52,7 +83,17 @@ pub(crate) async fn list(
     Ok(Json(state.registry(move |r| r.list_tokens(&org)).await?))
 }
 
-/// Revokes the token: requests presenting it get 401 from now on.
+/// Revoke an org token.
+///
+/// Requests presenting it get 401 from now on. An org token may revoke itself.
+#[utoipa::path(
+    delete,
+    path = "/orgs/{org}/tokens/{id}",
+    tag = "tokens",
+    operation_id = "delete_token",
+    params(OrgPath, ("id" = String, Path, description = "The token's id (not the token).")),
+    responses((status = 204, description = "Revoked.")),
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,

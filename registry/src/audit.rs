@@ -44,6 +44,7 @@ impl AuditLog {
 
 /// One request as the API layer reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// Who: `platform` for the platform admin token, else the org token's id (never
     /// the token).
@@ -65,6 +66,13 @@ pub struct AuditEvent {
 
 /// A recorded [`AuditEvent`]: its number in the log and when it was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "One audit log entry: a request, its number in the log and when it was recorded."
+    )
+)]
 pub struct AuditEntry {
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]

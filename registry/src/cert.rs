@@ -63,6 +63,32 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, in declaration order: the API documents their codes as the possible
+    /// 422 codes. (The `all_lists_every_rule` test fails to compile when a rule is added
+    /// and not listed here.)
+    pub const ALL: [Rule; 19] = [
+        Rule::NotPemOrDer,
+        Rule::MultipleCertificates,
+        Rule::UnexpectedPrivateKey,
+        Rule::NotACa,
+        Rule::Expired,
+        Rule::NotYetValid,
+        Rule::WeakKey,
+        Rule::BadSignature,
+        Rule::KeyMismatch,
+        Rule::ChainOrder,
+        Rule::HostnameMismatch,
+        Rule::BadPassphrase,
+        Rule::MalformedPkcs12,
+        Rule::LeafIsCa,
+        Rule::NotForServerAuth,
+        Rule::UnsupportedKeyFormat,
+        Rule::NotACrl,
+        Rule::CrlNotFromOrgCa,
+        Rule::CrlOutdated,
+    ];
+
+    /// The machine code of the API's 422 answer, e.g. `not_a_ca`.
     pub fn code(self) -> &'static str {
         match self {
             Rule::NotACrl => "not_a_crl",
@@ -107,6 +133,7 @@ impl CertError {
 
 /// What the API shows about a certificate.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertDetails {
     pub subject: String,
     pub issuer: String,
@@ -485,5 +512,37 @@ mod tests {
         p.distinguished_name.push(DnType::CommonName, "nobody");
         let c = p.self_signed(&KeyPair::generate().unwrap()).unwrap();
         assert!(identity_of(c.der()).is_none());
+    }
+
+    #[test]
+    fn all_lists_every_rule() {
+        // Exhaustive on purpose: a new rule does not compile here until it has a place,
+        // which is its place in `Rule::ALL`.
+        let position = |r: Rule| match r {
+            Rule::NotPemOrDer => 0,
+            Rule::MultipleCertificates => 1,
+            Rule::UnexpectedPrivateKey => 2,
+            Rule::NotACa => 3,
+            Rule::Expired => 4,
+            Rule::NotYetValid => 5,
+            Rule::WeakKey => 6,
+            Rule::BadSignature => 7,
+            Rule::KeyMismatch => 8,
+            Rule::ChainOrder => 9,
+            Rule::HostnameMismatch => 10,
+            Rule::BadPassphrase => 11,
+            Rule::MalformedPkcs12 => 12,
+            Rule::LeafIsCa => 13,
+            Rule::NotForServerAuth => 14,
+            Rule::UnsupportedKeyFormat => 15,
+            Rule::NotACrl => 16,
+            Rule::CrlNotFromOrgCa => 17,
+            Rule::CrlOutdated => 18,
+        };
+        for (i, r) in Rule::ALL.iter().enumerate() {
+            assert_eq!(position(*r), i, "{r:?}");
+        }
+        let codes: std::collections::HashSet<_> = Rule::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), Rule::ALL.len(), "codes are distinct");
     }
 }

@@ -27,6 +27,7 @@ const OID_EMAIL_ADDRESS: &[u64] = &[1, 2, 840, 113549, 1, 9, 1];
 
 /// The key pair generated for a CSR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum KeyType {
     #[default]
     #[serde(rename = "ecdsa-p256")]
@@ -43,6 +44,7 @@ pub enum KeyType {
 
 /// The subject of a CSR. Only the common name is required; empty fields are left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CsrSubject {
     pub common_name: String,
@@ -63,6 +65,7 @@ pub struct CsrSubject {
 
 /// What to put in a new CSR.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CsrRequest {
     pub subject: CsrSubject,
@@ -75,6 +78,7 @@ pub struct CsrRequest {
 
 /// Where a CSR is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CsrStatus {
     /// Waiting for the signed certificate.
@@ -103,6 +107,7 @@ pub(crate) struct Csr {
 
 /// The API view of a CSR: never the key.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CsrView {
     pub id: String,
     pub org: OrgId,

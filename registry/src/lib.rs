@@ -15,6 +15,8 @@ mod csr;
 pub mod domains;
 mod keys;
 pub mod names;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod policy;
 mod registry;
 mod revocation;

@@ -121,6 +121,7 @@ pub enum Identity {
 
 /// The kind of a client, as used in metrics and the connections API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Device,

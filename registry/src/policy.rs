@@ -19,6 +19,16 @@ use crate::store::Op;
 
 /// How a connection must authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "How a connection must authenticate: `tls_client_cert` (TLS and a \
+        valid client certificate; the default), `tls_client_cert_or_token` (TLS and a client \
+        certificate or a token), `tls_token` (TLS and a token; a certificate alone is not \
+        enough), `tls_optional` (as `tls_client_cert_or_token`, and plain MQTT with a token)."
+    )
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// TLS and a valid client certificate (the default).
@@ -34,6 +44,7 @@ pub enum Level {
 
 /// The transport a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Tls,
@@ -61,6 +72,7 @@ impl Level {
 
 /// An org's security policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SecurityPolicy {
     #[serde(default)]
@@ -139,6 +151,7 @@ fn token_hash(salt: &[u8], token: &str) -> Vec<u8> {
 
 /// A device token, shown once when it is set.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceToken {
     pub identity: Identity,
     pub token: String,

@@ -46,6 +46,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An organization.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Org {
     pub id: OrgId,
     pub name: String,
@@ -98,6 +99,7 @@ pub(crate) mod b64 {
 
 /// The API view of a CA certificate: the record plus its parsed details.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaView {
     pub id: String,
     pub org: OrgId,
@@ -112,6 +114,7 @@ pub struct CaView {
 
 /// The API view of a server certificate: chain PEM and leaf details, never the key.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerCertView {
     pub id: String,
     pub org: OrgId,

@@ -18,6 +18,7 @@ use crate::store::Op;
 
 /// An identity refused at CONNECT whatever its certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlockedDevice {
     pub identity: Identity,
     pub reason: String,
@@ -27,6 +28,7 @@ pub struct BlockedDevice {
 
 /// A stored CRL: what the API shows, plus the DER.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Crl {
     pub id: String,
     pub org: OrgId,

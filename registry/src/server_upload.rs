@@ -50,6 +50,7 @@ impl std::fmt::Debug for UploadServerCert {
 /// A server certificate just created, with what certmq did to the input along the way
 /// (a reordered chain, dropped duplicates, expired intermediates).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewServerCert {
     #[serde(flatten)]
     pub cert: ServerCertView,

@@ -47,6 +47,7 @@ struct TokenRecord {
 
 /// An org token as the API lists it: no secret, no hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenView {
     pub id: String,
     pub org: OrgId,
@@ -57,6 +58,7 @@ pub struct TokenView {
 
 /// A token just created: the one moment its secret is known. Show it once, then drop it.
 #[derive(Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewToken {
     #[serde(flatten)]
     pub view: TokenView,

@@ -158,6 +158,41 @@ impl Api {
         )
         .await
     }
+
+    /// `components.schemas.<name>` of the served OpenAPI document: for answers the API
+    /// passes through from the broker, whose types the document can only copy.
+    pub async fn documented_schema(&self, name: &str) -> Value {
+        let (s, doc) = self.call(reqwest::Method::GET, "/openapi.json", None).await;
+        assert_eq!(s, 200, "{doc}");
+        let schema = doc["components"]["schemas"][name].clone();
+        assert!(schema.is_object(), "no schema {name}");
+        schema
+    }
+
+    /// The property names of [`Api::documented_schema`].
+    pub async fn documented_properties(&self, name: &str) -> Vec<String> {
+        let schema = self.documented_schema(name).await;
+        let mut names: Vec<String> = schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name} has no properties"))
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// The keys of a JSON object, sorted.
+pub fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
 }
 
 /// One org set up through the API: a CA uploaded, an active self-signed server cert.

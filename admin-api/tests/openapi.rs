@@ -1,0 +1,936 @@
+//! The OpenAPI document (`GET /api/v1/openapi.json`) against the router that serves it,
+//! in process (`router(state)` driven with `oneshot`): it is public; it documents
+//! exactly the routes of [`ROUTES`]; the router serves every documented operation and
+//! no undocumented method on a documented path; who needs a token is as documented; and
+//! real answers — status, content type, body — are what the document says.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use certmq_admin_api::{router, AppState, ConnectionsView, MAX_BODY_BYTES};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
+    KeyPair, SerialNumber,
+};
+use registry::seal::MasterKey;
+use registry::store::SledStore;
+use registry::{OrgId, Registry};
+use serde_json::{json, Value};
+use time::{Duration, OffsetDateTime};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-admin-token";
+const HOST: &str = "acme.messaging.localhost";
+
+/// Every route `router()` serves besides the web console, as (method, path): the API's
+/// surface, SPEC section 5. The router takes its routes from the handlers'
+/// `#[utoipa::path]` attributes, which the document is built from too; this list pins
+/// the surface, so a route added, moved or dropped fails here until the list says so,
+/// and a route served without documentation fails `documents_exactly_the_routes`.
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/audit"),
+    ("POST", "/api/v1/orgs"),
+    ("GET", "/api/v1/orgs"),
+    ("GET", "/api/v1/orgs/{org}"),
+    ("DELETE", "/api/v1/orgs/{org}"),
+    ("POST", "/api/v1/orgs/{org}/ca-certs"),
+    ("GET", "/api/v1/orgs/{org}/ca-certs"),
+    ("POST", "/api/v1/orgs/{org}/ca-certs/preview"),
+    ("GET", "/api/v1/orgs/{org}/ca-certs/{id}"),
+    ("PATCH", "/api/v1/orgs/{org}/ca-certs/{id}"),
+    ("DELETE", "/api/v1/orgs/{org}/ca-certs/{id}"),
+    ("POST", "/api/v1/orgs/{org}/server-certs"),
+    ("GET", "/api/v1/orgs/{org}/server-certs"),
+    ("POST", "/api/v1/orgs/{org}/server-certs/self-signed"),
+    ("GET", "/api/v1/orgs/{org}/server-certs/{id}"),
+    ("DELETE", "/api/v1/orgs/{org}/server-certs/{id}"),
+    ("POST", "/api/v1/orgs/{org}/server-certs/{id}/activate"),
+    ("GET", "/api/v1/orgs/{org}/server-certs/{id}/chain.pem"),
+    ("POST", "/api/v1/orgs/{org}/csrs"),
+    ("GET", "/api/v1/orgs/{org}/csrs"),
+    ("GET", "/api/v1/orgs/{org}/csrs/{id}"),
+    ("GET", "/api/v1/orgs/{org}/csrs/{id}.pem"),
+    ("DELETE", "/api/v1/orgs/{org}/csrs/{id}"),
+    ("POST", "/api/v1/orgs/{org}/csrs/{id}/certificate"),
+    ("GET", "/api/v1/orgs/{org}/connections"),
+    ("DELETE", "/api/v1/orgs/{org}/connections/{id}"),
+    ("POST", "/api/v1/orgs/{org}/tokens"),
+    ("GET", "/api/v1/orgs/{org}/tokens"),
+    ("DELETE", "/api/v1/orgs/{org}/tokens/{id}"),
+    ("GET", "/api/v1/orgs/{org}/domains"),
+    ("PUT", "/api/v1/orgs/{org}/domains"),
+    ("GET", "/api/v1/orgs/{org}/audit"),
+    ("POST", "/api/v1/orgs/{org}/authz/check"),
+    ("GET", "/api/v1/orgs/{org}/security-policy"),
+    ("PUT", "/api/v1/orgs/{org}/security-policy"),
+    ("POST", "/api/v1/orgs/{org}/device-tokens"),
+    ("GET", "/api/v1/orgs/{org}/device-tokens"),
+    ("DELETE", "/api/v1/orgs/{org}/device-tokens/{id}"),
+    ("POST", "/api/v1/orgs/{org}/blocked-devices"),
+    ("GET", "/api/v1/orgs/{org}/blocked-devices"),
+    ("DELETE", "/api/v1/orgs/{org}/blocked-devices/{id}"),
+    ("POST", "/api/v1/orgs/{org}/crls"),
+    ("GET", "/api/v1/orgs/{org}/crls"),
+    ("DELETE", "/api/v1/orgs/{org}/crls/{id}"),
+];
+
+/// Documented paths that share another path's route (`{id}.pem` is the `{id}` route,
+/// see `csrs::show`), so the methods of that route answer on them too.
+const SHARED_ROUTES: &[&str] = &["/api/v1/orgs/{org}/csrs/{id}.pem"];
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+struct NoBroker;
+
+impl ConnectionsView for NoBroker {
+    fn list(&self, _: &OrgId) -> Vec<Value> {
+        Vec::new()
+    }
+    fn kick(&self, _: &OrgId, _: &str) -> bool {
+        false
+    }
+}
+
+struct Api {
+    app: Router,
+    _dir: tempfile::TempDir,
+}
+
+/// What came back.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `error.code` of an error answer.
+    fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap().to_owned()
+    }
+
+    /// The content type without parameters, lowercase.
+    fn essence(&self) -> Option<String> {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| essence(v.to_str().unwrap()))
+    }
+}
+
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A request body.
+enum Req {
+    Empty,
+    Json(Value),
+    Raw(String, Vec<u8>),
+}
+
+impl Api {
+    fn new() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let registry = Registry::new(
+            store,
+            MasterKey::from_bytes(&[1; 32]),
+            "messaging.localhost",
+        )
+        .unwrap();
+        let app = router(AppState {
+            registry: Arc::new(registry),
+            admin_token: Arc::new(TOKEN.to_owned()),
+            connections: Arc::new(NoBroker),
+        });
+        Api { app, _dir: dir }
+    }
+
+    async fn send(&self, method: &str, uri: &str, token: Option<&str>, req: Req) -> Answer {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match req {
+            Req::Empty => Body::empty(),
+            Req::Json(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            Req::Raw(ct, bytes) => {
+                b = b.header(header::CONTENT_TYPE, ct.as_str());
+                Body::from(bytes)
+            }
+        };
+        let resp = self
+            .app
+            .clone()
+            .oneshot(b.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn document(&self) -> Doc {
+        let a = self
+            .send("GET", "/api/v1/openapi.json", None, Req::Empty)
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.essence().as_deref(), Some("application/json"));
+        Doc(a.json())
+    }
+}
+
+/// The parsed document.
+struct Doc(Value);
+
+impl Doc {
+    /// Every (method, path) it documents.
+    fn operations(&self) -> BTreeSet<(String, String)> {
+        let mut ops = BTreeSet::new();
+        for (path, item) in self.0["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                ops.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        ops
+    }
+
+    fn op(&self, method: &str, path: &str) -> &Value {
+        let op = &self.0["paths"][path][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        op
+    }
+
+    /// Whether the operation needs no token (`security: [{}]`).
+    fn is_public(&self, method: &str, path: &str) -> bool {
+        self.op(method, path)["security"] == json!([{}])
+    }
+
+    /// Follows a local `$ref`.
+    fn resolve<'a>(&'a self, mut v: &'a Value) -> &'a Value {
+        while let Some(r) = v["$ref"].as_str() {
+            let pointer = r.strip_prefix('#').expect("a local $ref");
+            v = self
+                .0
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("unresolved $ref {r}"));
+        }
+        v
+    }
+
+    /// Checks an answer of `method path` against the document: its status is
+    /// documented, its content type is one documented for it, and a JSON body fits the
+    /// schema.
+    fn check(&self, method: &str, path: &str, a: &Answer) {
+        let what = format!("{method} {path} answered {}", a.status.as_u16());
+        let responses = &self.op(method, path)["responses"];
+        let documented = responses[a.status.as_str()].clone();
+        assert!(
+            documented.is_object(),
+            "{what}, which is not documented: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let response = self.resolve(&documented);
+        let Some(content) = response["content"].as_object() else {
+            assert!(a.body.is_empty(), "{what} with a body; none is documented");
+            return;
+        };
+        let got = a
+            .essence()
+            .unwrap_or_else(|| panic!("{what} without a content type"));
+        let (_, media) = content
+            .iter()
+            .find(|(ct, _)| essence(ct) == got)
+            .unwrap_or_else(|| panic!("{what} as {got}; documented: {:?}", content.keys()));
+        if got == "application/json" {
+            if let Err(e) = self.validate(&a.json(), &media["schema"], "$") {
+                panic!(
+                    "{what}: the body does not fit the schema: {e}\n{}",
+                    a.json()
+                );
+            }
+        }
+    }
+
+    /// Checks a JSON request body against the documented request schema.
+    fn check_request(&self, method: &str, path: &str, body: &Value) {
+        let schema = &self.op(method, path)["requestBody"]["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {path}: no JSON request body is documented"
+        );
+        if let Err(e) = self.validate(body, schema, "$") {
+            panic!("{method} {path}: the request does not fit the schema: {e}\n{body}");
+        }
+    }
+
+    /// Properties, required names and whether other keys are allowed, of an object
+    /// schema, with `allOf` parts merged (`None` when it is not an object schema).
+    fn object_parts(&self, schema: &Value) -> Option<(BTreeMap<String, Value>, BTreeSet<String>)> {
+        let schema = self.resolve(schema);
+        if let Some(parts) = schema["allOf"].as_array() {
+            let mut props = BTreeMap::new();
+            let mut required = BTreeSet::new();
+            for p in parts {
+                let (pp, rr) = self.object_parts(p)?;
+                props.extend(pp);
+                required.extend(rr);
+            }
+            return Some((props, required));
+        }
+        let props = schema["properties"].as_object()?;
+        let required = schema["required"]
+            .as_array()
+            .map(|r| r.iter().map(|n| n.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        Some((
+            props.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            required,
+        ))
+    }
+
+    /// A small JSON Schema check: types, enums, arrays, maps, `oneOf`, and objects whose
+    /// keys must all be documented (drift in either direction fails).
+    fn validate(&self, v: &Value, schema: &Value, at: &str) -> Result<(), String> {
+        let schema = self.resolve(schema);
+        if let Some(options) = schema["oneOf"].as_array() {
+            return options
+                .iter()
+                .find(|o| self.validate(v, o, at).is_ok())
+                .map(|_| ())
+                .ok_or_else(|| format!("{at}: fits no oneOf option"));
+        }
+        if let Some((props, required)) = self.object_parts(schema) {
+            let obj = v
+                .as_object()
+                .ok_or_else(|| format!("{at}: not an object"))?;
+            for r in &required {
+                if !obj.contains_key(r) {
+                    return Err(format!("{at}: required `{r}` is missing"));
+                }
+            }
+            for (k, value) in obj {
+                let s = props
+                    .get(k)
+                    .ok_or_else(|| format!("{at}: `{k}` is not documented"))?;
+                self.validate(value, s, &format!("{at}.{k}"))?;
+            }
+            return Ok(());
+        }
+        let types: Vec<&str> = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().map(|t| t.as_str().unwrap()).collect(),
+            _ => return Ok(()),
+        };
+        let fits = types.iter().any(|t| match *t {
+            "null" => v.is_null(),
+            "string" => v.is_string(),
+            "boolean" => v.is_boolean(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            other => panic!("type {other}"),
+        });
+        if !fits {
+            return Err(format!("{at}: {v} is not {types:?}"));
+        }
+        if let Some(values) = schema["enum"].as_array() {
+            if !v.is_null() && !values.contains(v) {
+                return Err(format!("{at}: {v} is not one of {values:?}"));
+            }
+        }
+        if let (Some(items), Some(array)) = (schema.get("items"), v.as_array()) {
+            for (i, item) in array.iter().enumerate() {
+                self.validate(item, items, &format!("{at}[{i}]"))?;
+            }
+        }
+        if let (Some(values), Some(map)) = (schema.get("additionalProperties"), v.as_object()) {
+            if values.is_object() {
+                for (k, value) in map {
+                    self.validate(value, values, &format!("{at}.{k}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `template` with its `{...}` parameters replaced by `args`, in order.
+fn fill(template: &str, args: &[&str]) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    let mut args = args.iter();
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..].find('}').unwrap() + start;
+        out.push_str(&rest[..start]);
+        out.push_str(args.next().expect("an argument per parameter"));
+        rest = &rest[end + 1..];
+    }
+    assert!(args.next().is_none(), "more arguments than parameters");
+    out.push_str(rest);
+    out
+}
+
+#[tokio::test]
+async fn the_document_is_public_openapi_3() {
+    let api = Api::new();
+    let doc = api.document().await;
+    assert!(doc.0["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(doc.0["info"]["title"], "certmq admin API");
+    // Also with a token, and the same document.
+    let a = api
+        .send("GET", "/api/v1/openapi.json", Some(TOKEN), Req::Empty)
+        .await;
+    assert_eq!(a.json(), doc.0);
+}
+
+#[tokio::test]
+async fn documents_exactly_the_routes() {
+    let doc = Api::new().document().await;
+    let documented = doc.operations();
+    let routes: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(routes.len(), ROUTES.len(), "ROUTES lists a route twice");
+    let undocumented: Vec<_> = routes.difference(&documented).collect();
+    let unlisted: Vec<_> = documented.difference(&routes).collect();
+    assert!(
+        undocumented.is_empty() && unlisted.is_empty(),
+        "routes without documentation: {undocumented:?}; documented but not in ROUTES: {unlisted:?}"
+    );
+}
+
+/// The router's own answers for a path it has no route for (404 `no such route`) and a
+/// method a path has no handler for (405).
+fn is_router_fallback(a: &Answer) -> bool {
+    a.status == StatusCode::METHOD_NOT_ALLOWED
+        || (a.status == StatusCode::NOT_FOUND && a.json()["error"]["message"] == "no such route")
+}
+
+#[tokio::test]
+async fn the_router_serves_what_is_documented_and_no_other_method() {
+    let api = Api::new();
+    let doc = api.document().await;
+    let documented = doc.operations();
+    let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        // An org that does not exist: every handler answers 404 `org .. not found`,
+        // which is not the router's 404.
+        let uri = fill(path, &["nosuch", "x1"][..path.matches('{').count()]);
+        for method in METHODS {
+            let body = match method {
+                "GET" | "DELETE" => Req::Empty,
+                _ => Req::Json(json!({})),
+            };
+            let a = api.send(method, &uri, Some(TOKEN), body).await;
+            if documented.contains(&(method.to_owned(), path.clone())) {
+                assert!(
+                    !is_router_fallback(&a),
+                    "documented {method} {path} is not served: {} {:?}",
+                    a.status,
+                    a.body
+                );
+                doc.check(method, path, &a);
+            } else if !SHARED_ROUTES.contains(&path.as_str()) {
+                assert_eq!(
+                    (a.status, a.code().as_str()),
+                    (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                    "{method} {path} is served but not documented"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_needed_where_documented() {
+    let api = Api::new();
+    let doc = api.document().await;
+    assert_eq!(doc.0["security"], json!([{ "bearer": [] }]));
+    assert_eq!(
+        doc.0["components"]["securitySchemes"]["bearer"],
+        json!({
+            "type": "http",
+            "scheme": "bearer",
+            "description": doc.0["components"]["securitySchemes"]["bearer"]["description"]
+        })
+    );
+    let mut public = Vec::new();
+    for (method, path) in doc.operations() {
+        let uri = fill(&path, &["nosuch", "x1"][..path.matches('{').count()]);
+        let a = api.send(&method, &uri, None, Req::Empty).await;
+        if doc.is_public(&method, &path) {
+            assert_ne!(a.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            public.push(path);
+        } else {
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert_eq!(a.headers[header::WWW_AUTHENTICATE], "Bearer");
+            assert_eq!(a.code(), "unauthorized");
+            doc.check(&method, &path, &a);
+        }
+    }
+    assert_eq!(public, ["/api/v1/openapi.json", "/healthz"]);
+}
+
+#[tokio::test]
+async fn the_document_is_well_formed() {
+    let doc = Api::new().document().await;
+    // Every $ref resolves.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc.0, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        assert!(doc.0.pointer(&r[1..]).is_some(), "unresolved {r}");
+    }
+
+    let mut ids = BTreeSet::new();
+    for (method, path) in doc.operations() {
+        let op = doc.op(&method, &path);
+        let what = format!("{method} {path}");
+        assert!(
+            ids.insert(op["operationId"].as_str().unwrap().to_owned()),
+            "{what}: operationId twice"
+        );
+        assert!(op["summary"].is_string(), "{what}: no summary");
+        assert!(
+            op["tags"].as_array().is_some_and(|t| !t.is_empty()),
+            "{what}: no tag"
+        );
+        let statuses: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+        assert!(
+            statuses.iter().any(|s| s.starts_with('2')),
+            "{what}: no success answer"
+        );
+        if !doc.is_public(&method, &path) {
+            for s in ["401", "500"] {
+                assert!(statuses.iter().any(|x| *x == s), "{what}: no {s}");
+            }
+        }
+        if path.contains("{org}") {
+            assert!(statuses.iter().any(|x| *x == "404"), "{what}: no 404");
+        }
+        if op["requestBody"].is_object() {
+            for s in ["400", "413"] {
+                assert!(statuses.iter().any(|x| *x == s), "{what}: no {s}");
+            }
+        }
+        // Every error answer is the error shape.
+        for (status, response) in op["responses"].as_object().unwrap() {
+            if status.starts_with('4') || status.starts_with('5') {
+                let schema = &doc.resolve(response)["content"]["application/json"]["schema"];
+                assert_eq!(
+                    schema["$ref"], "#/components/schemas/ErrorBody",
+                    "{what} {status}"
+                );
+            }
+        }
+    }
+
+    // The error codes: the API's own and every certificate rule's.
+    let codes = &doc.0["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"];
+    for c in [
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "conflict",
+        "payload_too_large",
+        "unsupported_media_type",
+        "internal",
+        "not_a_ca",
+        "hostname_mismatch",
+        "crl_not_from_org_ca",
+        "crl_outdated",
+    ] {
+        assert!(codes.as_array().unwrap().contains(&json!(c)), "{c}");
+    }
+}
+
+/// A CA that signs leaves, CSRs and CRLs.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn validity(p: &mut CertificateParams) {
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::days(1);
+    p.not_after = now + Duration::days(90);
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        validity(&mut p);
+        let key = KeyPair::generate().unwrap();
+        let pem = p.self_signed(&key).unwrap().pem();
+        Ca {
+            pem,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// A server leaf for [`HOST`] (+ this CA) and its key, PEM.
+    fn leaf(&self) -> (String, String) {
+        let mut p = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, HOST);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut p);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap().pem();
+        (format!("{cert}{}", self.pem), key.serialize_pem())
+    }
+
+    fn sign_csr(&self, csr_pem: &str) -> String {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+        validity(&mut csr.params);
+        csr.signed_by(&self.issuer).unwrap().pem()
+    }
+
+    /// A CRL issued `age` ago.
+    fn crl(&self, number: u64, age: Duration) -> String {
+        let now = OffsetDateTime::now_utc();
+        CertificateRevocationListParams {
+            this_update: now - age,
+            next_update: now + Duration::days(7),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
+/// The org the script works in.
+const ORG: &str = "acme";
+
+/// Calls the API and checks every answer against the document; records which
+/// operations were called. An operation is written `"METHOD path"`, the path as the
+/// document has it but relative to `/api/v1` (except `/healthz` and `/metrics`), with
+/// `{org}` standing for [`ORG`] and `{id}` for the `id` argument; a query may follow.
+struct Script {
+    api: Api,
+    doc: Doc,
+    called: BTreeSet<(String, String)>,
+}
+
+impl Script {
+    async fn call_as(&mut self, token: Option<&str>, op: &str, id: &str, req: Req) -> Answer {
+        let (method, path) = op.split_once(' ').unwrap();
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let path = match path {
+            "/healthz" | "/metrics" => path.to_owned(),
+            _ => format!("/api/v1{path}"),
+        };
+        let mut uri = path.replace("{org}", ORG).replace("{id}", id);
+        if !query.is_empty() {
+            uri = format!("{uri}?{query}");
+        }
+        let sent = match &req {
+            Req::Json(v) => Some(v.clone()),
+            _ => None,
+        };
+        let a = self.api.send(method, &uri, token, req).await;
+        self.doc.check(method, &path, &a);
+        if let (Some(body), true) = (sent, a.status.is_success()) {
+            self.doc.check_request(method, &path, &body);
+        }
+        self.called.insert((method.to_owned(), path));
+        a
+    }
+
+    /// Calls with the admin token, asserts the status and returns the JSON body (`Null`
+    /// when there is none).
+    async fn send(&mut self, status: u16, op: &str, id: &str, req: Req) -> Value {
+        let a = self.call_as(Some(TOKEN), op, id, req).await;
+        let body = String::from_utf8_lossy(&a.body);
+        assert_eq!(a.status.as_u16(), status, "{op}: {body}");
+        serde_json::from_slice(&a.body).unwrap_or(Value::Null)
+    }
+
+    async fn get(&mut self, status: u16, path: &str, id: &str) -> Value {
+        self.send(status, &format!("GET {path}"), id, Req::Empty)
+            .await
+    }
+
+    async fn delete(&mut self, status: u16, path: &str, id: &str) -> Value {
+        self.send(status, &format!("DELETE {path}"), id, Req::Empty)
+            .await
+    }
+
+    /// Calls and asserts the error code (and that its status is the code's).
+    async fn refused(&mut self, code: &str, op: &str, id: &str, req: Req) {
+        let status = match code {
+            "bad_request" => 400,
+            "forbidden" => 403,
+            "conflict" => 409,
+            "payload_too_large" => 413,
+            "unsupported_media_type" => 415,
+            _ => 422,
+        };
+        let body = self.send(status, op, id, req).await;
+        assert_eq!(body["error"]["code"], code, "{op}");
+    }
+}
+
+fn pem(bytes: &str) -> Req {
+    Req::Raw("application/x-pem-file".into(), bytes.as_bytes().to_vec())
+}
+
+/// A `multipart/form-data` body of text fields.
+fn form(fields: &[(&str, &str)]) -> Req {
+    const BOUNDARY: &str = "certmq-openapi-test-boundary";
+    let mut body = String::new();
+    for (name, value) in fields {
+        body.push_str(&format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{BOUNDARY}--\r\n"));
+    Req::Raw(
+        format!("multipart/form-data; boundary={BOUNDARY}"),
+        body.into_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn answers_are_as_documented() {
+    let api = Api::new();
+    let doc = api.document().await;
+    let mut s = Script {
+        api,
+        doc,
+        called: BTreeSet::new(),
+    };
+    let ca = Ca::new("Test CA");
+    let json = Req::Json;
+    let id_of = |v: &Value| v["id"].as_str().unwrap().to_owned();
+
+    // Orgs, and the answers every route may give.
+    let org = json(json!({"id": ORG, "name": "Acme Corp"}));
+    s.send(201, "POST /orgs", "", org).await;
+    s.refused("conflict", "POST /orgs", "", json(json!({"id": ORG})))
+        .await;
+    s.get(200, "/orgs", "").await;
+    s.get(200, "/orgs/{org}", "").await;
+    let bad = Req::Raw("application/json".into(), b"{".to_vec());
+    s.refused("bad_request", "POST /orgs", "", bad).await;
+    let text = Req::Raw("text/plain".into(), b"{}".to_vec());
+    s.refused("unsupported_media_type", "POST /orgs", "", text)
+        .await;
+    let big = Req::Raw("application/json".into(), vec![b' '; MAX_BODY_BYTES + 1]);
+    s.refused("payload_too_large", "POST /orgs", "", big).await;
+    let a = s.call_as(None, "GET /orgs", "", Req::Empty).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+
+    // CA certificates.
+    let ca_id = id_of(
+        &s.send(201, "POST /orgs/{org}/ca-certs", "", pem(&ca.pem))
+            .await,
+    );
+    let again = json(json!({"certificate": ca.pem}));
+    s.send(409, "POST /orgs/{org}/ca-certs", "", again).await;
+    let (leaf, key) = ca.leaf();
+    let leaf_only = &leaf[..leaf.find("-----END CERTIFICATE-----").unwrap() + 25];
+    let preview = "POST /orgs/{org}/ca-certs/preview";
+    s.refused("not_a_ca", preview, "", pem(leaf_only)).await;
+    s.send(200, preview, "", pem(&Ca::new("Other").pem)).await;
+    s.get(200, "/orgs/{org}/ca-certs", "").await;
+    s.get(200, "/orgs/{org}/ca-certs/{id}", &ca_id).await;
+    let patch = "PATCH /orgs/{org}/ca-certs/{id}";
+    let off = json(json!({"active": false, "description": "test"}));
+    s.send(200, patch, &ca_id, off).await;
+    s.send(200, patch, &ca_id, json(json!({"active": true})))
+        .await;
+
+    // Server certificates: self-signed (active, as the first one), uploaded as JSON and
+    // as a form.
+    let self_signed = "POST /orgs/{org}/server-certs/self-signed";
+    let first = id_of(&s.send(201, self_signed, "", Req::Empty).await);
+    let upload = "POST /orgs/{org}/server-certs";
+    let chain_and_key = || json(json!({"certificate": leaf, "private_key": key}));
+    let uploaded = id_of(&s.send(201, upload, "", chain_and_key()).await);
+    s.send(409, upload, "", chain_and_key()).await;
+    let (leaf2, key2) = ca.leaf();
+    let fields = form(&[("certificate", &leaf2), ("private_key", &key2)]);
+    s.send(201, upload, "", fields).await;
+    s.refused("unsupported_media_type", upload, "", pem(&leaf))
+        .await;
+    let (foreign, _) = Ca::new("Other").leaf();
+    let mismatch = json(json!({"certificate": foreign, "private_key": key}));
+    s.refused("key_mismatch", upload, "", mismatch).await;
+    s.get(200, "/orgs/{org}/server-certs", "").await;
+    s.get(200, "/orgs/{org}/server-certs/{id}", &uploaded).await;
+    s.get(200, "/orgs/{org}/server-certs/{id}/chain.pem", &uploaded)
+        .await;
+    s.delete(409, "/orgs/{org}/server-certs/{id}", &first).await;
+    let activate = "POST /orgs/{org}/server-certs/{id}/activate";
+    s.send(200, activate, &uploaded, Req::Empty).await;
+    s.delete(204, "/orgs/{org}/server-certs/{id}", &first).await;
+
+    // CSRs.
+    let request = json(json!({
+        "subject": {"common_name": HOST, "organization": "Acme Corp", "country": "DE"},
+        "sans": [HOST],
+        "key_type": "ecdsa-p384"
+    }));
+    let csr = id_of(&s.send(201, "POST /orgs/{org}/csrs", "", request).await);
+    s.get(200, "/orgs/{org}/csrs", "").await;
+    s.get(200, "/orgs/{org}/csrs/{id}", &csr).await;
+    let a = s
+        .call_as(
+            Some(TOKEN),
+            "GET /orgs/{org}/csrs/{id}.pem",
+            &csr,
+            Req::Empty,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let signed = ca.sign_csr(std::str::from_utf8(&a.body).unwrap());
+    let complete = "POST /orgs/{org}/csrs/{id}/certificate";
+    s.send(201, complete, &csr, pem(&signed)).await;
+    s.send(409, complete, &csr, pem(&signed)).await;
+    s.delete(204, "/orgs/{org}/csrs/{id}", &csr).await;
+    let elsewhere = json(json!({"subject": {"common_name": "elsewhere.example"}}));
+    s.refused("hostname_mismatch", "POST /orgs/{org}/csrs", "", elsewhere)
+        .await;
+
+    // Org tokens, and what an org token may not do.
+    let ops = json(json!({"name": "ops"}));
+    let t = s.send(201, "POST /orgs/{org}/tokens", "", ops).await;
+    let token = t["token"].as_str().unwrap().to_owned();
+    s.get(200, "/orgs/{org}/tokens", "").await;
+    for op in [
+        "POST /orgs",
+        "DELETE /orgs/{org}",
+        "GET /audit",
+        "GET /metrics",
+    ] {
+        let req = match op {
+            "POST /orgs" => json(json!({"id": "beta"})),
+            _ => Req::Empty,
+        };
+        let a = s.call_as(Some(&token), op, "", req).await;
+        assert_eq!(
+            (a.status.as_u16(), a.code().as_str()),
+            (403, "forbidden"),
+            "{op}"
+        );
+    }
+    s.delete(204, "/orgs/{org}/tokens/{id}", &id_of(&t)).await;
+
+    // Domains, security policy, device tokens.
+    let domains = json(json!({"domains": ["iot.example.com"]}));
+    s.send(200, "PUT /orgs/{org}/domains", "", domains).await;
+    s.get(200, "/orgs/{org}/domains", "").await;
+    let policy = json(json!({
+        "level": "tls_client_cert",
+        "device_types": {"legacy": "tls_optional"},
+        "gateway_device_types": {"gw": ["sensor"]}
+    }));
+    s.send(200, "PUT /orgs/{org}/security-policy", "", policy)
+        .await;
+    s.get(200, "/orgs/{org}/security-policy", "").await;
+    let set_token = "POST /orgs/{org}/device-tokens";
+    let generated = json(json!({"identity": "d:legacy:dev1"}));
+    s.send(201, set_token, "", generated).await;
+    let given = json(json!({"identity": "d:legacy:dev2", "token": "s3cret-token"}));
+    s.send(201, set_token, "", given).await;
+    s.get(200, "/orgs/{org}/device-tokens", "").await;
+    s.delete(204, "/orgs/{org}/device-tokens/{id}", "d:legacy:dev1")
+        .await;
+    s.delete(400, "/orgs/{org}/device-tokens/{id}", "nope")
+        .await;
+
+    // Revocation.
+    let block = "POST /orgs/{org}/blocked-devices";
+    let stolen = || json(json!({"identity": "d:sensor:dev2", "reason": "stolen"}));
+    s.send(201, block, "", stolen()).await;
+    s.send(409, block, "", stolen()).await;
+    s.get(200, "/orgs/{org}/blocked-devices", "").await;
+    s.delete(204, "/orgs/{org}/blocked-devices/{id}", "d:sensor:dev2")
+        .await;
+    let upload = "POST /orgs/{org}/crls";
+    let crl = id_of(
+        &s.send(201, upload, "", pem(&ca.crl(2, Duration::hours(1))))
+            .await,
+    );
+    let older = pem(&ca.crl(1, Duration::hours(2)));
+    s.refused("crl_outdated", upload, "", older).await;
+    let foreign = pem(&Ca::new("Other").crl(1, Duration::hours(1)));
+    s.refused("crl_not_from_org_ca", upload, "", foreign).await;
+    s.get(200, "/orgs/{org}/crls", "").await;
+    s.delete(204, "/orgs/{org}/crls/{id}", &crl).await;
+
+    // Broker-backed: without a broker, no sessions and no dry run.
+    s.get(200, "/orgs/{org}/connections", "").await;
+    s.delete(404, "/orgs/{org}/connections/{id}", "d:acme:sensor:dev1")
+        .await;
+    let check = json(json!({"certificate": leaf}));
+    s.send(500, "POST /orgs/{org}/authz/check", "", check).await;
+
+    // Audit (entries of the calls above), ops.
+    let page = s.get(200, "/orgs/{org}/audit", "").await;
+    assert!(page.as_array().unwrap().len() > 10);
+    s.get(400, "/orgs/{org}/audit?limit=0", "").await;
+    s.get(200, "/audit", "").await;
+    s.get(200, "/metrics", "").await;
+    s.get(200, "/healthz", "").await;
+    s.get(200, "/openapi.json", "").await;
+
+    s.delete(204, "/orgs/{org}/ca-certs/{id}", &ca_id).await;
+    s.delete(204, "/orgs/{org}", "").await;
+
+    let missed: Vec<_> = s.doc.operations().difference(&s.called).cloned().collect();
+    assert!(
+        missed.is_empty(),
+        "operations this test does not call: {missed:?}"
+    );
+}
