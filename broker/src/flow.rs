@@ -33,7 +33,7 @@ pub const SLICE: usize = 4096;
 /// The first pause under pressure.
 pub const PAUSE: Duration = Duration::from_millis(1);
 /// The longest pause between two slices.
-pub const MAX_PAUSE: Duration = Duration::from_millis(16);
+pub const MAX_PAUSE: Duration = Duration::from_millis(256);
 
 /// Router lag above which every publisher slows down.
 pub const LAG_LIMIT: Duration = Duration::from_millis(20);

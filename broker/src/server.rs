@@ -296,12 +296,21 @@ impl Broker {
                 return;
             }
         };
-        crate::metrics::handshake(Some(org_tls.org.as_str()), "ok");
         let (_, conn) = stream.get_ref();
         // No chain only when the org's policy admits tokens (the verifier decides).
         let chain = conn.peer_certificates().filter(|c| !c.is_empty());
         let leaf = chain.and_then(|c| c.first());
         let details = leaf.and_then(|l| cert::details(l).ok());
+        // A resumed TLS session carries the certificate verified when it was issued;
+        // one that has expired since does not come back in that way.
+        if details
+            .as_ref()
+            .is_some_and(|d| d.not_after < time::OffsetDateTime::now_utc())
+        {
+            crate::metrics::handshake(Some(org_tls.org.as_str()), "certificate_expired");
+            return;
+        }
+        crate::metrics::handshake(Some(org_tls.org.as_str()), "ok");
         let ca = chain.and_then(|c| org_tls.admitting_ca(c));
         let peer = Peer {
             ca_id: ca.map(|c| c.id.clone()).unwrap_or_default(),

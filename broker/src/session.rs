@@ -25,6 +25,9 @@ use crate::flow::{self, Flow, Pressure};
 use crate::sessions::{CloseReason, KillSwitch, SessionInfo, Sessions};
 use registry::Transport;
 
+/// Most bytes read from a socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Limits applied to every session.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -104,7 +107,7 @@ pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: Arc<SessionCtx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(1024);
     let (version, packet) = match tokio::time::timeout(
         ctx.limits.connect_timeout,
         read_connect(&mut stream, &mut rbuf, ctx.limits.max_packet_size),
@@ -220,7 +223,7 @@ where
         link_tx,
         link_rx,
         pending_subs: HashMap::new(),
-        wbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::new(),
         limits: ctx.limits.clone(),
         flow: ctx.pressure.flow(&org),
         counters,
@@ -454,12 +457,16 @@ impl Bridge {
         }
         // Under org pressure (see flow.rs) reading resumes only after this instant.
         let mut throttled_until: Option<Instant> = None;
-        let mut scratch = vec![0u8; 16 * 1024];
         loop {
             let engine_behind = self.link_tx.buffer().len() >= self.limits.max_queued_packets;
             let throttled = throttled_until.is_some_and(|t| t > Instant::now());
             let paused = engine_behind || throttled;
-            let slice = self.flow.read_limit(scratch.len());
+            // Read straight into the packet buffer (no per-session scratch: idle sessions
+            // stay small), at most a slice when this publisher is being slowed.
+            let slice = self.flow.read_limit(READ_CHUNK);
+            if rbuf.capacity() - rbuf.len() < slice.min(READ_CHUNK) {
+                rbuf.reserve(slice.min(READ_CHUNK));
+            }
             let ka_deadline = ka_limit.map(|l| last_rx + l);
             tokio::select! {
                 reason = switch.closed() => {
@@ -469,12 +476,14 @@ impl Bridge {
                     }
                     return Ok(Ending::Closed(reason));
                 }
-                n = stream.read(&mut scratch[..slice]), if !paused => {
+                n = async {
+                    let mut limited = bytes::BufMut::limit(&mut *rbuf, slice);
+                    stream.read_buf(&mut limited).await
+                }, if !paused => {
                     let n = n?;
                     if n == 0 {
                         return Err(SessionError::Eof);
                     }
-                    rbuf.extend_from_slice(&scratch[..n]);
                     last_rx = Instant::now();
                     if let Some(end) = self.inbound(rbuf, stream).await? {
                         return Ok(end);

@@ -246,6 +246,41 @@ impl TestCa {
         })
     }
 
+    /// Issues a TLS server certificate for `dns_names` (SANs; the first is also the CN):
+    /// ECDSA P-256 key, keyUsage digitalSignature, extendedKeyUsage serverAuth, valid now
+    /// − 1 h to now + 365 days. Returned as a [`ClientCert`] (certificate, chain, key):
+    /// e.g. for a mosquitto listener and a certmq org presenting the same certificate.
+    pub fn issue_server(&self, dns_names: &[String]) -> Result<ClientCert> {
+        let first = dns_names
+            .first()
+            .ok_or_else(|| anyhow!("a server certificate needs at least one DNS name"))?;
+        let key = KeyPair::generate().context("generate server key")?;
+        let mut params =
+            CertificateParams::new(dns_names.to_vec()).context("server certificate names")?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, first.as_str());
+        params.distinguished_name = dn;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + CA_VALIDITY;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("sign server certificate")?;
+        let cert_pem = der_to_pem(cert.der());
+        Ok(ClientCert {
+            chain_pem: format!("{cert_pem}{}", self.chain_pem()),
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+            serial: serial_of(cert.der())?,
+        })
+    }
+
     /// Issues an intermediate CA (`CA:TRUE`, keyCertSign + cRLSign, valid now − 1 h to
     /// now + 365 days) signed by this CA. Leaves it issues carry the chain up to the root.
     pub fn issue_intermediate(&self, common_name: &str) -> Result<TestCa> {
@@ -625,6 +660,49 @@ mod tests {
         let again = ClientCert::from_pem(&c.chain_pem, &c.key_pem).expect("client from pem");
         assert_eq!(again.der, c.der);
         assert_eq!(again.serial, c.serial);
+    }
+
+    #[test]
+    fn server_certificate_verifies_for_its_name() {
+        use rustls::client::danger::ServerCertVerifier;
+        let ca = TestCa::new("server ca").expect("ca");
+        let name = "acme.messaging.localhost".to_owned();
+        let s = ca
+            .issue_server(std::slice::from_ref(&name))
+            .expect("server cert");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca.der().to_vec()))
+            .expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let server_name = rustls::pki_types::ServerName::try_from(name).expect("name");
+        verifier
+            .verify_server_cert(
+                &CertificateDer::from(s.der.clone()),
+                &[],
+                &server_name,
+                &[],
+                UnixTime::now(),
+            )
+            .expect("valid for its name");
+        let other =
+            rustls::pki_types::ServerName::try_from("other.messaging.localhost").expect("name");
+        assert!(verifier
+            .verify_server_cert(
+                &CertificateDer::from(s.der.clone()),
+                &[],
+                &other,
+                &[],
+                UnixTime::now()
+            )
+            .is_err());
+        assert!(ca.issue_server(&[]).is_err());
+        assert!(KeyPair::from_pem(&s.key_pem).is_ok());
     }
 
     #[test]

@@ -90,14 +90,7 @@ impl FleetConfig {
 
     fn validate(&self) -> Result<QoS> {
         let qos = rumqttc::qos(self.qos).map_err(|_| anyhow!("qos must be 0, 1 or 2"))?;
-        let org_ok = !self.org.is_empty()
-            && self.org.len() <= 32
-            && self.org.starts_with(|c: char| c.is_ascii_lowercase())
-            && self
-                .org
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if !org_ok {
+        if !is_org_id(&self.org) {
             bail!("invalid org id {:?}", self.org);
         }
         for (what, v) in [("device type", &self.device_type), ("app id", &self.app_id)] {
@@ -109,8 +102,17 @@ impl FleetConfig {
     }
 }
 
+/// `[a-z][a-z0-9]{0,31}` (org id, a DNS label).
+pub(crate) fn is_org_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
 /// `[A-Za-z0-9_.-]{1,36}` (device type, device id, app id).
-fn is_name(s: &str) -> bool {
+pub(crate) fn is_name(s: &str) -> bool {
     (1..=36).contains(&s.len())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))

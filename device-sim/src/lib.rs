@@ -11,10 +11,16 @@
 //! * [`fleet`] — [`run_fleet`]: N devices publishing events, an application answering
 //!   each with a command, and a [`FleetReport`] of what arrived.
 //! * [`report`] — [`FleetReport`] and the percentile helper.
+//! * [`bench`] — benchmark scenarios (`connect`, `throughput`, `idle`, `resume`,
+//!   `reload`, `flood`) against any MQTT-over-mTLS broker on this machine, JSON reports
+//!   and SVG charts, and [`bench::compare`]: mosquitto and certmq side by side.
+//! * [`admin`] — [`AdminClient`], the few certmq admin API calls the simulator makes.
 //!
-//! The `certmq-sim` binary wraps these (`provision`, `fleet`); `certmq demo`, the
-//! end-to-end tests and the benchmarks use the library directly.
+//! The `certmq-sim` binary wraps these (`provision`, `fleet`, `bench`, `compare`);
+//! `certmq demo`, the end-to-end tests and the benchmarks use the library directly.
 
+pub mod admin;
+pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod fleet;
@@ -22,6 +28,7 @@ pub mod report;
 mod sni_relay;
 mod verifier;
 
+pub use admin::AdminClient;
 pub use certs::{ClientCert, ClientCertOptions, ClientEku, TestCa};
 pub use client::{mqtt_options, mqtt_options_v5, tls_config, BrokerTarget};
 pub use fleet::{run_fleet, FleetConfig};

@@ -3,13 +3,21 @@
 //! * `provision` mints (or loads) a CA and writes device and application certificates as
 //!   PEM files (private keys with mode 0600);
 //! * `fleet` runs N devices and an application against a broker and prints what flows and
-//!   a summary (exit status 2 when something did not arrive).
+//!   a summary (exit status 2 when something did not arrive);
+//! * `bench <scenario>` runs one benchmark scenario against a broker on this machine and
+//!   writes a JSON report and SVG charts;
+//! * `compare` runs the scenarios against mosquitto and certmq side by side and writes
+//!   the table into docs/benchmarks.md.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use certmq_device_sim::{run_fleet, BrokerTarget, ClientCertOptions, FleetConfig, TestCa};
+use anyhow::{bail, Context, Result};
+use certmq_device_sim::bench::compare::{self, CompareOptions};
+use certmq_device_sim::bench::{self, BenchTarget, Scenario};
+use certmq_device_sim::{
+    run_fleet, AdminClient, BrokerTarget, ClientCertOptions, FleetConfig, TestCa,
+};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +38,14 @@ enum Command {
     Provision(ProvisionArgs),
     /// Run a fleet of devices and one application against a broker.
     Fleet(FleetArgs),
+    /// Run one benchmark scenario against a broker on this machine.
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchCommand,
+    },
+    /// Run the benchmarks against mosquitto and certmq side by side; update the table
+    /// in docs/benchmarks.md.
+    Compare(CompareArgs),
 }
 
 /// An existing CA to sign with.
@@ -65,6 +81,205 @@ struct ProvisionArgs {
     /// Validity of the issued client certificates, days.
     #[arg(long, default_value_t = 30)]
     days: i64,
+    /// Org id: needed by --server-cert and --admin.
+    #[arg(long)]
+    org: Option<String>,
+    /// Base messaging domain (server certificate name `<org>.<domain>`).
+    #[arg(long, default_value = "messaging.localhost")]
+    domain: String,
+    /// Also issue a server certificate + key for `<org>.<domain>` signed by the CA
+    /// (server.pem, server-key.pem), e.g. for mosquitto; with --admin it is uploaded to
+    /// certmq and activated.
+    #[arg(long, requires = "org")]
+    server_cert: bool,
+    /// certmq admin API (e.g. http://127.0.0.1:8080): create the org, register the CA,
+    /// and (without --server-cert) have certmq generate a self-signed server
+    /// certificate, written to server.pem.
+    #[arg(long, requires = "org")]
+    admin: Option<String>,
+    /// Admin API bearer token.
+    #[arg(long, env = "CERTMQ_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// The broker a benchmark runs against.
+#[derive(Args)]
+struct BenchTargetArgs {
+    /// Broker IP address (loopback only).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Broker MQTT-over-TLS port.
+    #[arg(long, default_value_t = 8883)]
+    port: u16,
+    /// Org id (client ids `d:<org>:<type>:<id>`).
+    #[arg(long)]
+    org: String,
+    /// Base messaging domain; the SNI name is `<org>.<domain>` unless --sni is given.
+    #[arg(long, default_value = "messaging.localhost")]
+    domain: String,
+    /// TLS server name to send.
+    #[arg(long)]
+    sni: Option<String>,
+    /// PEM the broker's certificate is checked against (with --verify-server).
+    #[arg(long)]
+    server_ca: Option<PathBuf>,
+    /// Verify the broker's certificate (off: the load generator spends no CPU on it).
+    #[arg(long, requires = "server_ca")]
+    verify_server: bool,
+    /// CA certificate (PEM) the org trusts: client certificates are issued from it.
+    #[arg(long)]
+    ca_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long)]
+    ca_key: PathBuf,
+    /// Device type of the simulated devices.
+    #[arg(long, default_value = "sensor")]
+    device_type: String,
+    /// Topic filter of the application (e.g. `iot-2/#` on brokers without Watson rules).
+    #[arg(long, default_value = certmq_device_sim::fleet::APP_EVENT_FILTER)]
+    app_filter: String,
+    /// Broker process id, for RSS figures (idle, flood).
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Broker label in reports and file names.
+    #[arg(long, default_value = "broker")]
+    broker_name: String,
+    /// Directory for the JSON report and SVG charts.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Full mTLS handshakes + CONNECT → CONNACK: rate and latency.
+    Connect {
+        #[command(flatten)]
+        target: BenchTargetArgs,
+        #[arg(long, default_value_t = 5_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Fan-in: N devices publish to one application; msgs/s and end-to-end latency.
+    Throughput {
+        #[command(flatten)]
+        target: BenchTargetArgs,
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        #[arg(long, default_value_t = 64)]
+        payload_bytes: usize,
+        /// Messages each publisher may have on the way to the application.
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        #[arg(long, default_value_t = 1_000)]
+        warmup_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        measure_ms: u64,
+    },
+    /// N idle mTLS connections; broker RSS per connection (needs --broker-pid).
+    Idle {
+        #[command(flatten)]
+        target: BenchTargetArgs,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2_000)]
+        settle_ms: u64,
+    },
+    /// Reconnect storm with TLS session resumption.
+    Resume {
+        #[command(flatten)]
+        target: BenchTargetArgs,
+        #[arg(long, default_value_t = 500)]
+        devices: usize,
+        #[arg(long, default_value_t = 10)]
+        connections_per_device: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// QoS 1 publishers flooding one slow subscriber; peak broker RSS (--broker-pid).
+    Flood {
+        #[command(flatten)]
+        target: BenchTargetArgs,
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        #[arg(long, default_value_t = 64)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 100)]
+        inflight: usize,
+        /// Messages per second the subscriber reads.
+        #[arg(long, default_value_t = 2_000)]
+        subscriber_rate: u64,
+        #[arg(long, default_value_t = 10_000)]
+        flood_ms: u64,
+        #[arg(long, default_value_t = 60_000)]
+        drain_ms: u64,
+    },
+    /// certmq only: admin API change → first handshake that sees it.
+    Reload {
+        #[command(flatten)]
+        target: BenchTargetArgs,
+        /// certmq admin API, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        admin: String,
+        #[arg(long, env = "CERTMQ_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The certmq binary (default: `certmq` next to this binary).
+    #[arg(long)]
+    certmq: Option<PathBuf>,
+    /// The mosquitto binary.
+    #[arg(long, default_value = "mosquitto")]
+    mosquitto: PathBuf,
+    /// Reports, charts, certificates and broker logs.
+    #[arg(long, default_value = "bench-out/compare")]
+    out: PathBuf,
+    /// Markdown document whose generated section gets the table.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    doc: PathBuf,
+    /// Do not touch the document.
+    #[arg(long)]
+    no_doc: bool,
+    #[arg(long, default_value = "acme")]
+    org: String,
+    /// Do not pin the brokers to CPU 0.
+    #[arg(long)]
+    no_pin: bool,
+    /// Scenarios to run (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "connect,throughput,idle,resume,flood,reload"
+    )]
+    scenarios: Vec<String>,
+    #[arg(long, default_value_t = 5_000)]
+    connections: usize,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    publishers: usize,
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    #[arg(long, default_value_t = 10_000)]
+    measure_ms: u64,
+    /// Idle connections (capped by the open-file limit).
+    #[arg(long, default_value_t = 50_000)]
+    idle_connections: usize,
+    #[arg(long, default_value_t = 500)]
+    resume_devices: usize,
+    #[arg(long, default_value_t = 2_000)]
+    flood_subscriber_rate: u64,
+    #[arg(long, default_value_t = 20)]
+    reload_iterations: usize,
 }
 
 #[derive(Args)]
@@ -124,8 +339,10 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Provision(args) => provision(args),
+        Command::Provision(args) => provision(args).await,
         Command::Fleet(args) => fleet(args).await,
+        Command::Bench { scenario } => bench_cmd(scenario).await,
+        Command::Compare(args) => compare_cmd(args).await,
     };
     if let Err(e) = result {
         eprintln!("certmq-sim: {e:#}");
@@ -147,7 +364,7 @@ fn load_ca(args: &CaArgs) -> Result<Option<TestCa>> {
     }
 }
 
-fn provision(args: ProvisionArgs) -> Result<()> {
+async fn provision(args: ProvisionArgs) -> Result<()> {
     std::fs::create_dir_all(args.out.join("devices"))
         .with_context(|| format!("create {}", args.out.display()))?;
     let ca = match load_ca(&args.ca)? {
@@ -198,7 +415,229 @@ fn provision(args: ProvisionArgs) -> Result<()> {
             cert_path.display()
         );
     }
+    let server = match (&args.org, args.server_cert) {
+        (Some(org), true) => {
+            let name = format!("{org}.{}", args.domain);
+            let cert = ca.issue_server(std::slice::from_ref(&name))?;
+            write_file(&args.out.join("server.pem"), &cert.chain_pem, false)?;
+            write_file(&args.out.join("server-key.pem"), &cert.key_pem, true)?;
+            println!(
+                "issued server certificate for {name} -> {}",
+                args.out.join("server.pem").display()
+            );
+            Some(cert)
+        }
+        _ => None,
+    };
+    if let (Some(url), Some(org)) = (&args.admin, &args.org) {
+        let Some(token) = &args.token else {
+            bail!("--admin needs --token (or CERTMQ_ADMIN_TOKEN)");
+        };
+        let admin = AdminClient::new(url, token);
+        admin.ensure_org(org).await?;
+        let ca_id = admin.ensure_ca(org, &ca.pem()).await?;
+        println!("org {org}: CA registered (id {ca_id})");
+        match server {
+            Some(cert) => {
+                let id = admin
+                    .upload_server_cert(org, &cert.chain_pem, &cert.key_pem)
+                    .await?;
+                admin.activate_server_cert(org, &id).await?;
+                println!("org {org}: server certificate uploaded and activated (id {id})");
+            }
+            None => {
+                let (id, pem) = admin.self_signed_server_cert(org).await?;
+                write_file(&args.out.join("server.pem"), &pem, false)?;
+                println!(
+                    "org {org}: self-signed server certificate generated (id {id}) -> {}",
+                    args.out.join("server.pem").display()
+                );
+            }
+        }
+    }
     Ok(())
+}
+
+/// Builds the benchmark target and loads the CA from the common arguments.
+fn bench_target(args: &BenchTargetArgs) -> Result<(BenchTarget, TestCa, PathBuf)> {
+    let ca = TestCa::from_pem(&read(&args.ca_cert)?, &read(&args.ca_key)?)
+        .context("load --ca-cert/--ca-key")?;
+    let sni = args
+        .sni
+        .clone()
+        .unwrap_or_else(|| format!("{}.{}", args.org, args.domain));
+    let server_ca = match &args.server_ca {
+        Some(p) => read(p)?,
+        None => String::new(),
+    };
+    let mut target = BenchTarget::new(
+        &args.broker_name,
+        std::net::SocketAddr::new(args.host, args.port),
+        &args.org,
+        &sni,
+        &server_ca,
+    );
+    target.verify_server = args.verify_server;
+    target.device_type = args.device_type.clone();
+    target.app_filter = args.app_filter.clone();
+    target.broker_pid = args.broker_pid;
+    Ok((target, ca, args.out.clone()))
+}
+
+async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
+    let limit = bench::raise_nofile_limit()?;
+    let (args, scenario) = match cmd {
+        BenchCommand::Connect {
+            target,
+            connections,
+            concurrency,
+        } => (
+            target,
+            Scenario::Connect(bench::ConnectConfig {
+                connections,
+                concurrency,
+            }),
+        ),
+        BenchCommand::Throughput {
+            target,
+            publishers,
+            qos,
+            payload_bytes,
+            window,
+            warmup_ms,
+            measure_ms,
+        } => (
+            target,
+            Scenario::Throughput(bench::ThroughputConfig {
+                publishers,
+                qos,
+                payload_bytes,
+                window,
+                warmup_ms,
+                measure_ms,
+            }),
+        ),
+        BenchCommand::Idle {
+            target,
+            connections,
+            concurrency,
+            settle_ms,
+        } => (
+            target,
+            Scenario::Idle(bench::IdleConfig {
+                connections,
+                concurrency,
+                settle_ms,
+            }),
+        ),
+        BenchCommand::Resume {
+            target,
+            devices,
+            connections_per_device,
+            concurrency,
+        } => (
+            target,
+            Scenario::Resume(bench::ResumeConfig {
+                devices,
+                connections_per_device,
+                concurrency,
+            }),
+        ),
+        BenchCommand::Flood {
+            target,
+            publishers,
+            payload_bytes,
+            inflight,
+            subscriber_rate,
+            flood_ms,
+            drain_ms,
+        } => (
+            target,
+            Scenario::Flood(bench::FloodConfig {
+                publishers,
+                payload_bytes,
+                inflight,
+                subscriber_rate,
+                flood_ms,
+                drain_ms,
+            }),
+        ),
+        BenchCommand::Reload {
+            target,
+            admin,
+            token,
+            iterations,
+        } => (
+            target,
+            Scenario::Reload(bench::ReloadConfig::new(&admin, &token, iterations)),
+        ),
+    };
+    let (target, ca, out) = bench_target(&args)?;
+    tracing::debug!(open_file_limit = limit, "benchmark starting");
+    let report = bench::run(&target, &ca, &scenario).await?;
+    for path in report.write(&out)? {
+        println!("wrote {}", path.display());
+    }
+    println!("{}", compare::headline(&report));
+    Ok(())
+}
+
+async fn compare_cmd(args: CompareArgs) -> Result<()> {
+    bench::raise_nofile_limit()?;
+    let certmq_bin = match args.certmq {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("directory of certmq-sim")?
+            .join("certmq"),
+    };
+    // All CPUs of the machine, not just those this process may run on (it is usually
+    // started under `taskset -c 1` itself).
+    let pin = !args.no_pin
+        && compare::online_cpus() >= 2
+        && std::process::Command::new("taskset")
+            .arg("-V")
+            .output()
+            .is_ok();
+    let opts = CompareOptions {
+        certmq_bin,
+        mosquitto_bin: args.mosquitto,
+        out: args.out,
+        doc: (!args.no_doc).then_some(args.doc),
+        org: args.org,
+        pin,
+        scenarios: args.scenarios,
+        connect: bench::ConnectConfig {
+            connections: args.connections,
+            concurrency: args.concurrency,
+        },
+        throughput: bench::ThroughputConfig {
+            publishers: args.publishers,
+            window: args.window,
+            measure_ms: args.measure_ms,
+            ..Default::default()
+        },
+        idle: bench::IdleConfig {
+            connections: args.idle_connections,
+            ..Default::default()
+        },
+        resume: bench::ResumeConfig {
+            devices: args.resume_devices,
+            ..Default::default()
+        },
+        flood: bench::FloodConfig {
+            subscriber_rate: args.flood_subscriber_rate,
+            ..Default::default()
+        },
+        reload_iterations: args.reload_iterations,
+        command_line: std::env::args()
+            .map(|a| a.rsplit('/').next().unwrap_or(&a).to_owned())
+            .take(1)
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    compare::run(&opts).await.map(drop)
 }
 
 async fn fleet(args: FleetArgs) -> Result<()> {

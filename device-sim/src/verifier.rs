@@ -128,3 +128,57 @@ impl ServerCertVerifier for PinningVerifier {
         self.webpki.supported_verify_schemes()
     }
 }
+
+/// A server certificate "verifier" for load generation that accepts any server
+/// certificate and handshake signature. The load generator then spends no CPU on
+/// checking the broker (which shares its machine), while the broker still does the full
+/// mutual-TLS work it is measured on. Never used outside `certmq-sim bench`.
+#[derive(Debug)]
+pub(crate) struct TrustAnyServer {
+    schemes: Vec<SignatureScheme>,
+}
+
+impl TrustAnyServer {
+    pub(crate) fn new(provider: &CryptoProvider) -> Self {
+        Self {
+            schemes: provider
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }
+    }
+}
+
+impl ServerCertVerifier for TrustAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# mosquitto and certmq side by side on this machine, same CA and server certificate;
+# writes the table into docs/benchmarks.md. Extra arguments go to `certmq-sim compare`
+# (e.g. --scenarios connect,throughput --idle-connections 10000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v mosquitto >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y mosquitto || { apt-get update && apt-get install -y mosquitto; }
+fi
+cargo build --release -p certmq -p certmq-device-sim
+
+# Every idle connection is a file descriptor in the simulator and in the broker (the
+# brokers are started by certmq-sim and inherit this limit).
+ulimit -n "$(ulimit -Hn)" || true
+
+# Broker on CPU 0 (certmq-sim starts it under `taskset -c 0`), load generator on CPU 1.
+pin=()
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  pin=(taskset -c 1)
+fi
+exec "${pin[@]}" target/release/certmq-sim compare "$@"

@@ -1,0 +1,995 @@
+//! `certmq-sim compare`: the same scenarios against mosquitto and certmq, on this
+//! machine, with the same CA and the same server certificate, one fresh broker process
+//! per scenario; then a markdown table of both brokers' figures, their ratio and the
+//! targets, written into `docs/benchmarks.md`.
+//!
+//! * mosquitto (2.x from the distribution) gets a TLS listener on a free loopback port
+//!   with `require_certificate true`, `use_identity_as_username true` and
+//!   `set_tcp_nodelay true`, the simulator's CA as `cafile` and a P-256 server
+//!   certificate for `<org>.messaging.localhost` signed by that CA.
+//! * certmq (`certmq serve` on free ports, a temp data dir) gets the org, the same CA
+//!   and the same server certificate + key through its admin API.
+//! * With at least two CPUs and `taskset` available, the broker runs on CPU 0
+//!   (`taskset -c 0`); run the simulator itself on CPU 1 (`taskset -c 1 certmq-sim
+//!   compare`, as `bench/compare.sh` does).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::{
+    nofile_limit, BenchReport, BenchTarget, ConnectConfig, FloodConfig, IdleConfig, ReloadConfig,
+    Results, ResumeConfig, Scenario, ThroughputConfig,
+};
+use crate::admin::AdminClient;
+use crate::certs::TestCa;
+
+/// Marks the generated part of the benchmarks document.
+pub const BEGIN_MARK: &str = "<!-- certmq-sim compare: begin (generated, do not edit) -->";
+/// End of the generated part.
+pub const END_MARK: &str = "<!-- certmq-sim compare: end -->";
+/// Admin token of the certmq started by `compare`.
+const TOKEN: &str = "certmq-sim-compare";
+const DOMAIN: &str = "messaging.localhost";
+
+/// Everything `compare` needs to know.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// The `certmq` binary (release build).
+    pub certmq_bin: PathBuf,
+    /// The `mosquitto` binary.
+    pub mosquitto_bin: PathBuf,
+    /// Reports, charts, certificates and broker logs go here.
+    pub out: PathBuf,
+    /// The markdown document to update (its generated section), if any.
+    pub doc: Option<PathBuf>,
+    pub org: String,
+    /// Run the brokers under `taskset -c 0`.
+    pub pin: bool,
+    /// Scenarios to run, out of `connect`, `throughput`, `idle`, `resume`, `flood`,
+    /// `reload`.
+    pub scenarios: Vec<String>,
+    pub connect: ConnectConfig,
+    /// Its `qos` is ignored: fan-in runs at QoS 0 and at QoS 1.
+    pub throughput: ThroughputConfig,
+    pub idle: IdleConfig,
+    pub resume: ResumeConfig,
+    pub flood: FloodConfig,
+    pub reload_iterations: usize,
+    /// The command line, quoted in the document.
+    pub command_line: String,
+}
+
+/// All scenario names, in the order they run.
+pub const ALL_SCENARIOS: [&str; 6] = ["connect", "throughput", "idle", "resume", "flood", "reload"];
+
+/// A broker process started for one scenario.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    admin_url: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Certificates shared by both brokers.
+struct Material {
+    ca: TestCa,
+    ca_path: PathBuf,
+    server_chain: String,
+    server_key: String,
+    server_path: PathBuf,
+    server_key_path: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broker {
+    Mosquitto,
+    Certmq,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Mosquitto => "mosquitto",
+            Broker::Certmq => "certmq",
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn command(opts: &CompareOptions, program: &Path) -> Command {
+    if opts.pin {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg("0").arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start_mosquitto(opts: &CompareOptions, m: &Material) -> Result<Running> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let conf = dir.path().join("mosquitto.conf");
+    let text = format!(
+        "# written by certmq-sim compare\n\
+         per_listener_settings false\n\
+         persistence false\n\
+         user root\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n\
+         listener {port} 127.0.0.1\n\
+         cafile {}\n\
+         certfile {}\n\
+         keyfile {}\n\
+         require_certificate true\n\
+         use_identity_as_username true\n\
+         set_tcp_nodelay true\n\
+         allow_anonymous false\n",
+        m.ca_path.display(),
+        m.server_path.display(),
+        m.server_key_path.display()
+    );
+    std::fs::write(&conf, text)?;
+    let log = std::fs::File::create(opts.out.join("mosquitto.log"))?;
+    let child = command(opts, &opts.mosquitto_bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (Debian: apt-get install -y mosquitto)",
+                opts.mosquitto_bin.display()
+            )
+        })?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut running = Running {
+        child,
+        addr,
+        admin_url: None,
+        _dir: dir,
+    };
+    for _ in 0..100 {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(running);
+        }
+        if let Some(status) = running.child.try_wait()? {
+            bail!(
+                "mosquitto exited ({status}); see {}",
+                opts.out.join("mosquitto.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("mosquitto did not listen on {addr} within 5 s")
+}
+
+async fn start_certmq(opts: &CompareOptions, m: &Material) -> Result<Running> {
+    let dir = tempfile::tempdir()?;
+    let log = std::fs::File::create(opts.out.join("certmq.log"))?;
+    let mut child = command(opts, &opts.certmq_bin)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--mqtt",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--domain",
+            DOMAIN,
+            // No plain-MQTT listener: nothing here uses it, and its fixed port may be taken.
+            "--mqtt-plain",
+            "off",
+        ])
+        .env("CERTMQ_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (cargo build --release first)",
+                opts.certmq_bin.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("certmq stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("certmq ready ") => break line,
+            Some(Ok(_)) => continue,
+            _ => {
+                let _ = child.kill();
+                bail!(
+                    "certmq exited before it was ready; see {}",
+                    opts.out.join("certmq.log").display()
+                )
+            }
+        }
+    };
+    // Keep draining stdout so certmq never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let field = |name: &str| -> Result<SocketAddr> {
+        ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no {name}= in {ready:?}"))
+    };
+    let running = Running {
+        addr: field("mqtt")?,
+        admin_url: Some(format!("http://{}", field("admin")?)),
+        child,
+        _dir: dir,
+    };
+    let admin = AdminClient::new(running.admin_url.as_deref().unwrap_or_default(), TOKEN);
+    admin.ensure_org(&opts.org).await?;
+    admin.ensure_ca(&opts.org, &m.ca.pem()).await?;
+    let id = admin
+        .upload_server_cert(&opts.org, &m.server_chain, &m.server_key)
+        .await?;
+    admin.activate_server_cert(&opts.org, &id).await?;
+    Ok(running)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Runs the comparison; returns every report (also written to `opts.out`).
+pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
+    for s in &opts.scenarios {
+        if !ALL_SCENARIOS.contains(&s.as_str()) {
+            bail!(
+                "unknown scenario {s:?} (known: {})",
+                ALL_SCENARIOS.join(", ")
+            );
+        }
+    }
+    std::fs::create_dir_all(&opts.out)?;
+    let out = opts.out.canonicalize()?;
+    let ca = TestCa::new("certmq-sim compare CA")?;
+    let sni = format!("{}.{DOMAIN}", opts.org);
+    let server = ca.issue_server(std::slice::from_ref(&sni))?;
+    let m = Material {
+        ca_path: out.join("ca.pem"),
+        server_path: out.join("server.pem"),
+        server_key_path: out.join("server-key.pem"),
+        server_chain: server.chain_pem.clone(),
+        server_key: server.key_pem.clone(),
+        ca,
+    };
+    std::fs::write(&m.ca_path, m.ca.pem())?;
+    write_private(&out.join("ca-key.pem"), &m.ca.key_pem())?;
+    std::fs::write(&m.server_path, &m.server_chain)?;
+    write_private(&m.server_key_path, &m.server_key)?;
+
+    let mut idle = opts.idle.clone();
+    let fd_room = usize::try_from(nofile_limit().saturating_sub(200)).unwrap_or(usize::MAX);
+    if idle.connections > fd_room {
+        eprintln!(
+            "idle: {} connections do not fit the open-file limit ({}); using {fd_room}",
+            idle.connections,
+            nofile_limit()
+        );
+        idle.connections = fd_room;
+    }
+    let wants = |s: &str| opts.scenarios.iter().any(|x| x == s);
+    let mut plan: Vec<(Scenario, Vec<Broker>)> = Vec::new();
+    let both = vec![Broker::Mosquitto, Broker::Certmq];
+    if wants("connect") {
+        plan.push((Scenario::Connect(opts.connect.clone()), both.clone()));
+    }
+    if wants("throughput") {
+        for qos in [0, 1] {
+            let t = ThroughputConfig {
+                qos,
+                ..opts.throughput.clone()
+            };
+            plan.push((Scenario::Throughput(t), both.clone()));
+        }
+    }
+    if wants("idle") {
+        plan.push((Scenario::Idle(idle), both.clone()));
+    }
+    if wants("resume") {
+        plan.push((Scenario::Resume(opts.resume.clone()), both.clone()));
+    }
+    if wants("flood") {
+        plan.push((Scenario::Flood(opts.flood.clone()), both.clone()));
+    }
+    if wants("reload") {
+        // The admin URL is filled in per run below.
+        let r = ReloadConfig::new("http://127.0.0.1:1", TOKEN, opts.reload_iterations);
+        plan.push((Scenario::Reload(r), vec![Broker::Certmq]));
+    }
+
+    let mut reports = Vec::new();
+    for (scenario, brokers) in plan {
+        for broker in brokers {
+            let running = match broker {
+                Broker::Mosquitto => start_mosquitto(opts, &m)?,
+                Broker::Certmq => start_certmq(opts, &m).await?,
+            };
+            let mut target = BenchTarget::new(
+                broker.name(),
+                running.addr,
+                &opts.org,
+                &sni,
+                &m.server_chain,
+            );
+            target.broker_pid = Some(running.child.id());
+            if broker == Broker::Mosquitto {
+                // No Watson topic rewriting there: the application takes everything.
+                target.app_filter = "iot-2/#".into();
+            }
+            let mut scenario = scenario.clone();
+            if let (Scenario::Reload(r), Some(url)) = (&mut scenario, &running.admin_url) {
+                r.admin_url = url.clone();
+            }
+            eprintln!("== {} {:?}", broker.name(), scenario);
+            // Let the fresh broker settle (and the previous one's sockets go).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let report = super::run(&target, &m.ca, &scenario)
+                .await
+                .with_context(|| {
+                    format!("{} against {}", scenario_name(&scenario), broker.name())
+                })?;
+            drop(running);
+            report.write(&out)?;
+            eprintln!("{}", headline(&report));
+            reports.push(report);
+        }
+    }
+    if let Some(doc) = &opts.doc {
+        let section = markdown(&reports, &environment(opts), &opts.command_line);
+        update_doc(doc, &section)?;
+        eprintln!("updated {}", doc.display());
+    }
+    Ok(reports)
+}
+
+fn scenario_name(s: &Scenario) -> &'static str {
+    match s {
+        Scenario::Connect(_) => "connect",
+        Scenario::Throughput(_) => "throughput",
+        Scenario::Idle(_) => "idle",
+        Scenario::Resume(_) => "resume",
+        Scenario::Reload(_) => "reload",
+        Scenario::Flood(_) => "flood",
+    }
+}
+
+/// One line about a report, for the console.
+pub fn headline(r: &BenchReport) -> String {
+    let errors = if r.error_count > 0 {
+        format!(
+            " ({} errors, first: {})",
+            r.error_count,
+            r.errors.first().map_or("", String::as_str)
+        )
+    } else {
+        String::new()
+    };
+    let body = match &r.results {
+        Results::Connect(c) => format!(
+            "{:.0} connects/s, p50 {} p99 {} p99.9 {} ms, {} failed",
+            c.rate_per_s,
+            num(c.connect.as_ref().map(|l| l.p50_ms)),
+            num(c.connect.as_ref().map(|l| l.p99_ms)),
+            num(c.connect.as_ref().map(|l| l.p999_ms)),
+            c.failed
+        ),
+        Results::Throughput(t) => format!(
+            "QoS {}: {:.0} msgs/s, p50 {} p99 {} p99.9 {} ms, {} missing",
+            t.qos,
+            t.rate_per_s,
+            num(t.latency.as_ref().map(|l| l.p50_ms)),
+            num(t.latency.as_ref().map(|l| l.p99_ms)),
+            num(t.latency.as_ref().map(|l| l.p999_ms)),
+            t.missing
+        ),
+        Results::Idle(i) => format!(
+            "{} idle connections ({} alive), {} KiB RSS each",
+            i.connected,
+            i.alive,
+            num(i.rss_per_connection_kib)
+        ),
+        Results::Resume(s) => format!(
+            "{:.0} connects/s, {} resumed / {} full ({:.0}% of reconnects resumed)",
+            s.rate_per_s,
+            s.resumed,
+            s.full,
+            s.resumed_fraction * 100.0
+        ),
+        Results::Reload(x) => format!(
+            "CA off p50 {} max {} ms; CA on p50 {} max {} ms; server cert p50 {} max {} ms",
+            num(x.ca_deactivate.p50_ms),
+            num(x.ca_deactivate.max_ms),
+            num(x.ca_activate.p50_ms),
+            num(x.ca_activate.max_ms),
+            num(x.server_cert_activate.p50_ms),
+            num(x.server_cert_activate.max_ms)
+        ),
+        Results::Flood(f) => format!(
+            "in {:.0} msgs/s, out {:.0} msgs/s, {} lost, {} undelivered after the drain, peak RSS {} MiB",
+            f.in_per_s,
+            f.out_per_s,
+            f.lost,
+            f.undelivered,
+            num(f.peak_rss_kib.map(|k| k as f64 / 1024.0))
+        ),
+    };
+    format!("{} {}: {body}{errors}", r.broker, r.results.name())
+}
+
+/// A number for tables: 3 significant digits below 100, whole numbers above; `–` for none.
+fn num(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.abs() >= 100.0 => {
+            let whole = v.round() as i64;
+            // Thousands separators for readability.
+            let s = whole.abs().to_string();
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i).is_multiple_of(3) {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            if whole < 0 {
+                format!("-{out}")
+            } else {
+                out
+            }
+        }
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+fn ratio(certmq: Option<f64>, mosquitto: Option<f64>) -> String {
+    match (certmq, mosquitto) {
+        (Some(c), Some(m)) if m > 0.0 => format!("{:.2}×", c / m),
+        _ => "–".into(),
+    }
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "–",
+    }
+}
+
+/// The machine and versions, for the document.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Environment {
+    pub date: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub mosquitto: String,
+    pub certmq_rev: String,
+    pub pinned: bool,
+    pub nofile: u64,
+}
+
+/// CPUs online on this machine (`/sys/devices/system/cpu/online`, e.g. `0-1`), whatever
+/// this process's affinity; falls back to the CPUs this process may use.
+pub fn online_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| count_cpu_list(&s))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Counts a kernel CPU list such as `0-3,6,8-9`.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    list.trim().split(',').try_fold(0, |n, part| {
+        let count = match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().ok()?.checked_sub(a.parse().ok()?)? + 1,
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+        Some(n + count)
+    })
+}
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some(text.trim().to_owned())
+}
+
+fn environment(opts: &CompareOptions) -> Environment {
+    let cpu = output("lscpu", &[])
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Model name:").map(|v| v.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let mosquitto = output(&opts.mosquitto_bin.to_string_lossy(), &["-h"])
+        .and_then(|t| t.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
+    let rev = output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    Environment {
+        date: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        cpu,
+        cpus: online_cpus(),
+        memory_gib,
+        kernel: output("uname", &["-r"]).unwrap_or_default(),
+        mosquitto,
+        certmq_rev: if dirty {
+            format!("{rev} (+ uncommitted changes)")
+        } else {
+            rev
+        },
+        pinned: opts.pin,
+        nofile: nofile_limit(),
+    }
+}
+
+/// The generated section: environment, then one table row per metric.
+pub fn markdown(reports: &[BenchReport], env: &Environment, command_line: &str) -> String {
+    let find = |broker: &str, name: &str| {
+        reports
+            .iter()
+            .find(|r| r.broker == broker && r.results.name() == name)
+            .map(|r| &r.results)
+    };
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut row =
+        |metric: &str, m: String, c: String, ratio: String, target: &str, ok: Option<bool>| {
+            rows.push([
+                metric.to_owned(),
+                m,
+                c,
+                ratio,
+                target.to_owned(),
+                verdict(ok).to_owned(),
+            ]);
+        };
+    let pct = |l: &Option<super::LatencySummary>| {
+        l.as_ref().map_or_else(
+            || "–".to_owned(),
+            |l| {
+                format!(
+                    "{} / {} / {}",
+                    num(Some(l.p50_ms)),
+                    num(Some(l.p99_ms)),
+                    num(Some(l.p999_ms))
+                )
+            },
+        )
+    };
+    if let (Some(Results::Connect(m)), Some(Results::Connect(c))) =
+        (find("mosquitto", "connect"), find("certmq", "connect"))
+    {
+        let r = c.rate_per_s / m.rate_per_s.max(1e-9);
+        row(
+            &format!(
+                "mTLS connects/s (full handshake + CONNECT → CONNACK, {} conns, concurrency {})",
+                c.connections, c.concurrency
+            ),
+            num(Some(m.rate_per_s)),
+            num(Some(c.rate_per_s)),
+            ratio(Some(c.rate_per_s), Some(m.rate_per_s)),
+            "≥ 3,000/s and ≥ 1.5× mosquitto",
+            Some(c.rate_per_s >= 3000.0 && r >= 1.5),
+        );
+        row(
+            "connect latency p50 / p99 / p99.9, ms (TCP connect → CONNACK)",
+            pct(&m.connect),
+            pct(&c.connect),
+            ratio(
+                c.connect.as_ref().map(|l| l.p99_ms),
+                m.connect.as_ref().map(|l| l.p99_ms),
+            ),
+            "p99 < 20 ms",
+            c.connect.as_ref().map(|l| l.p99_ms < 20.0),
+        );
+        row(
+            "CONNECT → CONNACK alone p50 / p99 / p99.9, ms",
+            pct(&m.connack),
+            pct(&c.connack),
+            ratio(
+                c.connack.as_ref().map(|l| l.p99_ms),
+                m.connack.as_ref().map(|l| l.p99_ms),
+            ),
+            "",
+            None,
+        );
+    }
+    for qos in [0u8, 1] {
+        let name = format!("throughput-qos{qos}");
+        if let (Some(Results::Throughput(m)), Some(Results::Throughput(c))) =
+            (find("mosquitto", &name), find("certmq", &name))
+        {
+            let r = c.rate_per_s / m.rate_per_s.max(1e-9);
+            row(
+                &format!(
+                    "QoS {qos} fan-in msgs/s ({} publishers → 1 app, window {} each, {} B)",
+                    c.publishers, c.window, c.payload_bytes
+                ),
+                num(Some(m.rate_per_s)),
+                num(Some(c.rate_per_s)),
+                ratio(Some(c.rate_per_s), Some(m.rate_per_s)),
+                if qos == 1 { "≥ 1.2× mosquitto" } else { "" },
+                (qos == 1).then_some(r >= 1.2),
+            );
+            row(
+                &format!("QoS {qos} end-to-end latency p50 / p99 / p99.9, ms"),
+                pct(&m.latency),
+                pct(&c.latency),
+                ratio(
+                    c.latency.as_ref().map(|l| l.p99_ms),
+                    m.latency.as_ref().map(|l| l.p99_ms),
+                ),
+                if qos == 1 { "p99 < 10 ms" } else { "" },
+                (qos == 1).then(|| c.latency.as_ref().is_some_and(|l| l.p99_ms < 10.0)),
+            );
+            row(
+                &format!("QoS {qos} messages missing (of sent)"),
+                format!("{} of {}", m.missing, m.sent),
+                format!("{} of {}", c.missing, c.sent),
+                String::new(),
+                "0",
+                Some(c.missing == 0),
+            );
+        }
+    }
+    if let (Some(Results::Idle(m)), Some(Results::Idle(c))) =
+        (find("mosquitto", "idle"), find("certmq", "idle"))
+    {
+        row(
+            &format!("broker RSS per idle mTLS connection, KiB ({} connections held; {} answered PINGREQ)", c.connected, c.alive),
+            num(m.rss_per_connection_kib),
+            num(c.rss_per_connection_kib),
+            ratio(c.rss_per_connection_kib, m.rss_per_connection_kib),
+            "≤ 16 KiB at 50,000",
+            c.rss_per_connection_kib.map(|k| k <= 16.0),
+        );
+        row(
+            "idle: connections opened per second (concurrency, with RSS sampling)",
+            num(Some(m.connect_rate_per_s)),
+            num(Some(c.connect_rate_per_s)),
+            ratio(Some(c.connect_rate_per_s), Some(m.connect_rate_per_s)),
+            "",
+            None,
+        );
+    }
+    if let (Some(Results::Resume(m)), Some(Results::Resume(c))) =
+        (find("mosquitto", "resume"), find("certmq", "resume"))
+    {
+        row(
+            &format!(
+                "reconnect storm connects/s ({} devices × {}, resumption on)",
+                c.devices, c.connections_per_device
+            ),
+            num(Some(m.rate_per_s)),
+            num(Some(c.rate_per_s)),
+            ratio(Some(c.rate_per_s), Some(m.rate_per_s)),
+            "",
+            None,
+        );
+        row(
+            "reconnects resumed (TLS session resumption)",
+            format!("{:.0}%", m.resumed_fraction * 100.0),
+            format!("{:.0}%", c.resumed_fraction * 100.0),
+            String::new(),
+            "",
+            None,
+        );
+        row(
+            "resumed connect latency p50 / p99 / p99.9, ms",
+            pct(&m.resumed_latency),
+            pct(&c.resumed_latency),
+            ratio(
+                c.resumed_latency.as_ref().map(|l| l.p99_ms),
+                m.resumed_latency.as_ref().map(|l| l.p99_ms),
+            ),
+            "",
+            None,
+        );
+    }
+    if let (Some(Results::Flood(m)), Some(Results::Flood(c))) =
+        (find("mosquitto", "flood"), find("certmq", "flood"))
+    {
+        row(
+            &format!("publisher flood ({} QoS 1 publishers → 1 subscriber reading {}/s): msgs/s in / out", c.publishers, c.subscriber_rate),
+            format!("{} / {}", num(Some(m.in_per_s)), num(Some(m.out_per_s))),
+            format!("{} / {}", num(Some(c.in_per_s)), num(Some(c.out_per_s))),
+            String::new(),
+            "",
+            None,
+        );
+        row(
+            "publisher flood: lost (acknowledged, skipped in delivery) of acknowledged",
+            format!("{} of {}", m.lost, m.published),
+            format!("{} of {}", c.lost, c.published),
+            String::new(),
+            "0",
+            Some(c.lost == 0),
+        );
+        row(
+            "publisher flood: still undelivered when the drain ended",
+            m.undelivered.to_string(),
+            c.undelivered.to_string(),
+            String::new(),
+            "0",
+            Some(c.undelivered == 0),
+        );
+        let mib = |f: &super::FloodResult| f.peak_rss_kib.map(|k| k as f64 / 1024.0);
+        row(
+            "publisher flood: peak broker RSS, MiB",
+            num(mib(m)),
+            num(mib(c)),
+            ratio(mib(c), mib(m)),
+            "bounded",
+            None,
+        );
+    }
+    if let Some(Results::Reload(r)) = find("certmq", "reload") {
+        let cell = |s: &super::ReloadStat| format!("{} / {}", num(s.p50_ms), num(s.max_ms));
+        let under = |s: &super::ReloadStat| s.max_ms.map(|m| m < 100.0);
+        for (label, s) in [
+            (
+                "CA deactivated → next handshake refused, p50 / max ms",
+                &r.ca_deactivate,
+            ),
+            (
+                "CA activated → next handshake admitted, p50 / max ms",
+                &r.ca_activate,
+            ),
+            (
+                "server cert activated → presented, p50 / max ms",
+                &r.server_cert_activate,
+            ),
+        ] {
+            row(
+                &format!(
+                    "{label} ({} changes, {} stale handshakes)",
+                    r.iterations, s.stale_handshakes
+                ),
+                "restart needed".into(),
+                cell(s),
+                String::new(),
+                "< 100 ms",
+                under(s),
+            );
+        }
+    }
+
+    let mut md = String::new();
+    let _ = writeln!(md, "{BEGIN_MARK}");
+    let _ = writeln!(md, "\n### Latest run\n");
+    let _ = writeln!(md, "- command: `{command_line}`");
+    let _ = writeln!(md, "- date: {}", env.date);
+    let _ = writeln!(
+        md,
+        "- machine: {} × {}, {:.0} GiB RAM, Linux {}; open-file limit {}",
+        env.cpus, env.cpu, env.memory_gib, env.kernel, env.nofile
+    );
+    let _ = writeln!(
+        md,
+        "- versions: {}; certmq {}",
+        env.mosquitto, env.certmq_rev
+    );
+    let _ = writeln!(
+        md,
+        "- placement: {}",
+        if env.pinned {
+            "broker on CPU 0 (`taskset -c 0`), load generator on CPU 1"
+        } else {
+            "not pinned (broker and load generator share all CPUs)"
+        }
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "| metric | mosquitto | certmq | certmq / mosquitto | target | |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- | --- |");
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r[0], r[1], r[2], r[3], r[4], r[5]
+        );
+    }
+    let failures: Vec<String> = reports
+        .iter()
+        .filter(|r| r.error_count > 0)
+        .map(|r| {
+            format!(
+                "- {} {}: {} errors, e.g. `{}`",
+                r.broker,
+                r.results.name(),
+                r.error_count,
+                r.errors.first().map_or("", String::as_str)
+            )
+        })
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(md, "\nErrors during the run:\n");
+        for f in failures {
+            let _ = writeln!(md, "{f}");
+        }
+    }
+    let _ = writeln!(md, "\n{END_MARK}");
+    md
+}
+
+/// Replaces the generated section of `doc` (between [`BEGIN_MARK`] and [`END_MARK`]) with
+/// `section`, or appends it when the document has none (creating the document if needed).
+pub fn update_doc(doc: &Path, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(doc).unwrap_or_default();
+    std::fs::write(doc, splice(&old, section)).with_context(|| format!("write {}", doc.display()))
+}
+
+fn splice(old: &str, section: &str) -> String {
+    match (old.find(BEGIN_MARK), old.find(END_MARK)) {
+        (Some(b), Some(e)) if b < e => {
+            let mut after = &old[e + END_MARK.len()..];
+            after = after.strip_prefix('\n').unwrap_or(after);
+            format!("{}{section}{after}", &old[..b])
+        }
+        _ if old.is_empty() => format!("# Benchmarks\n\n{section}"),
+        _ => format!("{}\n\n{section}", old.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{ConnectResult, LatencySummary};
+
+    fn lat(p99: f64) -> Option<LatencySummary> {
+        Some(LatencySummary {
+            count: 100,
+            min_ms: 0.5,
+            mean_ms: 1.0,
+            p50_ms: 1.0,
+            p99_ms: p99,
+            p999_ms: p99 * 2.0,
+            max_ms: p99 * 3.0,
+        })
+    }
+
+    fn connect(broker: &str, rate: f64, p99: f64) -> BenchReport {
+        BenchReport {
+            broker: broker.into(),
+            started_at: String::new(),
+            elapsed_s: 1.0,
+            broker_cpu_s: None,
+            sim_cpu_s: None,
+            config: serde_json::Value::Null,
+            results: Results::Connect(ConnectResult {
+                connections: 1000,
+                concurrency: 16,
+                ok: 1000,
+                failed: 0,
+                rate_per_s: rate,
+                connect: lat(p99),
+                handshake: lat(p99),
+                connack: lat(1.0),
+                connect_curve: vec![],
+            }),
+            errors: vec![],
+            error_count: 0,
+        }
+    }
+
+    #[test]
+    fn table_has_ratio_and_verdict() {
+        let reports = vec![
+            connect("mosquitto", 900.0, 30.0),
+            connect("certmq", 3150.0, 12.5),
+        ];
+        let md = markdown(&reports, &Environment::default(), "certmq-sim compare");
+        assert!(
+            md.starts_with(BEGIN_MARK) && md.trim_end().ends_with(END_MARK),
+            "{md}"
+        );
+        let line = md
+            .lines()
+            .find(|l| l.contains("mTLS connects/s"))
+            .expect("row");
+        assert!(line.contains("| 900 | 3,150 | 3.50× |"), "{line}");
+        assert!(line.ends_with("| met |"), "{line}");
+        let line = md
+            .lines()
+            .find(|l| l.contains("connect latency"))
+            .expect("row");
+        assert!(line.contains("1.00 / 12.5 / 25.0"), "{line}");
+        assert!(line.ends_with("| met |"), "{line}");
+
+        let reports = vec![
+            connect("mosquitto", 2500.0, 30.0),
+            connect("certmq", 3100.0, 25.0),
+        ];
+        let md = markdown(&reports, &Environment::default(), "x");
+        let missed = md.lines().filter(|l| l.ends_with("| **missed** |")).count();
+        assert_eq!(
+            missed, 2,
+            "1.24× is under 1.5× and p99 25 ms is over 20 ms: {md}"
+        );
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(count_cpu_list("0-1\n"), Some(2));
+        assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("x"), None);
+        assert!(online_cpus() >= 1);
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(num(None), "–");
+        assert_eq!(num(Some(1234567.4)), "1,234,567");
+        assert_eq!(num(Some(123.4)), "123");
+        assert_eq!(num(Some(12.34)), "12.3");
+        assert_eq!(num(Some(1.234)), "1.23");
+        assert_eq!(ratio(Some(3.0), Some(2.0)), "1.50×");
+        assert_eq!(ratio(Some(3.0), Some(0.0)), "–");
+    }
+
+    #[test]
+    fn splicing_keeps_the_prose() {
+        let s1 = format!("{BEGIN_MARK}\nA\n{END_MARK}\n");
+        let s2 = format!("{BEGIN_MARK}\nB\n{END_MARK}\n");
+        let created = splice("", &s1);
+        assert!(created.starts_with("# Benchmarks\n"));
+        let doc = format!("# Title\n\nintro\n\n{s1}\n## After\n");
+        let replaced = splice(&doc, &s2);
+        assert_eq!(replaced, format!("# Title\n\nintro\n\n{s2}\n## After\n"));
+        let appended = splice("# Title\n", &s2);
+        assert_eq!(appended, format!("# Title\n\n{s2}"));
+    }
+}

@@ -1,0 +1,277 @@
+//! Benchmarks against any MQTT-over-mTLS broker on this machine: scenarios with fixed
+//! counts and durations that stop by themselves, each producing a [`BenchReport`]
+//! (JSON) and SVG charts.
+//!
+//! | scenario | measures |
+//! | --- | --- |
+//! | [`connect`](ConnectConfig) | full mTLS handshakes + CONNECT → CONNACK per second, latency percentiles |
+//! | [`throughput`](ThroughputConfig) | fan-in: N devices → one application, QoS 0 or 1, msgs/s and end-to-end latency |
+//! | [`idle`](IdleConfig) | N idle mTLS connections, broker RSS per connection |
+//! | [`resume`](ResumeConfig) | reconnect storm with TLS session resumption, resumed vs full handshakes |
+//! | [`reload`](ReloadConfig) | certmq only: admin API change → first handshake that sees it |
+//! | [`flood`](FloodConfig) | QoS 1 publishers flooding one slow subscriber: in/out rates, loss, broker peak RSS |
+//!
+//! Clients are the hand-written minimal MQTT 3.1.1 client of this module over
+//! tokio-rustls (see `mqtt.rs` for why not rumqttc), with `TCP_NODELAY`, the SNI name
+//! given explicitly, and client ids/topics valid for certmq's Watson rules
+//! (`d:<org>:<type>:<id>` publishing `iot-2/evt/<e>/fmt/<f>`, application
+//! `a:<org>:<app>`), so the same run works against certmq and against a broker without
+//! topic rules (subscribe the application to `iot-2/#` there).
+//!
+//! Only loopback targets are accepted: these are load tests.
+//! [`compare`] runs every scenario against mosquitto and certmq side by side.
+
+pub mod compare;
+mod connect;
+mod idle;
+mod latency;
+mod mqtt;
+mod net;
+mod plot;
+mod proc;
+mod reload;
+mod report;
+mod resume;
+mod throughput;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use serde::Serialize;
+
+pub use connect::ConnectConfig;
+pub use idle::IdleConfig;
+pub use latency::{Latency, LatencySummary};
+pub use net::SourceAddrs;
+pub use plot::{render_svg, Plot};
+pub use proc::{cpu_seconds, peak_rss_kib, rss_kib};
+pub use reload::ReloadConfig;
+pub use report::{
+    BenchReport, ConnectResult, FloodResult, IdleResult, ReloadResult, ReloadStat, Results,
+    ResumeResult, ThroughputResult,
+};
+pub use resume::ResumeConfig;
+pub use throughput::{FloodConfig, ThroughputConfig, EVENT_TOPIC};
+
+use crate::certs::{ClientCertOptions, TestCa};
+use crate::fleet::APP_EVENT_FILTER;
+use report::ErrorLog;
+
+/// How long one connection may take from TCP connect to CONNACK.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// MQTT keep-alive of benchmark clients: long, so idle connections need no PINGREQ
+/// while a scenario runs.
+const KEEP_ALIVE_SECS: u16 = 900;
+
+/// The broker under test and how to reach it.
+#[derive(Debug, Clone)]
+pub struct BenchTarget {
+    /// Label in reports and file names (`certmq`, `mosquitto`, …).
+    pub broker: String,
+    /// MQTT-over-TLS address; must be a loopback address.
+    pub addr: SocketAddr,
+    /// TLS server name to send, e.g. `acme.messaging.localhost`.
+    pub sni: String,
+    /// Org id, for client ids (`d:<org>:<type>:<id>`).
+    pub org: String,
+    /// Device type of the simulated devices.
+    pub device_type: String,
+    /// PEM the broker's certificate is checked against when `verify_server`.
+    pub server_ca_pem: String,
+    /// Verify the broker's certificate (costs the load generator one chain
+    /// verification and one signature check per full handshake). Off by default in the
+    /// CLI: the load generator shares the machine with the broker.
+    pub verify_server: bool,
+    /// Filter the application subscribes to: certmq's `iot-2/type/+/id/+/evt/+/fmt/+`,
+    /// or e.g. `iot-2/#` on a broker without Watson topic rewriting.
+    pub app_filter: String,
+    /// The broker's process id, for RSS figures (`idle`, `flood`).
+    pub broker_pid: Option<u32>,
+}
+
+impl BenchTarget {
+    /// A target with the defaults: device type `sensor`, no server verification,
+    /// certmq's application filter, no pid.
+    pub fn new(broker: &str, addr: SocketAddr, org: &str, sni: &str, server_ca_pem: &str) -> Self {
+        Self {
+            broker: broker.to_owned(),
+            addr,
+            sni: sni.to_owned(),
+            org: org.to_owned(),
+            device_type: "sensor".to_owned(),
+            server_ca_pem: server_ca_pem.to_owned(),
+            verify_server: false,
+            app_filter: APP_EVENT_FILTER.to_owned(),
+            broker_pid: None,
+        }
+    }
+
+    /// Checks the target: loopback only, valid names.
+    pub fn validate(&self) -> Result<()> {
+        if !self.addr.ip().is_loopback() {
+            bail!(
+                "{} is not a loopback address: benchmarks only run against this machine",
+                self.addr
+            );
+        }
+        if !crate::fleet::is_org_id(&self.org) {
+            bail!("invalid org id {:?}", self.org);
+        }
+        if !crate::fleet::is_name(&self.device_type) {
+            bail!("invalid device type {:?}", self.device_type);
+        }
+        ServerName::try_from(self.sni.clone())
+            .with_context(|| format!("invalid TLS server name {:?}", self.sni))?;
+        Ok(())
+    }
+
+    fn dialer(&self, source: SourceAddrs) -> Result<net::Dialer> {
+        Ok(net::Dialer {
+            addr: self.addr,
+            sni: ServerName::try_from(self.sni.clone())
+                .with_context(|| format!("invalid TLS server name {:?}", self.sni))?,
+            source,
+        })
+    }
+}
+
+/// A simulated client: its MQTT client id and its TLS configuration (certificate).
+pub(crate) struct SimClient {
+    pub(crate) client_id: String,
+    pub(crate) tls: Arc<ClientConfig>,
+}
+
+/// Mints `count` device certificates `d:<type>:<prefix><n>` (n from 1) from `ca`.
+pub(crate) fn mint_devices(
+    target: &BenchTarget,
+    ca: &TestCa,
+    prefix: &str,
+    count: usize,
+    resumption: bool,
+) -> Result<Vec<SimClient>> {
+    (1..=count)
+        .map(|n| {
+            let device_id = format!("{prefix}{n}");
+            let cert = ca.issue_client(
+                &format!("d:{}:{device_id}", target.device_type),
+                ClientCertOptions::default(),
+            )?;
+            Ok(SimClient {
+                client_id: format!("d:{}:{}:{device_id}", target.org, target.device_type),
+                tls: net::client_config(
+                    &cert,
+                    &target.server_ca_pem,
+                    target.verify_server,
+                    resumption,
+                )?,
+            })
+        })
+        .collect()
+}
+
+/// Mints the application certificate `a:<app_id>` from `ca`.
+pub(crate) fn mint_app(target: &BenchTarget, ca: &TestCa, app_id: &str) -> Result<SimClient> {
+    let cert = ca.issue_client(&format!("a:{app_id}"), ClientCertOptions::default())?;
+    Ok(SimClient {
+        client_id: format!("a:{}:{app_id}", target.org),
+        tls: net::client_config(&cert, &target.server_ca_pem, target.verify_server, false)?,
+    })
+}
+
+/// A scenario and its parameters.
+#[derive(Debug, Clone)]
+pub enum Scenario {
+    Connect(ConnectConfig),
+    Throughput(ThroughputConfig),
+    Idle(IdleConfig),
+    Resume(ResumeConfig),
+    Reload(ReloadConfig),
+    Flood(FloodConfig),
+}
+
+impl Scenario {
+    /// Checks the parameters before anything starts.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Scenario::Connect(c) => c.validate(),
+            Scenario::Throughput(c) => c.validate(),
+            Scenario::Idle(c) => c.validate(),
+            Scenario::Resume(c) => c.validate(),
+            Scenario::Reload(c) => c.validate(),
+            Scenario::Flood(c) => c.validate(),
+        }
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        fn json<T: Serialize>(t: &T) -> serde_json::Value {
+            serde_json::to_value(t).unwrap_or_default()
+        }
+        match self {
+            Scenario::Connect(c) => json(c),
+            Scenario::Throughput(c) => json(c),
+            Scenario::Idle(c) => json(c),
+            Scenario::Resume(c) => json(c),
+            Scenario::Reload(c) => json(c),
+            Scenario::Flood(c) => json(c),
+        }
+    }
+}
+
+/// Runs `scenario` against `target` with clients whose certificates `ca` issues (a CA
+/// the broker trusts for the org). Fails when the run cannot start (bad parameters, the
+/// application cannot connect); individual connection failures are counted in the
+/// report.
+pub async fn run(target: &BenchTarget, ca: &TestCa, scenario: &Scenario) -> Result<BenchReport> {
+    target.validate()?;
+    scenario.validate()?;
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let started = tokio::time::Instant::now();
+    let broker_cpu = target.broker_pid.and_then(cpu_seconds);
+    let sim_cpu = cpu_seconds(std::process::id());
+    let mut errors = ErrorLog::default();
+    let results = match scenario {
+        Scenario::Connect(c) => Results::Connect(connect::run(target, ca, c, &mut errors).await?),
+        Scenario::Throughput(c) => {
+            Results::Throughput(throughput::run_fan_in(target, ca, c, &mut errors).await?)
+        }
+        Scenario::Idle(c) => Results::Idle(idle::run(target, ca, c, &mut errors).await?),
+        Scenario::Resume(c) => Results::Resume(resume::run(target, ca, c, &mut errors).await?),
+        Scenario::Reload(c) => Results::Reload(reload::run(target, ca, c, &mut errors).await?),
+        Scenario::Flood(c) => {
+            Results::Flood(throughput::run_flood(target, ca, c, &mut errors).await?)
+        }
+    };
+    let (errors, error_count) = errors.into_parts();
+    let used = |before: Option<f64>, pid: Option<u32>| Some(pid.and_then(cpu_seconds)? - before?);
+    Ok(BenchReport {
+        broker: target.broker.clone(),
+        started_at,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        broker_cpu_s: used(broker_cpu, target.broker_pid),
+        sim_cpu_s: used(sim_cpu, Some(std::process::id())),
+        config: scenario.config_json(),
+        results,
+        errors,
+        error_count,
+    })
+}
+
+/// Raises this process's open-file limit to its hard limit (each connection is a file);
+/// returns the new soft limit.
+pub fn raise_nofile_limit() -> Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).context("raise RLIMIT_NOFILE")
+}
+
+/// This process's current open-file (soft) limit.
+fn nofile_limit() -> u64 {
+    rlimit::Resource::NOFILE
+        .get()
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+}

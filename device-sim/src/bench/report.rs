@@ -1,0 +1,455 @@
+//! Benchmark reports: what each scenario measured, as JSON (serde) and SVG charts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::latency::LatencySummary;
+use super::plot::{render_svg, Plot};
+
+/// Errors kept verbatim in a report; the rest are only counted.
+const KEPT_ERRORS: usize = 20;
+
+/// One benchmark run against one broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Label of the broker under test (`certmq`, `mosquitto`, …).
+    pub broker: String,
+    /// Start of the run, RFC 3339 UTC.
+    pub started_at: String,
+    /// Wall time of the run, seconds (certificate minting included).
+    pub elapsed_s: f64,
+    /// The scenario's parameters.
+    pub config: serde_json::Value,
+    /// CPU time the broker process used during the run, seconds (with its pid).
+    pub broker_cpu_s: Option<f64>,
+    /// CPU time the simulator used during the run (certificate minting included).
+    pub sim_cpu_s: Option<f64>,
+    /// What was measured; its `scenario` field names the scenario.
+    #[serde(flatten)]
+    pub results: Results,
+    /// The first errors seen, verbatim.
+    pub errors: Vec<String>,
+    /// How many errors were seen in all.
+    pub error_count: usize,
+}
+
+/// What a scenario measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "scenario", rename_all = "snake_case")]
+pub enum Results {
+    Connect(ConnectResult),
+    Throughput(ThroughputResult),
+    Idle(IdleResult),
+    Resume(ResumeResult),
+    Reload(ReloadResult),
+    Flood(FloodResult),
+}
+
+/// `connect`: full mTLS handshakes + CONNECT → CONNACK, then DISCONNECT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectResult {
+    pub connections: usize,
+    pub concurrency: usize,
+    pub ok: usize,
+    pub failed: usize,
+    /// Successful connections per second (from the first dial to the last CONNACK).
+    pub rate_per_s: f64,
+    /// TCP connect → CONNACK.
+    pub connect: Option<LatencySummary>,
+    /// TCP connect → TLS handshake done.
+    pub handshake: Option<LatencySummary>,
+    /// CONNECT written → CONNACK read.
+    pub connack: Option<LatencySummary>,
+    /// TCP connect → CONNACK distribution `(nines, ms)` for the chart.
+    pub connect_curve: Vec<(f64, f64)>,
+}
+
+/// `throughput`: fan-in from N devices to one application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputResult {
+    pub qos: u8,
+    pub publishers: usize,
+    pub payload_bytes: usize,
+    /// Messages each publisher may have on the way (published, not yet received by
+    /// the application).
+    pub window: usize,
+    pub measure_s: f64,
+    /// Messages the publishers wrote in the whole run (warm-up included).
+    pub sent: u64,
+    /// Messages the application received in the whole run.
+    pub received: u64,
+    /// Messages never received (gaps in sequence numbers + not arrived after the drain).
+    pub missing: u64,
+    /// Messages received during the measurement window, per second.
+    pub rate_per_s: f64,
+    /// Publisher → application latency of the messages received in the window.
+    pub latency: Option<LatencySummary>,
+    pub latency_curve: Vec<(f64, f64)>,
+    /// Messages received per second, sampled every 250 ms over the whole run.
+    pub rate_series: Vec<(f64, f64)>,
+}
+
+/// `idle`: N idle connections held open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleResult {
+    pub connections: usize,
+    pub connected: usize,
+    pub failed: usize,
+    /// Connections that answered a PINGREQ after the measurement.
+    pub alive: usize,
+    /// 127.0.0.x source addresses used (0: the kernel chose).
+    pub source_addrs: usize,
+    pub connect_rate_per_s: f64,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    /// (RSS after − RSS before) / connected, KiB.
+    pub rss_per_connection_kib: Option<f64>,
+    /// `(connections, broker RSS MiB)` while connecting.
+    pub rss_series: Vec<(f64, f64)>,
+}
+
+/// `resume`: reconnect storm with TLS session resumption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeResult {
+    pub devices: usize,
+    pub connections_per_device: usize,
+    pub concurrency: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub resumed: usize,
+    pub full: usize,
+    /// Resumed / (ok − devices): the first connection of a device cannot resume.
+    pub resumed_fraction: f64,
+    /// Successful connections per second.
+    pub rate_per_s: f64,
+    /// TCP connect → CONNACK of resumed handshakes.
+    pub resumed_latency: Option<LatencySummary>,
+    /// TCP connect → CONNACK of full handshakes.
+    pub full_latency: Option<LatencySummary>,
+}
+
+/// One kind of change in `reload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadStat {
+    /// API call returned → first handshake (+ CONNECT) that saw the change, ms, per
+    /// iteration.
+    pub samples_ms: Vec<f64>,
+    pub p50_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// Median duration of the API call itself, ms.
+    pub api_p50_ms: Option<f64>,
+    /// Handshakes completed after the API call returned that still saw the old state.
+    pub stale_handshakes: usize,
+}
+
+/// `reload` (certmq only): admin API change → first handshake that sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    pub iterations: usize,
+    /// `PATCH ca-certs/{id} {"active":false}` → a device of that CA is refused.
+    pub ca_deactivate: ReloadStat,
+    /// `PATCH ca-certs/{id} {"active":true}` → a device of that CA is admitted.
+    pub ca_activate: ReloadStat,
+    /// `POST server-certs/{id}/activate` → the new certificate is presented.
+    pub server_cert_activate: ReloadStat,
+}
+
+/// `flood`: QoS 1 publishers flooding one slow subscriber.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FloodResult {
+    pub publishers: usize,
+    pub payload_bytes: usize,
+    /// Messages per second the subscriber consumes at most.
+    pub subscriber_rate: u64,
+    pub flood_s: f64,
+    /// PUBLISHes acknowledged by the broker (PUBACK) during the flood.
+    pub published: u64,
+    /// Messages the subscriber received, drain included.
+    pub received: u64,
+    /// Acknowledged but never delivered: `lost` + `undelivered`.
+    pub missing: u64,
+    /// Messages skipped in a publisher's sequence (dropped by the broker).
+    pub lost: u64,
+    /// Acknowledged messages not (yet) delivered when the drain ended.
+    pub undelivered: u64,
+    /// Acknowledged publishes per second during the flood.
+    pub in_per_s: f64,
+    /// Messages delivered per second during the flood.
+    pub out_per_s: f64,
+    pub rss_before_kib: Option<u64>,
+    /// Highest broker RSS sampled (every 50 ms) during the flood and the drain.
+    pub peak_rss_kib: Option<u64>,
+    /// `(seconds, msgs/s)` acknowledged and delivered, and `(seconds, RSS MiB)`.
+    pub in_series: Vec<(f64, f64)>,
+    pub out_series: Vec<(f64, f64)>,
+    pub rss_series: Vec<(f64, f64)>,
+}
+
+impl Results {
+    /// A short name for files and tables: `connect`, `throughput-qos1`, …
+    pub fn name(&self) -> String {
+        match self {
+            Results::Connect(_) => "connect".into(),
+            Results::Throughput(t) => format!("throughput-qos{}", t.qos),
+            Results::Idle(_) => "idle".into(),
+            Results::Resume(_) => "resume".into(),
+            Results::Reload(_) => "reload".into(),
+            Results::Flood(_) => "flood".into(),
+        }
+    }
+}
+
+impl BenchReport {
+    /// The charts of this report.
+    pub fn plots(&self) -> Vec<Plot> {
+        let who = &self.broker;
+        let latency = |name: &str, title: String, series: Vec<(String, Vec<(f64, f64)>)>| Plot {
+            name: name.into(),
+            title,
+            x_label: "percentile (nines: 1 = p90, 2 = p99, 3 = p99.9)".into(),
+            y_label: "latency, ms".into(),
+            series,
+        };
+        match &self.results {
+            Results::Connect(c) => vec![latency(
+                "latency",
+                format!(
+                    "{who}: mTLS connect → CONNACK latency ({} conns, concurrency {})",
+                    c.ok, c.concurrency
+                ),
+                vec![(who.clone(), c.connect_curve.clone())],
+            )],
+            Results::Throughput(t) => vec![
+                latency(
+                    "latency",
+                    format!(
+                        "{who}: QoS {} fan-in latency, {} publishers",
+                        t.qos, t.publishers
+                    ),
+                    vec![(who.clone(), t.latency_curve.clone())],
+                ),
+                Plot {
+                    name: "rate".into(),
+                    title: format!("{who}: QoS {} fan-in, received msgs/s", t.qos),
+                    x_label: "time, s".into(),
+                    y_label: "msgs/s".into(),
+                    series: vec![(who.clone(), t.rate_series.clone())],
+                },
+            ],
+            Results::Idle(i) => vec![Plot {
+                name: "rss".into(),
+                title: format!(
+                    "{who}: broker RSS while opening {} idle mTLS connections",
+                    i.connections
+                ),
+                x_label: "connections".into(),
+                y_label: "RSS, MiB".into(),
+                series: vec![(who.clone(), i.rss_series.clone())],
+            }],
+            Results::Resume(_) => Vec::new(),
+            Results::Reload(r) => {
+                let series = |s: &ReloadStat| {
+                    s.samples_ms
+                        .iter()
+                        .enumerate()
+                        .map(|(i, ms)| (i as f64 + 1.0, *ms))
+                        .collect::<Vec<_>>()
+                };
+                vec![Plot {
+                    name: "delay".into(),
+                    title: format!("{who}: API change → first handshake that sees it"),
+                    x_label: "iteration".into(),
+                    y_label: "ms".into(),
+                    series: vec![
+                        ("CA deactivated".into(), series(&r.ca_deactivate)),
+                        ("CA activated".into(), series(&r.ca_activate)),
+                        (
+                            "server cert activated".into(),
+                            series(&r.server_cert_activate),
+                        ),
+                    ],
+                }]
+            }
+            Results::Flood(f) => vec![
+                Plot {
+                    name: "rate".into(),
+                    title: format!(
+                        "{who}: {} QoS 1 publishers → 1 slow subscriber",
+                        f.publishers
+                    ),
+                    x_label: "time, s".into(),
+                    y_label: "msgs/s".into(),
+                    series: vec![
+                        ("acknowledged (in)".into(), f.in_series.clone()),
+                        ("delivered (out)".into(), f.out_series.clone()),
+                    ],
+                },
+                Plot {
+                    name: "rss".into(),
+                    title: format!("{who}: broker RSS under the flood"),
+                    x_label: "time, s".into(),
+                    y_label: "RSS, MiB".into(),
+                    series: vec![(who.clone(), f.rss_series.clone())],
+                },
+            ],
+        }
+    }
+
+    /// Writes `<broker>-<scenario>.json` and one `<broker>-<scenario>-<chart>.svg` per
+    /// chart into `dir` (created if missing); returns the paths written.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let stem = format!("{}-{}", self.broker, self.results.name());
+        let json_path = dir.join(format!("{stem}.json"));
+        let json = serde_json::to_string_pretty(self).context("serialize report")?;
+        std::fs::write(&json_path, json + "\n")
+            .with_context(|| format!("write {}", json_path.display()))?;
+        let mut written = vec![json_path];
+        for plot in self.plots() {
+            let path = dir.join(format!("{stem}-{}.svg", plot.name));
+            std::fs::write(&path, render_svg(&plot)?)
+                .with_context(|| format!("write {}", path.display()))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// Errors of a run: the first [`KEPT_ERRORS`] verbatim, all counted.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorLog {
+    kept: Vec<String>,
+    count: usize,
+}
+
+impl ErrorLog {
+    pub(crate) fn push(&mut self, error: impl std::fmt::Display) {
+        self.count += 1;
+        if self.kept.len() < KEPT_ERRORS {
+            self.kept.push(error.to_string());
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: ErrorLog) {
+        self.count += other.count;
+        for e in other.kept {
+            if self.kept.len() < KEPT_ERRORS {
+                self.kept.push(e);
+            }
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    pub(crate) fn into_parts(self) -> (Vec<String>, usize) {
+        (self.kept, self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(p99: f64) -> LatencySummary {
+        LatencySummary {
+            count: 10,
+            min_ms: 1.0,
+            mean_ms: 2.0,
+            p50_ms: 2.0,
+            p99_ms: p99,
+            p999_ms: p99,
+            max_ms: p99,
+        }
+    }
+
+    fn connect_report() -> BenchReport {
+        BenchReport {
+            broker: "certmq".into(),
+            started_at: "2025-01-01T00:00:00Z".into(),
+            elapsed_s: 1.5,
+            broker_cpu_s: Some(1.0),
+            sim_cpu_s: None,
+            config: serde_json::json!({ "connections": 10 }),
+            results: Results::Connect(ConnectResult {
+                connections: 10,
+                concurrency: 2,
+                ok: 10,
+                failed: 0,
+                rate_per_s: 1234.5,
+                connect: Some(summary(9.0)),
+                handshake: Some(summary(8.0)),
+                connack: Some(summary(1.0)),
+                connect_curve: vec![(0.0, 1.0), (2.0, 9.0)],
+            }),
+            errors: vec![],
+            error_count: 0,
+        }
+    }
+
+    #[test]
+    fn json_is_flat_with_a_scenario_tag_and_roundtrips() {
+        let r = connect_report();
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["scenario"], "connect");
+        assert_eq!(v["broker"], "certmq");
+        assert_eq!(v["rate_per_s"], 1234.5);
+        assert_eq!(v["connect"]["p99_ms"], 9.0);
+        let back: BenchReport = serde_json::from_value(v).expect("parse back");
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn names_and_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let r = connect_report();
+        let files = r.write(dir.path()).expect("write");
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["certmq-connect.json", "certmq-connect-latency.svg"]
+        );
+        let text = std::fs::read_to_string(&files[0]).expect("read");
+        let back: BenchReport = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, r);
+        let mut t = r;
+        t.results = Results::Throughput(ThroughputResult {
+            qos: 1,
+            publishers: 2,
+            payload_bytes: 64,
+            window: 4,
+            measure_s: 1.0,
+            sent: 5,
+            received: 5,
+            missing: 0,
+            rate_per_s: 5.0,
+            latency: None,
+            latency_curve: vec![],
+            rate_series: vec![],
+        });
+        assert_eq!(t.results.name(), "throughput-qos1");
+        assert_eq!(t.plots().len(), 2);
+    }
+
+    #[test]
+    fn error_log_keeps_the_first_and_counts_all() {
+        let mut log = ErrorLog::default();
+        for i in 0..30 {
+            log.push(format!("e{i}"));
+        }
+        let mut other = ErrorLog::default();
+        other.push("late");
+        log.merge(other);
+        assert_eq!(log.count(), 31);
+        let (kept, count) = log.into_parts();
+        assert_eq!(count, 31);
+        assert_eq!(kept.len(), KEPT_ERRORS);
+        assert_eq!(kept[0], "e0");
+    }
+}
