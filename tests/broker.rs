@@ -498,6 +498,47 @@ async fn persistent_session_keeps_subscriptions_and_queued_messages() {
 }
 
 #[tokio::test]
+async fn a_clean_session_discards_the_persistent_one_before_it() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let cert = acme.cert("a:dash");
+    let opts = |clean: bool| {
+        let mut o =
+            device_sim::client::mqtt_options(&acme.target(), "a:acme:dash", Some(&cert)).unwrap();
+        o.set_clean_session(clean);
+        o
+    };
+    let (c, el) = device_sim::client::async_client(opts(false), 10);
+    let mut app = support::start_loop(c, el).await.unwrap();
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    app.client.disconnect().await.unwrap();
+    app.wait_closed(WAIT).await;
+    // A clean connect that does nothing else still ends the persistent session.
+    let (c, el) = device_sim::client::async_client(opts(true), 10);
+    let mut clean = support::start_loop(c, el).await.unwrap();
+    clean.client.disconnect().await.unwrap();
+    clean.wait_closed(WAIT).await;
+
+    let dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.client
+        .publish(
+            "iot-2/evt/e/fmt/txt",
+            QoS::AtLeastOnce,
+            false,
+            "not for the old session",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (c, el) = device_sim::client::async_client(opts(false), 10);
+    let mut app = support::start_loop(c, el).await.unwrap();
+    assert!(
+        app.next_publish(QUIET).await.is_none(),
+        "the discarded session kept its subscription"
+    );
+}
+
+#[tokio::test]
 async fn mqtt5_client_gets_reason_codes() {
     use rumqttc::v5::mqttbytes::v5::{
         DisconnectReasonCode, Packet as P5, SubscribeReasonCode as Rc5,

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{Notification, Router, RouterConfig};
 
 /// Engine sizing.
@@ -50,7 +52,12 @@ pub struct Engine {
     connect: Arc<Connect>,
     /// Round trip of the last probe through the router, microseconds.
     lag_us: Arc<AtomicU64>,
+    /// Publishes made by the broker itself (status events, wills), see [`Engine::publish`].
+    system: tokio::sync::mpsc::Sender<Publish>,
 }
+
+/// The client id of the broker's own link, which carries status events and wills.
+const SYSTEM_CLIENT: &str = "certmq-system";
 
 /// The client id and topic of the router probe (no MQTT client can use either: client
 /// ids need an org and topics a `/tenants/<org>/` prefix).
@@ -75,7 +82,9 @@ impl Engine {
             },
         );
         let router_tx = router.spawn();
+        let (system, system_rx) = tokio::sync::mpsc::channel(4096);
         let engine = Engine {
+            system,
             lag_us: Arc::new(AtomicU64::new(0)),
             connect: Arc::new(move |client_id: &str, clean: bool| {
                 // Wills are fired by the session (the router never fires a local
@@ -88,8 +97,34 @@ impl Engine {
         };
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(engine.clone().probe());
+            tokio::spawn(engine.clone().system_link(system_rx));
         }
         engine
+    }
+
+    /// Publishes on the broker's own behalf (QoS 0): status events and wills. Sessions
+    /// need no engine link of their own for these, so an idle session holds none.
+    pub async fn publish(&self, topic: Bytes, payload: Bytes, retain: bool) {
+        let _ = self.system.send(Publish::new(topic, payload, retain)).await;
+    }
+
+    async fn system_link(self, mut rx: tokio::sync::mpsc::Receiver<Publish>) {
+        let Ok((mut tx, _rx, _)) = self.link(SYSTEM_CLIENT, true).await else {
+            tracing::error!("the broker's own engine link could not connect: no status events");
+            return;
+        };
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            // All but the last without a router notification: one per batch.
+            let last = batch.pop();
+            tx.buffer()
+                .extend(batch.drain(..).map(|p| Packet::Publish(p, None)));
+            if let Some(p) = last {
+                if tx.send(Packet::Publish(p, None)).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 
     /// How far behind the router is: the last probe's round trip (publish in, delivery
@@ -138,6 +173,7 @@ impl Engine {
 
     /// Opens a link for `client_id`. The router answers with a ConnAck notification
     /// (carrying session-present). Runs on a blocking thread: `build` waits on a channel.
+    /// Sessions open theirs only when they first need the router (see `session.rs`).
     pub async fn link(
         &self,
         client_id: &str,

@@ -10,7 +10,8 @@ use bytes::{Bytes, BytesMut};
 use registry::Identity;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    DisconnectReasonCode, Filter, LastWill, Packet, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, Packet, PingResp, SubAck,
+    Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -192,15 +193,33 @@ where
     }
 
     tracing::Span::current().record("client_id", client_id.as_str());
-    let (link_tx, link_rx, connack) = match ctx.engine.link(&client_id, connect.clean_session).await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(cause = %e, "engine refused the session");
-            let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
-            ctx.sessions.remove(&client_id, seq);
-            switch.finish();
-            return;
+    // A persistent session needs the engine now (session-present, queued messages); a
+    // clean one opens its link when it first publishes or subscribes, so an idle device
+    // holds no engine state at all.
+    // (A clean session that follows a persistent one opens its link at once, so the
+    // engine discards the old state as MQTT requires.)
+    let had_persistent = ctx
+        .sessions
+        .note_session_kind(&client_id, !connect.clean_session);
+    let (link, connack) = if connect.clean_session && !had_persistent {
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+        };
+        (None, Packet::ConnAck(ack, None))
+    } else {
+        match ctx.engine.link(&client_id, connect.clean_session).await {
+            Ok((tx, rx, ack)) => {
+                let ack = Option::<Packet>::from(ack).unwrap_or_else(|| version.not_authorized());
+                (Some(Link { tx, rx }), ack)
+            }
+            Err(e) => {
+                warn!(cause = %e, "engine refused the session");
+                let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+                ctx.sessions.remove(&client_id, seq);
+                switch.finish();
+                return;
+            }
         }
     };
     info!(protocol = version.label(transport), "connected");
@@ -220,8 +239,9 @@ where
     let mut bridge = Bridge {
         version,
         principal,
-        link_tx,
-        link_rx,
+        engine: ctx.engine.clone(),
+        client_id: client_id.clone(),
+        link,
         pending_subs: HashMap::new(),
         wbuf: BytesMut::new(),
         limits: ctx.limits.clone(),
@@ -230,9 +250,7 @@ where
         out_inflight: 0,
     };
     if let Some((topic, payload)) = status.connect() {
-        let _ = bridge
-            .send_to_engine(Packet::Publish(Publish::new(topic, payload, false), None))
-            .await;
+        ctx.engine.publish(topic, payload, false).await;
     }
     let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
     let result = bridge
@@ -248,32 +266,27 @@ where
         Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
         Err(e) => info!(cause = %e, "connection ended"),
     }
-    // Will, status event and the engine DISCONNECT go in one batch: one notification
-    // to the router, which frees the link after the last of them.
-    let mut last_words = Vec::new();
     if send_will {
         if let Some(w) = will {
-            last_words.push(Packet::Publish(
-                Publish::new(w.topic, w.message, w.retain),
-                None,
-            ));
+            ctx.engine.publish(w.topic, w.message, w.retain).await;
         }
     }
     let (code, reason) = close_code(&result);
     if let Some((topic, payload)) = status.disconnect(code, &reason) {
-        last_words.push(Packet::Publish(Publish::new(topic, payload, false), None));
+        ctx.engine.publish(topic, payload, false).await;
     }
-    bridge.link_tx.buffer().extend(last_words);
-    // Without an explicit DISCONNECT the engine never frees the link.
-    let _ = bridge
-        .link_tx
-        .send(Packet::Disconnect(
-            rumqttd::protocol::Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        ))
-        .await;
+    // Without an explicit DISCONNECT the engine never frees a link.
+    if let Some(link) = &mut bridge.link {
+        let _ = link
+            .tx
+            .send(Packet::Disconnect(
+                rumqttd::protocol::Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            ))
+            .await;
+    }
     let _ = stream.shutdown().await;
     ctx.sessions.remove(&client_id, seq);
     switch.finish();
@@ -421,12 +434,32 @@ enum Ending {
     Closed(CloseReason),
 }
 
+/// A session's two ends of its engine link.
+struct Link {
+    tx: LinkTx,
+    rx: LinkRx,
+}
+
+/// The next engine notification, or never when there is no link yet.
+async fn next_notification(link: &mut Option<Link>) -> Result<Option<Notification>, SessionError> {
+    match link {
+        Some(l) => {
+            l.rx.next()
+                .await
+                .map_err(|e| SessionError::Link(e.to_string()))
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The running half of a session: socket on one side, engine link on the other.
 struct Bridge {
     version: Version,
     principal: Principal,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
+    engine: Engine,
+    client_id: String,
+    /// The engine link, opened on first need (always at once for persistent sessions).
+    link: Option<Link>,
     /// SUBSCRIBE packet id → per-filter refusal code (None = forwarded to the engine).
     pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     wbuf: BytesMut,
@@ -442,11 +475,11 @@ impl Bridge {
         &mut self,
         stream: &mut S,
         rbuf: &mut BytesMut,
-        connack: Notification,
+        connack: Packet,
         keep_alive: Duration,
         switch: &KillSwitch,
     ) -> Result<Ending, SessionError> {
-        self.outbound(connack)?;
+        self.version.write(connack, &mut self.wbuf)?;
         self.flush(stream).await?;
         // MQTT: the server closes after 1.5 × keep-alive without a packet; 0 disables.
         let ka_limit = (!keep_alive.is_zero()).then(|| keep_alive + keep_alive / 2);
@@ -458,7 +491,10 @@ impl Bridge {
         // Under org pressure (see flow.rs) reading resumes only after this instant.
         let mut throttled_until: Option<Instant> = None;
         loop {
-            let engine_behind = self.link_tx.buffer().len() >= self.limits.max_queued_packets;
+            let engine_behind = self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.tx.buffer().len() >= self.limits.max_queued_packets);
             let throttled = throttled_until.is_some_and(|t| t > Instant::now());
             let paused = engine_behind || throttled;
             // Read straight into the packet buffer (no per-session scratch: idle sessions
@@ -497,8 +533,8 @@ impl Bridge {
                     _ => Instant::now() + Duration::from_millis(1),
                 }), if paused => {}
                 _ = sleep_until_opt(self.flow.congestion_deadline()) => self.flow.relieved(),
-                n = self.link_rx.next() => {
-                    let n = n.map_err(|e| SessionError::Link(e.to_string()))?;
+                n = next_notification(&mut self.link) => {
+                    let n = n?;
                     let mut wake = false;
                     if let Some(n) = n {
                         wake |= self.outbound(n)?;
@@ -507,7 +543,7 @@ impl Bridge {
                     loop {
                         tokio::select! {
                             biased;
-                            n = self.link_rx.next() => match n.map_err(|e| SessionError::Link(e.to_string()))? {
+                            n = next_notification(&mut self.link) => match n? {
                                 Some(n) => wake |= self.outbound(n)?,
                                 None => break,
                             },
@@ -533,7 +569,9 @@ impl Bridge {
                         self.flow.relieved();
                     }
                     if wake {
-                        self.link_rx.wake().await.map_err(|e| SessionError::Link(e.to_string()))?;
+                        if let Some(l) = &self.link {
+                            l.rx.wake().await.map_err(|e| SessionError::Link(e.to_string()))?;
+                        }
                     }
                 }
                 _ = sleep_until_opt(ka_deadline) => return Err(SessionError::KeepAlive),
@@ -707,8 +745,12 @@ impl Bridge {
                     }
                     self.send_to_engine(p).await?
                 }
-                p @ (Packet::PubRel(..) | Packet::PubComp(..) | Packet::PingReq(..)) => {
-                    self.send_to_engine(p).await?
+                p @ (Packet::PubRel(..) | Packet::PubComp(..)) => self.send_to_engine(p).await?,
+                // Answered here: keep-alive needs no engine (nor an engine link).
+                Packet::PingReq(_) => {
+                    self.version
+                        .write(Packet::PingResp(PingResp), &mut self.wbuf)?;
+                    self.flush(stream).await?;
                 }
                 _ => {
                     return Err(SessionError::Protocol(
@@ -719,8 +761,20 @@ impl Bridge {
         }
     }
 
+    /// Forwards a packet to the engine, opening the session's link on first use.
     async fn send_to_engine(&mut self, p: Packet) -> Result<(), SessionError> {
-        self.link_tx
+        if self.link.is_none() {
+            let (tx, rx, _connack) = self
+                .engine
+                .link(&self.client_id, true)
+                .await
+                .map_err(|e| SessionError::Link(e.to_string()))?;
+            self.link = Some(Link { tx, rx });
+        }
+        let Some(link) = &mut self.link else {
+            return Err(SessionError::Link("no engine link".into()));
+        };
+        link.tx
             .send(p)
             .await
             .map(|_| ())

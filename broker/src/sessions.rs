@@ -129,6 +129,8 @@ struct Entry {
 pub struct Sessions {
     map: Mutex<HashMap<String, Entry>>,
     seq: AtomicU64,
+    /// Client ids whose last session was persistent: the engine may hold their state.
+    persistent: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Sessions {
@@ -153,6 +155,17 @@ impl Sessions {
         let mut map = self.map();
         if map.get(client_id).is_some_and(|e| e.seq == seq) {
             map.remove(client_id);
+        }
+    }
+
+    /// Records whether `client_id` connected with a persistent session; returns whether
+    /// the engine may hold state from an earlier persistent session of it.
+    pub(crate) fn note_session_kind(&self, client_id: &str, persistent: bool) -> bool {
+        let mut set = self.persistent.lock().unwrap_or_else(|e| e.into_inner());
+        if persistent {
+            !set.insert(client_id.to_owned())
+        } else {
+            set.remove(client_id)
         }
     }
 
