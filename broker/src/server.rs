@@ -300,10 +300,10 @@ impl Broker {
         // No chain only when the org's policy admits tokens (the verifier decides).
         let chain = conn.peer_certificates().filter(|c| !c.is_empty());
         let leaf = chain.and_then(|c| c.first());
-        let details = leaf.and_then(|l| cert::details(l).ok());
+        let summary = leaf.and_then(|l| cert::client_summary(l));
         // A resumed TLS session carries the certificate verified when it was issued;
         // one that has expired since does not come back in that way.
-        if details
+        if summary
             .as_ref()
             .is_some_and(|d| d.not_after < time::OffsetDateTime::now_utc())
         {
@@ -312,20 +312,19 @@ impl Broker {
         }
         crate::metrics::handshake(Some(org_tls.org.as_str()), "ok");
         let ca = chain.and_then(|c| org_tls.admitting_ca(c));
+        let (cert_identity, cert_serial, cert_not_after) = match summary {
+            Some(s) => (s.identity, s.serial, s.not_after),
+            None => (None, String::new(), time::OffsetDateTime::UNIX_EPOCH),
+        };
         let peer = Peer {
             ca_id: ca.map(|c| c.id.clone()).unwrap_or_default(),
             ca_fingerprint: ca.map(|c| c.fingerprint.clone()).unwrap_or_default(),
-            cert_serial: details
-                .as_ref()
-                .map(|d| d.serial.clone())
-                .unwrap_or_default(),
-            cert_not_after: details
-                .map(|d| d.not_after)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            cert_serial,
+            cert_not_after,
             arrival: Arrival {
                 transport: Transport::Tls,
                 has_cert: leaf.is_some(),
-                cert_identity: leaf.and_then(|l| cert::identity_of(l)),
+                cert_identity,
                 org_tls: Some(org_tls),
             },
             remote_addr: addr,

@@ -220,6 +220,9 @@ impl OrgTlsCache {
         // rebuilt config (any change to the org) gets a new ticket key, so a ticket never
         // outlives the CA, CRL or block state it was issued under.
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        // One ticket per full handshake is enough for a device that reconnects (rustls
+        // sends two by default: each costs an encryption and a record).
+        config.send_tls13_tickets = 1;
         Ok(Some(OrgTls {
             org: org.clone(),
             config: Arc::new(config),

@@ -398,10 +398,34 @@ pub fn check_server_leaf(der: &[u8], now: OffsetDateTime) -> Result<CertDetails,
     details(der)
 }
 
+/// What the broker keeps about a client certificate after a handshake, read in one
+/// parse (this runs for every connection).
+#[derive(Debug, Clone)]
+pub struct ClientCertSummary {
+    pub identity: Option<Identity>,
+    /// Lowercase hex with colons, as [`CertDetails::serial`].
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// Parses a client certificate once for identity, serial and expiry.
+pub fn client_summary(der: &[u8]) -> Option<ClientCertSummary> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(ClientCertSummary {
+        identity: identity_in(&cert),
+        serial: cert.raw_serial_as_string().to_lowercase(),
+        not_after: cert.validity().not_after.to_datetime(),
+    })
+}
+
 /// Reads the identity a client certificate carries: the subject CN when it is one,
 /// else the first `rfc822Name` SAN that is one (SPEC 3.3).
 pub fn identity_of(der: &[u8]) -> Option<Identity> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
+    identity_in(&cert)
+}
+
+fn identity_in(cert: &X509Certificate<'_>) -> Option<Identity> {
     let from_cn = cert
         .subject()
         .iter_common_name()
