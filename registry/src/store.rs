@@ -34,12 +34,23 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Opens (or creates) the store under `dir`. The store is locked by one process at a
+    /// time; a store just dropped in this process is released by sled's flusher thread
+    /// a moment later, so a lock conflict is retried for up to 2 s.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join("store"))
-            .open()
-            .map_err(|e| StoreError(format!("opening {}: {e}", dir.display())))?;
-        Ok(SledStore { db })
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::Config::new().path(dir.join("store")).open() {
+                Ok(db) => return Ok(SledStore { db }),
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(StoreError(format!("opening {}: {e}", dir.display()))),
+            }
+        }
     }
 }
 
