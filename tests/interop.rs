@@ -9,7 +9,6 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use support::*;
 
@@ -83,7 +82,21 @@ async fn mosquitto_device_event_reaches_mosquitto_app() {
     let files = Files::new();
 
     for (version, payload) in [("mqttv311", "v311 hello"), ("mqttv5", "v5 hello")] {
-        let sub = Command::new("mosquitto_sub")
+        // Retained, on an event of its own per version: the application receives it
+        // whenever its subscription lands, so the test has no race to lose.
+        let event = format!("temp-{version}");
+        let publish = Command::new("mosquitto_pub")
+            .args(tls_args(&files, &acme, "d:sensor:dev1", "dev1"))
+            .args(["-i", "d:acme:sensor:dev1", "-V", version, "-q", "1", "-r"])
+            .args(["-t", &format!("iot-2/evt/{event}/fmt/json"), "-m", payload])
+            .output()
+            .expect("mosquitto_pub");
+        assert!(
+            publish.status.success(),
+            "mosquitto_pub ({version}) failed: {}",
+            String::from_utf8_lossy(&publish.stderr)
+        );
+        let out = Command::new("mosquitto_sub")
             .args(tls_args(&files, &acme, "a:dash", "app"))
             .args([
                 "-i",
@@ -96,29 +109,13 @@ async fn mosquitto_device_event_reaches_mosquitto_app() {
                 "-W",
                 "10",
             ])
-            .args(["-t", "iot-2/type/+/id/+/evt/+/fmt/+"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_sub");
-        // Let the subscription land before publishing.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let publish = Command::new("mosquitto_pub")
-            .args(tls_args(&files, &acme, "d:sensor:dev1", "dev1"))
-            .args(["-i", "d:acme:sensor:dev1", "-V", version, "-q", "1"])
-            .args(["-t", "iot-2/evt/temp/fmt/json", "-m", payload])
+            .args(["-t", &format!("iot-2/type/+/id/+/evt/{event}/fmt/+")])
             .output()
-            .expect("mosquitto_pub");
-        assert!(
-            publish.status.success(),
-            "mosquitto_pub ({version}) failed: {}",
-            String::from_utf8_lossy(&publish.stderr)
-        );
-        let out = sub.wait_with_output().unwrap();
+            .expect("mosquitto_sub");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             stdout.trim(),
-            format!("iot-2/type/sensor/id/dev1/evt/temp/fmt/json {payload}"),
+            format!("iot-2/type/sensor/id/dev1/evt/{event}/fmt/json {payload}"),
             "mosquitto_sub ({version}) stderr: {}",
             String::from_utf8_lossy(&out.stderr)
         );
