@@ -2,133 +2,26 @@
 //! `router(state)` driven with `oneshot`, the same request as the platform admin or as
 //! an org token.
 
-use std::sync::Arc;
+mod common;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
-use certmq_admin_api::{router, AppState, ConnectionsView};
-use registry::seal::MasterKey;
-use registry::store::{SledStore, Store};
-use registry::{OrgId, Registry};
+use axum::http::{header, Method, StatusCode};
+use common::{error_code, Api, Ca, Req, TOKEN as ADMIN};
+use registry::store::Store;
+use registry::OrgId;
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-const ADMIN: &str = "test-admin-token";
-
-struct NoConnections;
-
-impl ConnectionsView for NoConnections {
-    fn list(&self, _: &OrgId) -> Vec<Value> {
-        Vec::new()
-    }
-    fn kick(&self, _: &OrgId, _: &str) -> bool {
-        false
-    }
-}
-
-struct Api {
-    app: Router,
-    registry: Arc<Registry>,
-    store: Arc<SledStore>,
-    _dir: tempfile::TempDir,
-}
 
 impl Api {
-    fn new() -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let registry = Arc::new(
-            Registry::new(
-                store.clone(),
-                MasterKey::from_bytes(&[1; 32]),
-                "messaging.localhost",
-            )
-            .unwrap(),
-        );
-        let app = router(AppState {
-            registry: registry.clone(),
-            admin_token: Arc::new(ADMIN.to_owned()),
-            connections: Arc::new(NoConnections),
-        });
-        Api {
-            app,
-            registry,
-            store,
-            _dir: dir,
-        }
-    }
-
-    /// Sends a request with `token` (none when empty) and a JSON body when given;
-    /// returns the status, the `Cache-Control` header and the body (`Null` when empty).
-    async fn send(
-        &self,
-        token: &str,
-        method: Method,
-        uri: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Option<String>, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if !token.is_empty() {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let cache = resp
-            .headers()
-            .get(header::CACHE_CONTROL)
-            .map(|v| v.to_str().unwrap().to_owned());
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (status, cache, body)
-    }
-
-    async fn call(
-        &self,
-        token: &str,
-        method: Method,
-        uri: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let (status, _, body) = self.send(token, method, uri, body).await;
-        (status, body)
-    }
-
-    async fn create_org(&self, id: &str) {
-        let (s, b) = self
-            .call(
-                ADMIN,
-                Method::POST,
-                "/api/v1/orgs",
-                Some(json!({ "id": id })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-    }
-
     /// Creates a token for `org` as `as_token`; returns (id, token).
     async fn create_token(&self, as_token: &str, org: &str, name: &str) -> (String, String) {
         let (s, b) = self
-            .call(
-                as_token,
+            .send(
                 Method::POST,
                 &format!("/api/v1/orgs/{org}/tokens"),
-                Some(json!({ "name": name })),
+                Some(as_token),
+                Req::Json(json!({ "name": name })),
             )
-            .await;
+            .await
+            .parts();
         assert_eq!(s, StatusCode::CREATED, "{b}");
         (
             b["id"].as_str().unwrap().to_owned(),
@@ -142,42 +35,30 @@ impl Api {
         } else {
             format!("/api/v1/orgs/{org}/audit")
         };
-        let (s, b) = self.call(ADMIN, Method::GET, &uri, None).await;
+        let (s, b) = self.get(&uri).await.parts();
         assert_eq!(s, StatusCode::OK, "{b}");
         b.as_array().unwrap().clone()
     }
-}
-
-#[track_caller]
-fn code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {body}"))
-}
-
-fn ca_pem() -> String {
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, "CA");
-    p.self_signed(&rcgen::KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
 }
 
 #[tokio::test]
 async fn org_tokens_are_shown_once_and_stored_as_a_salted_mac() {
     let api = Api::new();
     api.create_org("acme").await;
-    let (status, cache, body) = api
-        .send(
-            ADMIN,
+    let a = api
+        .json(
             Method::POST,
             "/api/v1/orgs/acme/tokens",
-            Some(json!({ "name": "ops" })),
+            json!({ "name": "ops" }),
         )
         .await;
+    let (status, body) = a.parts();
+    let cache = a
+        .headers
+        .get(header::CACHE_CONTROL)
+        .map(|v| v.to_str().unwrap());
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(cache.as_deref(), Some("no-store"));
+    assert_eq!(cache, Some("no-store"));
     let id = body["id"].as_str().unwrap();
     let token = body["token"].as_str().unwrap();
     assert_eq!(body["name"], "ops");
@@ -185,9 +66,7 @@ async fn org_tokens_are_shown_once_and_stored_as_a_salted_mac() {
     assert!(body["created_at"].is_string());
     assert!(token.starts_with(&format!("cmq_{id}_")), "{token}");
 
-    let (status, list) = api
-        .call(ADMIN, Method::GET, "/api/v1/orgs/acme/tokens", None)
-        .await;
+    let (status, list) = api.get("/api/v1/orgs/acme/tokens").await.parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 1);
     let listed = list[0].as_object().unwrap();
@@ -210,8 +89,9 @@ async fn org_tokens_are_shown_once_and_stored_as_a_salted_mac() {
         json!({ "name": "x", "extra": 1 }),
     ] {
         let (s, b) = api
-            .call(ADMIN, Method::POST, "/api/v1/orgs/acme/tokens", Some(bad))
-            .await;
+            .json(Method::POST, "/api/v1/orgs/acme/tokens", bad)
+            .await
+            .parts();
         assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     }
 }
@@ -225,50 +105,62 @@ async fn an_org_token_sees_its_org_only() {
     let (beta_token_id, _) = api.create_token(ADMIN, "beta", "ops").await;
 
     // Its own org, fully.
-    let (s, b) = api.call(&acme, Method::GET, "/api/v1/orgs", None).await;
+    let (s, b) = api
+        .send(Method::GET, "/api/v1/orgs", Some(&acme), Req::Empty)
+        .await
+        .parts();
     assert_eq!(
         (s, b[0]["id"].clone(), b.as_array().unwrap().len()),
         (StatusCode::OK, json!("acme"), 1)
     );
     let (s, _) = api
-        .call(&acme, Method::GET, "/api/v1/orgs/acme", None)
-        .await;
+        .send(Method::GET, "/api/v1/orgs/acme", Some(&acme), Req::Empty)
+        .await
+        .parts();
     assert_eq!(s, StatusCode::OK);
     let (s, b) = api
-        .call(
-            &acme,
+        .send(
             Method::POST,
             "/api/v1/orgs/acme/ca-certs",
-            Some(json!({ "certificate": ca_pem() })),
+            Some(&acme),
+            Req::Json(json!({ "certificate": Ca::new("CA").pem })),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(s, StatusCode::CREATED, "{b}");
     // It may mint and revoke tokens of its own org.
     let (second_id, second) = api.create_token(&acme, "acme", "ci").await;
     let (s, _) = api
-        .call(&second, Method::GET, "/api/v1/orgs/acme", None)
-        .await;
+        .send(Method::GET, "/api/v1/orgs/acme", Some(&second), Req::Empty)
+        .await
+        .parts();
     assert_eq!(s, StatusCode::OK);
     let (s, _) = api
-        .call(
-            &acme,
+        .send(
             Method::DELETE,
             &format!("/api/v1/orgs/acme/tokens/{second_id}"),
-            None,
+            Some(&acme),
+            Req::Empty,
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, b) = api
-        .call(&second, Method::GET, "/api/v1/orgs/acme", None)
-        .await;
-    assert_eq!((s, code(&b)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        .send(Method::GET, "/api/v1/orgs/acme", Some(&second), Req::Empty)
+        .await
+        .parts();
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
 
     // Another org is indistinguishable from one that does not exist, on every route.
     let (_, ghost) = api
-        .call(&acme, Method::GET, "/api/v1/orgs/ghost", None)
-        .await;
+        .send(Method::GET, "/api/v1/orgs/ghost", Some(&acme), Req::Empty)
+        .await
+        .parts();
     assert_eq!(ghost["error"]["message"], "org ghost not found");
-    let cert = json!({ "certificate": ca_pem() });
+    let cert = json!({ "certificate": Ca::new("CA").pem });
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, "".into(), None),
         (Method::GET, "/ca-certs".into(), None),
@@ -320,7 +212,10 @@ async fn an_org_token_sees_its_org_only() {
     ];
     for (method, tail, body) in routes {
         let uri = format!("/api/v1/orgs/beta{tail}");
-        let (s, b) = api.call(&acme, method.clone(), &uri, body).await;
+        let (s, b) = api
+            .send(method.clone(), &uri, Some(&acme), body.into())
+            .await
+            .parts();
         assert_eq!(s, StatusCode::NOT_FOUND, "{method} {uri}: {b}");
         assert_eq!(
             b["error"]["message"], "org beta not found",
@@ -329,8 +224,9 @@ async fn an_org_token_sees_its_org_only() {
     }
     // Nothing of beta's was touched.
     assert_eq!(
-        api.call(ADMIN, Method::GET, "/api/v1/orgs/beta/tokens", None)
+        api.get("/api/v1/orgs/beta/tokens")
             .await
+            .parts()
             .1
             .as_array()
             .unwrap()
@@ -346,16 +242,17 @@ async fn an_org_token_sees_its_org_only() {
         (Method::DELETE, "/api/v1/orgs/ghost", None),
         (Method::GET, "/api/v1/audit", None),
     ] {
-        let (s, b) = api.call(&acme, method.clone(), uri, body).await;
+        let (s, b) = api
+            .send(method.clone(), uri, Some(&acme), body.into())
+            .await
+            .parts();
         assert_eq!(
-            (s, code(&b)),
+            (s, error_code(&b)),
             (StatusCode::FORBIDDEN, "forbidden"),
             "{method} {uri}"
         );
     }
-    let (s, _) = api
-        .call(ADMIN, Method::GET, "/api/v1/orgs/beta", None)
-        .await;
+    let (s, _) = api.get("/api/v1/orgs/beta").await.parts();
     assert_eq!(s, StatusCode::OK);
 }
 
@@ -374,44 +271,40 @@ async fn invalid_and_revoked_tokens_are_401() {
         &token[..token.len() - 1],
     ] {
         for uri in ["/api/v1/orgs", "/api/v1/orgs/acme", "/api/v1/nope"] {
-            let (s, b) = api.call(bad, Method::GET, uri, None).await;
+            // An empty token is no `Authorization` header at all.
+            let auth = (!bad.is_empty()).then_some(bad);
+            let (s, b) = api.send(Method::GET, uri, auth, Req::Empty).await.parts();
             assert_eq!(
-                (s, code(&b)),
+                (s, error_code(&b)),
                 (StatusCode::UNAUTHORIZED, "unauthorized"),
                 "{bad:?} {uri}"
             );
         }
     }
     let (s, _) = api
-        .call(
-            ADMIN,
-            Method::DELETE,
-            &format!("/api/v1/orgs/acme/tokens/{id}"),
-            None,
-        )
-        .await;
+        .empty(Method::DELETE, &format!("/api/v1/orgs/acme/tokens/{id}"))
+        .await
+        .parts();
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = api
-        .call(&token, Method::GET, "/api/v1/orgs/acme", None)
-        .await;
+        .send(Method::GET, "/api/v1/orgs/acme", Some(&token), Req::Empty)
+        .await
+        .parts();
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, b) = api
-        .call(
-            ADMIN,
-            Method::DELETE,
-            &format!("/api/v1/orgs/acme/tokens/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!((s, code(&b)), (StatusCode::NOT_FOUND, "not_found"));
+        .empty(Method::DELETE, &format!("/api/v1/orgs/acme/tokens/{id}"))
+        .await
+        .parts();
+    assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "not_found"));
 
     // Deleting the org revokes its tokens too.
     let (_, token) = api.create_token(ADMIN, "acme", "ops").await;
-    let (s, _) = api
-        .call(ADMIN, Method::DELETE, "/api/v1/orgs/acme", None)
-        .await;
+    let (s, _) = api.empty(Method::DELETE, "/api/v1/orgs/acme").await.parts();
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = api.call(&token, Method::GET, "/api/v1/orgs", None).await;
+    let (s, _) = api
+        .send(Method::GET, "/api/v1/orgs", Some(&token), Req::Empty)
+        .await
+        .parts();
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
@@ -426,13 +319,14 @@ async fn audit_records_every_mutation_with_its_outcome() {
     // another org's resource and a platform operation (recorded in the caller's own log,
     // not beta's nor the platform's); an anonymous request (not recorded at all).
     let (s, ca) = api
-        .call(
-            &token,
+        .send(
             Method::POST,
             "/api/v1/orgs/acme/ca-certs",
-            Some(json!({ "certificate": ca_pem() })),
+            Some(&token),
+            Req::Json(json!({ "certificate": Ca::new("CA").pem })),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(s, StatusCode::CREATED);
     let ca_id = ca["id"].as_str().unwrap();
     let ca_uri = format!("/api/v1/orgs/acme/ca-certs/{ca_id}");
@@ -475,7 +369,10 @@ async fn audit_records_every_mutation_with_its_outcome() {
         ),
     ];
     for (as_token, method, uri, body, want) in requests {
-        let (s, b) = api.call(as_token, method.clone(), uri, body).await;
+        let (s, b) = api
+            .send(method.clone(), uri, Some(as_token), body.into())
+            .await
+            .parts();
         assert_eq!(s.as_u16(), want, "{method} {uri}: {b}");
     }
 
@@ -560,18 +457,12 @@ async fn audit_records_every_mutation_with_its_outcome() {
     assert!(api.audit("beta").await.is_empty());
 
     // Paging.
-    let (_, page) = api
-        .call(ADMIN, Method::GET, "/api/v1/orgs/acme/audit?limit=2", None)
-        .await;
+    let (_, page) = api.get("/api/v1/orgs/acme/audit?limit=2").await.parts();
     assert_eq!(page.as_array().unwrap().len(), 2);
     let (_, page) = api
-        .call(
-            ADMIN,
-            Method::GET,
-            "/api/v1/orgs/acme/audit?limit=10&before=2",
-            None,
-        )
-        .await;
+        .get("/api/v1/orgs/acme/audit?limit=10&before=2")
+        .await
+        .parts();
     assert_eq!(
         page.as_array()
             .unwrap()
@@ -582,25 +473,25 @@ async fn audit_records_every_mutation_with_its_outcome() {
     );
     for bad in ["limit=0", "limit=1001", "limit=x", "nope=1"] {
         let (s, b) = api
-            .call(
-                ADMIN,
-                Method::GET,
-                &format!("/api/v1/orgs/acme/audit?{bad}"),
-                None,
-            )
-            .await;
+            .get(&format!("/api/v1/orgs/acme/audit?{bad}"))
+            .await
+            .parts();
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
     }
     // An org token reads its own log.
     let (s, b) = api
-        .call(&token, Method::GET, "/api/v1/orgs/acme/audit", None)
-        .await;
+        .send(
+            Method::GET,
+            "/api/v1/orgs/acme/audit",
+            Some(&token),
+            Req::Empty,
+        )
+        .await
+        .parts();
     assert_eq!((s, b.as_array().unwrap().len()), (StatusCode::OK, 6));
 
     // Org lifecycle is in the platform log, and survives the org.
-    let (s, _) = api
-        .call(ADMIN, Method::DELETE, "/api/v1/orgs/acme", None)
-        .await;
+    let (s, _) = api.empty(Method::DELETE, "/api/v1/orgs/acme").await.parts();
     assert_eq!(s, StatusCode::NO_CONTENT);
     let platform = api.audit("_platform").await;
     let summaries: Vec<&str> = platform
@@ -613,9 +504,7 @@ async fn audit_records_every_mutation_with_its_outcome() {
     );
     assert_eq!(platform[0]["org"], "acme");
     assert_eq!(platform[0]["token_id"], "platform");
-    let (s, _) = api
-        .call(ADMIN, Method::GET, "/api/v1/orgs/acme/audit", None)
-        .await;
+    let (s, _) = api.get("/api/v1/orgs/acme/audit").await.parts();
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
@@ -627,13 +516,13 @@ async fn custom_domains_are_validated_unique_and_route_sni() {
     let put = |org: &'static str, domains: Value| {
         let api = &api;
         async move {
-            api.call(
-                ADMIN,
+            api.json(
                 Method::PUT,
                 &format!("/api/v1/orgs/{org}/domains"),
-                Some(json!({ "domains": domains })),
+                json!({ "domains": domains }),
             )
             .await
+            .parts()
         }
     };
 
@@ -642,9 +531,7 @@ async fn custom_domains_are_validated_unique_and_route_sni() {
         (s, b.clone()),
         (StatusCode::OK, json!({ "domains": ["iot.example.com"] }))
     );
-    let (s, got) = api
-        .call(ADMIN, Method::GET, "/api/v1/orgs/acme/domains", None)
-        .await;
+    let (s, got) = api.get("/api/v1/orgs/acme/domains").await.parts();
     assert_eq!((s, got), (StatusCode::OK, b));
     let acme = OrgId::try_from("acme").unwrap();
     assert_eq!(
@@ -667,7 +554,7 @@ async fn custom_domains_are_validated_unique_and_route_sni() {
     ] {
         let (s, b) = put("beta", bad.clone()).await;
         assert_eq!(
-            (s, code(&b)),
+            (s, error_code(&b)),
             (StatusCode::BAD_REQUEST, "bad_request"),
             "{bad}"
         );
@@ -678,31 +565,31 @@ async fn custom_domains_are_validated_unique_and_route_sni() {
         json!(["example.com"]),
     ] {
         let (s, b) = put("beta", taken.clone()).await;
-        assert_eq!((s, code(&b)), (StatusCode::CONFLICT, "conflict"), "{taken}");
+        assert_eq!(
+            (s, error_code(&b)),
+            (StatusCode::CONFLICT, "conflict"),
+            "{taken}"
+        );
         assert!(
             !b["error"]["message"].as_str().unwrap().contains("acme"),
             "{b}"
         );
     }
     let (s, b) = api
-        .call(
-            ADMIN,
+        .json(
             Method::PUT,
             "/api/v1/orgs/beta/domains",
-            Some(json!({ "domains": [], "x": 1 })),
+            json!({ "domains": [], "x": 1 }),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
 
     // A self-signed certificate covers the custom host names too.
     let (s, cert) = api
-        .call(
-            ADMIN,
-            Method::POST,
-            "/api/v1/orgs/acme/server-certs/self-signed",
-            None,
-        )
-        .await;
+        .empty(Method::POST, "/api/v1/orgs/acme/server-certs/self-signed")
+        .await
+        .parts();
     assert_eq!(s, StatusCode::CREATED, "{cert}");
     assert_eq!(
         cert["dns_names"],

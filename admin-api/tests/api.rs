@@ -1,21 +1,17 @@
 //! The admin API end to end, in process: `router(state)` driven with `oneshot` over a
 //! registry in a temp dir, certificates minted with rcgen.
 
-use std::sync::Arc;
+mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
-use certmq_admin_api::{router, AppState, ConnectionsView};
+use certmq_admin_api::ConnectionsView;
+use common::{error_code, Api, Req};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use registry::seal::MasterKey;
-use registry::store::SledStore;
-use registry::{OrgId, Registry};
+use registry::OrgId;
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
-
-const TOKEN: &str = "test-admin-token";
 
 /// One live session, `d:acme:sensor:dev1`, in org `acme`.
 struct StubConnections;
@@ -32,102 +28,6 @@ impl ConnectionsView for StubConnections {
     fn kick(&self, org: &OrgId, client_id: &str) -> bool {
         org.as_str() == "acme" && client_id == "d:acme:sensor:dev1"
     }
-}
-
-struct Api {
-    app: Router,
-    _dir: tempfile::TempDir,
-}
-
-impl Api {
-    fn new() -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let registry = Registry::new(
-            store,
-            MasterKey::from_bytes(&[1; 32]),
-            "messaging.localhost",
-        )
-        .unwrap();
-        let app = router(AppState {
-            registry: Arc::new(registry),
-            admin_token: Arc::new(TOKEN.to_owned()),
-            connections: Arc::new(StubConnections),
-        });
-        Api { app, _dir: dir }
-    }
-
-    /// Sends `req` and returns the status and the body as JSON (`Null` when empty).
-    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("body is not JSON ({e}): {bytes:?}"))
-        };
-        (status, body)
-    }
-
-    /// An authenticated request with a raw body and content type.
-    async fn raw(
-        &self,
-        method: Method,
-        uri: &str,
-        content_type: &str,
-        body: impl Into<Body>,
-    ) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-            .header(header::CONTENT_TYPE, content_type)
-            .body(body.into())
-            .unwrap();
-        self.send(req).await
-    }
-
-    async fn json(&self, method: Method, uri: &str, body: Value) -> (StatusCode, Value) {
-        self.raw(method, uri, "application/json", body.to_string())
-            .await
-    }
-
-    async fn empty(&self, method: Method, uri: &str) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-            .body(Body::empty())
-            .unwrap();
-        self.send(req).await
-    }
-
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.empty(Method::GET, uri).await
-    }
-
-    async fn create_org(&self, id: &str) {
-        let (status, body) = self
-            .json(Method::POST, "/api/v1/orgs", json!({ "id": id }))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-}
-
-/// Asserts SPEC's error shape and returns the code.
-#[track_caller]
-fn error_code(body: &Value) -> &str {
-    let err = body["error"].as_object().expect("an error object");
-    assert_eq!(err.len(), 2, "{body}");
-    assert!(
-        !err["message"].as_str().expect("a message").is_empty(),
-        "{body}"
-    );
-    err["code"].as_str().expect("a code")
 }
 
 fn cert(is_ca: bool, days_from: i64, days_to: i64) -> rcgen::Certificate {
@@ -154,9 +54,10 @@ fn ca() -> rcgen::Certificate {
 #[tokio::test]
 async fn healthz_needs_no_token_and_the_api_does() {
     let api = Api::new();
-    let req = Request::get("/healthz").body(Body::empty()).unwrap();
     assert_eq!(
-        api.send(req).await,
+        api.send(Method::GET, "/healthz", None, Req::Empty)
+            .await
+            .parts(),
         (StatusCode::OK, json!({ "status": "ok" }))
     );
 
@@ -187,20 +88,20 @@ async fn healthz_needs_no_token_and_the_api_does() {
         }
     }
 
-    let (status, body) = api.get("/api/v1/orgs").await;
+    let (status, body) = api.get("/api/v1/orgs").await.parts();
     assert_eq!((status, body), (StatusCode::OK, json!([])));
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_use_the_error_shape() {
     let api = Api::new();
-    let (status, body) = api.get("/nope").await;
+    let (status, body) = api.get("/nope").await.parts();
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body), "not_found");
-    let (status, body) = api.get("/api/v1/nope").await;
+    let (status, body) = api.get("/api/v1/nope").await.parts();
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body), "not_found");
-    let (status, body) = api.empty(Method::PUT, "/api/v1/orgs").await;
+    let (status, body) = api.empty(Method::PUT, "/api/v1/orgs").await.parts();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(&body), "method_not_allowed");
 }
@@ -214,46 +115,56 @@ async fn orgs_lifecycle() {
             "/api/v1/orgs",
             json!({ "id": "acme", "name": "Acme Corp" }),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(body["id"], "acme");
     assert_eq!(body["name"], "Acme Corp");
 
     let (status, body) = api
         .json(Method::POST, "/api/v1/orgs", json!({ "id": "acme" }))
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error_code(&body), "conflict");
 
     for bad in ["Acme", "1acme", "a-b", ""] {
         let (status, body) = api
             .json(Method::POST, "/api/v1/orgs", json!({ "id": bad }))
-            .await;
+            .await
+            .parts();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(error_code(&body), "bad_request");
     }
     let (status, body) = api
         .json(Method::POST, "/api/v1/orgs", json!({ "name": "no id" }))
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&body), "bad_request");
 
-    let (status, body) = api.get("/api/v1/orgs").await;
+    let (status, body) = api.get("/api/v1/orgs").await.parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.as_array().unwrap().len(), 1);
-    assert_eq!(api.get("/api/v1/orgs/acme").await.1["name"], "Acme Corp");
+    assert_eq!(
+        api.get("/api/v1/orgs/acme").await.parts().1["name"],
+        "Acme Corp"
+    );
 
     for missing in ["/api/v1/orgs/globex", "/api/v1/orgs/NOT-VALID"] {
-        let (status, body) = api.get(missing).await;
+        let (status, body) = api.get(missing).await.parts();
         assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
         assert_eq!(error_code(&body), "not_found");
     }
 
-    let (status, body) = api.empty(Method::DELETE, "/api/v1/orgs/acme").await;
+    let (status, body) = api.empty(Method::DELETE, "/api/v1/orgs/acme").await.parts();
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
-    assert_eq!(api.get("/api/v1/orgs/acme").await.0, StatusCode::NOT_FOUND);
     assert_eq!(
-        api.empty(Method::DELETE, "/api/v1/orgs/acme").await.0,
+        api.get("/api/v1/orgs/acme").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.empty(Method::DELETE, "/api/v1/orgs/acme").await.status,
         StatusCode::NOT_FOUND
     );
 }
@@ -272,7 +183,8 @@ async fn ca_uploads_in_every_form() {
             "application/x-pem-file",
             pem_ca.pem(),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["description"], "fleet CA");
     assert_eq!(body["active"], true);
@@ -292,7 +204,8 @@ async fn ca_uploads_in_every_form() {
             "application/pkix-cert",
             der_ca.der().to_vec(),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
     let json_ca = ca();
@@ -302,17 +215,19 @@ async fn ca_uploads_in_every_form() {
             url,
             json!({ "certificate": json_ca.pem(), "description": "from JSON" }),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["description"], "from JSON");
 
     let (status, body) = api
         .raw(Method::POST, url, "application/x-pem-file", pem_ca.pem())
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error_code(&body), "conflict");
 
-    let (status, body) = api.get(url).await;
+    let (status, body) = api.get(url).await.parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.as_array().unwrap().len(), 3);
 }
@@ -339,12 +254,13 @@ async fn ca_rule_violations_are_422_with_the_rule_code() {
                     "application/octet-stream",
                     bytes.clone(),
                 )
-                .await;
+                .await
+                .parts();
             assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{code}: {body}");
             assert_eq!(error_code(&body), code);
         }
     }
-    assert_eq!(api.get(url).await.1, json!([]));
+    assert_eq!(api.get(url).await.parts().1, json!([]));
 }
 
 #[tokio::test]
@@ -361,28 +277,36 @@ async fn ca_preview_show_patch_delete() {
             "application/x-pem-file",
             the_ca.pem(),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["key_type"], "EC P-256");
-    assert_eq!(api.get(url).await.1, json!([]), "preview stores nothing");
+    assert_eq!(
+        api.get(url).await.parts().1,
+        json!([]),
+        "preview stores nothing"
+    );
 
     let (_, created) = api
         .raw(Method::POST, url, "application/x-pem-file", the_ca.pem())
-        .await;
+        .await
+        .parts();
     let item = format!("{url}/{}", created["id"].as_str().unwrap());
-    let (status, body) = api.get(&item).await;
+    let (status, body) = api.get(&item).await.parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["fingerprint_sha256"], created["fingerprint_sha256"]);
 
     let (status, body) = api
         .json(Method::PATCH, &item, json!({ "active": false }))
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["active"], false);
     assert_eq!(body["description"], "");
     let (status, body) = api
         .json(Method::PATCH, &item, json!({ "description": "old root" }))
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (&body["active"], &body["description"]),
@@ -390,7 +314,8 @@ async fn ca_preview_show_patch_delete() {
     );
     let (status, body) = api
         .json(Method::PATCH, &item, json!({ "activ": true }))
-        .await;
+        .await
+        .parts();
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
@@ -405,11 +330,11 @@ async fn ca_preview_show_patch_delete() {
         format!("/api/v1/orgs/globex/ca-certs/{id}"),
         format!("/api/v1/orgs/nosuch/ca-certs/{id}"),
     ] {
-        let (status, body) = api.get(&other).await;
+        let (status, body) = api.get(&other).await.parts();
         assert_eq!(status, StatusCode::NOT_FOUND, "{other}");
         assert_eq!(error_code(&body), "not_found");
         assert_eq!(
-            api.empty(Method::DELETE, &other).await.0,
+            api.empty(Method::DELETE, &other).await.status,
             StatusCode::NOT_FOUND
         );
     }
@@ -420,7 +345,8 @@ async fn ca_preview_show_patch_delete() {
             "application/x-pem-file",
             ca().pem(),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = api
         .raw(
@@ -429,14 +355,15 @@ async fn ca_preview_show_patch_delete() {
             "application/x-pem-file",
             ca().pem(),
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     assert_eq!(
-        api.empty(Method::DELETE, &item).await.0,
+        api.empty(Method::DELETE, &item).await.status,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(api.get(&item).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&item).await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -450,7 +377,7 @@ async fn oversized_and_malformed_bodies_use_the_error_shape() {
         ("/api/v1/orgs/acme/ca-certs", "application/json"),
         ("/api/v1/orgs", "application/json"),
     ] {
-        let (status, body) = api.raw(Method::POST, uri, ct, big.clone()).await;
+        let (status, body) = api.raw(Method::POST, uri, ct, big.clone()).await.parts();
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri} {ct}");
         assert_eq!(error_code(&body), "payload_too_large");
     }
@@ -458,14 +385,16 @@ async fn oversized_and_malformed_bodies_use_the_error_shape() {
     for uri in ["/api/v1/orgs", "/api/v1/orgs/acme/ca-certs"] {
         let (status, body) = api
             .raw(Method::POST, uri, "application/json", "{\"id\": ")
-            .await;
+            .await
+            .parts();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(error_code(&body), "bad_request");
     }
 
     let (status, body) = api
         .raw(Method::POST, "/api/v1/orgs", "text/plain", "{\"id\":\"x\"}")
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(error_code(&body), "unsupported_media_type");
 }
@@ -476,18 +405,24 @@ async fn server_certs_self_signed_activate_delete() {
     api.create_org("acme").await;
     let url = "/api/v1/orgs/acme/server-certs";
 
-    let (status, first) = api.empty(Method::POST, &format!("{url}/self-signed")).await;
+    let (status, first) = api
+        .empty(Method::POST, &format!("{url}/self-signed"))
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED, "{first}");
     assert_eq!(first["active"], true, "the first one becomes active");
     assert_eq!(first["dns_names"], json!(["acme.messaging.localhost"]));
     assert!(first.get("private_key").is_none() && first.get("sealed_key").is_none());
     assert!(!first["pem"].as_str().unwrap().contains("PRIVATE KEY"));
 
-    let (status, second) = api.empty(Method::POST, &format!("{url}/self-signed")).await;
+    let (status, second) = api
+        .empty(Method::POST, &format!("{url}/self-signed"))
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(second["active"], false);
 
-    let (status, list) = api.get(url).await;
+    let (status, list) = api.get(url).await.parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2);
 
@@ -495,46 +430,47 @@ async fn server_certs_self_signed_activate_delete() {
     let second_url = format!("{url}/{}", second["id"].as_str().unwrap());
     let (status, body) = api
         .empty(Method::POST, &format!("{second_url}/activate"))
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["active"], true);
-    assert_eq!(api.get(&first_url).await.1["active"], false);
+    assert_eq!(api.get(&first_url).await.parts().1["active"], false);
 
-    let (status, body) = api.empty(Method::DELETE, &second_url).await;
+    let (status, body) = api.empty(Method::DELETE, &second_url).await.parts();
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error_code(&body), "conflict");
     assert_eq!(
-        api.empty(Method::DELETE, &first_url).await.0,
+        api.empty(Method::DELETE, &first_url).await.status,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(api.get(&first_url).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&first_url).await.status, StatusCode::NOT_FOUND);
 
     api.create_org("globex").await;
     let other = second_url.replace("/acme/", "/globex/");
-    assert_eq!(api.get(&other).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&other).await.status, StatusCode::NOT_FOUND);
     assert_eq!(
         api.empty(Method::POST, &format!("{other}/activate"))
             .await
-            .0,
+            .status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
         api.empty(Method::POST, "/api/v1/orgs/nosuch/server-certs/self-signed")
             .await
-            .0,
+            .status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        api.get("/api/v1/orgs/nosuch/server-certs").await.0,
+        api.get("/api/v1/orgs/nosuch/server-certs").await.status,
         StatusCode::NOT_FOUND
     );
 }
 
 #[tokio::test]
 async fn connections_list_and_kick() {
-    let api = Api::new();
+    let api = Api::with_connections(StubConnections);
     api.create_org("acme").await;
-    let (status, body) = api.get("/api/v1/orgs/acme/connections").await;
+    let (status, body) = api.get("/api/v1/orgs/acme/connections").await.parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!([{ "client_id": "d:acme:sensor:dev1" }]));
 
@@ -543,18 +479,20 @@ async fn connections_list_and_kick() {
             Method::DELETE,
             "/api/v1/orgs/acme/connections/d:acme:sensor:dev1",
         )
-        .await;
+        .await
+        .parts();
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
     let (status, body) = api
         .empty(
             Method::DELETE,
             "/api/v1/orgs/acme/connections/d:acme:sensor:dev2",
         )
-        .await;
+        .await
+        .parts();
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body), "not_found");
 
-    let (status, body) = api.get("/api/v1/orgs/nosuch/connections").await;
+    let (status, body) = api.get("/api/v1/orgs/nosuch/connections").await.parts();
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body), "not_found");
 }

@@ -4,27 +4,15 @@
 //! no undocumented method on a documented path; who needs a token is as documented; and
 //! real answers — status, content type, body — are what the document says.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, Request, StatusCode};
-use axum::Router;
-use certmq_admin_api::{router, AppState, ConnectionsView, MAX_BODY_BYTES};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
-    KeyPair, SerialNumber,
-};
-use registry::seal::MasterKey;
-use registry::store::SledStore;
-use registry::{OrgId, Registry};
+use axum::http::{header, StatusCode};
+use certmq_admin_api::MAX_BODY_BYTES;
+use common::{essence, form, Answer, Api, Ca, Req, HOST, TOKEN};
 use serde_json::{json, Value};
-use time::{Duration, OffsetDateTime};
-use tower::ServiceExt;
-
-const TOKEN: &str = "test-admin-token";
-const HOST: &str = "acme.messaging.localhost";
+use time::Duration;
 
 /// Every route `router()` serves besides the web console, as (method, path): the API's
 /// surface, SPEC section 5. The router takes its routes from the handlers'
@@ -87,116 +75,7 @@ const SHARED_ROUTES: &[&str] = &["/api/v1/orgs/{org}/csrs/{id}.pem"];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
-struct NoBroker;
-
-impl ConnectionsView for NoBroker {
-    fn list(&self, _: &OrgId) -> Vec<Value> {
-        Vec::new()
-    }
-    fn kick(&self, _: &OrgId, _: &str) -> bool {
-        false
-    }
-}
-
-struct Api {
-    app: Router,
-    _dir: tempfile::TempDir,
-}
-
-/// What came back.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    /// The `error.code` of an error answer.
-    fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap().to_owned()
-    }
-
-    /// The content type without parameters, lowercase.
-    fn essence(&self) -> Option<String> {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| essence(v.to_str().unwrap()))
-    }
-}
-
-fn essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap()
-        .trim()
-        .to_ascii_lowercase()
-}
-
-/// A request body.
-enum Req {
-    Empty,
-    Json(Value),
-    Raw(String, Vec<u8>),
-}
-
 impl Api {
-    fn new() -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let registry = Registry::new(
-            store,
-            MasterKey::from_bytes(&[1; 32]),
-            "messaging.localhost",
-        )
-        .unwrap();
-        let app = router(AppState {
-            registry: Arc::new(registry),
-            admin_token: Arc::new(TOKEN.to_owned()),
-            connections: Arc::new(NoBroker),
-        });
-        Api { app, _dir: dir }
-    }
-
-    async fn send(&self, method: &str, uri: &str, token: Option<&str>, req: Req) -> Answer {
-        let mut b = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match req {
-            Req::Empty => Body::empty(),
-            Req::Json(v) => {
-                b = b.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            Req::Raw(ct, bytes) => {
-                b = b.header(header::CONTENT_TYPE, ct.as_str());
-                Body::from(bytes)
-            }
-        };
-        let resp = self
-            .app
-            .clone()
-            .oneshot(b.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
     async fn document(&self) -> Doc {
         let a = self
             .send("GET", "/api/v1/openapi.json", None, Req::Empty)
@@ -587,67 +466,6 @@ async fn the_document_is_well_formed() {
     }
 }
 
-/// A CA that signs leaves, CSRs and CRLs.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn validity(p: &mut CertificateParams) {
-    let now = OffsetDateTime::now_utc();
-    p.not_before = now - Duration::days(1);
-    p.not_after = now + Duration::days(90);
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        validity(&mut p);
-        let key = KeyPair::generate().unwrap();
-        let pem = p.self_signed(&key).unwrap().pem();
-        Ca {
-            pem,
-            issuer: Issuer::new(p, key),
-        }
-    }
-
-    /// A server leaf for [`HOST`] (+ this CA) and its key, PEM.
-    fn leaf(&self) -> (String, String) {
-        let mut p = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, HOST);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        validity(&mut p);
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap().pem();
-        (format!("{cert}{}", self.pem), key.serialize_pem())
-    }
-
-    fn sign_csr(&self, csr_pem: &str) -> String {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
-        validity(&mut csr.params);
-        csr.signed_by(&self.issuer).unwrap().pem()
-    }
-
-    /// A CRL issued `age` ago.
-    fn crl(&self, number: u64, age: Duration) -> String {
-        let now = OffsetDateTime::now_utc();
-        CertificateRevocationListParams {
-            this_update: now - age,
-            next_update: now + Duration::days(7),
-            crl_number: SerialNumber::from(number),
-            issuing_distribution_point: None,
-            revoked_certs: Vec::new(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.issuer)
-        .unwrap()
-        .pem()
-        .unwrap()
-    }
-}
-
 /// The org the script works in.
 const ORG: &str = "acme";
 
@@ -724,22 +542,6 @@ fn pem(bytes: &str) -> Req {
     Req::Raw("application/x-pem-file".into(), bytes.as_bytes().to_vec())
 }
 
-/// A `multipart/form-data` body of text fields.
-fn form(fields: &[(&str, &str)]) -> Req {
-    const BOUNDARY: &str = "certmq-openapi-test-boundary";
-    let mut body = String::new();
-    for (name, value) in fields {
-        body.push_str(&format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-        ));
-    }
-    body.push_str(&format!("--{BOUNDARY}--\r\n"));
-    Req::Raw(
-        format!("multipart/form-data; boundary={BOUNDARY}"),
-        body.into_bytes(),
-    )
-}
-
 #[tokio::test]
 async fn answers_are_as_documented() {
     let api = Api::new();
@@ -799,7 +601,10 @@ async fn answers_are_as_documented() {
     let uploaded = id_of(&s.send(201, upload, "", chain_and_key()).await);
     s.send(409, upload, "", chain_and_key()).await;
     let (leaf2, key2) = ca.leaf();
-    let fields = form(&[("certificate", &leaf2), ("private_key", &key2)]);
+    let fields = form(&[
+        ("certificate", None, leaf2.as_bytes()),
+        ("private_key", None, key2.as_bytes()),
+    ]);
     s.send(201, upload, "", fields).await;
     s.refused("unsupported_media_type", upload, "", pem(&leaf))
         .await;
