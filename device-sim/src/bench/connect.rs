@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::latency::Latency;
 use super::net::{self, SourceAddrs};
 use super::report::{ConnectResult, ErrorLog};
-use super::{mint_devices, BenchTarget, KEEP_ALIVE_SECS, OPEN_TIMEOUT};
+use super::{join_workers, mint_devices, BenchTarget};
 use crate::certs::TestCa;
 
 /// Distinct device identities per worker: a worker cycles through its own, so two
@@ -91,16 +91,7 @@ pub(crate) async fn run(
                 let device = &devices[w * DEVICES_PER_WORKER + k % DEVICES_PER_WORKER];
                 k += 1;
                 let t0 = Instant::now();
-                match net::open(
-                    &dialer,
-                    index,
-                    device.tls.clone(),
-                    &device.client_id,
-                    KEEP_ALIVE_SECS,
-                    OPEN_TIMEOUT,
-                )
-                .await
-                {
+                match device.open(&dialer, index).await {
                     Ok(opened) => {
                         out.connect.record(t0.elapsed());
                         out.handshake.record(opened.handshake);
@@ -115,18 +106,14 @@ pub(crate) async fn run(
         });
     }
     let mut all = WorkerOutcome::default();
-    while let Some(done) = set.join_next().await {
-        match done {
-            Ok(out) => {
-                all.ok += out.ok;
-                all.connect.merge(&out.connect);
-                all.handshake.merge(&out.handshake);
-                all.connack.merge(&out.connack);
-                all.errors.merge(out.errors);
-            }
-            Err(e) => errors.push(format!("connect worker failed: {e}")),
-        }
-    }
+    join_workers(set, "connect", errors, |out, _| {
+        all.ok += out.ok;
+        all.connect.merge(&out.connect);
+        all.handshake.merge(&out.handshake);
+        all.connack.merge(&out.connack);
+        all.errors.merge(out.errors);
+    })
+    .await;
     let elapsed = started.elapsed().as_secs_f64();
     let failed = all.errors.count();
     errors.merge(all.errors);

@@ -19,7 +19,7 @@ use super::mqtt::{self, Packet};
 use super::net::{self, PacketReader, SourceAddrs, Tls};
 use super::proc::rss_kib;
 use super::report::{ErrorLog, IdleResult};
-use super::{mint_devices, nofile_limit, BenchTarget, KEEP_ALIVE_SECS, OPEN_TIMEOUT};
+use super::{join_workers, mint_devices, nofile_limit, BenchTarget};
 use crate::certs::TestCa;
 
 /// File descriptors kept free for everything else in the simulator.
@@ -106,16 +106,7 @@ pub(crate) async fn run(
                 let Some(device) = devices.get(index) else {
                     break;
                 };
-                match net::open(
-                    &dialer,
-                    index,
-                    device.tls.clone(),
-                    &device.client_id,
-                    KEEP_ALIVE_SECS,
-                    OPEN_TIMEOUT,
-                )
-                .await
-                {
+                match device.open(&dialer, index).await {
                     Ok(opened) => {
                         if let Ok(mut h) = held.lock() {
                             h.push(opened.reader.into_inner());
@@ -135,15 +126,11 @@ pub(crate) async fn run(
         });
     }
     let mut failed = 0;
-    while let Some(done) = set.join_next().await {
-        match done {
-            Ok(e) => {
-                failed += e.count();
-                errors.merge(e);
-            }
-            Err(e) => errors.push(format!("idle worker failed: {e}")),
-        }
-    }
+    join_workers(set, "idle", errors, |e, errors| {
+        failed += e.count();
+        errors.merge(e);
+    })
+    .await;
     let connect_secs = started.elapsed().as_secs_f64();
     let conns: Vec<Tls> = held
         .lock()
@@ -213,12 +200,7 @@ async fn ping_all(conns: Vec<Tls>, concurrency: usize, errors: &mut ErrorLog) ->
         });
     }
     let mut alive = 0;
-    while let Some(done) = set.join_next().await {
-        match done {
-            Ok(n) => alive += n,
-            Err(e) => errors.push(format!("ping worker failed: {e}")),
-        }
-    }
+    join_workers(set, "ping", errors, |n, _| alive += n).await;
     alive
 }
 

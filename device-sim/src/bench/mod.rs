@@ -42,6 +42,7 @@ use anyhow::{bail, Context, Result};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde::Serialize;
+use tokio::task::JoinSet;
 
 pub use connect::ConnectConfig;
 pub use idle::IdleConfig;
@@ -143,6 +144,48 @@ impl BenchTarget {
 pub(crate) struct SimClient {
     pub(crate) client_id: String,
     pub(crate) tls: Arc<ClientConfig>,
+}
+
+impl SimClient {
+    /// Opens connection `index` as this client (TLS handshake, CONNECT → CONNACK) within
+    /// [`OPEN_TIMEOUT`].
+    async fn open(&self, dialer: &net::Dialer, index: usize) -> Result<net::Opened> {
+        self.open_within(dialer, index, OPEN_TIMEOUT).await
+    }
+
+    /// [`SimClient::open`] within `timeout`.
+    async fn open_within(
+        &self,
+        dialer: &net::Dialer,
+        index: usize,
+        timeout: Duration,
+    ) -> Result<net::Opened> {
+        net::open(
+            dialer,
+            index,
+            self.tls.clone(),
+            &self.client_id,
+            KEEP_ALIVE_SECS,
+            timeout,
+        )
+        .await
+    }
+}
+
+/// Waits for every worker in `set`, handing each one's outcome to `each` as it ends;
+/// a worker that panicked or was cancelled is logged as "`what` worker failed".
+async fn join_workers<T: 'static>(
+    mut set: JoinSet<T>,
+    what: &str,
+    errors: &mut ErrorLog,
+    mut each: impl FnMut(T, &mut ErrorLog),
+) {
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(out) => each(out, errors),
+            Err(e) => errors.push(format!("{what} worker failed: {e}")),
+        }
+    }
 }
 
 /// Mints `count` device certificates `d:<type>:<prefix><n>` (n from 1) from `ca`.

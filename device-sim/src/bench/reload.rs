@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::net::{self, SourceAddrs};
 use super::report::{ErrorLog, ReloadResult, ReloadStat};
-use super::{mint_devices, BenchTarget, SimClient, KEEP_ALIVE_SECS};
+use super::{mint_devices, BenchTarget, SimClient};
 use crate::admin::AdminClient;
 use crate::certs::{parse_certs, ClientCertOptions, TestCa};
 
@@ -111,17 +111,11 @@ pub(crate) async fn run(
     let admitted = |index: usize| {
         let (dialer, device) = (&dialer, &ca_device);
         async move {
-            net::open(
-                dialer,
-                index,
-                device.tls.clone(),
-                &device.client_id,
-                KEEP_ALIVE_SECS,
-                timeout,
-            )
-            .await
-            .map(|o| tokio::spawn(net::close(o.reader.into_inner())))
-            .is_ok()
+            device
+                .open_within(dialer, index, timeout)
+                .await
+                .map(|o| tokio::spawn(net::close(o.reader.into_inner())))
+                .is_ok()
         }
     };
     let mut index = 0;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::latency::Latency;
 use super::net::{self, SourceAddrs};
 use super::report::{ErrorLog, ResumeResult};
-use super::{mint_devices, BenchTarget, KEEP_ALIVE_SECS, OPEN_TIMEOUT};
+use super::{join_workers, mint_devices, BenchTarget};
 use crate::certs::TestCa;
 
 /// Parameters of `resume`.
@@ -77,16 +77,7 @@ pub(crate) async fn run(
             for round in 0..rounds {
                 for (i, device) in devices.iter().enumerate().skip(w).step_by(workers) {
                     let t0 = Instant::now();
-                    match net::open(
-                        &dialer,
-                        round * devices.len() + i,
-                        device.tls.clone(),
-                        &device.client_id,
-                        KEEP_ALIVE_SECS,
-                        OPEN_TIMEOUT,
-                    )
-                    .await
-                    {
+                    match device.open(&dialer, round * devices.len() + i).await {
                         Ok(opened) => {
                             out.ok += 1;
                             if opened.resumed {
@@ -104,17 +95,13 @@ pub(crate) async fn run(
         });
     }
     let mut all = Outcome::default();
-    while let Some(done) = set.join_next().await {
-        match done {
-            Ok(out) => {
-                all.ok += out.ok;
-                all.resumed.merge(&out.resumed);
-                all.full.merge(&out.full);
-                all.errors.merge(out.errors);
-            }
-            Err(e) => errors.push(format!("resume worker failed: {e}")),
-        }
-    }
+    join_workers(set, "resume", errors, |out, _| {
+        all.ok += out.ok;
+        all.resumed.merge(&out.resumed);
+        all.full.merge(&out.full);
+        all.errors.merge(out.errors);
+    })
+    .await;
     let elapsed = started.elapsed().as_secs_f64();
     let failed = all.errors.count();
     errors.merge(all.errors);

@@ -28,7 +28,7 @@ use super::mqtt::{self, Packet};
 use super::net::{self, PacketReader, SourceAddrs, Tls};
 use super::proc::rss_kib;
 use super::report::{ErrorLog, FloodResult, ThroughputResult};
-use super::{mint_app, mint_devices, BenchTarget, KEEP_ALIVE_SECS, OPEN_TIMEOUT};
+use super::{mint_app, mint_devices, BenchTarget};
 use crate::certs::TestCa;
 
 /// Topic the devices publish on (certmq shows it to applications as
@@ -447,32 +447,20 @@ async fn connect_clients(
     let app = mint_app(target, ca, "bench-app")?;
     let devices = mint_devices(target, ca, "pub", publishers, false)?;
     let dialer = target.dialer(SourceAddrs::kernel())?;
-    let mut app_conn = net::open(
-        &dialer,
-        0,
-        app.tls.clone(),
-        &app.client_id,
-        KEEP_ALIVE_SECS,
-        OPEN_TIMEOUT,
-    )
-    .await
-    .with_context(|| format!("application {}", app.client_id))?
-    .reader;
+    let mut app_conn = app
+        .open(&dialer, 0)
+        .await
+        .with_context(|| format!("application {}", app.client_id))?
+        .reader;
     net::mqtt_subscribe(&mut app_conn, &target.app_filter, qos)
         .await
         .with_context(|| format!("application {}", app.client_id))?;
     let mut conns = Vec::with_capacity(publishers);
     for (i, d) in devices.iter().enumerate() {
-        let opened = net::open(
-            &dialer,
-            i + 1,
-            d.tls.clone(),
-            &d.client_id,
-            KEEP_ALIVE_SECS,
-            OPEN_TIMEOUT,
-        )
-        .await
-        .with_context(|| format!("publisher {}", d.client_id))?;
+        let opened = d
+            .open(&dialer, i + 1)
+            .await
+            .with_context(|| format!("publisher {}", d.client_id))?;
         conns.push(opened.reader);
     }
     Ok(Clients {
