@@ -125,12 +125,16 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     let admin = TcpListener::bind(opts.admin)
         .await
         .with_context(|| format!("binding admin listener {}", opts.admin))?;
+    // Plain MQTT serves only orgs at level tls_optional: when its port is taken (say, by
+    // a local mosquitto on 1883) the broker still starts, says so, and reports it off.
     let plain = match opts.mqtt_plain {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding plain MQTT listener {a}"))?,
-        ),
+        Some(a) => match TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(addr = %a, cause = %e, "plain MQTT listener disabled: cannot bind");
+                None
+            }
+        },
         None => None,
     };
     let mqtt_addr = mqtt.local_addr()?;
