@@ -35,15 +35,16 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the store under `dir`. The store is locked by one process at a
-    /// time; a store just dropped in this process is released by sled's flusher thread
-    /// a moment later, so a lock conflict is retried for up to 2 s.
+    /// time; a store just dropped in this process may still be held for a moment by
+    /// sled's background threads, so a lock conflict is retried for up to 2 s.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             match sled::Config::new().path(dir.join("store")).open() {
                 Ok(db) => return Ok(SledStore { db }),
+                // sled reports the lock conflict as an `Other` I/O error with this text.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
+                    if e.to_string().contains("could not acquire lock")
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -90,6 +91,20 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reopening_waits_for_a_store_being_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = SledStore::open(dir.path()).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        // Locked now, free in 300 ms: the open waits instead of failing.
+        let s = SledStore::open(dir.path()).unwrap();
+        releaser.join().unwrap();
+        s.apply(vec![Op::Put("k".into(), b"v".to_vec())]).unwrap();
+    }
 
     #[test]
     fn batches_scan_and_survive_reopen() {
