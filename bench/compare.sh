@@ -20,4 +20,4 @@ pin=()
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   pin=(taskset -c 1)
 fi
-exec "${pin[@]}" target/release/certmq-sim compare "$@"
+exec "${pin[@]}" "${CARGO_TARGET_DIR:-target}/release/certmq-sim" compare "$@"
