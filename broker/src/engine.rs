@@ -127,14 +127,10 @@ impl Engine {
         }
     }
 
-    /// How far behind the router is: the last probe's round trip (publish in, delivery
-    /// out). The router is one thread that both ingests and delivers; when ingest starves
-    /// delivery, this grows, and publishers are slowed (see `flow.rs`).
-    pub fn lag(&self) -> Duration {
-        Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
-    }
-
-    /// A shared handle on the lag, for the flow control of every session.
+    /// How far behind the router is, in microseconds: the last probe's round trip
+    /// (publish in, delivery out). The router is one thread that both ingests and
+    /// delivers; when ingest starves delivery this grows, and every session's flow
+    /// control slows its publisher (see `flow.rs`).
     pub fn lag_handle(&self) -> Arc<AtomicU64> {
         self.lag_us.clone()
     }

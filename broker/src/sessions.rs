@@ -190,15 +190,6 @@ impl Sessions {
         out
     }
 
-    /// Number of live sessions.
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Closes the session `client_id` of `org`. False when there is none.
     pub fn kick(&self, org: &OrgId, client_id: &str, reason: CloseReason) -> bool {
         match self.map().get(client_id) {

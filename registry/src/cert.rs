@@ -452,12 +452,6 @@ pub fn issued_by(child_der: &[u8], issuer_der: &[u8]) -> bool {
         && child.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
-/// Serial number of a certificate, lowercase hex with colons.
-pub fn serial_of(der: &[u8]) -> Option<String> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(cert.raw_serial_as_string().to_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

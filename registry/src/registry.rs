@@ -570,11 +570,6 @@ impl Registry {
         self.open_server(&rec)
     }
 
-    /// The platform default certificate, PEM, for clients to trust.
-    pub fn platform_cert_pem(&self) -> Result<String> {
-        Ok(to_pem_chain(&self.platform_cert()?.0))
-    }
-
     fn ensure_platform_cert(&self) -> Result<()> {
         if let Some(rec) = self.get_json::<ServerCert>(PLATFORM_CERT)? {
             let chain = cert::read_chain(rec.pem.as_bytes())?;
