@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use admin_api::DryRunError;
 use anyhow::Context;
-use broker::{AuthzError, AuthzRequest, Broker, BrokerConfig, CloseReason};
+use broker::{AuthzError, Broker, BrokerConfig, CloseReason};
+use registry::live::{AuthzDecision, AuthzRequest, SessionInfo};
 use registry::seal::{random_bytes, write_private_file, MasterKey};
 use registry::store::SledStore;
 use registry::{OrgId, Registry};
@@ -75,13 +76,8 @@ fn hex_encode(b: &[u8]) -> String {
 struct BrokerView(Arc<Broker>);
 
 impl admin_api::ConnectionsView for BrokerView {
-    fn list(&self, org: &OrgId) -> Vec<serde_json::Value> {
-        self.0
-            .sessions()
-            .list(org)
-            .into_iter()
-            .filter_map(|s| serde_json::to_value(s).ok())
-            .collect()
+    fn list(&self, org: &OrgId) -> Vec<SessionInfo> {
+        self.0.sessions().list(org)
     }
 
     fn kick(&self, org: &OrgId, client_id: &str) -> bool {
@@ -95,16 +91,13 @@ impl admin_api::ConnectionsView for BrokerView {
     fn authz_check(
         &self,
         org: &OrgId,
-        request: serde_json::Value,
-    ) -> Result<serde_json::Value, DryRunError> {
-        let req: AuthzRequest = serde_json::from_value(request)
-            .map_err(|e| DryRunError::BadRequest(format!("invalid request: {e}")))?;
-        match self.0.authz_check(org, &req) {
-            Ok(d) => serde_json::to_value(d).map_err(|e| DryRunError::Internal(e.to_string())),
-            Err(AuthzError::NoOrg(o)) => Err(DryRunError::NotFound(format!("org {o} not found"))),
-            Err(AuthzError::BadRequest(m)) => Err(DryRunError::BadRequest(m)),
-            Err(AuthzError::Internal(m)) => Err(DryRunError::Internal(m)),
-        }
+        request: &AuthzRequest,
+    ) -> Result<AuthzDecision, DryRunError> {
+        self.0.authz_check(org, request).map_err(|e| match e {
+            AuthzError::NoOrg(o) => DryRunError::NotFound(format!("org {o} not found")),
+            AuthzError::BadRequest(m) => DryRunError::BadRequest(m),
+            AuthzError::Internal(m) => DryRunError::Internal(m),
+        })
     }
 }
 

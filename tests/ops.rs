@@ -167,16 +167,16 @@ async fn authz_dry_run_names_the_deciding_rule() {
         }
     };
 
-    // The request and answer are the broker's types, passed through; the OpenAPI
-    // document copies them, and must name exactly their fields.
+    // The request and answer are the shared `registry::live` types; the OpenAPI
+    // document names exactly their fields.
     let request = json!({
         "certificate": dev.chain_pem, "client_id": "d:acme:sensor:dev1",
         "topic": "iot-2/evt/temp/fmt/json", "action": "publish"
     });
-    assert_eq!(
-        api.documented_properties("AuthzCheck").await,
-        keys(&request)
-    );
+    let mut with_token = keys(&request);
+    with_token.push("token".into());
+    with_token.sort();
+    assert_eq!(api.documented_properties("AuthzCheck").await, with_token);
     let decision_fields = api.documented_properties("AuthzDecision").await;
     let stages = api.documented_schema("AuthzStage").await["enum"].clone();
     let documented = |d: &serde_json::Value| {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::{Extension, Router};
+use registry::live::{AuthzDecision, AuthzRequest, SessionInfo};
 use registry::{OrgId, Registry};
 use serde::Serialize;
 use utoipa::{OpenApi as _, ToSchema};
@@ -47,27 +48,28 @@ use extract::Json;
 /// The largest request body accepted; larger bodies get 413 `payload_too_large`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// What the API needs from the broker about live MQTT sessions.
+/// What the API needs from the broker: its live MQTT sessions, its metrics and its
+/// authorization dry run. The types crossing this boundary are the registry's
+/// [`registry::live`] types, which the broker produces and the API serves (with their
+/// OpenAPI schemas), so the two cannot drift.
 ///
 /// The broker implements it; the admin API calls it from a blocking thread, so an
 /// implementation may take short locks but should not wait on the network.
 pub trait ConnectionsView: Send + Sync + 'static {
-    /// The live sessions of `org`, one JSON object each (client id, identity, CA
-    /// fingerprint, cert serial, remote address, since).
-    fn list(&self, org: &OrgId) -> Vec<serde_json::Value>;
+    /// The live sessions of `org`, sorted by client id.
+    fn list(&self, org: &OrgId) -> Vec<SessionInfo>;
     /// Closes the session of `client_id` in `org`; `false` when there is none.
     fn kick(&self, org: &OrgId, client_id: &str) -> bool;
     /// The Prometheus text exposition of the broker's metrics.
     fn metrics(&self) -> String {
         String::new()
     }
-    /// The authorization dry run of `org` (`POST /orgs/{org}/authz/check`): the JSON
-    /// request in, the broker's decision out.
+    /// The authorization dry run of `org` (`POST /orgs/{org}/authz/check`).
     fn authz_check(
         &self,
         _org: &OrgId,
-        _request: serde_json::Value,
-    ) -> Result<serde_json::Value, DryRunError> {
+        _request: &AuthzRequest,
+    ) -> Result<AuthzDecision, DryRunError> {
         Err(DryRunError::Unavailable)
     }
 }
@@ -81,7 +83,7 @@ pub enum DryRunError {
     NotFound(String),
     /// The broker could not answer (500).
     Internal(String),
-    /// This deployment has no broker behind the API (501).
+    /// This deployment has no broker behind the API (500).
     Unavailable,
 }
 

@@ -4,8 +4,7 @@
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use serde::Serialize;
-use utoipa::ToSchema;
+use registry::live::{AuthzDecision, AuthzRequest};
 
 use crate::auth::PlatformAdmin;
 use crate::error::ErrorBody;
@@ -18,6 +17,7 @@ use crate::{blocking, ApiError, AppState, DryRunError, Json};
 /// scrape config): the series name every org. Series: `certmq_connections{org,kind}`,
 /// `certmq_handshakes_total{org,result,reason}`, `certmq_publishes_total{org,kind}`,
 /// `certmq_deliveries_total{org,kind}`, `certmq_kicks_total{org,reason}`,
+/// `certmq_connect_refusals_total{stage}`,
 /// `certmq_cert_not_after_seconds{org,kind,id,active}`,
 /// `certmq_cert_days_to_expiry{org,kind,id,active}`.
 #[utoipa::path(
@@ -39,69 +39,12 @@ pub(crate) async fn metrics(
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
-/// What to check: a client certificate chain, and optionally a client id and a topic.
-// The broker's `AuthzRequest`; this crate does not depend on the broker, so this is a
-// copy for the schema, which `tests/ops.rs` compares with the real one.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // a schema only: the request passes through as JSON
-pub(crate) struct AuthzCheck {
-    /// The client certificate chain, PEM, leaf first.
-    certificate: String,
-    /// The client id to check against the certificate's identity.
-    client_id: Option<String>,
-    /// A topic (publish) or topic filter (subscribe) as the client would send it.
-    topic: Option<String>,
-    /// What to check `topic` for; default `publish`.
-    #[schema(value_type = Option<String>, pattern = "^(publish|subscribe)$")]
-    action: Option<String>,
-}
-
-/// The broker's decision and how it was reached.
-// The broker's `AuthzDecision` (see [`AuthzCheck`]).
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // a schema only: the decision passes through as JSON
-pub(crate) struct AuthzDecision {
-    allowed: bool,
-    /// The rule that decided, in words.
-    reason: String,
-    /// The step that decided, in the broker's order.
-    stage: AuthzStage,
-    /// The identity the certificate carries (once read).
-    identity: Option<String>,
-    /// The org CA that admits the certificate (once verified).
-    ca_id: Option<String>,
-    ca_fingerprint: Option<String>,
-    /// The client id the certificate must use in this org.
-    expected_client_id: Option<String>,
-    /// The topic or filter the broker would use internally.
-    internal_topic: Option<String>,
-}
-
-/// The step of the broker's admission and authorization that decided a dry run.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // a schema only
-pub(crate) enum AuthzStage {
-    /// TLS would refuse the chain: no active CA of the org issued it, expired, revoked by
-    /// a CRL.
-    Certificate,
-    /// No identity in the subject CN or an email SAN.
-    Identity,
-    /// The identity is blocked.
-    Blocked,
-    /// The client id does not match the identity.
-    ClientId,
-    /// The topic rules refuse the topic.
-    Topic,
-    /// Everything asked for passed.
-    Admitted,
-}
-
 /// Authorization dry run.
 ///
-/// What the broker would decide for a client certificate chain, client id and topic,
-/// and which rule decided — the broker's own steps in its order: the org's client
-/// verifier (CAs, validity, CRLs), identity, admitting CA, block list, client id, topic
+/// What the broker would decide for a client certificate chain, client id, device token
+/// and topic, and which rule decided — the broker's own steps, in its order and with
+/// its code: the org's client verifier (CAs, validity, CRLs), identity, client id, the
+/// security level (a level that needs a token needs `token` here too), block list, topic
 /// rules. A deny is a 200 with `allowed: false`.
 #[utoipa::path(
     post,
@@ -109,7 +52,7 @@ pub(crate) enum AuthzStage {
     tag = "authz",
     operation_id = "authz_check",
     params(OrgPath),
-    request_body(content = AuthzCheck, content_type = "application/json", example = json!({
+    request_body(content = AuthzRequest, content_type = "application/json", example = json!({
         "certificate": "-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n",
         "client_id": "d:acme:sensor:dev1",
         "topic": "iot-2/evt/temp/fmt/json",
@@ -125,9 +68,9 @@ pub(crate) enum AuthzStage {
 pub(crate) async fn authz_check(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
-    Json(body): Json<serde_json::Value>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let answer = blocking(move || state.connections.authz_check(&org, body)).await?;
+    Json(body): Json<AuthzRequest>,
+) -> Result<Json<AuthzDecision>, ApiError> {
+    let answer = blocking(move || state.connections.authz_check(&org, &body)).await?;
     match answer {
         Ok(v) => Ok(Json(v)),
         Err(DryRunError::BadRequest(m)) => Err(ApiError::BadRequest(m)),

@@ -8,7 +8,8 @@ use axum::http::{header, Method, Request, StatusCode};
 use certmq_admin_api::ConnectionsView;
 use common::{error_code, Api, Req};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use registry::OrgId;
+use registry::live::{Auth, SessionInfo};
+use registry::{Identity, Kind, OrgId, Transport};
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 use tower::ServiceExt;
@@ -17,9 +18,24 @@ use tower::ServiceExt;
 struct StubConnections;
 
 impl ConnectionsView for StubConnections {
-    fn list(&self, org: &OrgId) -> Vec<Value> {
+    fn list(&self, org: &OrgId) -> Vec<SessionInfo> {
         if org.as_str() == "acme" {
-            vec![json!({ "client_id": "d:acme:sensor:dev1" })]
+            vec![SessionInfo {
+                client_id: "d:acme:sensor:dev1".into(),
+                org: org.clone(),
+                identity: Identity::parse("d:sensor:dev1").unwrap(),
+                kind: Kind::Device,
+                auth: Auth::Certificate,
+                transport: Transport::Tls,
+                ca_id: "ca1".into(),
+                ca_fingerprint: "ab:cd".into(),
+                cert_serial: "01".into(),
+                cert_not_after: OffsetDateTime::UNIX_EPOCH,
+                remote_addr: "127.0.0.1:40000".parse().unwrap(),
+                protocol: "mqtt4-tls".into(),
+                since: OffsetDateTime::UNIX_EPOCH,
+                token_version: None,
+            }]
         } else {
             Vec::new()
         }
@@ -472,7 +488,13 @@ async fn connections_list_and_kick() {
     api.create_org("acme").await;
     let (status, body) = api.get("/api/v1/orgs/acme/connections").await.parts();
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!([{ "client_id": "d:acme:sensor:dev1" }]));
+    assert_eq!(body[0]["client_id"], "d:acme:sensor:dev1");
+    assert_eq!(body[0]["auth"], "certificate");
+    assert_eq!(body[0]["remote_addr"], "127.0.0.1:40000");
+    assert!(
+        body[0].get("token_version").is_none(),
+        "internal fields stay internal: {body}"
+    );
 
     let (status, body) = api
         .empty(

@@ -7,7 +7,7 @@
 //! prefix: nothing a client can publish or subscribe to maps outside its own org.
 //! Pure functions only; no I/O.
 
-use registry::{Identity, Name, OrgId};
+use registry::{Identity, Name, OrgId, SecurityPolicy};
 
 /// Why a topic or filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,13 +127,27 @@ fn split(s: &str) -> Vec<&str> {
 }
 
 impl Principal {
-    /// A principal with no gateway scope, not a scalable app instance.
-    pub fn new(org: OrgId, identity: Identity) -> Principal {
+    /// The principal of an admitted client: `identity` in `org`, with the gateway scope
+    /// the org's `policy` gives its gateway type, and — for a client id
+    /// `A:<org>:<app>:<instance>` — a scalable application instance. The only way to
+    /// make one: admission (`admission::decide`) calls it for every caller.
+    pub fn new(
+        org: OrgId,
+        identity: Identity,
+        policy: &SecurityPolicy,
+        client_id: Option<&str>,
+    ) -> Principal {
+        let gateway_scope = match &identity {
+            Identity::Gateway { gateway_type, .. } => policy.gateway_scope(gateway_type),
+            _ => None,
+        };
+        let scalable = matches!(identity, Identity::App { .. })
+            && client_id.is_some_and(|c| c.starts_with("A:"));
         Principal {
             org,
             identity,
-            gateway_scope: None,
-            scalable: false,
+            gateway_scope,
+            scalable,
         }
     }
 
@@ -268,7 +282,12 @@ mod tests {
     use super::*;
 
     fn p(org: &str, id: &str) -> Principal {
-        Principal::new(OrgId::try_from(org).unwrap(), Identity::parse(id).unwrap())
+        Principal::new(
+            OrgId::try_from(org).unwrap(),
+            Identity::parse(id).unwrap(),
+            &SecurityPolicy::default(),
+            None,
+        )
     }
 
     #[test]

@@ -1,122 +1,483 @@
-//! Who may connect (SPEC sections 3 and 5): from what TLS established and what the
-//! CONNECT says, decide the org, the identity and whether the org's security policy
-//! admits these credentials. Used by every session and re-applied to live sessions
-//! when an org changes.
+//! Who may connect: the one admission decision.
+//!
+//! From what is known about a connection ([`Facts`]: the transport, the client
+//! certificate TLS verified, the client id, the token) and the org's rules at that
+//! moment ([`OrgRules`]: security policy, active CAs, revocations), [`decide`] answers
+//! with an admitted [`Principal`] or a [`Refusal`] naming the [`Stage`] that refused.
+//!
+//! Three callers, one answer: the CONNECT of every session, the re-judgement of live
+//! sessions after an org changes (`Broker::reconcile`), and the authorization dry run
+//! (`authz.rs`). The function is pure — no store, no sockets, no clock — so the order
+//! of the checks and what each says is unit-tested here; token verification, which
+//! needs the store's salted hashes, comes in as a closure the caller provides.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 
-use registry::{names, Identity, OrgId, Registry, Transport};
+use registry::live::Stage;
+use registry::{names, Identity, Level, OrgId, Registry, Revocations, SecurityPolicy, Transport};
 use time::OffsetDateTime;
 
 use crate::acl::Principal;
-use crate::tls::{OrgTls, OrgTlsCache};
 
 /// The username that announces token authentication (Watson's convention).
 pub(crate) const TOKEN_USERNAME: &str = "use-token-auth";
 
-/// What the transport established before CONNECT.
-pub(crate) struct Arrival {
+/// A client certificate TLS verified for this org, as admission and the session
+/// registry need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerCert {
+    /// The identity in its subject CN or an email SAN, if it carries one.
+    pub identity: Option<Identity>,
+    /// The org CA that admitted it.
+    pub ca_id: String,
+    pub ca_fingerprint: String,
+    /// Serial, lowercase hex with colons.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// An org's admission rules, as one consistent snapshot (the org's TLS state carries
+/// the one its config was built from).
+#[derive(Debug, Clone)]
+pub(crate) struct OrgRules {
+    pub org: OrgId,
+    pub policy: SecurityPolicy,
+    /// SHA-256 fingerprints of the org's active CA certificates.
+    pub active_cas: HashSet<String>,
+    pub revocations: Revocations,
+}
+
+/// What a token check found for the identity admission settled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenCheck {
+    /// No token was presented (or, for a live session, none admitted it).
+    NotPresented,
+    /// A token was presented and is the identity's current one (its version).
+    Valid(OffsetDateTime),
+    /// A token was presented and is wrong, or was replaced or deleted since.
+    Invalid,
+}
+
+/// What is known about a connection when admission decides.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts<'a> {
     pub transport: Transport,
-    /// The org's TLS state when SNI chose it (TLS); `None` on plain MQTT.
-    pub org_tls: Option<Arc<OrgTls>>,
-    /// Whether a verified client certificate was presented.
-    pub has_cert: bool,
-    /// The identity in that certificate, if it has one.
-    pub cert_identity: Option<Identity>,
+    /// The client certificate TLS verified, if one was presented.
+    pub cert: Option<&'a PeerCert>,
+    /// The client id; `None` only for a dry run that was not given one.
+    pub client_id: Option<&'a str>,
 }
 
 /// An admitted client.
+#[derive(Debug, Clone)]
 pub(crate) struct Admitted {
     pub principal: Principal,
     /// Set when a valid token was presented: the token's version.
     pub token_version: Option<OffsetDateTime>,
 }
 
-/// Why a CONNECT is refused; the text goes to the log (and status reason).
-pub(crate) enum Refusal {
-    /// CONNACK 5 / 0x87.
-    NotAuthorized(String),
-    /// CONNACK 4 / 0x86: a token was presented and is wrong.
-    BadCredentials(String),
+/// Why a client is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub stage: Stage,
+    /// The rule that refused, in words (for the log, status events and the dry run).
+    pub reason: String,
+    /// A token was presented and is wrong: CONNACK 4 / 0x86 rather than 5 / 0x87.
+    pub bad_credentials: bool,
 }
 
-/// Decides a CONNECT.
-pub(crate) fn admit(
-    registry: &Registry,
-    tls: &OrgTlsCache,
-    arrival: &Arrival,
-    client_id: &str,
-    username: Option<&str>,
-    password: Option<&str>,
-) -> Result<Admitted, Refusal> {
-    let deny = |m: String| Err(Refusal::NotAuthorized(m));
-    let from_client_id = names::parse_client_id(client_id);
-    let org_tls = match &arrival.org_tls {
-        Some(t) => t.clone(),
-        None => {
-            // Plain MQTT: the org comes from the client id.
-            let Some((org, _)) = &from_client_id else {
-                return deny(format!("client id {client_id:?} names no org"));
-            };
-            match tls.get(org) {
-                Ok(Some(t)) => t,
-                _ => return deny(format!("no org {org}")),
-            }
-        }
-    };
-    let org: &OrgId = &org_tls.org;
-    let identity = match (&arrival.cert_identity, arrival.has_cert, &from_client_id) {
-        (Some(i), _, _) => i.clone(),
-        (None, true, _) => {
-            return deny(
-                "the client certificate carries no identity in its CN or an email SAN".into(),
-            )
-        }
-        (None, false, Some((_, i))) => i.clone(),
-        (None, false, None) => return deny(format!("client id {client_id:?} is not an identity")),
-    };
-    // SPEC 3.4: the client id must be the one the identity implies in this org.
-    if !identity.admits_client_id(org, client_id) {
-        return deny(format!(
-            "client id {client_id:?} does not match identity {identity} (expected {:?})",
-            identity.client_id(org)
-        ));
+fn refuse(stage: Stage, reason: String) -> Refusal {
+    Refusal {
+        stage,
+        reason,
+        bad_credentials: false,
     }
-    let token_version = match (username, password) {
-        (Some(TOKEN_USERNAME), Some(token)) => registry
-            .verify_device_token(org, &identity, token)
-            .unwrap_or(None),
+}
+
+/// Decides whether a client with `facts` is admitted under `rules`. `token` checks the
+/// presented token (if any) for the identity admission settled on.
+///
+/// The order is fixed: identity → client id → credentials against the security level
+/// (a certificate counts only while its CA is active and its serial not revoked) →
+/// block list. The first check that fails decides.
+pub(crate) fn decide(
+    rules: &OrgRules,
+    facts: &Facts<'_>,
+    token: impl FnOnce(&Identity) -> TokenCheck,
+) -> Result<Admitted, Refusal> {
+    let org = &rules.org;
+    let identity = match (facts.cert, facts.client_id) {
+        (Some(cert), _) => match &cert.identity {
+            Some(i) => i.clone(),
+            None => return Err(refuse(
+                Stage::Identity,
+                "the client certificate carries no identity (d:/g:/a:) in its CN or an email SAN"
+                    .into(),
+            )),
+        },
+        (None, Some(client_id)) => match names::parse_client_id(client_id) {
+            Some((_, identity)) => identity,
+            None => return Err(refuse(
+                Stage::Identity,
+                format!(
+                    "client id {client_id:?} is not an identity and no certificate was presented"
+                ),
+            )),
+        },
+        (None, None) => {
+            return Err(refuse(
+                Stage::Identity,
+                "neither a certificate nor a client id".into(),
+            ))
+        }
+    };
+    // The client id must be the one the identity implies in this org.
+    if let Some(client_id) = facts.client_id {
+        if !identity.admits_client_id(org, client_id) {
+            return Err(refuse(
+                Stage::ClientId,
+                format!(
+                    "client id {client_id:?} does not match identity {identity} (expected {:?})",
+                    identity.client_id(org)
+                ),
+            ));
+        }
+    }
+    let cert_problem = facts.cert.and_then(|c| {
+        if !rules.active_cas.contains(&c.ca_fingerprint) {
+            Some("the CA that admitted the certificate is no longer active in the org")
+        } else if rules
+            .revocations
+            .revoked
+            .get(&c.ca_fingerprint)
+            .is_some_and(|s| s.contains(&c.serial))
+        {
+            Some("the certificate's serial is on its CA's revocation list")
+        } else {
+            None
+        }
+    });
+    let cert_ok = facts.cert.is_some() && cert_problem.is_none();
+    let token = token(&identity);
+    let token_version = match token {
+        TokenCheck::Valid(v) => Some(v),
         _ => None,
     };
-    let level = org_tls.policy.level_for(&identity);
-    if !level.admits(arrival.transport, arrival.has_cert, token_version.is_some()) {
-        let presented_token = username == Some(TOKEN_USERNAME);
-        let m = format!(
-            "security level {level:?} does not admit {} over {:?}",
-            match (arrival.has_cert, presented_token) {
-                (true, _) => "a certificate without a valid token",
-                (false, true) => "this token",
-                (false, false) => "a connection without certificate or token",
-            },
-            arrival.transport
-        );
-        return Err(if presented_token && token_version.is_none() {
-            Refusal::BadCredentials(m)
-        } else {
-            Refusal::NotAuthorized(m)
+    let level = rules.policy.level_for(&identity);
+    if !level.admits(facts.transport, cert_ok, token_version.is_some()) {
+        if let Some(problem) = cert_problem {
+            return Err(refuse(Stage::Certificate, problem.into()));
+        }
+        let presented = match (facts.cert.is_some(), token) {
+            (_, TokenCheck::Invalid) => "a wrong token",
+            (true, _) => "a certificate without a valid token",
+            (false, TokenCheck::Valid(_)) => "a valid token",
+            (false, TokenCheck::NotPresented) => "a connection without certificate or token",
+        };
+        return Err(Refusal {
+            stage: Stage::SecurityLevel,
+            reason: format!(
+                "security level {} does not admit {presented} over {}",
+                level_name(level),
+                match facts.transport {
+                    Transport::Tls => "TLS",
+                    Transport::Plain => "plain MQTT",
+                }
+            ),
+            bad_credentials: token == TokenCheck::Invalid,
         });
     }
-    // A blocked identity is refused whatever its credentials (fail closed on errors).
-    if registry.is_blocked(org, &identity).unwrap_or(true) {
-        return deny(format!("{identity} is blocked"));
+    if rules.revocations.blocked.contains(&identity) {
+        return Err(refuse(
+            Stage::Blocked,
+            format!("{identity} is blocked in org {org}"),
+        ));
     }
-    let mut principal = Principal::new(org.clone(), identity);
-    if let Identity::Gateway { gateway_type, .. } = &principal.identity {
-        principal.gateway_scope = org_tls.policy.gateway_scope(gateway_type);
-    }
-    principal.scalable = client_id.starts_with("A:");
+    let principal = Principal::new(org.clone(), identity, &rules.policy, facts.client_id);
     Ok(Admitted {
         principal,
         token_version,
     })
+}
+
+/// The token check of a CONNECT or a dry run: `token` (the password sent with username
+/// [`TOKEN_USERNAME`]) against the identity's stored token. A store error counts as a
+/// wrong token (fail closed).
+pub(crate) fn presented_token<'a>(
+    registry: &'a Registry,
+    org: &'a OrgId,
+    token: Option<&'a str>,
+) -> impl FnOnce(&Identity) -> TokenCheck + 'a {
+    move |identity| match token {
+        None => TokenCheck::NotPresented,
+        Some(t) => match registry.verify_device_token(org, identity, t) {
+            Ok(Some(version)) => TokenCheck::Valid(version),
+            Ok(None) | Err(_) => TokenCheck::Invalid,
+        },
+    }
+}
+
+/// The token check of a live session: the token that admitted it (`admitted_with`, its
+/// version) still counts while it is the identity's current one.
+pub(crate) fn current_token<'a>(
+    registry: &'a Registry,
+    org: &'a OrgId,
+    admitted_with: Option<OffsetDateTime>,
+) -> impl FnOnce(&Identity) -> TokenCheck + 'a {
+    move |identity| match admitted_with {
+        None => TokenCheck::NotPresented,
+        Some(v) => match registry.device_token_version(org, identity) {
+            Ok(Some(current)) if current == v => TokenCheck::Valid(v),
+            _ => TokenCheck::Invalid,
+        },
+    }
+}
+
+/// A level as the security policy API names it.
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::TlsClientCert => "tls_client_cert",
+        Level::TlsClientCertOrToken => "tls_client_cert_or_token",
+        Level::TlsToken => "tls_token",
+        Level::TlsOptional => "tls_optional",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> OrgId {
+        OrgId::try_from("acme").unwrap()
+    }
+
+    fn rules(level: Level) -> OrgRules {
+        OrgRules {
+            org: org(),
+            policy: SecurityPolicy {
+                level,
+                ..Default::default()
+            },
+            active_cas: HashSet::from(["ca1".to_owned()]),
+            revocations: Revocations::default(),
+        }
+    }
+
+    fn cert(identity: &str) -> PeerCert {
+        PeerCert {
+            identity: Identity::parse(identity).ok(),
+            ca_id: "id1".into(),
+            ca_fingerprint: "ca1".into(),
+            serial: "01".into(),
+            not_after: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn tls<'a>(cert: Option<&'a PeerCert>, client_id: &'a str) -> Facts<'a> {
+        Facts {
+            transport: Transport::Tls,
+            cert,
+            client_id: Some(client_id),
+        }
+    }
+
+    const V: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
+
+    fn stage(r: Result<Admitted, Refusal>) -> Stage {
+        match r {
+            Ok(_) => Stage::Admitted,
+            Err(r) => r.stage,
+        }
+    }
+
+    #[test]
+    fn a_certificate_admits_its_own_client_id_only() {
+        let c = cert("d:sensor:dev1");
+        let r = rules(Level::TlsClientCert);
+        let ok = decide(&r, &tls(Some(&c), "d:acme:sensor:dev1"), |_| {
+            TokenCheck::NotPresented
+        })
+        .unwrap();
+        assert_eq!(ok.principal.identity.to_string(), "d:sensor:dev1");
+        assert_eq!(ok.token_version, None);
+        let wrong = decide(&r, &tls(Some(&c), "d:acme:sensor:dev2"), |_| {
+            TokenCheck::NotPresented
+        })
+        .unwrap_err();
+        assert_eq!(wrong.stage, Stage::ClientId);
+        assert!(
+            wrong.reason.contains("expected \"d:acme:sensor:dev1\""),
+            "{}",
+            wrong.reason
+        );
+        // Another org's client id is a mismatch too.
+        let other = tls(Some(&c), "d:other:sensor:dev1");
+        assert_eq!(
+            stage(decide(&r, &other, |_| TokenCheck::NotPresented)),
+            Stage::ClientId
+        );
+    }
+
+    #[test]
+    fn a_certificate_without_identity_is_refused_before_anything_else() {
+        let c = cert("not an identity");
+        let r = rules(Level::TlsClientCert);
+        let e = decide(&r, &tls(Some(&c), "d:acme:sensor:dev1"), |_| {
+            TokenCheck::NotPresented
+        })
+        .unwrap_err();
+        assert_eq!(e.stage, Stage::Identity);
+    }
+
+    #[test]
+    fn security_levels_decide_which_credentials_count() {
+        let c = cert("d:sensor:dev1");
+        let id = "d:acme:sensor:dev1";
+        // (level, certificate?, token) → admitted?
+        let cases = [
+            (
+                Level::TlsClientCert,
+                true,
+                TokenCheck::NotPresented,
+                Stage::Admitted,
+            ),
+            (
+                Level::TlsClientCert,
+                false,
+                TokenCheck::Valid(V),
+                Stage::SecurityLevel,
+            ),
+            (
+                Level::TlsClientCertOrToken,
+                false,
+                TokenCheck::Valid(V),
+                Stage::Admitted,
+            ),
+            (
+                Level::TlsClientCertOrToken,
+                true,
+                TokenCheck::Invalid,
+                Stage::Admitted,
+            ),
+            (
+                Level::TlsClientCertOrToken,
+                false,
+                TokenCheck::Invalid,
+                Stage::SecurityLevel,
+            ),
+            // The bug the dry run had: a certificate alone at tls_token.
+            (
+                Level::TlsToken,
+                true,
+                TokenCheck::NotPresented,
+                Stage::SecurityLevel,
+            ),
+            (Level::TlsToken, true, TokenCheck::Valid(V), Stage::Admitted),
+            (
+                Level::TlsOptional,
+                false,
+                TokenCheck::Valid(V),
+                Stage::Admitted,
+            ),
+        ];
+        for (level, with_cert, token, want) in cases {
+            let facts = tls(with_cert.then_some(&c), id);
+            let got = decide(&rules(level), &facts, |_| token);
+            assert_eq!(
+                stage(got.clone()),
+                want,
+                "{level:?} cert={with_cert} {token:?}"
+            );
+            if let Err(r) = got {
+                assert_eq!(r.bad_credentials, token == TokenCheck::Invalid);
+            }
+        }
+    }
+
+    #[test]
+    fn plain_mqtt_needs_tls_optional_and_a_token() {
+        let plain = Facts {
+            transport: Transport::Plain,
+            cert: None,
+            client_id: Some("d:acme:sensor:dev1"),
+        };
+        let got = |level| stage(decide(&rules(level), &plain, |_| TokenCheck::Valid(V)));
+        assert_eq!(got(Level::TlsOptional), Stage::Admitted);
+        assert_eq!(got(Level::TlsClientCertOrToken), Stage::SecurityLevel);
+        let e = decide(&rules(Level::TlsOptional), &plain, |_| {
+            TokenCheck::NotPresented
+        })
+        .unwrap_err();
+        assert!(
+            e.reason.contains("without certificate or token"),
+            "{}",
+            e.reason
+        );
+        let garbage = Facts {
+            client_id: Some("whoever"),
+            ..plain
+        };
+        let e = decide(&rules(Level::TlsOptional), &garbage, |_| {
+            TokenCheck::Valid(V)
+        });
+        assert_eq!(stage(e), Stage::Identity);
+    }
+
+    #[test]
+    fn an_inactive_ca_or_a_revoked_serial_withdraws_the_certificate() {
+        let c = cert("d:sensor:dev1");
+        let id = "d:acme:sensor:dev1";
+        let mut r = rules(Level::TlsClientCert);
+        r.active_cas.clear();
+        let e = decide(&r, &tls(Some(&c), id), |_| TokenCheck::NotPresented).unwrap_err();
+        assert_eq!(e.stage, Stage::Certificate);
+        assert!(e.reason.contains("no longer active"));
+
+        let mut r = rules(Level::TlsClientCert);
+        r.revocations
+            .revoked
+            .insert("ca1".into(), HashSet::from(["01".to_owned()]));
+        let e = decide(&r, &tls(Some(&c), id), |_| TokenCheck::NotPresented).unwrap_err();
+        assert_eq!(e.stage, Stage::Certificate);
+        // A valid token still admits where the level accepts tokens.
+        r.policy.level = Level::TlsClientCertOrToken;
+        assert!(decide(&r, &tls(Some(&c), id), |_| TokenCheck::Valid(V)).is_ok());
+    }
+
+    #[test]
+    fn a_blocked_identity_is_refused_whatever_its_credentials() {
+        let c = cert("d:sensor:dev1");
+        let mut r = rules(Level::TlsClientCertOrToken);
+        r.revocations
+            .blocked
+            .insert(Identity::parse("d:sensor:dev1").unwrap());
+        let e = decide(&r, &tls(Some(&c), "d:acme:sensor:dev1"), |_| {
+            TokenCheck::Valid(V)
+        })
+        .unwrap_err();
+        assert_eq!(e.stage, Stage::Blocked);
+    }
+
+    #[test]
+    fn the_principal_carries_gateway_scope_and_scalable_instances() {
+        let mut r = rules(Level::TlsClientCert);
+        r.policy
+            .gateway_device_types
+            .insert("gw".into(), vec!["sensor".into()]);
+        let g = cert("g:gw:g1");
+        let a = decide(&r, &tls(Some(&g), "g:acme:gw:g1"), |_| {
+            TokenCheck::NotPresented
+        })
+        .unwrap();
+        assert_eq!(
+            a.principal.gateway_scope.as_deref().map(|s| s.len()),
+            Some(1)
+        );
+        let app = cert("a:dash");
+        let a = decide(&r, &tls(Some(&app), "A:acme:dash:i1"), |_| {
+            TokenCheck::NotPresented
+        })
+        .unwrap();
+        assert!(a.principal.scalable);
+    }
 }

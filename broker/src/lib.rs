@@ -1,17 +1,22 @@
 //! certmq's message plane: the TLS front end that picks an org by SNI and verifies
-//! client certificates against that org's CAs, the topic rules that keep orgs apart,
-//! and MQTT sessions bridged onto the rumqttd engine.
+//! client certificates against that org's CAs, the one admission decision, the topic
+//! rules that keep orgs apart, and MQTT sessions bridged onto the engine.
 //!
 //! It owns connections and what flows over them; it does not own configuration (the
 //! `registry` crate does) or HTTP (the `admin-api` crate does). Path of a connection:
 //! [`Broker::serve`] accepts → [`tls::OrgTlsCache`] picks the org's config by SNI →
-//! handshake → identity from the certificate → CONNECT checked against it →
-//! packets authorized and rewritten by [`acl::Principal`] → engine.
+//! handshake → [`tls::OrgTls`] reads the certificate facts → CONNECT decided by
+//! `admission` → packets authorized and rewritten by [`acl::Principal`] → [`engine`].
+//!
+//! Modules: `server` (listeners, the change listener, reconcile), `tls` (per-org
+//! configs, certificate facts), `admission` (who may connect: one pure decision),
+//! `acl` (topic rules), `session` (CONNECT to teardown; `bridge`, `status`), `sessions`
+//! (live sessions, kick), `flow` (flow control), `engine` (the only module that knows
+//! rumqttd), `authz` (the dry run), `metrics`.
 
 pub mod acl;
 mod admission;
 pub mod authz;
-pub mod codec;
 pub mod engine;
 pub mod flow;
 pub mod metrics;
@@ -20,7 +25,7 @@ mod session;
 pub mod sessions;
 pub mod tls;
 
-pub use authz::{AuthzDecision, AuthzError, AuthzRequest};
+pub use authz::AuthzError;
 pub use server::{Broker, BrokerConfig};
 pub use session::SessionLimits;
-pub use sessions::{CloseReason, SessionInfo, Sessions};
+pub use sessions::{CloseReason, Sessions};

@@ -10,10 +10,10 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use registry::Registry;
-use time::OffsetDateTime;
+use std::collections::BTreeMap;
 
-use crate::sessions::Sessions;
+use registry::{Kind, OrgId, Registry};
+use time::OffsetDateTime;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -67,6 +67,11 @@ pub(crate) fn handshake_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// A CONNECT refused by admission, by the stage that refused it.
+pub(crate) fn refused(stage: registry::live::Stage) {
+    metrics::counter!("certmq_connect_refusals_total", "stage" => stage.as_str()).increment(1);
+}
+
 /// A session closed by the broker (kick, revocation, takeover, shutdown).
 pub(crate) fn kick(org: &str, reason: &'static str) {
     metrics::counter!("certmq_kicks_total", "org" => org.to_owned(), "reason" => reason)
@@ -98,11 +103,11 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The whole Prometheus text exposition.
-pub fn render(sessions: &Sessions, registry: &Registry) -> String {
+/// The whole Prometheus text exposition; `conns` counts live sessions per org and kind
+/// (see `Sessions::counts`).
+pub fn render(conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) -> String {
     let mut out = handle().map(|h| h.render()).unwrap_or_default();
 
-    let conns = sessions.counts();
     out.push_str(
         "# HELP certmq_connections Live MQTT sessions.\n# TYPE certmq_connections gauge\n",
     );

@@ -1,12 +1,11 @@
 //! The MQTT/TLS listener: accept (capped), pick the org's config by SNI, finish the
 //! handshake (timed), read the identity off the client certificate, run the session.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::{cert, Registry};
+use registry::{OrgId, Registry};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::admission::Arrival;
+use crate::admission::{self, Facts};
 use crate::engine::{Engine, EngineConfig};
 use crate::session::{self, Peer, SessionCtx, SessionLimits};
 use crate::sessions::{CloseReason, Sessions};
@@ -60,9 +59,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts the engine and subscribes to registry changes: an org's TLS config is
-    /// rebuilt on its next handshake, and its live sessions whose admitting CA is no
-    /// longer active (or whose org is gone) are closed at once.
+    /// Starts the engine and subscribes to registry changes with one listener that, for
+    /// the changed org, first drops its cached TLS config (the next handshake rebuilds
+    /// it) and then re-judges its live sessions (see [`Broker::reconcile`]). Both run
+    /// before the registry call that made the change returns.
     pub fn new(registry: Arc<Registry>, config: BrokerConfig) -> Arc<Broker> {
         crate::metrics::install();
         let tls = OrgTlsCache::new(registry.clone());
@@ -85,6 +85,7 @@ impl Broker {
         let weak = Arc::downgrade(&broker);
         registry.on_change(move |registry::Change::Org(org)| {
             if let Some(b) = weak.upgrade() {
+                b.tls.invalidate(org);
                 b.reconcile(org);
             }
         });
@@ -97,7 +98,7 @@ impl Broker {
 
     /// The Prometheus text exposition of the broker's metrics.
     pub fn metrics_text(&self) -> String {
-        crate::metrics::render(&self.sessions, &self.ctx.registry)
+        crate::metrics::render(self.sessions.counts(), &self.ctx.registry)
     }
 
     /// Live sessions (list, kick).
@@ -105,10 +106,15 @@ impl Broker {
         &self.sessions
     }
 
-    /// Re-applies admission to the org's live sessions after a change: a session whose
-    /// credentials no longer pass — CA gone or inactive, serial revoked, identity
-    /// blocked, token replaced or deleted, security level raised, org deleted — is closed.
-    fn reconcile(&self, org: &registry::OrgId) {
+    /// Re-applies admission to the org's live sessions after a change, with the same
+    /// decision CONNECT made (`admission::decide`) over the org's new state: a session
+    /// whose CA is gone or inactive, whose serial is revoked, whose identity is blocked,
+    /// whose token was replaced or deleted, or whose credentials the security level no
+    /// longer admits is closed. When the org is gone every session is closed and the
+    /// org's state in the engine (retained messages, persistent sessions) is purged.
+    fn reconcile(&self, org: &OrgId) {
+        // Who to judge first, then the store: no store read under the sessions lock.
+        let live = self.sessions.of_org(org);
         let tls = match self.tls.get(org) {
             Ok(t) => t,
             Err(e) => {
@@ -117,43 +123,58 @@ impl Broker {
                 return;
             }
         };
-        let revocations = match self.ctx.registry.revocations(org) {
-            Ok(r) => r,
-            Err(e) => {
-                error!(%org, cause = %e, "cannot read revocations");
-                return;
+        let Some(tls) = tls else {
+            for (_, switch) in &live {
+                crate::metrics::kick(org.as_str(), CloseReason::Revoked.label());
+                switch.close(CloseReason::Revoked);
             }
+            info!(%org, sessions = live.len(), "org deleted: closing its sessions and purging its engine state");
+            self.purge_when_closed(org.clone(), live.into_iter().map(|(_, s)| s).collect());
+            return;
         };
-        let active: HashSet<&str> = tls
-            .as_ref()
-            .map(|t| t.cas.iter().map(|c| c.fingerprint.as_str()).collect())
-            .unwrap_or_default();
         let registry = &self.ctx.registry;
-        let n = self.sessions.kick_where(CloseReason::Revoked, |s| {
-            if &s.org != org {
-                return false;
-            }
-            let Some(tls) = &tls else {
-                return true; // the org is gone
+        let mut closed = 0;
+        for (s, switch) in &live {
+            let cert = s.has_cert().then(|| admission::PeerCert {
+                identity: Some(s.identity.clone()),
+                ca_id: s.ca_id.clone(),
+                ca_fingerprint: s.ca_fingerprint.clone(),
+                serial: s.cert_serial.clone(),
+                not_after: s.cert_not_after,
+            });
+            let facts = Facts {
+                transport: s.transport,
+                cert: cert.as_ref(),
+                client_id: Some(&s.client_id),
             };
-            if revocations.blocked.contains(&s.identity) {
-                return true;
+            let token = admission::current_token(registry, org, s.token_version);
+            if let Err(refusal) = admission::decide(&tls.rules, &facts, token) {
+                info!(%org, client_id = s.client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "closing a session that is no longer admitted");
+                crate::metrics::kick(org.as_str(), CloseReason::Revoked.label());
+                switch.close(CloseReason::Revoked);
+                closed += 1;
             }
-            let cert_ok = s.has_cert
-                && active.contains(s.ca_fingerprint.as_str())
-                && !revocations.refuses(&s.identity, &s.ca_fingerprint, &s.cert_serial);
-            let token_ok = s.token_version.is_some()
-                && registry
-                    .device_token_version(org, &s.identity)
-                    .ok()
-                    .flatten()
-                    == s.token_version;
-            !tls.policy
-                .level_for(&s.identity)
-                .admits(s.transport, cert_ok, token_ok)
-        });
-        if n > 0 {
-            info!(%org, sessions = n, "closed sessions that are no longer admitted");
+        }
+        if closed > 0 {
+            info!(%org, sessions = closed, "closed sessions that are no longer admitted");
+        }
+    }
+
+    /// Purges `org` from the engine once `sessions` (its last live ones) have released
+    /// their links.
+    fn purge_when_closed(&self, org: OrgId, sessions: Vec<Arc<crate::sessions::KillSwitch>>) {
+        let engine = self.ctx.engine.clone();
+        let purge = async move {
+            for s in sessions {
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.finished()).await;
+            }
+            engine.purge(&org).await;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(purge);
+            }
+            Err(_) => warn!("no runtime to purge a deleted org's engine state"),
         }
     }
 
@@ -221,20 +242,12 @@ impl Broker {
     }
 
     async fn plain_connection(&self, tcp: TcpStream, addr: SocketAddr) {
-        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or_default();
         let peer = Peer {
-            arrival: Arrival {
-                transport: Transport::Plain,
-                org_tls: None,
-                has_cert: false,
-                cert_identity: None,
-            },
-            ca_id: String::new(),
-            ca_fingerprint: String::new(),
-            cert_serial: String::new(),
-            cert_not_after: time::OffsetDateTime::UNIX_EPOCH,
+            transport: Transport::Plain,
+            org_tls: None,
+            cert: None,
             remote_addr: addr,
-            local_port,
+            local_port: tcp.local_addr().map(|a| a.port()).unwrap_or_default(),
         };
         session::run(tcp, peer, self.ctx.clone()).await;
     }
@@ -298,35 +311,23 @@ impl Broker {
         };
         let (_, conn) = stream.get_ref();
         // No chain only when the org's policy admits tokens (the verifier decides).
-        let chain = conn.peer_certificates().filter(|c| !c.is_empty());
-        let leaf = chain.and_then(|c| c.first());
-        let summary = leaf.and_then(|l| cert::client_summary(l));
+        let cert = conn
+            .peer_certificates()
+            .and_then(|chain| org_tls.peer_cert(chain));
         // A resumed TLS session carries the certificate verified when it was issued;
         // one that has expired since does not come back in that way.
-        if summary
+        if cert
             .as_ref()
-            .is_some_and(|d| d.not_after < time::OffsetDateTime::now_utc())
+            .is_some_and(|c| c.not_after < time::OffsetDateTime::now_utc())
         {
             crate::metrics::handshake(Some(org_tls.org.as_str()), "certificate_expired");
             return;
         }
         crate::metrics::handshake(Some(org_tls.org.as_str()), "ok");
-        let ca = chain.and_then(|c| org_tls.admitting_ca(c));
-        let (cert_identity, cert_serial, cert_not_after) = match summary {
-            Some(s) => (s.identity, s.serial, s.not_after),
-            None => (None, String::new(), time::OffsetDateTime::UNIX_EPOCH),
-        };
         let peer = Peer {
-            ca_id: ca.map(|c| c.id.clone()).unwrap_or_default(),
-            ca_fingerprint: ca.map(|c| c.fingerprint.clone()).unwrap_or_default(),
-            cert_serial,
-            cert_not_after,
-            arrival: Arrival {
-                transport: Transport::Tls,
-                has_cert: leaf.is_some(),
-                cert_identity,
-                org_tls: Some(org_tls),
-            },
+            transport: Transport::Tls,
+            org_tls: Some(org_tls),
+            cert,
             remote_addr: addr,
             local_port,
         };

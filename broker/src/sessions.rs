@@ -2,42 +2,13 @@
 //! each one (kick, takeover, revocation, shutdown).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use registry::{Identity, OrgId};
-use rumqttd::protocol::DisconnectReasonCode;
-use serde::Serialize;
-use time::OffsetDateTime;
+use crate::engine::packet::DisconnectReasonCode;
+use registry::live::SessionInfo;
+use registry::OrgId;
 use tokio_util::sync::CancellationToken;
-
-/// What the connections API shows about a live session.
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionInfo {
-    pub client_id: String,
-    pub org: OrgId,
-    pub identity: Identity,
-    pub kind: registry::Kind,
-    /// `certificate`, `token` or `certificate+token`.
-    pub auth: &'static str,
-    pub transport: registry::Transport,
-    #[serde(skip)]
-    pub has_cert: bool,
-    /// The version of the token that admitted the session, if one did.
-    #[serde(skip)]
-    pub token_version: Option<OffsetDateTime>,
-    /// Empty for a session without a client certificate.
-    pub ca_id: String,
-    pub ca_fingerprint: String,
-    pub cert_serial: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub cert_not_after: OffsetDateTime,
-    pub remote_addr: SocketAddr,
-    pub protocol: &'static str,
-    #[serde(with = "time::serde::rfc3339")]
-    pub since: OffsetDateTime,
-}
 
 /// Why the broker closes a session; v5 clients get it as the DISCONNECT reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +100,6 @@ struct Entry {
 pub struct Sessions {
     map: Mutex<HashMap<String, Entry>>,
     seq: AtomicU64,
-    /// Client ids whose last session was persistent: the engine may hold their state.
-    persistent: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Sessions {
@@ -155,17 +124,6 @@ impl Sessions {
         let mut map = self.map();
         if map.get(client_id).is_some_and(|e| e.seq == seq) {
             map.remove(client_id);
-        }
-    }
-
-    /// Records whether `client_id` connected with a persistent session; returns whether
-    /// the engine may hold state from an earlier persistent session of it.
-    pub(crate) fn note_session_kind(&self, client_id: &str, persistent: bool) -> bool {
-        let mut set = self.persistent.lock().unwrap_or_else(|e| e.into_inner());
-        if persistent {
-            !set.insert(client_id.to_owned())
-        } else {
-            set.remove(client_id)
         }
     }
 
@@ -200,6 +158,16 @@ impl Sessions {
             }
             _ => false,
         }
+    }
+
+    /// The live sessions of `org` with their kill switches, copied out so that the
+    /// caller judges them (reading the store if it must) without holding the lock.
+    pub(crate) fn of_org(&self, org: &OrgId) -> Vec<(SessionInfo, Arc<KillSwitch>)> {
+        self.map()
+            .values()
+            .filter(|e| &e.info.org == org)
+            .map(|e| (e.info.clone(), e.switch.clone()))
+            .collect()
     }
 
     /// Closes every session for which `pred` holds; returns how many.

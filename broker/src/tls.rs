@@ -2,13 +2,19 @@
 //! (its active server certificate + a client verifier over its active CAs only).
 //!
 //! Configs live in an [`ArcSwap`]ed map, so the handshake path takes no lock. A registry
-//! change drops the org's entry synchronously (see [`OrgTlsCache::invalidate`]); the next
-//! handshake rebuilds it from the registry. A rebuilt config also gets a fresh session
-//! cache, so a TLS session resumed after a CA was deactivated cannot skip verification.
+//! change drops the org's entry synchronously (see [`OrgTlsCache::invalidate`], called
+//! by the broker's one change listener); the next handshake rebuilds it from the
+//! registry. A rebuilt config also gets a fresh ticket key, so a TLS session resumed
+//! after a CA was deactivated cannot skip verification.
+//!
+//! After a handshake, [`OrgTls::peer_cert`] reads what admission needs off the verified
+//! chain: identity, the admitting CA, serial and expiry.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::admission::{OrgRules, PeerCert};
 use arc_swap::ArcSwap;
 use registry::{cert, OrgId, Registry};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -30,7 +36,8 @@ pub struct ActiveCa {
     subject_raw: Vec<u8>,
 }
 
-/// An org's TLS state: the config handshakes use and the CAs it trusts.
+/// An org's TLS state: the config handshakes use, the CAs it trusts, and the
+/// admission rules read from the same registry state.
 #[derive(Debug)]
 pub struct OrgTls {
     pub org: OrgId,
@@ -38,11 +45,30 @@ pub struct OrgTls {
     pub cas: Vec<ActiveCa>,
     /// The client verifier inside `config`, also used by the authorization dry run.
     pub verifier: Arc<dyn ClientCertVerifier>,
-    /// The org's security policy when the config was built.
-    pub policy: registry::SecurityPolicy,
+    /// Security policy, active CAs and revocations when the config was built: CONNECT
+    /// decides with these, so it needs no store read.
+    pub(crate) rules: OrgRules,
 }
 
 impl OrgTls {
+    /// What admission needs from a verified client chain (leaf first): identity,
+    /// admitting CA, serial and expiry, from one parse of the leaf. `None` for an
+    /// empty chain; a leaf that does not parse has no identity (and is refused).
+    pub(crate) fn peer_cert(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCert> {
+        let summary = cert::client_summary(chain.first()?);
+        let ca = self.admitting_ca(chain);
+        Some(PeerCert {
+            identity: summary.as_ref().and_then(|s| s.identity.clone()),
+            ca_id: ca.map(|c| c.id.clone()).unwrap_or_default(),
+            ca_fingerprint: ca.map(|c| c.fingerprint.clone()).unwrap_or_default(),
+            serial: summary
+                .as_ref()
+                .map(|s| s.serial.clone())
+                .unwrap_or_default(),
+            not_after: summary.map_or(time::PrimitiveDateTime::MAX.assume_utc(), |s| s.not_after),
+        })
+    }
+
     /// The active CA that admitted the chain `peer` (leaf first): the CA whose subject
     /// is the issuer of a certificate in the chain and whose key verifies it.
     pub fn admitting_ca(&self, peer: &[CertificateDer<'_>]) -> Option<&ActiveCa> {
@@ -99,22 +125,21 @@ pub struct OrgTlsCache {
     registry: Arc<Registry>,
     provider: Arc<CryptoProvider>,
     configs: ArcSwap<HashMap<OrgId, Arc<OrgTls>>>,
+    /// Bumped by every invalidation: a config whose build started before the last
+    /// invalidation was built from older state and is not cached.
+    generation: AtomicU64,
 }
 
 impl OrgTlsCache {
+    /// An empty cache over `registry`. It does not listen for changes itself: the
+    /// broker's one listener invalidates, then re-judges live sessions, in that order.
     pub fn new(registry: Arc<Registry>) -> Arc<OrgTlsCache> {
-        let cache = Arc::new(OrgTlsCache {
-            registry: registry.clone(),
+        Arc::new(OrgTlsCache {
+            registry,
             provider: Arc::new(provider()),
             configs: ArcSwap::from_pointee(HashMap::new()),
-        });
-        let weak = Arc::downgrade(&cache);
-        registry.on_change(move |change| {
-            if let (Some(cache), registry::Change::Org(org)) = (weak.upgrade(), change) {
-                cache.invalidate(org);
-            }
-        });
-        cache
+            generation: AtomicU64::new(0),
+        })
     }
 
     /// The org an SNI name selects: `<org>.<domain>`, `<org>.<custom domain>` or an
@@ -130,13 +155,20 @@ impl OrgTlsCache {
         if let Some(tls) = self.configs.load().get(org) {
             return Ok(Some(tls.clone()));
         }
+        let started = self.generation.load(Ordering::SeqCst);
         let Some(tls) = self.build(org)? else {
             return Ok(None);
         };
         let tls = Arc::new(tls);
+        // Cache it only if no invalidation came while it was built. The check runs inside
+        // the compare-and-swap loop: an invalidation that removes the org after this
+        // insert also removes this entry; one that bumped the generation first makes
+        // the loop retry and skip.
         self.configs.rcu(|map| {
             let mut map = HashMap::clone(map);
-            map.insert(org.clone(), tls.clone());
+            if self.generation.load(Ordering::SeqCst) == started {
+                map.insert(org.clone(), tls.clone());
+            }
             map
         });
         Ok(Some(tls))
@@ -144,6 +176,7 @@ impl OrgTlsCache {
 
     /// Forgets the org's config; the next handshake rebuilds it.
     pub fn invalidate(&self, org: &OrgId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.configs.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.remove(org);
@@ -160,6 +193,7 @@ impl OrgTlsCache {
             Err(registry::Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let revocations = self.registry.revocations(org)?;
         // Levels that admit tokens ask for a certificate without requiring one.
         let (cert_optional, _) = policy.loosest();
         let (chain, key) = match material.server {
@@ -223,12 +257,18 @@ impl OrgTlsCache {
         // One ticket per full handshake is enough for a device that reconnects (rustls
         // sends two by default: each costs an encryption and a record).
         config.send_tls13_tickets = 1;
+        let rules = OrgRules {
+            org: org.clone(),
+            policy,
+            active_cas: cas.iter().map(|c| c.fingerprint.clone()).collect(),
+            revocations,
+        };
         Ok(Some(OrgTls {
             org: org.clone(),
             config: Arc::new(config),
             cas,
             verifier,
-            policy,
+            rules,
         }))
     }
 }

@@ -16,6 +16,7 @@ use rcgen::{
     CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
     KeyPair, SerialNumber,
 };
+use registry::live::SessionInfo;
 use registry::seal::MasterKey;
 use registry::store::SledStore;
 use registry::{OrgId, Registry};
@@ -33,7 +34,7 @@ pub const HOST: &str = "acme.messaging.localhost";
 pub struct NoConnections;
 
 impl ConnectionsView for NoConnections {
-    fn list(&self, _: &OrgId) -> Vec<Value> {
+    fn list(&self, _: &OrgId) -> Vec<SessionInfo> {
         Vec::new()
     }
     fn kick(&self, _: &OrgId, _: &str) -> bool {

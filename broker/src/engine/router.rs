@@ -1,19 +1,16 @@
-//! The MQTT engine: rumqttd's router, run in-process, behind one small type so it can
-//! be swapped without touching the rest of the broker.
-//!
-//! rumqttd does routing, subscriptions, retained messages, QoS state and shared
-//! subscriptions. It has no public way to accept a stream we already authenticated, so
-//! each session gets a "local link" (`LinkTx`/`LinkRx`) and the session task bridges it
-//! to the client's socket (see `session.rs`).
+//! rumqttd's router, run in-process: started on its own thread, reached through local
+//! links (`LinkTx`/`LinkRx`), one for each session, one for the broker's own publishes
+//! and one for the probe that measures the router's lag.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{Notification, Router, RouterConfig};
+use rumqttd::{Notification, RouterConfig};
+
+use super::EngineError;
 
 /// Engine sizing.
 #[derive(Debug, Clone)]
@@ -41,18 +38,13 @@ impl Default for EngineConfig {
 type Connect =
     dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), EngineError> + Send + Sync;
 
-/// The engine refused a link (connection limit reached, router gone).
-#[derive(Debug, thiserror::Error)]
-#[error("engine: {0}")]
-pub struct EngineError(String);
-
 /// A running router and the means to open links to it.
 #[derive(Clone)]
-pub struct Engine {
+pub(crate) struct Router {
     connect: Arc<Connect>,
     /// Round trip of the last probe through the router, microseconds.
     lag_us: Arc<AtomicU64>,
-    /// Publishes made by the broker itself (status events, wills), see [`Engine::publish`].
+    /// Publishes made by the broker itself (status events, wills), see [`Router::publish`].
     system: tokio::sync::mpsc::Sender<Publish>,
 }
 
@@ -66,10 +58,10 @@ const PROBE_TOPIC: &str = "/certmq/probe";
 /// How often the probe measures the router.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 
-impl Engine {
+impl Router {
     /// Starts the router on its own thread.
-    pub fn start(config: &EngineConfig) -> Engine {
-        let router = Router::new(
+    pub(crate) fn start(config: &EngineConfig) -> Router {
+        let router = rumqttd::Router::new(
             0,
             RouterConfig {
                 max_connections: config.max_connections,
@@ -83,7 +75,7 @@ impl Engine {
         );
         let router_tx = router.spawn();
         let (system, system_rx) = tokio::sync::mpsc::channel(4096);
-        let engine = Engine {
+        let engine = Router {
             system,
             lag_us: Arc::new(AtomicU64::new(0)),
             connect: Arc::new(move |client_id: &str, clean: bool| {
@@ -102,10 +94,9 @@ impl Engine {
         engine
     }
 
-    /// Publishes on the broker's own behalf (QoS 0): status events and wills. Sessions
-    /// need no engine link of their own for these, so an idle session holds none.
-    pub async fn publish(&self, topic: Bytes, payload: Bytes, retain: bool) {
-        let _ = self.system.send(Publish::new(topic, payload, retain)).await;
+    /// Publishes through the broker's own link (QoS 0).
+    pub(crate) async fn publish(&self, publish: Publish) {
+        let _ = self.system.send(publish).await;
     }
 
     async fn system_link(self, mut rx: tokio::sync::mpsc::Receiver<Publish>) {
@@ -131,7 +122,7 @@ impl Engine {
     /// (publish in, delivery out). The router is one thread that both ingests and
     /// delivers; when ingest starves delivery this grows, and every session's flow
     /// control slows its publisher (see `flow.rs`).
-    pub fn lag_handle(&self) -> Arc<AtomicU64> {
+    pub(crate) fn lag_handle(&self) -> Arc<AtomicU64> {
         self.lag_us.clone()
     }
 
@@ -169,8 +160,7 @@ impl Engine {
 
     /// Opens a link for `client_id`. The router answers with a ConnAck notification
     /// (carrying session-present). Runs on a blocking thread: `build` waits on a channel.
-    /// Sessions open theirs only when they first need the router (see `session.rs`).
-    pub async fn link(
+    pub(crate) async fn link(
         &self,
         client_id: &str,
         clean_session: bool,

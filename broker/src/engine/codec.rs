@@ -1,5 +1,6 @@
-//! MQTT framing: picks v3.1.1 or v5 from the CONNECT packet and reads/writes packets
-//! with rumqttd's protocol module.
+//! MQTT framing on the client's socket: picks v3.1.1 or v5 from the CONNECT packet and
+//! reads/writes packets with rumqttd's protocol module (the packet model sessions use,
+//! re-exported as [`super::packet`]).
 
 use bytes::BytesMut;
 use rumqttd::protocol::{

@@ -1,0 +1,372 @@
+//! The running half of a session: packets from the client's socket are authorized,
+//! rewritten to internal topics and sent to the engine; the engine's deliveries are
+//! rewritten back to the client's view and written to the socket. Flow control
+//! (`flow.rs`) paces the reads; the kill switch closes the session from outside.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{SessionError, SessionLimits};
+use crate::acl::Principal;
+use crate::engine::codec::{CodecError, Version};
+use crate::engine::packet::{
+    DisconnectReasonCode, Filter, Packet, PingResp, SubAck, Subscribe, SubscribeReasonCode,
+};
+use crate::engine::{Engine, Link, Outbound};
+use crate::flow::{self, Flow};
+use crate::sessions::{CloseReason, KillSwitch};
+
+/// Most bytes read from a socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a session ended without an I/O or protocol error.
+pub(super) enum Ending {
+    /// The client sent DISCONNECT; `with_will` for v5 reason 0x04.
+    Client { with_will: bool },
+    /// The broker closed it.
+    Closed(CloseReason),
+}
+
+/// The next engine delivery, or never when there is no link yet.
+async fn next_notification(link: &mut Option<Link>) -> Result<Option<Outbound>, SessionError> {
+    match link {
+        Some(l) => l
+            .next()
+            .await
+            .map_err(|e| SessionError::Link(e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+/// The running half of a session: socket on one side, engine link on the other.
+pub(super) struct Bridge {
+    pub(super) version: Version,
+    pub(super) principal: Principal,
+    pub(super) engine: Engine,
+    pub(super) client_id: String,
+    /// The engine link, opened on first need (always at once for persistent sessions).
+    pub(super) link: Option<Link>,
+    /// SUBSCRIBE packet id → per-filter refusal code (None = forwarded to the engine).
+    pub(super) pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    pub(super) wbuf: BytesMut,
+    pub(super) limits: SessionLimits,
+    pub(super) flow: Flow,
+    /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
+    pub(super) out_inflight: usize,
+    pub(super) counters: crate::metrics::SessionCounters,
+}
+
+impl Bridge {
+    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        connack: Packet,
+        keep_alive: Duration,
+        switch: &KillSwitch,
+    ) -> Result<Ending, SessionError> {
+        self.version.write(connack, &mut self.wbuf)?;
+        self.flush(stream).await?;
+        // MQTT: the server closes after 1.5 × keep-alive without a packet; 0 disables.
+        let ka_limit = (!keep_alive.is_zero()).then(|| keep_alive + keep_alive / 2);
+        let mut last_rx = Instant::now();
+        // Packets may already be buffered behind the CONNECT.
+        if let Some(end) = self.inbound(rbuf, stream).await? {
+            return Ok(end);
+        }
+        // Under org pressure (see flow.rs) reading resumes only after this instant.
+        let mut throttled_until: Option<Instant> = None;
+        loop {
+            let engine_behind = self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.queued() >= self.limits.max_queued_packets);
+            let throttled = throttled_until.is_some_and(|t| t > Instant::now());
+            let paused = engine_behind || throttled;
+            // Read straight into the packet buffer (no per-session scratch: idle sessions
+            // stay small), at most a slice when this publisher is being slowed.
+            let slice = self.flow.read_limit(READ_CHUNK);
+            if rbuf.capacity() - rbuf.len() < slice.min(READ_CHUNK) {
+                rbuf.reserve(slice.min(READ_CHUNK));
+            }
+            let ka_deadline = ka_limit.map(|l| last_rx + l);
+            tokio::select! {
+                reason = switch.closed() => {
+                    if let Some(p) = self.version.disconnect(reason.code(), reason.text()) {
+                        self.version.write(p, &mut self.wbuf)?;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush(stream)).await;
+                    }
+                    return Ok(Ending::Closed(reason));
+                }
+                n = async {
+                    let mut limited = bytes::BufMut::limit(&mut *rbuf, slice);
+                    stream.read_buf(&mut limited).await
+                }, if !paused => {
+                    let n = n?;
+                    if n == 0 {
+                        return Err(SessionError::Eof);
+                    }
+                    last_rx = Instant::now();
+                    if let Some(end) = self.inbound(rbuf, stream).await? {
+                        return Ok(end);
+                    }
+                    throttled_until = self.flow.pause_after_read().map(|p| Instant::now() + p);
+                }
+                // The engine is behind on this session's packets, or its org's
+                // subscribers are: wait before reading the socket again.
+                _ = tokio::time::sleep_until(match throttled_until {
+                    Some(t) if throttled => t,
+                    _ => Instant::now() + Duration::from_millis(1),
+                }), if paused => {}
+                _ = sleep_until_opt(self.flow.congestion_deadline()) => self.flow.relieved(),
+                n = next_notification(&mut self.link) => {
+                    let n = n?;
+                    let mut wake = false;
+                    if let Some(n) = n {
+                        wake |= self.outbound(n)?;
+                    }
+                    // Drain whatever else is already queued, then write once.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            n = next_notification(&mut self.link) => match n? {
+                                Some(n) => wake |= self.outbound(n)?,
+                                None => break,
+                            },
+                            _ = std::future::ready(()) => break,
+                        }
+                        if self.wbuf.len() > 64 * 1024 {
+                            break;
+                        }
+                    }
+                    let started = Instant::now();
+                    match tokio::time::timeout(self.limits.write_timeout, self.flush(stream)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Err(SessionError::SlowConsumer),
+                    }
+                    // The engine paused us (outgoing buffer full) or the socket is slow:
+                    // this subscriber cannot keep up, so its org's publishers slow down.
+                    if wake
+                        || started.elapsed() > flow::SLOW_WRITE
+                        || self.out_inflight >= self.limits.inflight_high
+                    {
+                        self.flow.congested();
+                    } else {
+                        self.flow.relieved();
+                    }
+                    if wake {
+                        if let Some(l) = &self.link {
+                            l.wake().await.map_err(|e| SessionError::Link(e.to_string()))?;
+                        }
+                    }
+                }
+                _ = sleep_until_opt(ka_deadline) => return Err(SessionError::KeepAlive),
+            }
+        }
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), SessionError> {
+        if !self.wbuf.is_empty() {
+            stream.write_all(&self.wbuf).await?;
+            stream.flush().await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Encodes one engine delivery for the client. Returns true when the engine
+    /// paused this session and must be woken after the write.
+    fn outbound(&mut self, n: Outbound) -> Result<bool, SessionError> {
+        let packet = match n {
+            Outbound::Paused => return Ok(true),
+            Outbound::Publish(mut publish, properties) => {
+                let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+                match self.principal.outbound_topic(topic) {
+                    Some(t) => publish.topic = Bytes::from(t),
+                    None => {
+                        // Cannot happen: subscriptions only reach the client's own org.
+                        warn!(topic, "dropping a message outside the client's topic space");
+                        return Ok(false);
+                    }
+                }
+                self.counters.deliveries.increment(1);
+                let start = self.wbuf.len();
+                self.version
+                    .write(Packet::Publish(publish, properties), &mut self.wbuf)?;
+                // rumqttd keeps a publish's QoS private; the fixed header has it.
+                if self.wbuf.get(start).is_some_and(|b| b & 0b0110 != 0) {
+                    self.out_inflight += 1;
+                }
+                return Ok(false);
+            }
+            Outbound::Ack(Packet::SubAck(ack, props)) => {
+                Packet::SubAck(self.merge_suback(ack), props)
+            }
+            Outbound::Ack(p) => p,
+            Outbound::Disconnect(code) => {
+                match self.version.disconnect(code, "disconnected by the broker") {
+                    Some(p) => p,
+                    None => return Ok(false),
+                }
+            }
+        };
+        self.version.write(packet, &mut self.wbuf)?;
+        Ok(false)
+    }
+
+    /// Puts the refusal codes of filters the broker did not forward back in place.
+    fn merge_suback(&mut self, mut ack: SubAck) -> SubAck {
+        if let Some(slots) = self.pending_subs.remove(&ack.pkid) {
+            let mut granted = ack.return_codes.into_iter();
+            ack.return_codes = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Some(refused) => refused,
+                    None => granted.next().unwrap_or(SubscribeReasonCode::Failure),
+                })
+                .collect();
+        }
+        ack
+    }
+
+    /// Decodes and handles every complete packet in `rbuf`.
+    async fn inbound<S: AsyncWrite + Unpin>(
+        &mut self,
+        rbuf: &mut BytesMut,
+        stream: &mut S,
+    ) -> Result<Option<Ending>, SessionError> {
+        loop {
+            let packet = match self.version.read(rbuf, self.limits.max_packet_size) {
+                Ok(p) => p,
+                Err(CodecError::Incomplete) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            match packet {
+                Packet::Publish(mut publish, props) => {
+                    if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                        return Err(SessionError::Protocol("topic aliases are not supported"));
+                    }
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+                    match self.principal.publish_topic(topic) {
+                        Ok(internal) => publish.topic = Bytes::from(internal),
+                        Err(denied) => {
+                            // SPEC 4: unauthorized PUBLISH closes the connection.
+                            if let Some(p) = self
+                                .version
+                                .disconnect(DisconnectReasonCode::NotAuthorized, &denied.0)
+                            {
+                                self.version.write(p, &mut self.wbuf)?;
+                                self.flush(stream).await?;
+                            }
+                            return Err(SessionError::Denied(denied.0));
+                        }
+                    }
+                    self.counters.publishes.increment(1);
+                    self.send_to_engine(Packet::Publish(publish, props)).await?;
+                }
+                Packet::Subscribe(sub, props) => {
+                    let mut slots = Vec::with_capacity(sub.filters.len());
+                    let mut allowed = Vec::new();
+                    for f in sub.filters {
+                        match self.principal.subscribe_filter(&f.path) {
+                            Ok(internal) => {
+                                slots.push(None);
+                                allowed.push(Filter {
+                                    path: internal,
+                                    ..f
+                                });
+                            }
+                            Err(denied) => {
+                                debug!(cause = %denied, "subscription refused");
+                                slots.push(Some(self.version.sub_refused()));
+                            }
+                        }
+                    }
+                    if allowed.is_empty() {
+                        let ack = SubAck {
+                            pkid: sub.pkid,
+                            return_codes: slots.into_iter().flatten().collect(),
+                        };
+                        self.version
+                            .write(Packet::SubAck(ack, None), &mut self.wbuf)?;
+                        self.flush(stream).await?;
+                    } else {
+                        self.pending_subs.insert(sub.pkid, slots);
+                        let sub = Subscribe {
+                            pkid: sub.pkid,
+                            filters: allowed,
+                        };
+                        self.send_to_engine(Packet::Subscribe(sub, props)).await?;
+                    }
+                }
+                Packet::Unsubscribe(mut unsub, props) => {
+                    // A filter this client could never have subscribed maps to one that
+                    // matches nothing, so the engine still answers with an UNSUBACK.
+                    for f in &mut unsub.filters {
+                        *f = self.principal.subscribe_filter(f).unwrap_or_else(|_| {
+                            format!("{}$none", crate::acl::tenant_prefix(&self.principal.org))
+                        });
+                    }
+                    self.send_to_engine(Packet::Unsubscribe(unsub, props))
+                        .await?;
+                }
+                Packet::Disconnect(d, _) => {
+                    let with_will =
+                        d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                    return Ok(Some(Ending::Client { with_will }));
+                }
+                Packet::Connect(..) => return Err(SessionError::Protocol("second CONNECT")),
+                p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
+                    // The client acknowledged one of our QoS 1/2 deliveries.
+                    self.out_inflight = self.out_inflight.saturating_sub(1);
+                    if self.out_inflight <= self.limits.inflight_high / 2 {
+                        self.flow.relieved();
+                    }
+                    self.send_to_engine(p).await?
+                }
+                p @ (Packet::PubRel(..) | Packet::PubComp(..)) => self.send_to_engine(p).await?,
+                // Answered here: keep-alive needs no engine (nor an engine link).
+                Packet::PingReq(_) => {
+                    self.version
+                        .write(Packet::PingResp(PingResp), &mut self.wbuf)?;
+                    self.flush(stream).await?;
+                }
+                _ => {
+                    return Err(SessionError::Protocol(
+                        "unexpected packet type from a client",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Forwards a packet to the engine, opening the session's link on first use.
+    async fn send_to_engine(&mut self, p: Packet) -> Result<(), SessionError> {
+        let link = match &mut self.link {
+            Some(link) => link,
+            None => {
+                let (link, _connack) = self
+                    .engine
+                    .link(&self.client_id, true)
+                    .await
+                    .map_err(|e| SessionError::Link(e.to_string()))?;
+                self.link.insert(link)
+            }
+        };
+        link.send(p)
+            .await
+            .map_err(|e| SessionError::Link(e.to_string()))
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,378 @@
+//! One MQTT session over an authenticated stream, from CONNECT to teardown: read the
+//! CONNECT, admit it (`admission::decide`), register the session (taking over an older
+//! one with the same client id), answer CONNACK, announce it, run the [`bridge`], and on
+//! every exit publish the will and the status event and release the engine link.
+//!
+//! - `bridge.rs`: the packet bridge between the socket and the engine;
+//! - `status.rs`: Watson status events on the `mon` topic.
+
+mod bridge;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use registry::live::{Auth, SessionInfo};
+use registry::{names, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::acl::Principal;
+use crate::admission::{self, Admitted, Facts, PeerCert, Refusal};
+use crate::engine::codec::{connect_version, CodecError, Version};
+use crate::engine::packet::{ConnAck, ConnectReturnCode, LastWill, Login, Packet};
+use crate::engine::Engine;
+use crate::flow::Pressure;
+use crate::sessions::{CloseReason, KillSwitch, Sessions};
+use crate::tls::{OrgTls, OrgTlsCache};
+use bridge::{Bridge, Ending};
+use status::StatusEvents;
+
+/// Limits applied to every session.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Time allowed between the end of the TLS handshake and a complete CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted, bytes.
+    pub max_packet_size: usize,
+    /// Packets a session may have queued at the engine before the broker stops reading
+    /// its socket (TCP backpressure slows a publisher that outruns the engine).
+    pub max_queued_packets: usize,
+    /// A client that accepts no bytes for this long is closed as a slow consumer.
+    pub write_timeout: Duration,
+    /// Unacknowledged QoS 1/2 deliveries at which a subscriber counts as congested
+    /// (rumqttd stops sending to a client at 100 in flight, a constant of its own).
+    pub inflight_high: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            max_queued_packets: 512,
+            write_timeout: Duration::from_secs(30),
+            inflight_high: 75,
+        }
+    }
+}
+
+/// What the transport established about the peer before CONNECT.
+pub(crate) struct Peer {
+    pub transport: Transport,
+    /// The org's TLS state when SNI chose it; `None` on plain MQTT (the org then comes
+    /// from the client id).
+    pub org_tls: Option<Arc<OrgTls>>,
+    /// The client certificate TLS verified, if one was presented.
+    pub cert: Option<PeerCert>,
+    pub remote_addr: std::net::SocketAddr,
+    /// The broker port the client connected to (status events report it).
+    pub local_port: u16,
+}
+
+/// Shared by all sessions.
+pub(crate) struct SessionCtx {
+    pub registry: Arc<registry::Registry>,
+    pub tls: Arc<OrgTlsCache>,
+    pub engine: Engine,
+    pub pressure: Pressure,
+    pub sessions: Arc<Sessions>,
+    pub limits: SessionLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    #[error("keep-alive expired")]
+    KeepAlive,
+    #[error("client did not read its messages within the write timeout")]
+    SlowConsumer,
+    #[error("client closed the connection")]
+    Eof,
+    #[error("engine link: {0}")]
+    Link(String),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("not authorized: {0}")]
+    Denied(String),
+}
+
+/// Admits (or refuses) a CONNECT with the one admission decision. On plain MQTT the
+/// org comes from the client id; a token is checked when the username announces one.
+fn admit(
+    ctx: &SessionCtx,
+    peer: &Peer,
+    client_id: &str,
+    login: Option<&Login>,
+) -> Result<Admitted, Refusal> {
+    let org_tls = match &peer.org_tls {
+        Some(t) => t.clone(),
+        None => {
+            let org = names::parse_client_id(client_id).map(|(org, _)| org);
+            match org.map(|o| ctx.tls.get(&o)) {
+                Some(Ok(Some(t))) => t,
+                _ => {
+                    return Err(Refusal {
+                        stage: registry::live::Stage::Identity,
+                        reason: format!("client id {client_id:?} names no org here"),
+                        bad_credentials: false,
+                    })
+                }
+            }
+        }
+    };
+    let facts = Facts {
+        transport: peer.transport,
+        cert: peer.cert.as_ref(),
+        client_id: Some(client_id),
+    };
+    let token = login
+        .filter(|l| l.username == admission::TOKEN_USERNAME)
+        .map(|l| l.password.as_str());
+    admission::decide(
+        &org_tls.rules,
+        &facts,
+        admission::presented_token(&ctx.registry, &org_tls.org, token),
+    )
+}
+
+/// Runs a session to its end. Never panics on client input; every exit path releases
+/// the engine link and the session registry entry.
+pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: Arc<SessionCtx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let (version, packet) = match tokio::time::timeout(
+        ctx.limits.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, ctx.limits.max_packet_size),
+    )
+    .await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            debug!(remote = %peer.remote_addr, cause = %e, "no valid CONNECT");
+            return;
+        }
+        Err(_) => {
+            debug!(remote = %peer.remote_addr, cause = %SessionError::ConnectTimeout, "closing");
+            return;
+        }
+    };
+    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+        return;
+    };
+    let client_id = connect.client_id.clone();
+    let admitted = match admit(&ctx, &peer, &client_id, login.as_ref()) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let packet = if refusal.bad_credentials {
+                version.bad_credentials()
+            } else {
+                version.not_authorized()
+            };
+            crate::metrics::refused(refusal.stage);
+            info!(client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "CONNECT refused");
+            let _ = write_packets(&mut stream, version, [packet]).await;
+            return;
+        }
+    };
+    let principal = admitted.principal;
+    let org = principal.org.clone();
+    tracing::Span::current().record("org", org.as_str());
+    let will = match will.map(|w| map_will(&principal, w)).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            info!(%org, client_id, cause = %e, "refused: will topic not allowed");
+            let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+            return;
+        }
+    };
+
+    let switch = Arc::new(KillSwitch::default());
+    let transport = peer.transport;
+    let cert = peer.cert.as_ref();
+    let info = SessionInfo {
+        client_id: client_id.clone(),
+        org: org.clone(),
+        kind: principal.identity.kind(),
+        identity: principal.identity.clone(),
+        auth: Auth::of(cert.is_some(), admitted.token_version.is_some()),
+        transport,
+        token_version: admitted.token_version,
+        ca_id: cert.map(|c| c.ca_id.clone()).unwrap_or_default(),
+        ca_fingerprint: cert.map(|c| c.ca_fingerprint.clone()).unwrap_or_default(),
+        cert_serial: cert.map(|c| c.serial.clone()).unwrap_or_default(),
+        cert_not_after: cert.map_or(time::OffsetDateTime::UNIX_EPOCH, |c| c.not_after),
+        remote_addr: peer.remote_addr,
+        protocol: version.label(transport).to_owned(),
+        since: time::OffsetDateTime::now_utc(),
+    };
+    let (seq, previous) = ctx.sessions.register(info, switch.clone());
+    if let Some(prev) = previous {
+        // Takeover (SPEC 3.5): the old session closes and releases its link first.
+        crate::metrics::kick(org.as_str(), CloseReason::TakenOver.label());
+        prev.close(CloseReason::TakenOver);
+        let _ = tokio::time::timeout(Duration::from_secs(5), prev.finished()).await;
+    }
+
+    tracing::Span::current().record("client_id", client_id.as_str());
+    // A persistent session needs the engine now (session-present, queued messages); a
+    // clean one opens its link when it first publishes or subscribes, so an idle device
+    // holds no engine state at all.
+    // (A clean session that follows a persistent one opens its link at once, so the
+    // engine discards the old state as MQTT requires.)
+    let had_persistent = ctx
+        .engine
+        .note_session_kind(&client_id, !connect.clean_session);
+    let (link, connack) = if connect.clean_session && !had_persistent {
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+        };
+        (None, Packet::ConnAck(ack, None))
+    } else {
+        match ctx.engine.link(&client_id, connect.clean_session).await {
+            Ok((link, ack)) => (Some(link), ack),
+            Err(e) => {
+                warn!(cause = %e, "engine refused the session");
+                let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
+                ctx.sessions.remove(&client_id, seq);
+                switch.finish();
+                return;
+            }
+        }
+    };
+    info!(protocol = version.label(transport), "connected");
+    let connected_at = time::OffsetDateTime::now_utc();
+    let status = StatusEvents {
+        principal: principal.clone(),
+        client_id: client_id.clone(),
+        addr: peer.remote_addr,
+        port: peer.local_port,
+        protocol: version.label(transport),
+        secure: transport == Transport::Tls,
+        connected_at,
+    };
+
+    let counters =
+        crate::metrics::SessionCounters::new(org.as_str(), principal.identity.kind().as_str());
+    let mut bridge = Bridge {
+        version,
+        principal,
+        engine: ctx.engine.clone(),
+        client_id: client_id.clone(),
+        link,
+        pending_subs: HashMap::new(),
+        wbuf: BytesMut::new(),
+        limits: ctx.limits.clone(),
+        flow: ctx.pressure.flow(&org),
+        counters,
+        out_inflight: 0,
+    };
+    if let Some((topic, payload)) = status.connect() {
+        ctx.engine.publish(topic, payload, false).await;
+    }
+    let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
+    let result = bridge
+        .run(&mut stream, &mut rbuf, connack, keep_alive, &switch)
+        .await;
+
+    let send_will = match &result {
+        Ok(Ending::Client { with_will }) => *with_will,
+        _ => true,
+    };
+    match &result {
+        Ok(Ending::Client { .. }) => info!("disconnected by client"),
+        Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
+        Err(e) => info!(cause = %e, "connection ended"),
+    }
+    if send_will {
+        if let Some(w) = will {
+            ctx.engine.publish(w.topic, w.message, w.retain).await;
+        }
+    }
+    let (code, reason) = close_code(&result);
+    if let Some((topic, payload)) = status.disconnect(code, &reason) {
+        ctx.engine.publish(topic, payload, false).await;
+    }
+    if let Some(link) = &mut bridge.link {
+        link.disconnect().await;
+    }
+    let _ = stream.shutdown().await;
+    ctx.sessions.remove(&client_id, seq);
+    switch.finish();
+}
+
+/// The status event's CloseCode (an MQTT v5 reason code) and reason text.
+fn close_code(result: &Result<Ending, SessionError>) -> (u8, String) {
+    match result {
+        Ok(Ending::Client { .. }) => (0x00, "The client disconnected".into()),
+        Ok(Ending::Closed(r)) => (r.number(), r.text().into()),
+        Err(SessionError::KeepAlive) => (0x8D, "Keep alive timeout".into()),
+        Err(SessionError::Denied(d)) => (0x87, format!("Not authorized: {d}")),
+        Err(SessionError::Protocol(p)) => (0x82, format!("Protocol error: {p}")),
+        Err(SessionError::Codec(c)) => (0x81, format!("Malformed packet: {c}")),
+        Err(e @ (SessionError::Eof | SessionError::Io(_))) => {
+            (0x80, format!("Connection lost: {e}"))
+        }
+        Err(e) => (0x80, e.to_string()),
+    }
+}
+
+fn map_will(principal: &Principal, w: LastWill) -> Result<LastWill, String> {
+    let topic = std::str::from_utf8(&w.topic).map_err(|_| "will topic is not UTF-8".to_string())?;
+    let internal = principal.publish_topic(topic).map_err(|e| e.0)?;
+    Ok(LastWill {
+        topic: Bytes::from(internal),
+        ..w
+    })
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<(Version, Packet), SessionError> {
+    loop {
+        match connect_version(rbuf) {
+            Ok(v) => match v.read(rbuf, max) {
+                Ok(p @ Packet::Connect(..)) => return Ok((v, p)),
+                Ok(_) => return Err(SessionError::Protocol("first packet is not CONNECT")),
+                Err(CodecError::Incomplete) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(CodecError::Incomplete) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if rbuf.len() > max {
+            return Err(SessionError::Protocol(
+                "CONNECT larger than the packet size limit",
+            ));
+        }
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(SessionError::Eof);
+        }
+    }
+}
+
+async fn write_packets<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: Version,
+    packets: impl IntoIterator<Item = Packet>,
+) -> Result<(), SessionError> {
+    let mut buf = BytesMut::new();
+    for p in packets {
+        version.write(p, &mut buf)?;
+    }
+    stream.write_all(&buf).await?;
+    stream.flush().await?;
+    Ok(())
+}
