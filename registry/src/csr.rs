@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 
 use crate::cert;
 use crate::keys;
+use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{b64, new_id, Change, Error, Registry, Result, ServerCertView};
 use crate::server_upload::{check_covers, NewServerCert};
@@ -325,20 +326,20 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.store
-            .apply(vec![Self::put(format!("csr/{org}/{}", rec.id), &rec)])?;
+            .apply(vec![Self::put(layout::csr(org, &rec.id), &rec)])?;
         drop(_g);
         Ok(rec.into())
     }
 
     fn csr_record(&self, org: &OrgId, id: &str) -> Result<Csr> {
-        self.get_json(&format!("csr/{org}/{id}"))?
+        self.get_json(&layout::csr(org, id))?
             .ok_or_else(|| Error::NotFound(format!("CSR {id} not found in org {org}")))
     }
 
     /// The org's CSRs, oldest first.
     pub fn list_csrs(&self, org: &OrgId) -> Result<Vec<CsrView>> {
         self.get_org(org)?;
-        let mut all: Vec<Csr> = self.scan_json(&format!("csr/{org}/"))?;
+        let mut all: Vec<Csr> = self.scan_json(&layout::csrs(org))?;
         all.sort_by_key(|c| c.created_at);
         Ok(all.into_iter().map(CsrView::from).collect())
     }
@@ -359,8 +360,7 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.csr_record(org, id)?;
-        self.store
-            .apply(vec![Op::Delete(format!("csr/{org}/{id}"))])?;
+        self.store.apply(vec![Op::Delete(layout::csr(org, id))])?;
         Ok(())
     }
 
@@ -397,8 +397,8 @@ impl Registry {
         csr.server_cert_id = Some(rec.id.clone());
         csr.sealed_key = Vec::new();
         self.store.apply(vec![
-            Self::put(format!("srv/{org}/{}", rec.id), &rec),
-            Self::put(format!("csr/{org}/{id}"), &csr),
+            Self::put(layout::server_cert(org, &rec.id), &rec),
+            Self::put(layout::csr(org, id), &csr),
         ])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));

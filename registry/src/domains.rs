@@ -31,6 +31,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::cert;
+use crate::layout;
 use crate::names::{self, OrgId};
 use crate::registry::{Change, Error, Registry, Result, ServerCert};
 use crate::store::Op;
@@ -229,14 +230,6 @@ pub(crate) struct Hosts {
     refresh: Mutex<()>,
 }
 
-fn list_key(org: &OrgId) -> String {
-    format!("org-domains/{org}")
-}
-
-fn owner_key(domain: &str) -> String {
-    format!("domain/{domain}")
-}
-
 impl Registry {
     /// Replaces `org`'s custom domains with `domains` (duplicates dropped, order kept).
     /// Each must be a valid [`DomainName`] outside the base domain (400), at most
@@ -262,8 +255,8 @@ impl Registry {
         }
         let _g = self.lock();
         self.get_org(org)?;
-        for (key, owner) in self.store.scan("domain/")? {
-            let taken = key.trim_start_matches("domain/");
+        for (key, owner) in self.store.scan(layout::DOMAIN_OWNERS)? {
+            let taken = key.trim_start_matches(layout::DOMAIN_OWNERS);
             let owner: OrgId =
                 serde_json::from_slice(&owner).map_err(|_| Error::Corrupt(key.clone()))?;
             if &owner == org {
@@ -285,13 +278,17 @@ impl Registry {
         let mut ops: Vec<Op> = old
             .iter()
             .filter(|d| !wanted.contains(d))
-            .map(|d| Op::Delete(owner_key(d.as_str())))
+            .map(|d| Op::Delete(layout::domain_owner(d.as_str())))
             .collect();
-        ops.extend(wanted.iter().map(|d| Self::put(owner_key(d.as_str()), org)));
+        ops.extend(
+            wanted
+                .iter()
+                .map(|d| Self::put(layout::domain_owner(d.as_str()), org)),
+        );
         ops.push(if wanted.is_empty() {
-            Op::Delete(list_key(org))
+            Op::Delete(layout::org_domains(org))
         } else {
-            Self::put(list_key(org), &wanted)
+            Self::put(layout::org_domains(org), &wanted)
         });
         self.store.apply(ops)?;
         drop(_g);
@@ -306,7 +303,9 @@ impl Registry {
     }
 
     fn stored_domains(&self, org: &OrgId) -> Result<Vec<DomainName>> {
-        Ok(self.get_json(&list_key(org))?.unwrap_or_default())
+        Ok(self
+            .get_json(&layout::org_domains(org))?
+            .unwrap_or_default())
     }
 
     /// The org a TLS server name selects (rules in the [module docs](self)), from memory.
@@ -332,7 +331,7 @@ impl Registry {
 
     /// What the index needs about `org`, `None` when it does not exist.
     fn read_org_hosts(&self, org: &OrgId) -> Result<Option<OrgHosts>> {
-        if self.store.get(&format!("org/{org}"))?.is_none() {
+        if self.store.get(&layout::org(org))?.is_none() {
             return Ok(None);
         }
         let domains = self
@@ -341,7 +340,7 @@ impl Registry {
             .map(String::from)
             .collect();
         let active = self
-            .scan_json::<ServerCert>(&format!("srv/{org}/"))?
+            .scan_json::<ServerCert>(&layout::server_certs(org))?
             .into_iter()
             .find(|c| c.active);
         let cert_names = match active {
@@ -388,17 +387,6 @@ impl Registry {
             // The old entry stays: the org keeps its previous routing until its next change.
             Err(e) => tracing::error!(%org, cause = %e, "could not refresh SNI routing"),
         }
-    }
-
-    /// The deletes that remove `org`'s custom domains (part of deleting the org).
-    pub(crate) fn domain_delete_ops(&self, org: &OrgId) -> Result<Vec<Op>> {
-        let mut ops: Vec<Op> = self
-            .stored_domains(org)?
-            .iter()
-            .map(|d| Op::Delete(owner_key(d.as_str())))
-            .collect();
-        ops.push(Op::Delete(list_key(org)));
-        Ok(ops)
     }
 }
 
@@ -621,7 +609,10 @@ mod tests {
             pem: cert::to_pem(&der),
         };
         r.store
-            .apply(vec![Registry::put(format!("srv/acme/{}", cert.id), &rec)])
+            .apply(vec![Registry::put(
+                layout::server_cert(&acme, &cert.id),
+                &rec,
+            )])
             .unwrap();
         r.notify(Change::Org(acme.clone()));
         assert_eq!(r.org_for_host("MQTT.acme.test."), Some(acme.clone()));

@@ -14,6 +14,7 @@ pub mod cert;
 mod csr;
 pub mod domains;
 mod keys;
+mod layout;
 pub mod names;
 #[cfg(feature = "openapi")]
 mod openapi;

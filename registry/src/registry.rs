@@ -12,6 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::cert::{self, CertDetails, CertError};
+use crate::layout::{self, Place, PLATFORM_CERT};
 use crate::names::{NameError, OrgId};
 use crate::seal::{MasterKey, SealError};
 use crate::store::{Op, Store, StoreError};
@@ -169,8 +170,6 @@ pub struct Registry {
     pub(crate) hosts: crate::domains::Hosts,
 }
 
-const PLATFORM_CERT: &str = "platform/server";
-
 pub(crate) fn new_id() -> String {
     hex::encode(crate::seal::random_bytes::<8>())
 }
@@ -256,7 +255,7 @@ impl Registry {
             ));
         }
         let _g = self.lock();
-        if self.store.get(&format!("org/{id}"))?.is_some() {
+        if self.store.get(&layout::org(&id))?.is_some() {
             return Err(Error::Conflict(format!("org {id} already exists")));
         }
         let org = Org {
@@ -268,45 +267,46 @@ impl Registry {
             },
             created_at: OffsetDateTime::now_utc(),
         };
-        self.store
-            .apply(vec![Self::put(format!("org/{id}"), &org)])?;
+        self.store.apply(vec![Self::put(layout::org(&id), &org)])?;
         drop(_g);
         self.notify(Change::Org(id));
         Ok(org)
     }
 
     pub fn list_orgs(&self) -> Result<Vec<Org>> {
-        self.scan_json("org/")
+        self.scan_json(layout::ORGS)
     }
 
     pub fn get_org(&self, id: &OrgId) -> Result<Org> {
-        self.get_json(&format!("org/{id}"))?
+        self.get_json(&layout::org(id))?
             .ok_or_else(|| Error::NotFound(format!("org {id} not found")))
     }
 
-    /// Deletes the org and everything it owns in one batch.
+    /// Deletes the org and everything it owns in one batch: whatever
+    /// `layout::org_data` lists, with the global index entries its records imply.
     pub fn delete_org(&self, id: &OrgId) -> Result<()> {
         let _g = self.lock();
         self.get_org(id)?;
-        let mut ops = vec![
-            Op::Delete(format!("org/{id}")),
-            Op::Delete(format!("policy/{id}")),
-        ];
-        for prefix in [
-            format!("ca/{id}/"),
-            format!("srv/{id}/"),
-            format!("csr/{id}/"),
-            format!("blocked/{id}/"),
-            format!("crl/{id}/"),
-            format!("devtoken/{id}/"),
-        ] {
-            for (k, _) in self.store.scan(&prefix)? {
-                ops.push(Op::Delete(k));
+        let mut ops = Vec::new();
+        for data in layout::org_data(id) {
+            let records = match data.place {
+                Place::Key(key) => self
+                    .store
+                    .get(&key)?
+                    .map(|v| (key, v))
+                    .into_iter()
+                    .collect(),
+                Place::Prefix(prefix) => self.store.scan(&prefix)?,
+            };
+            for (key, value) in records {
+                if let Some(index_keys) = data.index_keys {
+                    let keys =
+                        index_keys(&key, &value).ok_or_else(|| Error::Corrupt(key.clone()))?;
+                    ops.extend(keys.into_iter().map(Op::Delete));
+                }
+                ops.push(Op::Delete(key));
             }
         }
-        ops.extend(self.token_delete_ops(id)?);
-        ops.extend(self.audit_delete_ops(id)?);
-        ops.extend(self.domain_delete_ops(id)?);
         self.store.apply(ops)?;
         drop(_g);
         self.notify(Change::Org(id.clone()));
@@ -331,7 +331,7 @@ impl Registry {
         let details = cert::check_ca(&der, OffsetDateTime::now_utc())?;
         let _g = self.lock();
         self.get_org(org)?;
-        let existing: Vec<CaCert> = self.scan_json(&format!("ca/{org}/"))?;
+        let existing: Vec<CaCert> = self.scan_json(&layout::cas(org))?;
         if let Some(dup) = existing.iter().find(|c| {
             cert::read_single(c.pem.as_bytes())
                 .is_ok_and(|d| cert::fingerprint(&d) == details.fingerprint_sha256)
@@ -350,20 +350,20 @@ impl Registry {
             pem: cert::to_pem(&der),
         };
         self.store
-            .apply(vec![Self::put(format!("ca/{org}/{}", ca.id), &ca)])?;
+            .apply(vec![Self::put(layout::ca(org, &ca.id), &ca)])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         Ok(CaView::from_record(ca, details))
     }
 
     pub(crate) fn ca_record(&self, org: &OrgId, id: &str) -> Result<CaCert> {
-        self.get_json(&format!("ca/{org}/{id}"))?
+        self.get_json(&layout::ca(org, id))?
             .ok_or_else(|| Error::NotFound(format!("CA certificate {id} not found in org {org}")))
     }
 
     pub fn list_cas(&self, org: &OrgId) -> Result<Vec<CaView>> {
         self.get_org(org)?;
-        self.scan_json::<CaCert>(&format!("ca/{org}/"))?
+        self.scan_json::<CaCert>(&layout::cas(org))?
             .into_iter()
             .map(CaView::try_from)
             .collect()
@@ -396,7 +396,7 @@ impl Registry {
             ca.description = d;
         }
         self.store
-            .apply(vec![Self::put(format!("ca/{org}/{id}"), &ca)])?;
+            .apply(vec![Self::put(layout::ca(org, id), &ca)])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         CaView::try_from(ca)
@@ -406,8 +406,7 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.ca_record(org, id)?;
-        self.store
-            .apply(vec![Op::Delete(format!("ca/{org}/{id}"))])?;
+        self.store.apply(vec![Op::Delete(layout::ca(org, id))])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         Ok(())
@@ -448,7 +447,7 @@ impl Registry {
         let id = new_id();
         let _g = self.lock();
         self.get_org(org)?;
-        let existing: Vec<ServerCert> = self.scan_json(&format!("srv/{org}/"))?;
+        let existing: Vec<ServerCert> = self.scan_json(&layout::server_certs(org))?;
         let rec = ServerCert {
             sealed_key: self.key.seal(&Self::seal_context(org.as_str(), &id), &key),
             id: id.clone(),
@@ -459,21 +458,22 @@ impl Registry {
             pem: cert::to_pem(&der),
         };
         self.store
-            .apply(vec![Self::put(format!("srv/{org}/{id}"), &rec)])?;
+            .apply(vec![Self::put(layout::server_cert(org, &id), &rec)])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         ServerCertView::try_from(rec)
     }
 
     pub(crate) fn server_record(&self, org: &OrgId, id: &str) -> Result<ServerCert> {
-        self.get_json(&format!("srv/{org}/{id}"))?.ok_or_else(|| {
-            Error::NotFound(format!("server certificate {id} not found in org {org}"))
-        })
+        self.get_json(&layout::server_cert(org, id))?
+            .ok_or_else(|| {
+                Error::NotFound(format!("server certificate {id} not found in org {org}"))
+            })
     }
 
     pub fn list_server_certs(&self, org: &OrgId) -> Result<Vec<ServerCertView>> {
         self.get_org(org)?;
-        self.scan_json::<ServerCert>(&format!("srv/{org}/"))?
+        self.scan_json::<ServerCert>(&layout::server_certs(org))?
             .into_iter()
             .map(ServerCertView::try_from)
             .collect()
@@ -493,11 +493,11 @@ impl Registry {
         cert::check_server_leaf(&leaf[0], OffsetDateTime::now_utc())?;
         let mut ops = Vec::new();
         let mut activated = None;
-        for mut c in self.scan_json::<ServerCert>(&format!("srv/{org}/"))? {
+        for mut c in self.scan_json::<ServerCert>(&layout::server_certs(org))? {
             let want = c.id == id;
             if c.active != want {
                 c.active = want;
-                ops.push(Self::put(format!("srv/{org}/{}", c.id), &c));
+                ops.push(Self::put(layout::server_cert(org, &c.id), &c));
             }
             if want {
                 activated = Some(c);
@@ -519,7 +519,7 @@ impl Registry {
             ));
         }
         self.store
-            .apply(vec![Op::Delete(format!("srv/{org}/{id}"))])?;
+            .apply(vec![Op::Delete(layout::server_cert(org, id))])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         Ok(())
@@ -538,11 +538,11 @@ impl Registry {
 
     /// The TLS material of `org`, or `None` when the org does not exist.
     pub fn tls_material(&self, org: &OrgId) -> Result<Option<TlsMaterial>> {
-        if self.store.get(&format!("org/{org}"))?.is_none() {
+        if self.store.get(&layout::org(org))?.is_none() {
             return Ok(None);
         }
         let server = match self
-            .scan_json::<ServerCert>(&format!("srv/{org}/"))?
+            .scan_json::<ServerCert>(&layout::server_certs(org))?
             .into_iter()
             .find(|c| c.active)
         {
@@ -550,7 +550,7 @@ impl Registry {
             None => None,
         };
         let mut cas = Vec::new();
-        for ca in self.scan_json::<CaCert>(&format!("ca/{org}/"))? {
+        for ca in self.scan_json::<CaCert>(&layout::cas(org))? {
             if ca.active {
                 let der = cert::read_single(ca.pem.as_bytes())?;
                 let fp = cert::fingerprint(&der);
@@ -769,6 +769,92 @@ pub(crate) mod tests {
             found |= bytes.windows(key.len()).any(|w| w == key.as_slice());
         }
         assert!(!found, "the PKCS#8 key bytes appear in the store files");
+    }
+
+    /// Gives `org` one of every kind of data the registry stores for an org.
+    pub(crate) fn fill_org(r: &Registry, org: &OrgId) {
+        use crate::server_upload::tests::Ca;
+        let policy = crate::SecurityPolicy {
+            level: crate::Level::TlsOptional,
+            ..Default::default()
+        };
+        r.set_security_policy(org, policy).unwrap();
+        let ca = Ca::root(&format!("{org} CA"));
+        r.add_ca(org, ca.pem.as_bytes(), "devices").unwrap();
+        r.add_crl(org, ca.crl().as_bytes()).unwrap();
+        r.create_self_signed(org).unwrap();
+        let subject = crate::CsrSubject {
+            common_name: format!("{org}.messaging.localhost"),
+            ..Default::default()
+        };
+        let csr = crate::CsrRequest {
+            subject,
+            ..Default::default()
+        };
+        r.create_csr(org, csr).unwrap();
+        r.block_device(org, "d:sensor:1", "lost").unwrap();
+        r.set_device_token(org, "d:sensor:2", None).unwrap();
+        r.create_token(org, "ci").unwrap();
+        let event = crate::AuditEvent {
+            token_id: "platform".into(),
+            method: "PUT".into(),
+            path: format!("/api/v1/orgs/{org}/domains"),
+            org: Some(org.to_string()),
+            summary: "set domains".into(),
+            status: 200,
+            error: None,
+        };
+        r.record_audit(Some(org), event).unwrap();
+        r.set_domains(org, &[format!("{org}-devices.example")])
+            .unwrap();
+    }
+
+    #[test]
+    fn deleting_an_org_leaves_nothing_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        let beta = r.create_org("beta", "").unwrap().id;
+        fill_org(&r, &acme);
+        fill_org(&r, &beta);
+        let everything = r.store.scan("").unwrap();
+        // Keys name the org by id or by domain; values by `"org": "acme"` or as the
+        // owner of an index entry. Ids are hex and PEM is base64, so neither has `"acme"`.
+        let mentions_acme = |(k, v): &(String, Vec<u8>)| {
+            k.contains("acme") || String::from_utf8_lossy(v).contains("\"acme\"")
+        };
+        let (of_acme, others): (Vec<_>, Vec<_>) = everything.into_iter().partition(mentions_acme);
+        assert!(of_acme.len() >= 12, "{of_acme:?}");
+
+        let token = r.create_token(&acme, "last").unwrap().token;
+        r.delete_org(&acme).unwrap();
+        let left = r.store.scan("").unwrap();
+        let keys = |kv: &[(String, Vec<u8>)]| kv.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&left), keys(&others), "only acme's data is gone");
+
+        // The same id starts from nothing.
+        r.create_org("acme", "").unwrap();
+        let left = r.store.scan("").unwrap();
+        let of_new_acme: Vec<_> = left.iter().filter(|kv| mentions_acme(kv)).collect();
+        assert_eq!(of_new_acme.len(), 1, "{of_new_acme:?}");
+        assert_eq!(of_new_acme[0].0, "org/acme");
+        assert!(r.list_cas(&acme).unwrap().is_empty());
+        assert!(r.list_server_certs(&acme).unwrap().is_empty());
+        assert!(r.list_csrs(&acme).unwrap().is_empty());
+        assert!(r.list_blocked(&acme).unwrap().is_empty());
+        assert!(r.list_crls(&acme).unwrap().is_empty());
+        assert!(r.list_device_tokens(&acme).unwrap().is_empty());
+        assert!(r.list_tokens(&acme).unwrap().is_empty());
+        assert!(r.domains(&acme).unwrap().is_empty());
+        assert_eq!(r.security_policy(&acme).unwrap(), Default::default());
+        let log = crate::AuditLog::Org(acme.clone());
+        assert!(r.list_audit(&log, 10, None).unwrap().is_empty());
+        assert_eq!(r.authenticate_token(&token).unwrap(), None);
+        assert_eq!(r.org_for_host("acme.acme-devices.example"), None);
+        let m = r.tls_material(&acme).unwrap().unwrap();
+        assert!(m.server.is_none() && m.cas.is_empty() && m.crls.is_empty());
+        // beta's routing was not touched.
+        assert_eq!(r.org_for_host("beta.beta-devices.example"), Some(beta));
     }
 
     pub(crate) fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

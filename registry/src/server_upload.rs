@@ -16,6 +16,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cert::{self, CertError, Rule};
 use crate::keys::{self, PrivateKey};
+use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{new_id, to_pem_chain, Error, Registry, Result, ServerCert, ServerCertView};
 
@@ -322,7 +323,7 @@ impl Registry {
     /// the write lock.
     pub(crate) fn ensure_new_server_leaf(&self, org: &OrgId, leaf: &[u8]) -> Result<()> {
         let fp = cert::fingerprint(leaf);
-        for c in self.scan_json::<ServerCert>(&format!("srv/{org}/"))? {
+        for c in self.scan_json::<ServerCert>(&layout::server_certs(org))? {
             let same = cert::read_chain(c.pem.as_bytes())
                 .is_ok_and(|chain| cert::fingerprint(&chain[0]) == fp);
             if same {
@@ -364,7 +365,7 @@ impl Registry {
         self.get_org(org)?;
         self.ensure_new_server_leaf(org, &checked.chain[0])?;
         self.store
-            .apply(vec![Self::put(format!("srv/{org}/{}", rec.id), &rec)])?;
+            .apply(vec![Self::put(layout::server_cert(org, &rec.id), &rec)])?;
         drop(_g);
         for note in &checked.notes {
             tracing::info!(%org, id = %rec.id, note, "server certificate upload");
