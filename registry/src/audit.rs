@@ -15,9 +15,10 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{Error, Registry, Result};
+use crate::registry::Registry;
 use crate::store::Op;
 
 /// Entries kept per log; older ones are dropped as new ones arrive.

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::cert;
+use crate::error::{Error, Result};
 use crate::keys;
 use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{b64, new_id, Change, Error, Registry, Result, ServerCertView};
+use crate::registry::{b64, new_id, Change, Registry};
+use crate::server_certs::ServerCertView;
 use crate::server_upload::{check_covers, NewServerCert};
 use crate::store::Op;
 

@@ -31,9 +31,11 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::cert;
+use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::{self, OrgId};
-use crate::registry::{Change, Error, Registry, Result, ServerCert};
+use crate::registry::{Change, Registry};
+use crate::server_certs::ServerCert;
 use crate::store::Op;
 
 /// Custom domains one org may register.

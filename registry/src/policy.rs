@@ -12,9 +12,10 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::{Identity, Name, OrgId};
-use crate::registry::{Change, Error, Registry, Result};
+use crate::registry::{Change, Registry};
 use crate::seal::random_bytes;
 use crate::store::Op;
 

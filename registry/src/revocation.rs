@@ -11,10 +11,12 @@ use ::time::OffsetDateTime;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 
+use crate::ca_certs::CaCert;
 use crate::cert::{self, CertError, Rule};
+use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::{Identity, OrgId};
-use crate::registry::{new_id, CaCert, Change, Error, Registry, Result};
+use crate::registry::{new_id, Change, Registry};
 use crate::store::Op;
 
 /// An identity refused at CONNECT whatever its certificate.

@@ -15,10 +15,12 @@ use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cert::{self, CertError, Rule};
+use crate::error::{Error, Result};
 use crate::keys::{self, PrivateKey};
 use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{new_id, to_pem_chain, Error, Registry, Result, ServerCert, ServerCertView};
+use crate::registry::{new_id, Change, Registry};
+use crate::server_certs::{to_pem_chain, ServerCert, ServerCertView};
 
 /// The longest chain accepted (leaf included). Real chains have 2–4 certificates.
 const MAX_CHAIN: usize = 10;
@@ -370,7 +372,7 @@ impl Registry {
         for note in &checked.notes {
             tracing::info!(%org, id = %rec.id, note, "server certificate upload");
         }
-        self.notify(crate::registry::Change::Org(org.clone()));
+        self.notify(Change::Org(org.clone()));
         Ok(NewServerCert {
             cert: ServerCertView::try_from(rec)?,
             notes: checked.notes,

@@ -18,9 +18,10 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{new_id, Error, Registry, Result};
+use crate::registry::{new_id, Registry};
 use crate::store::Op;
 
 /// What every org token starts with (the platform admin token generated on first start
