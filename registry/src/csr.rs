@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::cert;
 use crate::error::{Error, Result};
-use crate::keys;
+use crate::keys::{self, KeyType};
 use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{b64, new_id, Change, Registry};
@@ -27,23 +27,6 @@ use crate::store::Op;
 const MAX_SANS: usize = 100;
 /// `emailAddress` (PKCS#9), the subject attribute `openssl req` writes for an email.
 const OID_EMAIL_ADDRESS: &[u64] = &[1, 2, 840, 113549, 1, 9, 1];
-
-/// The key pair generated for a CSR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum KeyType {
-    #[default]
-    #[serde(rename = "ecdsa-p256")]
-    EcdsaP256,
-    #[serde(rename = "ecdsa-p384")]
-    EcdsaP384,
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-    #[serde(rename = "rsa-3072")]
-    Rsa3072,
-    #[serde(rename = "rsa-4096")]
-    Rsa4096,
-}
 
 /// The subject of a CSR. Only the common name is required; empty fields are left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! maps to a status code.
 
 use crate::cert::CertError;
+use crate::domains::DomainError;
 use crate::names::NameError;
 use crate::seal::SealError;
 use crate::store::StoreError;
@@ -28,6 +29,12 @@ pub enum Error {
 
 impl From<NameError> for Error {
     fn from(e: NameError) -> Error {
+        Error::BadRequest(e.to_string())
+    }
+}
+
+impl From<DomainError> for Error {
+    fn from(e: DomainError) -> Error {
         Error::BadRequest(e.to_string())
     }
 }

@@ -252,19 +252,6 @@ pub(crate) fn check_covers(
 }
 
 impl Registry {
-    /// The host names a server certificate of `org` may cover, one of which it must:
-    /// `<org>.<domain>`, then `<org>.<custom>` for each of the org's custom domains
-    /// (see [`crate::domains`]).
-    pub fn org_host_names(&self, org: &OrgId) -> Vec<String> {
-        let mut names = vec![format!("{org}.{}", self.domain)];
-        names.extend(
-            self.indexed_domains(org)
-                .iter()
-                .map(|d| format!("{org}.{d}")),
-        );
-        names
-    }
-
     /// Orders `certs` and applies every server-certificate rule; `key` must be the
     /// leaf's key (`key_name` says whose key it is, for the message).
     pub(crate) fn check_server_chain(
