@@ -44,7 +44,7 @@ pub struct ServerCertView {
     pub pem: String,
 }
 
-pub(crate) fn to_pem_chain(ders: &[Vec<u8>]) -> String {
+fn to_pem_chain(ders: &[Vec<u8>]) -> String {
     ders.iter().map(|d| cert::to_pem(d)).collect()
 }
 
@@ -79,24 +79,39 @@ impl Registry {
     /// org has no active server certificate yet.
     pub fn create_self_signed(&self, org: &OrgId) -> Result<ServerCertView> {
         let (der, key) = self.self_signed(self.org_host_names(org))?;
-        let id = new_id();
         let _g = self.lock();
         self.get_org(org)?;
         let existing: Vec<ServerCert> = self.scan_json(&layout::server_certs(org))?;
-        let rec = ServerCert {
-            sealed_key: self.key.seal(&Self::seal_context(org.as_str(), &id), &key),
-            id: id.clone(),
-            org: org.clone(),
-            active: !existing.iter().any(|c| c.active),
-            origin: "self-signed".into(),
-            created_at: OffsetDateTime::now_utc(),
-            pem: cert::to_pem(&der),
-        };
+        let mut rec = self.new_server_record(org, &[der], &key, "self-signed");
+        // An org's first server certificate replaces the platform default at once; later
+        // ones wait for an activation, so generating one never swaps out a certificate
+        // devices already connect with.
+        rec.active = !existing.iter().any(|c| c.active);
         self.store
-            .apply(vec![Self::put(layout::server_cert(org, &id), &rec)])?;
+            .apply(vec![Self::put(layout::server_cert(org, &rec.id), &rec)])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         ServerCertView::try_from(rec)
+    }
+
+    /// A new inactive server certificate record, its key sealed under its own id.
+    pub(crate) fn new_server_record(
+        &self,
+        org: &OrgId,
+        chain: &[Vec<u8>],
+        pkcs8: &[u8],
+        origin: &str,
+    ) -> ServerCert {
+        let id = new_id();
+        ServerCert {
+            sealed_key: self.key.seal(&Self::seal_context(org.as_str(), &id), pkcs8),
+            id,
+            org: org.clone(),
+            active: false,
+            origin: origin.into(),
+            created_at: OffsetDateTime::now_utc(),
+            pem: to_pem_chain(chain),
+        }
     }
 
     pub(crate) fn server_record(&self, org: &OrgId, id: &str) -> Result<ServerCert> {

@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::keys::{self, PrivateKey};
 use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{new_id, Change, Registry};
-use crate::server_certs::{to_pem_chain, ServerCert, ServerCertView};
+use crate::registry::{Change, Registry};
+use crate::server_certs::{ServerCert, ServerCertView};
 
 /// The longest chain accepted (leaf included). Real chains have 2–4 certificates.
 const MAX_CHAIN: usize = 10;
@@ -286,26 +286,6 @@ impl Registry {
             }
         }
         Ok(CheckedChain { chain, notes })
-    }
-
-    /// A new inactive server certificate record, its key sealed under its own id.
-    pub(crate) fn new_server_record(
-        &self,
-        org: &OrgId,
-        chain: &[Vec<u8>],
-        pkcs8: &[u8],
-        origin: &str,
-    ) -> ServerCert {
-        let id = new_id();
-        ServerCert {
-            sealed_key: self.key.seal(&Self::seal_context(org.as_str(), &id), pkcs8),
-            id,
-            org: org.clone(),
-            active: false,
-            origin: origin.into(),
-            created_at: OffsetDateTime::now_utc(),
-            pem: to_pem_chain(chain),
-        }
     }
 
     /// 409 when the org already has a server certificate with this leaf. Call under
