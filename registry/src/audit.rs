@@ -15,8 +15,10 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::error::{Error, Result};
+use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{Error, Registry, Result};
+use crate::registry::Registry;
 use crate::store::Op;
 
 /// Entries kept per log; older ones are dropped as new ones arrive.
@@ -81,14 +83,6 @@ pub struct AuditEntry {
     pub event: AuditEvent,
 }
 
-fn entry_key(log: &str, seq: u64) -> String {
-    format!("audit/{log}/{seq:020}")
-}
-
-fn seq_key(log: &str) -> String {
-    format!("audit-seq/{log}")
-}
-
 impl Registry {
     /// Records `event` in `org`'s log when that org exists, else in the platform log
     /// (checked under the write lock, so an entry never lands beside a deleted org).
@@ -104,24 +98,22 @@ impl Registry {
     ) -> Result<AuditEntry> {
         let _g = self.lock();
         let log = match org {
-            Some(org) if self.store.get(&format!("org/{org}"))?.is_some() => {
-                AuditLog::Org(org.clone())
-            }
+            Some(org) if self.store.get(&layout::org(org))?.is_some() => AuditLog::Org(org.clone()),
             _ => AuditLog::Platform,
         };
         let log = log.name();
-        let seq = self.get_json::<u64>(&seq_key(log))?.unwrap_or(0) + 1;
+        let seq = self.get_json::<u64>(&layout::audit_seq(log))?.unwrap_or(0) + 1;
         let entry = AuditEntry {
             seq,
             at: OffsetDateTime::now_utc(),
             event,
         };
         let mut ops = vec![
-            Self::put(entry_key(log, seq), &entry),
-            Self::put(seq_key(log), &seq),
+            Self::put(layout::audit_entry(log, seq), &entry),
+            Self::put(layout::audit_seq(log), &seq),
         ];
         if seq > retention {
-            ops.push(Op::Delete(entry_key(log, seq - retention)));
+            ops.push(Op::Delete(layout::audit_entry(log, seq - retention)));
         }
         self.store.apply(ops)?;
         Ok(entry)
@@ -144,29 +136,17 @@ impl Registry {
             self.get_org(org)?;
         }
         let name = log.name();
-        let last = self.get_json::<u64>(&seq_key(name))?.unwrap_or(0);
+        let last = self.get_json::<u64>(&layout::audit_seq(name))?.unwrap_or(0);
         let top = before.map_or(last, |b| b.saturating_sub(1).min(last));
         let mut out = Vec::new();
         for seq in (1..=top).rev().take(limit) {
             // Entries are contiguous: the first missing one means the rest were trimmed.
-            match self.get_json::<AuditEntry>(&entry_key(name, seq))? {
+            match self.get_json::<AuditEntry>(&layout::audit_entry(name, seq))? {
                 Some(e) => out.push(e),
                 None => break,
             }
         }
         Ok(out)
-    }
-
-    /// The deletes that remove `org`'s log (part of deleting the org).
-    pub(crate) fn audit_delete_ops(&self, org: &OrgId) -> Result<Vec<Op>> {
-        let mut ops: Vec<Op> = self
-            .store
-            .scan(&format!("audit/{org}/"))?
-            .into_iter()
-            .map(|(k, _)| Op::Delete(k))
-            .collect();
-        ops.push(Op::Delete(seq_key(org.as_str())));
-        Ok(ops)
     }
 }
 

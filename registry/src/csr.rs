@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::cert;
-use crate::keys;
+use crate::error::{Error, Result};
+use crate::keys::{self, KeyType};
+use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{b64, new_id, Change, Error, Registry, Result, ServerCertView};
+use crate::registry::{b64, new_id, Change, Registry};
+use crate::server_certs::ServerCertView;
 use crate::server_upload::{check_covers, NewServerCert};
 use crate::store::Op;
 
@@ -24,23 +27,6 @@ use crate::store::Op;
 const MAX_SANS: usize = 100;
 /// `emailAddress` (PKCS#9), the subject attribute `openssl req` writes for an email.
 const OID_EMAIL_ADDRESS: &[u64] = &[1, 2, 840, 113549, 1, 9, 1];
-
-/// The key pair generated for a CSR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum KeyType {
-    #[default]
-    #[serde(rename = "ecdsa-p256")]
-    EcdsaP256,
-    #[serde(rename = "ecdsa-p384")]
-    EcdsaP384,
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-    #[serde(rename = "rsa-3072")]
-    Rsa3072,
-    #[serde(rename = "rsa-4096")]
-    Rsa4096,
-}
 
 /// The subject of a CSR. Only the common name is required; empty fields are left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,20 +311,20 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.store
-            .apply(vec![Self::put(format!("csr/{org}/{}", rec.id), &rec)])?;
+            .apply(vec![Self::put(layout::csr(org, &rec.id), &rec)])?;
         drop(_g);
         Ok(rec.into())
     }
 
     fn csr_record(&self, org: &OrgId, id: &str) -> Result<Csr> {
-        self.get_json(&format!("csr/{org}/{id}"))?
+        self.get_json(&layout::csr(org, id))?
             .ok_or_else(|| Error::NotFound(format!("CSR {id} not found in org {org}")))
     }
 
     /// The org's CSRs, oldest first.
     pub fn list_csrs(&self, org: &OrgId) -> Result<Vec<CsrView>> {
         self.get_org(org)?;
-        let mut all: Vec<Csr> = self.scan_json(&format!("csr/{org}/"))?;
+        let mut all: Vec<Csr> = self.scan_json(&layout::csrs(org))?;
         all.sort_by_key(|c| c.created_at);
         Ok(all.into_iter().map(CsrView::from).collect())
     }
@@ -359,8 +345,7 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.csr_record(org, id)?;
-        self.store
-            .apply(vec![Op::Delete(format!("csr/{org}/{id}"))])?;
+        self.store.apply(vec![Op::Delete(layout::csr(org, id))])?;
         Ok(())
     }
 
@@ -397,8 +382,8 @@ impl Registry {
         csr.server_cert_id = Some(rec.id.clone());
         csr.sealed_key = Vec::new();
         self.store.apply(vec![
-            Self::put(format!("srv/{org}/{}", rec.id), &rec),
-            Self::put(format!("csr/{org}/{id}"), &csr),
+            Self::put(layout::server_cert(org, &rec.id), &rec),
+            Self::put(layout::csr(org, id), &csr),
         ])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));

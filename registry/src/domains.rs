@@ -20,8 +20,6 @@
 //! inside another org's domain is a 409. Domains must not overlap the base domain either.
 //! Ownership is not proven (no DNS challenge); the platform admin decides who may
 //! register what by handing out org tokens.
-//!
-//! Store layout: `org-domains/<org>` holds the org's list, `domain/<name>` its owner.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -30,10 +28,7 @@ use std::sync::Mutex;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use crate::cert;
 use crate::names::{self, OrgId};
-use crate::registry::{Change, Error, Registry, Result, ServerCert};
-use crate::store::Op;
 
 /// Custom domains one org may register.
 pub const MAX_DOMAINS_PER_ORG: usize = 10;
@@ -42,12 +37,6 @@ pub const MAX_DOMAINS_PER_ORG: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct DomainError(String);
-
-impl From<DomainError> for Error {
-    fn from(e: DomainError) -> Error {
-        Error::BadRequest(e.0)
-    }
-}
 
 /// A custom domain: a DNS name of at least two labels, each 1–63 characters
 /// `[a-z0-9-]` not starting or ending with `-`, at most 253 characters, no wildcard,
@@ -122,7 +111,6 @@ impl DomainName {
         &self.0
     }
 }
-
 /// Whether `name` is `domain` or a name under it.
 fn within(name: &str, domain: &str) -> bool {
     name == domain
@@ -130,13 +118,12 @@ fn within(name: &str, domain: &str) -> bool {
             .strip_suffix(domain)
             .is_some_and(|head| head.ends_with('.'))
 }
-
 /// What the index knows about one org.
 #[derive(Debug, Clone, Default)]
-struct OrgHosts {
-    domains: Vec<String>,
+pub(crate) struct OrgHosts {
+    pub(crate) domains: Vec<String>,
     /// Lowercase SAN DNS names of the active server certificate.
-    cert_names: Vec<String>,
+    pub(crate) cert_names: Vec<String>,
 }
 
 /// SNI routing state for rules 2 and 3 (see the module docs), derived from every org's
@@ -229,100 +216,15 @@ pub(crate) struct Hosts {
     refresh: Mutex<()>,
 }
 
-fn list_key(org: &OrgId) -> String {
-    format!("org-domains/{org}")
-}
-
-fn owner_key(domain: &str) -> String {
-    format!("domain/{domain}")
-}
-
-impl Registry {
-    /// Replaces `org`'s custom domains with `domains` (duplicates dropped, order kept).
-    /// Each must be a valid [`DomainName`] outside the base domain (400), at most
-    /// [`MAX_DOMAINS_PER_ORG`] (400), and not overlap another org's domains (409).
-    pub fn set_domains(&self, org: &OrgId, domains: &[String]) -> Result<Vec<DomainName>> {
-        let mut wanted: Vec<DomainName> = Vec::new();
-        for raw in domains {
-            let d = DomainName::try_from(raw.as_str())?;
-            if within(d.as_str(), &self.domain) || within(&self.domain, d.as_str()) {
-                return Err(Error::BadRequest(format!(
-                    "invalid domain {raw:?}: it overlaps the platform's base domain {}",
-                    self.domain
-                )));
-            }
-            if !wanted.contains(&d) {
-                wanted.push(d);
-            }
-        }
-        if wanted.len() > MAX_DOMAINS_PER_ORG {
-            return Err(Error::BadRequest(format!(
-                "an org may register at most {MAX_DOMAINS_PER_ORG} custom domains"
-            )));
-        }
-        let _g = self.lock();
-        self.get_org(org)?;
-        for (key, owner) in self.store.scan("domain/")? {
-            let taken = key.trim_start_matches("domain/");
-            let owner: OrgId =
-                serde_json::from_slice(&owner).map_err(|_| Error::Corrupt(key.clone()))?;
-            if &owner == org {
-                continue;
-            }
-            if let Some(d) = wanted
-                .iter()
-                .find(|d| within(d.as_str(), taken) || within(taken, d.as_str()))
-            {
-                let how = if d.as_str() == taken {
-                    "is already registered by"
-                } else {
-                    "overlaps a domain registered by"
-                };
-                return Err(Error::Conflict(format!("domain {d} {how} another org")));
-            }
-        }
-        let old = self.stored_domains(org)?;
-        let mut ops: Vec<Op> = old
-            .iter()
-            .filter(|d| !wanted.contains(d))
-            .map(|d| Op::Delete(owner_key(d.as_str())))
-            .collect();
-        ops.extend(wanted.iter().map(|d| Self::put(owner_key(d.as_str()), org)));
-        ops.push(if wanted.is_empty() {
-            Op::Delete(list_key(org))
-        } else {
-            Self::put(list_key(org), &wanted)
-        });
-        self.store.apply(ops)?;
-        drop(_g);
-        self.notify(Change::Org(org.clone()));
-        Ok(wanted)
+impl Hosts {
+    /// The org `host` selects (rules in the module docs), from memory.
+    pub(crate) fn org_for_host(&self, host: &str, base: &str) -> Option<OrgId> {
+        self.index.load().org_for_host(host, base)
     }
 
-    /// The org's custom domains.
-    pub fn domains(&self, org: &OrgId) -> Result<Vec<DomainName>> {
-        self.get_org(org)?;
-        self.stored_domains(org)
-    }
-
-    fn stored_domains(&self, org: &OrgId) -> Result<Vec<DomainName>> {
-        Ok(self.get_json(&list_key(org))?.unwrap_or_default())
-    }
-
-    /// The org a TLS server name selects (rules in the [module docs](self)), from memory.
-    ///
-    /// A name under the base domain maps to the org its first label names without
-    /// checking that the org exists (the broker finds out when it loads the org's TLS
-    /// material); custom domains and certificate names map only to existing orgs.
-    pub fn org_for_host(&self, host: &str) -> Option<OrgId> {
-        self.hosts.index.load().org_for_host(host, &self.domain)
-    }
-
-    /// `org`'s custom domains from the routing index (no store read); what
-    /// [`Registry::org_host_names`] builds on.
-    pub(crate) fn indexed_domains(&self, org: &OrgId) -> Vec<String> {
-        self.hosts
-            .index
+    /// `org`'s custom domains as the index has them.
+    pub(crate) fn domains_of(&self, org: &OrgId) -> Vec<String> {
+        self.index
             .load()
             .orgs
             .get(org)
@@ -330,82 +232,71 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// What the index needs about `org`, `None` when it does not exist.
-    fn read_org_hosts(&self, org: &OrgId) -> Result<Option<OrgHosts>> {
-        if self.store.get(&format!("org/{org}"))?.is_none() {
-            return Ok(None);
-        }
-        let domains = self
-            .stored_domains(org)?
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let active = self
-            .scan_json::<ServerCert>(&format!("srv/{org}/"))?
-            .into_iter()
-            .find(|c| c.active);
-        let cert_names = match active {
-            Some(c) => {
-                let leaf = cert::read_chain(c.pem.as_bytes())?;
-                cert::details(&leaf[0])?
-                    .dns_names
-                    .iter()
-                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        Ok(Some(OrgHosts {
-            domains,
-            cert_names,
-        }))
+    /// Replaces the whole index (start-up).
+    pub(crate) fn load(&self, orgs: HashMap<OrgId, OrgHosts>, base: &str) {
+        self.index.store(HostIndex::new(orgs, base).into());
     }
 
-    /// Builds the routing index from the store (start-up).
-    pub(crate) fn load_hosts(&self) -> Result<()> {
-        let mut orgs = HashMap::new();
-        for org in self.list_orgs()? {
-            if let Some(h) = self.read_org_hosts(&org.id)? {
-                orgs.insert(org.id, h);
-            }
-        }
-        self.hosts
-            .index
-            .store(HostIndex::new(orgs, &self.domain).into());
+    /// Replaces `org`'s entry with what `read` returns (`None`: the org is gone). `read`
+    /// runs under the refresh lock, so the last refresh to swap also read last; when it
+    /// fails, the index is left as it was.
+    pub(crate) fn refresh<E>(
+        &self,
+        org: &OrgId,
+        base: &str,
+        read: impl FnOnce() -> Result<Option<OrgHosts>, E>,
+    ) -> Result<(), E> {
+        let _g = self.refresh.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = read()?;
+        let next = self.index.load().with_org(org, hosts, base);
+        self.index.store(next.into());
         Ok(())
     }
+}
 
-    /// Re-reads the changed org into the routing index. Called by `notify` after every
-    /// committed change, before the listeners.
-    pub(crate) fn refresh_hosts(&self, change: &Change) {
-        let Change::Org(org) = change;
-        let _g = self.hosts.refresh.lock().unwrap_or_else(|e| e.into_inner());
-        match self.read_org_hosts(org) {
-            Ok(hosts) => {
-                let next = self.hosts.index.load().with_org(org, hosts, &self.domain);
-                self.hosts.index.store(next.into());
-            }
-            // The old entry stays: the org keeps its previous routing until its next change.
-            Err(e) => tracing::error!(%org, cause = %e, "could not refresh SNI routing"),
+/// The domains an org asks for, checked: each a valid [`DomainName`] outside the base
+/// domain `base`, duplicates dropped (order kept), at most [`MAX_DOMAINS_PER_ORG`].
+pub(crate) fn wanted_domains(
+    requested: &[String],
+    base: &str,
+) -> Result<Vec<DomainName>, DomainError> {
+    let mut wanted: Vec<DomainName> = Vec::new();
+    for raw in requested {
+        let d = DomainName::try_from(raw.as_str())?;
+        if within(d.as_str(), base) || within(base, d.as_str()) {
+            return Err(DomainError(format!(
+                "invalid domain {raw:?}: it overlaps the platform's base domain {base}"
+            )));
+        }
+        if !wanted.contains(&d) {
+            wanted.push(d);
         }
     }
-
-    /// The deletes that remove `org`'s custom domains (part of deleting the org).
-    pub(crate) fn domain_delete_ops(&self, org: &OrgId) -> Result<Vec<Op>> {
-        let mut ops: Vec<Op> = self
-            .stored_domains(org)?
-            .iter()
-            .map(|d| Op::Delete(owner_key(d.as_str())))
-            .collect();
-        ops.push(Op::Delete(list_key(org)));
-        Ok(ops)
+    if wanted.len() > MAX_DOMAINS_PER_ORG {
+        return Err(DomainError(format!(
+            "an org may register at most {MAX_DOMAINS_PER_ORG} custom domains"
+        )));
     }
+    Ok(wanted)
+}
+
+/// Why `wanted` cannot be registered while another org holds `taken`, if it cannot: a
+/// domain equal to, inside or containing another org's would make rule 2 ambiguous.
+pub(crate) fn clash(wanted: &[DomainName], taken: &str) -> Option<String> {
+    let d = wanted
+        .iter()
+        .find(|d| within(d.as_str(), taken) || within(taken, d.as_str()))?;
+    let how = if d.as_str() == taken {
+        "is already registered by"
+    } else {
+        "overlaps a domain registered by"
+    };
+    Some(format!("domain {d} {how} another org"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::tests::registry;
 
     const BASE: &str = "messaging.localhost";
 
@@ -513,119 +404,5 @@ mod tests {
             idx.org_for_host("shared.test", BASE).map(|o| o.to_string()),
             Some("beta".into())
         );
-    }
-
-    #[test]
-    fn set_domains_validates_and_routes() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = registry(dir.path());
-        let acme = r.create_org("acme", "").unwrap().id;
-        let beta = r.create_org("beta", "").unwrap().id;
-        let set = |o: &OrgId, d: &[&str]| {
-            r.set_domains(o, &d.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        };
-
-        let got = set(&acme, &["IoT.example.com", "iot.example.com", "acme.test"]).unwrap();
-        assert_eq!(got.len(), 2, "normalized duplicates are dropped");
-        assert_eq!(r.domains(&acme).unwrap(), got);
-        assert_eq!(
-            r.org_host_names(&acme),
-            [
-                "acme.messaging.localhost",
-                "acme.iot.example.com",
-                "acme.acme.test"
-            ]
-        );
-        assert_eq!(r.org_for_host("acme.iot.example.com"), Some(acme.clone()));
-
-        for bad in [
-            &["*.example.com"][..],
-            &["messaging.localhost"],
-            &["x.messaging.localhost"],
-            &["localhost"],
-        ] {
-            assert!(
-                matches!(set(&beta, bad), Err(Error::BadRequest(_))),
-                "{bad:?}"
-            );
-        }
-        let eleven: Vec<String> = (0..11).map(|i| format!("d{i}.example.net")).collect();
-        assert!(matches!(
-            r.set_domains(&beta, &eleven),
-            Err(Error::BadRequest(_))
-        ));
-        for taken in [
-            &["iot.example.com"][..],
-            &["a.iot.example.com"],
-            &["example.com"],
-        ] {
-            assert!(
-                matches!(set(&beta, taken), Err(Error::Conflict(_))),
-                "{taken:?}"
-            );
-        }
-        assert!(
-            r.domains(&beta).unwrap().is_empty(),
-            "a refused change writes nothing"
-        );
-        assert!(matches!(
-            r.set_domains(&org("ghost"), &[]),
-            Err(Error::NotFound(_))
-        ));
-
-        // Replacing releases what was dropped; the other org may then take it.
-        set(&acme, &["acme.test"]).unwrap();
-        assert_eq!(r.org_for_host("acme.iot.example.com"), None);
-        set(&beta, &["iot.example.com"]).unwrap();
-        assert_eq!(r.org_for_host("beta.iot.example.com"), Some(beta.clone()));
-
-        // Routing survives a reopen; deleting the org releases its domains.
-        drop(r);
-        let r = registry(dir.path());
-        assert_eq!(r.org_for_host("beta.iot.example.com"), Some(beta.clone()));
-        r.delete_org(&beta).unwrap();
-        assert_eq!(r.org_for_host("beta.iot.example.com"), None);
-        assert!(r
-            .store
-            .scan("domain/")
-            .unwrap()
-            .iter()
-            .all(|(k, _)| k != "domain/iot.example.com"));
-        r.set_domains(&acme, &["iot.example.com".into()]).unwrap();
-    }
-
-    #[test]
-    fn active_server_cert_names_route_and_self_signed_covers_custom_domains() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = registry(dir.path());
-        let acme = r.create_org("acme", "").unwrap().id;
-        r.set_domains(&acme, &["iot.example.com".into()]).unwrap();
-        let cert = r.create_self_signed(&acme).unwrap();
-        assert_eq!(
-            cert.details.dns_names,
-            ["acme.messaging.localhost", "acme.iot.example.com"]
-        );
-        assert_eq!(r.org_for_host("acme.iot.example.com"), Some(acme.clone()));
-        assert_eq!(r.org_for_host("mqtt.acme.test"), None);
-
-        // An active certificate naming an extra host routes it (stored directly here; the
-        // API's upload goes through the same notification).
-        let (der, key) = r.self_signed(vec!["mqtt.acme.test".into()]).unwrap();
-        let rec = ServerCert {
-            sealed_key: r.key.seal(&Registry::seal_context("acme", &cert.id), &key),
-            id: cert.id.clone(),
-            org: acme.clone(),
-            active: true,
-            origin: "uploaded".into(),
-            created_at: cert.created_at,
-            pem: cert::to_pem(&der),
-        };
-        r.store
-            .apply(vec![Registry::put(format!("srv/acme/{}", cert.id), &rec)])
-            .unwrap();
-        r.notify(Change::Org(acme.clone()));
-        assert_eq!(r.org_for_host("MQTT.acme.test."), Some(acme.clone()));
-        r.delete_org(&acme).unwrap();
-        assert_eq!(r.org_for_host("mqtt.acme.test"), None);
     }
 }

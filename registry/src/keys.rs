@@ -10,16 +10,16 @@
 //!
 //! Every key is then loaded with ring, the TLS stack's crypto provider, so a key the
 //! broker could not use is refused at upload and not at the next handshake.
-//! Generated here: the key pairs behind CSRs. Pure: no store, no I/O.
+//! Generated here: the key pairs behind CSRs, of a [`KeyType`]. Pure: no store, no I/O.
 
 use pkcs8::der::asn1::{AnyRef, OctetStringRef};
 use pkcs8::der::{Decode, Encode};
 use pkcs8::{AlgorithmIdentifierRef, EncryptedPrivateKeyInfoRef, ObjectIdentifier};
 use pkcs8::{EncodePrivateKey, PrivateKeyInfoRef};
 use ring::signature::{self, KeyPair as _};
+use serde::{Deserialize, Serialize};
 
 use crate::cert::{self, CertError, Rule};
-use crate::csr::KeyType;
 
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
@@ -31,6 +31,23 @@ const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112"
 const CONVERT_HINT: &str =
     "convert it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in old.key -out new.key` \
      (or `-nocrypt` for an unencrypted key)";
+
+/// The key pair generated for a CSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum KeyType {
+    #[default]
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+}
 
 /// A private key in PKCS#8 DER that ring accepted, with its public half.
 pub(crate) struct PrivateKey {

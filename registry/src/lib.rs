@@ -10,30 +10,42 @@
 //! [`Change`]s; the admin API calls its mutations.
 
 pub mod audit;
+mod ca_certs;
 pub mod cert;
 mod csr;
+mod custom_domains;
 pub mod domains;
+mod error;
 mod keys;
+mod layout;
 pub mod live;
 pub mod names;
 #[cfg(feature = "openapi")]
 mod openapi;
+mod orgs;
+mod platform;
 pub mod policy;
 mod registry;
 mod revocation;
 pub mod seal;
+mod server_certs;
 mod server_upload;
 pub mod store;
+mod tls;
 pub mod tokens;
 
 pub use audit::{AuditEntry, AuditEvent, AuditLog};
-pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView, KeyType};
+pub use ca_certs::{CaCert, CaView};
+pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use domains::DomainName;
+pub use error::{Error, Result};
+pub use keys::KeyType;
 pub use names::{Identity, Kind, Name, OrgId};
+pub use orgs::Org;
 pub use policy::{DeviceToken, Level, SecurityPolicy, Transport};
-pub use registry::{
-    CaCert, CaView, Change, Error, Org, Registry, Result, ServerCert, ServerCertView, TlsMaterial,
-};
+pub use registry::{Change, Registry};
 pub use revocation::{BlockedDevice, Crl, Revocations};
+pub use server_certs::{ServerCert, ServerCertView};
 pub use server_upload::{NewServerCert, UploadServerCert};
+pub use tls::TlsMaterial;
 pub use tokens::{NewToken, TokenView};

@@ -12,8 +12,10 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::error::{Error, Result};
+use crate::layout;
 use crate::names::{Identity, Name, OrgId};
-use crate::registry::{Change, Error, Registry, Result};
+use crate::registry::{Change, Registry};
 use crate::seal::random_bytes;
 use crate::store::Op;
 
@@ -160,7 +162,7 @@ pub struct DeviceToken {
 impl Registry {
     pub fn security_policy(&self, org: &OrgId) -> Result<SecurityPolicy> {
         self.get_org(org)?;
-        Ok(self.get_json(&format!("policy/{org}"))?.unwrap_or_default())
+        Ok(self.get_json(&layout::policy(org))?.unwrap_or_default())
     }
 
     /// Replaces the policy; live sessions it no longer admits are closed by the broker.
@@ -173,7 +175,7 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.store
-            .apply(vec![Self::put(format!("policy/{org}"), &policy)])?;
+            .apply(vec![Self::put(layout::policy(org), &policy)])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         Ok(policy)
@@ -207,7 +209,7 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.store
-            .apply(vec![Self::put(format!("devtoken/{org}/{identity}"), &rec)])?;
+            .apply(vec![Self::put(layout::device_token(org, &identity), &rec)])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         Ok(DeviceToken { identity, token })
@@ -217,7 +219,7 @@ impl Registry {
         let identity = Identity::parse(identity)?;
         let _g = self.lock();
         self.get_org(org)?;
-        let key = format!("devtoken/{org}/{identity}");
+        let key = layout::device_token(org, &identity);
         if self.store.get(&key)?.is_none() {
             return Err(Error::NotFound(format!("{identity} has no token")));
         }
@@ -231,7 +233,7 @@ impl Registry {
     pub fn list_device_tokens(&self, org: &OrgId) -> Result<Vec<Identity>> {
         self.get_org(org)?;
         Ok(self
-            .scan_json::<StoredToken>(&format!("devtoken/{org}/"))?
+            .scan_json::<StoredToken>(&layout::device_tokens(org))?
             .into_iter()
             .map(|t| t.identity)
             .collect())
@@ -246,7 +248,7 @@ impl Registry {
         identity: &Identity,
         token: &str,
     ) -> Result<Option<OffsetDateTime>> {
-        let Some(rec) = self.get_json::<StoredToken>(&format!("devtoken/{org}/{identity}"))? else {
+        let Some(rec) = self.get_json::<StoredToken>(&layout::device_token(org, identity))? else {
             return Ok(None);
         };
         let (Ok(salt), Ok(hash)) = (hex::decode(&rec.salt), hex::decode(&rec.hash)) else {
@@ -265,7 +267,7 @@ impl Registry {
         identity: &Identity,
     ) -> Result<Option<OffsetDateTime>> {
         Ok(self
-            .get_json::<StoredToken>(&format!("devtoken/{org}/{identity}"))?
+            .get_json::<StoredToken>(&layout::device_token(org, identity))?
             .map(|t| t.created_at))
     }
 }

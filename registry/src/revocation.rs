@@ -11,9 +11,12 @@ use ::time::OffsetDateTime;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 
+use crate::ca_certs::CaCert;
 use crate::cert::{self, CertError, Rule};
+use crate::error::{Error, Result};
+use crate::layout;
 use crate::names::{Identity, OrgId};
-use crate::registry::{new_id, CaCert, Change, Error, Registry, Result};
+use crate::registry::{new_id, Change, Registry};
 use crate::store::Op;
 
 /// An identity refused at CONNECT whatever its certificate.
@@ -108,7 +111,7 @@ impl Registry {
         }
         let _g = self.lock();
         self.get_org(org)?;
-        let key = format!("blocked/{org}/{identity}");
+        let key = layout::blocked_device(org, &identity);
         if self.store.get(&key)?.is_some() {
             return Err(Error::Conflict(format!("{identity} is already blocked")));
         }
@@ -127,7 +130,7 @@ impl Registry {
         let identity = Identity::parse(identity)?;
         let _g = self.lock();
         self.get_org(org)?;
-        let key = format!("blocked/{org}/{identity}");
+        let key = layout::blocked_device(org, &identity);
         if self.store.get(&key)?.is_none() {
             return Err(Error::NotFound(format!("{identity} is not blocked")));
         }
@@ -139,14 +142,14 @@ impl Registry {
 
     pub fn list_blocked(&self, org: &OrgId) -> Result<Vec<BlockedDevice>> {
         self.get_org(org)?;
-        self.scan_json(&format!("blocked/{org}/"))
+        self.scan_json(&layout::blocked_devices(org))
     }
 
     /// Whether `identity` is blocked in `org` (one store read; on every CONNECT).
     pub fn is_blocked(&self, org: &OrgId, identity: &Identity) -> Result<bool> {
         Ok(self
             .store
-            .get(&format!("blocked/{org}/{identity}"))?
+            .get(&layout::blocked_device(org, identity))?
             .is_some())
     }
 
@@ -160,7 +163,7 @@ impl Registry {
             parse_x509_crl(&der).map_err(|_| CertError::new(Rule::NotACrl, "malformed CRL"))?;
         let _g = self.lock();
         self.get_org(org)?;
-        let cas: Vec<CaCert> = self.scan_json(&format!("ca/{org}/"))?;
+        let cas: Vec<CaCert> = self.scan_json(&layout::cas(org))?;
         let signer = cas.iter().find_map(|ca| {
             let ca_der = cert::read_single(ca.pem.as_bytes()).ok()?;
             let (_, ca_cert) = X509Certificate::from_der(&ca_der).ok()?;
@@ -180,7 +183,7 @@ impl Registry {
         };
         let this_update = crl.last_update().to_datetime();
         let mut ops = Vec::new();
-        for old in self.scan_json::<Crl>(&format!("crl/{org}/"))? {
+        for old in self.scan_json::<Crl>(&layout::crls(org))? {
             if old.ca_id == ca_id {
                 if old.this_update > this_update {
                     return Err(CertError::new(
@@ -192,7 +195,7 @@ impl Registry {
                     )
                     .into());
                 }
-                ops.push(Op::Delete(format!("crl/{org}/{}", old.id)));
+                ops.push(Op::Delete(layout::crl(org, &old.id)));
             }
         }
         let rec = Crl {
@@ -211,7 +214,7 @@ impl Registry {
             created_at: OffsetDateTime::now_utc(),
             pem: cert::pem_block("X509 CRL", &der),
         };
-        ops.push(Self::put(format!("crl/{org}/{}", rec.id), &rec));
+        ops.push(Self::put(layout::crl(org, &rec.id), &rec));
         self.store.apply(ops)?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
@@ -220,13 +223,13 @@ impl Registry {
 
     pub fn list_crls(&self, org: &OrgId) -> Result<Vec<Crl>> {
         self.get_org(org)?;
-        self.scan_json(&format!("crl/{org}/"))
+        self.scan_json(&layout::crls(org))
     }
 
     pub fn delete_crl(&self, org: &OrgId, id: &str) -> Result<()> {
         let _g = self.lock();
         self.get_org(org)?;
-        let key = format!("crl/{org}/{id}");
+        let key = layout::crl(org, id);
         if self.store.get(&key)?.is_none() {
             return Err(Error::NotFound(format!("CRL {id} not found in org {org}")));
         }
@@ -237,7 +240,7 @@ impl Registry {
     }
 
     pub(crate) fn crl_ders(&self, org: &OrgId) -> Result<Vec<Vec<u8>>> {
-        self.scan_json::<Crl>(&format!("crl/{org}/"))?
+        self.scan_json::<Crl>(&layout::crls(org))?
             .into_iter()
             .map(|c| read_crl_der(c.pem.as_bytes()).map_err(Error::from))
             .collect()
@@ -246,12 +249,12 @@ impl Registry {
     /// Blocked identities and revoked serials of `org`, for judging live sessions.
     pub fn revocations(&self, org: &OrgId) -> Result<Revocations> {
         let blocked = self
-            .scan_json::<BlockedDevice>(&format!("blocked/{org}/"))?
+            .scan_json::<BlockedDevice>(&layout::blocked_devices(org))?
             .into_iter()
             .map(|b| b.identity)
             .collect();
         let mut revoked: HashMap<String, HashSet<String>> = HashMap::new();
-        for c in self.scan_json::<Crl>(&format!("crl/{org}/"))? {
+        for c in self.scan_json::<Crl>(&layout::crls(org))? {
             revoked
                 .entry(c.ca_fingerprint)
                 .or_default()

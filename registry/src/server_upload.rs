@@ -15,9 +15,12 @@ use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cert::{self, CertError, Rule};
+use crate::error::{Error, Result};
 use crate::keys::{self, PrivateKey};
+use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{new_id, to_pem_chain, Error, Registry, Result, ServerCert, ServerCertView};
+use crate::registry::{Change, Registry};
+use crate::server_certs::{ServerCert, ServerCertView};
 
 /// The longest chain accepted (leaf included). Real chains have 2–4 certificates.
 const MAX_CHAIN: usize = 10;
@@ -249,19 +252,6 @@ pub(crate) fn check_covers(
 }
 
 impl Registry {
-    /// The host names a server certificate of `org` may cover, one of which it must:
-    /// `<org>.<domain>`, then `<org>.<custom>` for each of the org's custom domains
-    /// (see [`crate::domains`]).
-    pub fn org_host_names(&self, org: &OrgId) -> Vec<String> {
-        let mut names = vec![format!("{org}.{}", self.domain)];
-        names.extend(
-            self.indexed_domains(org)
-                .iter()
-                .map(|d| format!("{org}.{d}")),
-        );
-        names
-    }
-
     /// Orders `certs` and applies every server-certificate rule; `key` must be the
     /// leaf's key (`key_name` says whose key it is, for the message).
     pub(crate) fn check_server_chain(
@@ -298,31 +288,11 @@ impl Registry {
         Ok(CheckedChain { chain, notes })
     }
 
-    /// A new inactive server certificate record, its key sealed under its own id.
-    pub(crate) fn new_server_record(
-        &self,
-        org: &OrgId,
-        chain: &[Vec<u8>],
-        pkcs8: &[u8],
-        origin: &str,
-    ) -> ServerCert {
-        let id = new_id();
-        ServerCert {
-            sealed_key: self.key.seal(&Self::seal_context(org.as_str(), &id), pkcs8),
-            id,
-            org: org.clone(),
-            active: false,
-            origin: origin.into(),
-            created_at: OffsetDateTime::now_utc(),
-            pem: to_pem_chain(chain),
-        }
-    }
-
     /// 409 when the org already has a server certificate with this leaf. Call under
     /// the write lock.
     pub(crate) fn ensure_new_server_leaf(&self, org: &OrgId, leaf: &[u8]) -> Result<()> {
         let fp = cert::fingerprint(leaf);
-        for c in self.scan_json::<ServerCert>(&format!("srv/{org}/"))? {
+        for c in self.scan_json::<ServerCert>(&layout::server_certs(org))? {
             let same = cert::read_chain(c.pem.as_bytes())
                 .is_ok_and(|chain| cert::fingerprint(&chain[0]) == fp);
             if same {
@@ -364,12 +334,12 @@ impl Registry {
         self.get_org(org)?;
         self.ensure_new_server_leaf(org, &checked.chain[0])?;
         self.store
-            .apply(vec![Self::put(format!("srv/{org}/{}", rec.id), &rec)])?;
+            .apply(vec![Self::put(layout::server_cert(org, &rec.id), &rec)])?;
         drop(_g);
         for note in &checked.notes {
             tracing::info!(%org, id = %rec.id, note, "server certificate upload");
         }
-        self.notify(crate::registry::Change::Org(org.clone()));
+        self.notify(Change::Org(org.clone()));
         Ok(NewServerCert {
             cert: ServerCertView::try_from(rec)?,
             notes: checked.notes,

@@ -18,8 +18,10 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::error::{Error, Result};
+use crate::layout;
 use crate::names::OrgId;
-use crate::registry::{new_id, Error, Registry, Result};
+use crate::registry::{new_id, Registry};
 use crate::store::Op;
 
 /// What every org token starts with (the platform admin token generated on first start
@@ -99,14 +101,6 @@ fn token_id(token: &str) -> Option<&str> {
     (hex(id, ID_HEX) && hex(secret, SECRET_HEX)).then_some(id)
 }
 
-fn record_key(org: &OrgId, id: &str) -> String {
-    format!("token/{org}/{id}")
-}
-
-fn index_key(id: &str) -> String {
-    format!("token-id/{id}")
-}
-
 impl Registry {
     /// Creates a token for `org`. The answer carries the token; the store keeps its MAC.
     pub fn create_token(&self, org: &OrgId, name: &str) -> Result<NewToken> {
@@ -137,14 +131,14 @@ impl Registry {
         };
         let _g = self.lock();
         self.get_org(org)?;
-        if self.store.scan(&format!("token/{org}/"))?.len() >= MAX_TOKENS_PER_ORG {
+        if self.store.scan(&layout::tokens(org))?.len() >= MAX_TOKENS_PER_ORG {
             return Err(Error::Conflict(format!(
                 "org {org} already has {MAX_TOKENS_PER_ORG} tokens; delete one first"
             )));
         }
         self.store.apply(vec![
-            Self::put(record_key(org, &id), &rec),
-            Self::put(index_key(&id), org),
+            Self::put(layout::token(org, &id), &rec),
+            Self::put(layout::token_index(&id), org),
         ])?;
         Ok(NewToken {
             view: rec.into(),
@@ -156,7 +150,7 @@ impl Registry {
     pub fn list_tokens(&self, org: &OrgId) -> Result<Vec<TokenView>> {
         self.get_org(org)?;
         Ok(self
-            .scan_json::<TokenRecord>(&format!("token/{org}/"))?
+            .scan_json::<TokenRecord>(&layout::tokens(org))?
             .into_iter()
             .map(TokenView::from)
             .collect())
@@ -166,14 +160,14 @@ impl Registry {
     pub fn delete_token(&self, org: &OrgId, id: &str) -> Result<()> {
         let _g = self.lock();
         self.get_org(org)?;
-        let key = record_key(org, id);
+        let key = layout::token(org, id);
         if self.store.get(&key)?.is_none() {
             return Err(Error::NotFound(format!(
                 "token {id} not found in org {org}"
             )));
         }
         self.store
-            .apply(vec![Op::Delete(key), Op::Delete(index_key(id))])?;
+            .apply(vec![Op::Delete(key), Op::Delete(layout::token_index(id))])?;
         Ok(())
     }
 
@@ -182,29 +176,19 @@ impl Registry {
         let Some(id) = token_id(presented) else {
             return Ok(None);
         };
-        let Some(org) = self.get_json::<OrgId>(&index_key(id))? else {
+        let Some(org) = self.get_json::<OrgId>(&layout::token_index(id))? else {
             return Ok(None);
         };
-        let Some(rec) = self.get_json::<TokenRecord>(&record_key(&org, id))? else {
+        let Some(rec) = self.get_json::<TokenRecord>(&layout::token(&org, id))? else {
             return Ok(None);
         };
         let (Ok(salt), Ok(expected)) = (hex::decode(&rec.salt), hex::decode(&rec.mac)) else {
-            return Err(Error::Corrupt(record_key(&org, id)));
+            return Err(Error::Corrupt(layout::token(&org, id)));
         };
         let key = hmac::Key::new(hmac::HMAC_SHA256, &salt);
         Ok(hmac::verify(&key, presented.as_bytes(), &expected)
             .is_ok()
             .then(|| rec.into()))
-    }
-
-    /// The deletes that remove every token of `org` (part of deleting the org).
-    pub(crate) fn token_delete_ops(&self, org: &OrgId) -> Result<Vec<Op>> {
-        let mut ops = Vec::new();
-        for rec in self.scan_json::<TokenRecord>(&format!("token/{org}/"))? {
-            ops.push(Op::Delete(index_key(&rec.id)));
-            ops.push(Op::Delete(record_key(org, &rec.id)));
-        }
-        Ok(ops)
     }
 }
 
@@ -288,7 +272,10 @@ mod tests {
             let text = String::from_utf8_lossy(&v);
             assert!(!text.contains(&secret), "the secret is in the store");
         }
-        let rec: TokenRecord = r.get_json(&record_key(&acme, &a.view.id)).unwrap().unwrap();
+        let rec: TokenRecord = r
+            .get_json(&layout::token(&acme, &a.view.id))
+            .unwrap()
+            .unwrap();
         assert_eq!(rec.salt.len(), 32);
         assert_ne!(rec.mac, hex::encode(mac(&[0; 16], &a.token)));
     }

@@ -91,6 +91,23 @@ impl Ca {
         edit(&mut csr.params);
         csr.signed_by(&self.issuer).unwrap().pem()
     }
+
+    /// An empty CRL of this CA, issued a minute ago.
+    pub(crate) fn crl(&self) -> String {
+        let now = OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
 }
 
 /// Runs `openssl` in `dir`; its stdout. Panics when it fails.

@@ -1,0 +1,227 @@
+//! The store's key layout: every key the registry reads or writes is built here, and
+//! [`org_data`] lists every place an org's data lives.
+//!
+//! Keeping the layout in one module is what lets [`Registry::delete_org`] remove an org
+//! completely: it deletes whatever [`org_data`] names, so a resource whose keys are added
+//! here and to that list is deleted with its org without touching `delete_org`.
+//!
+//! Org ids are `[a-z][a-z0-9]*` (no `/`), so `ca/<org>/` never matches another org's
+//! keys; the audit log of the platform is `_platform`, which no org id can be.
+//!
+//! [`Registry::delete_org`]: crate::Registry::delete_org
+
+use crate::names::{Identity, OrgId};
+
+/// The platform default server certificate (one record, not per org).
+pub(crate) const PLATFORM_CERT: &str = "platform/server";
+
+/// Every org record.
+pub(crate) const ORGS: &str = "org/";
+
+pub(crate) fn org(org: &OrgId) -> String {
+    format!("{ORGS}{org}")
+}
+
+pub(crate) fn policy(org: &OrgId) -> String {
+    format!("policy/{org}")
+}
+
+pub(crate) fn cas(org: &OrgId) -> String {
+    format!("ca/{org}/")
+}
+
+pub(crate) fn ca(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", cas(org))
+}
+
+pub(crate) fn server_certs(org: &OrgId) -> String {
+    format!("srv/{org}/")
+}
+
+pub(crate) fn server_cert(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", server_certs(org))
+}
+
+pub(crate) fn csrs(org: &OrgId) -> String {
+    format!("csr/{org}/")
+}
+
+pub(crate) fn csr(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", csrs(org))
+}
+
+pub(crate) fn blocked_devices(org: &OrgId) -> String {
+    format!("blocked/{org}/")
+}
+
+pub(crate) fn blocked_device(org: &OrgId, identity: &Identity) -> String {
+    format!("{}{identity}", blocked_devices(org))
+}
+
+pub(crate) fn crls(org: &OrgId) -> String {
+    format!("crl/{org}/")
+}
+
+pub(crate) fn crl(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", crls(org))
+}
+
+pub(crate) fn device_tokens(org: &OrgId) -> String {
+    format!("devtoken/{org}/")
+}
+
+pub(crate) fn device_token(org: &OrgId, identity: &Identity) -> String {
+    format!("{}{identity}", device_tokens(org))
+}
+
+pub(crate) fn tokens(org: &OrgId) -> String {
+    format!("token/{org}/")
+}
+
+pub(crate) fn token(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", tokens(org))
+}
+
+/// Token id → org, so a presented token is found without knowing its org.
+pub(crate) fn token_index(id: &str) -> String {
+    format!("token-id/{id}")
+}
+
+/// The entries of an audit log (`log`: an org id or the platform log's name).
+pub(crate) fn audit_entries(log: &str) -> String {
+    format!("audit/{log}/")
+}
+
+/// Zero-padded, so the entries of a log scan in seq order.
+pub(crate) fn audit_entry(log: &str, seq: u64) -> String {
+    format!("{}{seq:020}", audit_entries(log))
+}
+
+pub(crate) fn audit_seq(log: &str) -> String {
+    format!("audit-seq/{log}")
+}
+
+/// The org's custom domains (one list).
+pub(crate) fn org_domains(org: &OrgId) -> String {
+    format!("org-domains/{org}")
+}
+
+/// Every custom domain's owner.
+pub(crate) const DOMAIN_OWNERS: &str = "domain/";
+
+/// Custom domain → owning org, so an overlap with another org is one scan.
+pub(crate) fn domain_owner(domain: &str) -> String {
+    format!("{DOMAIN_OWNERS}{domain}")
+}
+
+/// Where some of an org's data lives.
+pub(crate) enum Place {
+    /// One key.
+    Key(String),
+    /// Every key under this prefix.
+    Prefix(String),
+}
+
+/// The global index keys one record (key, value) implies; `None` when the record is
+/// unreadable.
+pub(crate) type IndexKeys = fn(&str, &[u8]) -> Option<Vec<String>>;
+
+/// One kind of an org's data: where it lives and, for records that a global index
+/// points at, the index keys a record (key, value) implies. Those index keys do not
+/// name the org, so they are found through the records and deleted with them.
+pub(crate) struct OrgData {
+    pub(crate) place: Place,
+    pub(crate) index_keys: Option<IndexKeys>,
+}
+
+/// Everything `org` has in the store. Deleting the org deletes exactly this.
+pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
+    let at = |place| OrgData {
+        place,
+        index_keys: None,
+    };
+    vec![
+        at(Place::Key(self::org(org))),
+        at(Place::Key(policy(org))),
+        at(Place::Prefix(cas(org))),
+        at(Place::Prefix(server_certs(org))),
+        at(Place::Prefix(csrs(org))),
+        at(Place::Prefix(blocked_devices(org))),
+        at(Place::Prefix(crls(org))),
+        at(Place::Prefix(device_tokens(org))),
+        OrgData {
+            place: Place::Prefix(tokens(org)),
+            index_keys: Some(token_index_keys),
+        },
+        at(Place::Prefix(audit_entries(org.as_str()))),
+        at(Place::Key(audit_seq(org.as_str()))),
+        OrgData {
+            place: Place::Key(org_domains(org)),
+            index_keys: Some(domain_owner_keys),
+        },
+    ]
+}
+
+/// `token/<org>/<id>` → `token-id/<id>`.
+fn token_index_keys(key: &str, _: &[u8]) -> Option<Vec<String>> {
+    let id = key.rsplit_once('/')?.1;
+    Some(vec![token_index(id)])
+}
+
+/// The owner entries of the domains an `org-domains/<org>` list holds.
+fn domain_owner_keys(_: &str, value: &[u8]) -> Option<Vec<String>> {
+    let domains: Vec<String> = serde_json::from_slice(value).ok()?;
+    Some(domains.iter().map(|d| domain_owner(d)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_per_org_key_is_in_org_data() {
+        let acme = OrgId::try_from("acme").unwrap();
+        let id = Identity::parse("d:sensor:1").unwrap();
+        let data = org_data(&acme);
+        let covered = |key: &str| {
+            data.iter().any(|d| match &d.place {
+                Place::Key(k) => k == key,
+                Place::Prefix(p) => key.starts_with(p.as_str()),
+            })
+        };
+        for key in [
+            org(&acme),
+            policy(&acme),
+            ca(&acme, "1"),
+            server_cert(&acme, "1"),
+            csr(&acme, "1"),
+            blocked_device(&acme, &id),
+            crl(&acme, "1"),
+            device_token(&acme, &id),
+            token(&acme, "1"),
+            audit_entry(acme.as_str(), 1),
+            audit_seq(acme.as_str()),
+            org_domains(&acme),
+        ] {
+            assert!(covered(&key), "{key} is not deleted with its org");
+        }
+        // Another org's keys and the global ones are not the org's.
+        let acme2 = OrgId::try_from("acme2").unwrap();
+        for key in [
+            org(&acme2),
+            ca(&acme2, "1"),
+            audit_seq(acme2.as_str()),
+            PLATFORM_CERT.to_owned(),
+        ] {
+            assert!(!covered(&key), "{key} would be deleted with acme");
+        }
+        assert_eq!(
+            token_index_keys(&token(&acme, "abc"), b""),
+            Some(vec![token_index("abc")])
+        );
+        assert_eq!(
+            domain_owner_keys(&org_domains(&acme), br#"["a.example","b.example"]"#),
+            Some(vec![domain_owner("a.example"), domain_owner("b.example")])
+        );
+    }
+}
