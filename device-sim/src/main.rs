@@ -446,10 +446,11 @@ async fn provision(args: ProvisionArgs) -> Result<()> {
                 println!("org {org}: server certificate uploaded and activated (id {id})");
             }
             None => {
-                let (id, pem) = admin.self_signed_server_cert(org).await?;
-                write_file(&args.out.join("server.pem"), &pem, false)?;
+                let cert = admin.self_signed_server_cert(org).await?;
+                write_file(&args.out.join("server.pem"), &cert.pem, false)?;
                 println!(
-                    "org {org}: self-signed server certificate generated (id {id}) -> {}",
+                    "org {org}: self-signed server certificate generated (id {}) -> {}",
+                    cert.id,
                     args.out.join("server.pem").display()
                 );
             }
