@@ -49,7 +49,7 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
     println!("   POST /orgs                                   -> 201 org {ORG}");
     let ca = TestCa::new("Acme Devices Root CA")?;
     let ca_view = api
-        .upload_ca_described(ORG, &ca.pem(), "demo fleet CA")
+        .upload_ca(ORG, &ca.pem(), Some("demo fleet CA"))
         .await?
         .view;
     let fingerprint = ca_view["fingerprint_sha256"].as_str().unwrap_or("");

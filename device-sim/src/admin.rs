@@ -216,31 +216,25 @@ impl AdminClient {
         }
     }
 
-    /// Uploads a CA certificate (PEM) to `org`.
-    pub async fn upload_ca(&self, org: &str, pem: &str) -> Result<Certificate> {
-        self.upload_ca_with(org, json!({ "certificate": pem }))
-            .await
-    }
-
-    /// Uploads a CA certificate (PEM) to `org` with a description (shown in the console).
-    pub async fn upload_ca_described(
+    /// Uploads a CA certificate (PEM) to `org`, with a description (shown in the
+    /// console) when given.
+    pub async fn upload_ca(
         &self,
         org: &str,
         pem: &str,
-        description: &str,
+        description: Option<&str>,
     ) -> Result<Certificate> {
-        let body = json!({ "certificate": pem, "description": description });
-        self.upload_ca_with(org, body).await
-    }
-
-    async fn upload_ca_with(&self, org: &str, body: Value) -> Result<Certificate> {
+        let mut body = json!({ "certificate": pem });
+        if let Some(d) = description {
+            body["description"] = json!(d);
+        }
         Certificate::from_view(self.post(&format!("/orgs/{org}/ca-certs"), body).await?)
     }
 
     /// Uploads a CA certificate (PEM) to `org`; when the org already has it, returns the
     /// existing one's id.
     pub async fn ensure_ca(&self, org: &str, pem: &str) -> Result<String> {
-        let err = match self.upload_ca(org, pem).await {
+        let err = match self.upload_ca(org, pem, None).await {
             Ok(ca) => return Ok(ca.id),
             Err(e) if status_of(&e) == Some(StatusCode::CONFLICT) => e,
             Err(e) => return Err(e),

@@ -146,7 +146,7 @@ impl Api {
     /// Uploads a CA certificate, which must succeed; the CA's view.
     pub async fn upload_ca(&self, org: &str, pem: &str) -> Value {
         self.0
-            .upload_ca(org, pem)
+            .upload_ca(org, pem, None)
             .await
             .unwrap_or_else(|e| panic!("{e:#}"))
             .view
@@ -228,7 +228,7 @@ impl Org {
         let setup = async {
             api.create_org(id, id).await?;
             let ca = TestCa::new(&format!("{id} root CA"))?;
-            let ca_id = api.upload_ca(id, &ca.pem()).await?.id;
+            let ca_id = api.upload_ca(id, &ca.pem(), None).await?.id;
             let srv = api.self_signed_server_cert(id).await?;
             anyhow::Ok((ca, ca_id, srv.pem))
         };
