@@ -5,41 +5,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use device_sim::certs::{ClientCertOptions, TestCa};
 use device_sim::client::BrokerTarget;
 use device_sim::fleet::{run_fleet, FleetConfig};
-use serde_json::{json, Value};
+use device_sim::AdminClient;
 
 use crate::app;
 
 const DOMAIN: &str = "messaging.localhost";
 const ORG: &str = "acme";
-
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("POST {path}: {status} {v}");
-        }
-        Ok(v)
-    }
-}
 
 pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -65,40 +40,34 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
     );
     println!("  data dir  {} (deleted at exit)", dir.path().display());
 
-    let api = Api {
-        base: format!("http://{}/api/v1", running.admin_addr),
-        token: running.admin_token.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = AdminClient::new(
+        &format!("http://{}", running.admin_addr),
+        &running.admin_token,
+    );
     println!("\n1. set up org {ORG:?} through the admin API");
-    api.post("/orgs", json!({ "id": ORG, "name": "Acme Corp" }))
-        .await?;
+    api.create_org(ORG, "Acme Corp").await?;
     println!("   POST /orgs                                   -> 201 org {ORG}");
     let ca = TestCa::new("Acme Devices Root CA")?;
     let ca_view = api
-        .post(
-            &format!("/orgs/{ORG}/ca-certs"),
-            json!({ "certificate": ca.pem(), "description": "demo fleet CA" }),
-        )
-        .await?;
+        .upload_ca(ORG, &ca.pem(), Some("demo fleet CA"))
+        .await?
+        .view;
+    let fingerprint = ca_view["fingerprint_sha256"].as_str().unwrap_or("");
     println!(
         "   POST /orgs/{ORG}/ca-certs                     -> 201 CA {} (sha256 {}…)",
         ca_view["subject"].as_str().unwrap_or("?"),
-        &ca_view["fingerprint_sha256"].as_str().unwrap_or("")
-            [..16.min(ca_view["fingerprint_sha256"].as_str().unwrap_or("").len())]
+        fingerprint.get(..16).unwrap_or(fingerprint)
     );
-    let srv = api
-        .post(&format!("/orgs/{ORG}/server-certs/self-signed"), json!({}))
-        .await?;
+    let srv = api.self_signed_server_cert(ORG).await?;
     println!(
         "   POST /orgs/{ORG}/server-certs/self-signed     -> 201 server cert for {}",
-        srv["dns_names"][0].as_str().unwrap_or("?")
+        srv.view["dns_names"][0].as_str().unwrap_or("?")
     );
     let target = BrokerTarget {
         host: "127.0.0.1".into(),
         port: running.mqtt_addr.port(),
         sni: format!("{ORG}.{DOMAIN}"),
-        server_ca_pem: srv["pem"].as_str().unwrap_or_default().to_owned(),
+        server_ca_pem: srv.pem,
     };
 
     println!("\n2. the broker refuses what it must");

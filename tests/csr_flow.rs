@@ -13,45 +13,11 @@ use device_sim::client::BrokerTarget;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
+use reqwest::Method;
 use serde_json::{json, Value};
 use support::*;
 
 const HOST: &str = "acme.messaging.localhost";
-
-/// GET returning the raw body (for PEM downloads).
-async fn get_text(api: &Api, path: &str) -> (u16, String, String) {
-    let resp = api
-        .http
-        .get(format!("{}{path}", api.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("admin API request");
-    let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (status, ct, resp.text().await.unwrap_or_default())
-}
-
-/// POST of a raw body with a content type.
-async fn post_raw(api: &Api, path: &str, content_type: &str, body: String) -> (u16, Value) {
-    let resp = api
-        .http
-        .post(format!("{}{path}", api.base))
-        .bearer_auth(TOKEN)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("admin API request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 fn target(server: &Server, trusted_pem: &str) -> BrokerTarget {
     BrokerTarget {
@@ -85,7 +51,7 @@ async fn csr_signed_by_a_public_ca_is_activated_without_restart() {
         )
         .await;
     let id = csr["id"].as_str().unwrap().to_owned();
-    let (status, ct, pem) = get_text(&api, &format!("/orgs/acme/csrs/{id}.pem")).await;
+    let (status, ct, pem) = api.get_text(&format!("/orgs/acme/csrs/{id}.pem")).await;
     assert_eq!(status, 200);
     assert_eq!(ct, "application/x-pem-file");
     std::fs::write(dir.join("server.csr"), &pem).unwrap();
@@ -97,19 +63,19 @@ async fn csr_signed_by_a_public_ca_is_activated_without_restart() {
     let public_ca = public.pem.clone();
 
     // 3. Upload the signed certificate: an inactive server cert; the CSR is completed.
-    let (status, cert) = post_raw(
-        &api,
-        &format!("/orgs/acme/csrs/{id}/certificate"),
-        "application/x-pem-file",
-        signed,
-    )
-    .await;
+    let (status, cert) = api
+        .post_raw(
+            &format!("/orgs/acme/csrs/{id}/certificate"),
+            Some("application/x-pem-file"),
+            signed,
+        )
+        .await;
     assert_eq!(status, 201, "{cert}");
     assert_eq!(cert["origin"], "csr");
     assert_eq!(cert["active"], false);
     let cert_id = cert["id"].as_str().unwrap().to_owned();
     let (_, csr_now) = api
-        .call(reqwest::Method::GET, &format!("/orgs/acme/csrs/{id}"), None)
+        .call(Method::GET, &format!("/orgs/acme/csrs/{id}"), None)
         .await;
     assert_eq!(csr_now["status"], "completed");
 
@@ -198,20 +164,15 @@ async fn kill_9_during_an_upload_burst_leaves_only_whole_certificates() {
         burst.push(tokio::spawn(async move {
             for body in chunk {
                 sent.fetch_add(1, Ordering::SeqCst);
-                let resp = api
-                    .http
-                    .post(format!("{}/orgs/acme/server-certs", api.base))
-                    .bearer_auth(TOKEN)
-                    .json(&body)
-                    .send()
+                // No answer (the server was killed): this upload is not acknowledged.
+                let answer = api
+                    .0
+                    .call(Method::POST, "/orgs/acme/server-certs", Some(body))
                     .await;
-                let Ok(resp) = resp else { return };
-                if resp.status().as_u16() != 201 {
+                let Ok((status, v)) = answer else { return };
+                if status != 201 {
                     return;
                 }
-                let Ok(v) = resp.json::<Value>().await else {
-                    return;
-                };
                 acked
                     .lock()
                     .unwrap()
@@ -240,9 +201,7 @@ async fn kill_9_during_an_upload_burst_leaves_only_whole_certificates() {
     // Every acknowledged upload survived, and every stored certificate is whole:
     // activating it and completing a handshake proves chain and key belong together.
     let api = server.api();
-    let (status, list) = api
-        .call(reqwest::Method::GET, "/orgs/acme/server-certs", None)
-        .await;
+    let (status, list) = api.call(Method::GET, "/orgs/acme/server-certs", None).await;
     assert_eq!(status, 200);
     let uploaded: Vec<String> = list
         .as_array()
@@ -258,7 +217,7 @@ async fn kill_9_during_an_upload_burst_leaves_only_whole_certificates() {
     for id in &uploaded {
         let (status, v) = api
             .call(
-                reqwest::Method::POST,
+                Method::POST,
                 &format!("/orgs/acme/server-certs/{id}/activate"),
                 Some(json!({})),
             )

@@ -68,23 +68,11 @@ async fn metrics_count_connections_handshakes_messages_and_expiry() {
     .await;
 
     let api = server.api();
-    let unauth = api
-        .http
-        .get(format!("http://{}/metrics", server.admin))
-        .send()
+    let unauth = reqwest::get(format!("http://{}/metrics", server.admin))
         .await
         .unwrap();
     assert_eq!(unauth.status(), 401);
-    let text = api
-        .http
-        .get(format!("http://{}/metrics", server.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.0.metrics().await.unwrap();
     let m = parse_metrics(&text);
     assert_eq!(
         find(

@@ -94,31 +94,17 @@ async fn a_crl_closes_the_revoked_session_and_refuses_its_handshake() {
     // A CRL signed by another org's CA is refused and changes nothing.
     let stranger = device_sim::certs::TestCa::new("stranger").unwrap();
     let foreign = stranger.crl_pem(&[&bad.serial], 1).unwrap();
-    let resp = api
-        .http
-        .post(format!("{}/orgs/acme/crls", api.base))
-        .bearer_auth(TOKEN)
-        .body(foreign)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 422);
-    let v: serde_json::Value = resp.json().await.unwrap();
+    let (status, v) = api.post_raw("/orgs/acme/crls", None, foreign).await;
+    assert_eq!(status, 422);
     assert_eq!(v["error"]["code"], "crl_not_from_org_ca");
     still_open(&mut dev2).await;
 
     let crl = acme.ca.crl_pem(&[&bad.serial], 2).unwrap();
     let sent = Instant::now();
-    let resp = api
-        .http
-        .post(format!("{}/orgs/acme/crls", api.base))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/x-pem-file")
-        .body(crl)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    let (status, v) = api
+        .post_raw("/orgs/acme/crls", Some("application/x-pem-file"), crl)
+        .await;
+    assert_eq!(status, 201, "{v}");
     let took = closed_within(&mut dev2, sent).await;
     eprintln!("CRL upload → session closed in {took:?}");
     still_open(&mut dev1).await;

@@ -344,27 +344,25 @@ mod tests {
         (result, seen)
     }
 
+    /// Connects to a fake broker with a CA-issued certificate and checks that it saw
+    /// the org's SNI name and a client certificate.
+    async fn assert_sends_sni(force_relay: bool) {
+        let server = ca_issued_server_cert("messaging.localhost");
+        let sni = "acme.messaging.localhost";
+        let (result, seen) = connect_once(server, force_relay, sni).await;
+        result.expect("connected");
+        assert_eq!(seen, Some((Some(sni.to_owned()), true)));
+    }
+
     #[tokio::test]
     async fn relay_route_sends_sni_and_dials_target() {
-        let server = ca_issued_server_cert("messaging.localhost");
-        let (result, seen) = connect_once(server, true, "acme.messaging.localhost").await;
-        result.expect("connected");
-        assert_eq!(
-            seen,
-            Some((Some("acme.messaging.localhost".to_owned()), true))
-        );
+        assert_sends_sni(true).await;
     }
 
     #[tokio::test]
     async fn auto_route_sends_sni() {
         // Direct when *.localhost resolves to loopback here, relay otherwise: both must work.
-        let server = ca_issued_server_cert("messaging.localhost");
-        let (result, seen) = connect_once(server, false, "acme.messaging.localhost").await;
-        result.expect("connected");
-        assert_eq!(
-            seen,
-            Some((Some("acme.messaging.localhost".to_owned()), true))
-        );
+        assert_sends_sni(false).await;
     }
 
     #[tokio::test]

@@ -417,9 +417,27 @@ async fn start_app(cfg: &FleetConfig, ca: &TestCa, ctx: &Ctx) -> Result<()> {
         }
     });
 
-    let task_ctx = ctx.clone();
-    let poller = tokio::spawn(async move {
-        let ctx = task_ctx;
+    let poller = spawn_poller(ctx, eventloop, &client_id, move |ctx, event| {
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            on_event(ctx, &p, &cmd_tx);
+        }
+    });
+    register(ctx, client, poller);
+    Ok(())
+}
+
+/// Runs a client's event loop in a task until shutdown, its DISCONNECT or the loss of
+/// its connection (counted as an error): the part every fleet client shares. `on` sees
+/// every event.
+fn spawn_poller(
+    ctx: &Ctx,
+    mut eventloop: EventLoop,
+    client_id: &str,
+    mut on: impl FnMut(&Ctx, Event) + Send + 'static,
+) -> JoinHandle<()> {
+    let ctx = ctx.clone();
+    let client_id = client_id.to_owned();
+    tokio::spawn(async move {
         let mut shutdown = ctx.shutdown.clone();
         loop {
             let event = tokio::select! {
@@ -427,9 +445,8 @@ async fn start_app(cfg: &FleetConfig, ca: &TestCa, ctx: &Ctx) -> Result<()> {
                 _ = shutdown.changed() => break,
             };
             match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => on_event(&ctx, &p, &cmd_tx),
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
+                Ok(event) => on(&ctx, event),
                 Err(e) => {
                     ctx.stats
                         .error(format!("{client_id}: connection lost: {e}"));
@@ -437,9 +454,7 @@ async fn start_app(cfg: &FleetConfig, ca: &TestCa, ctx: &Ctx) -> Result<()> {
                 }
             }
         }
-    });
-    register(ctx, client, poller);
-    Ok(())
+    })
 }
 
 /// Handles one event received by the application: count, latency, answer.
@@ -516,38 +531,22 @@ async fn start_device(
         .context("queue SUBSCRIBE")?;
     await_suback(&mut eventloop, ctx.deadline, DEVICE_COMMAND_FILTER).await?;
 
-    let task_ctx = ctx.clone();
     let id = client_id.to_owned();
-    let poller = tokio::spawn(async move {
-        let ctx = task_ctx;
-        let mut shutdown = ctx.shutdown.clone();
-        loop {
-            let event = tokio::select! {
-                e = eventloop.poll() => e,
-                _ = shutdown.changed() => break,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    ctx.stats.commands_received.fetch_add(1, Ordering::Relaxed);
-                    ctx.log.line(|| {
-                        format!(
-                            "device {id} <- {} {}",
-                            p.topic,
-                            String::from_utf8_lossy(&p.payload)
-                        )
-                    });
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(_))) => {
-                    ctx.stats.events_sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    ctx.stats.error(format!("{id}: connection lost: {e}"));
-                    break;
-                }
-            }
+    let poller = spawn_poller(ctx, eventloop, client_id, move |ctx, event| match event {
+        Event::Incoming(Packet::Publish(p)) => {
+            ctx.stats.commands_received.fetch_add(1, Ordering::Relaxed);
+            ctx.log.line(|| {
+                format!(
+                    "device {id} <- {} {}",
+                    p.topic,
+                    String::from_utf8_lossy(&p.payload)
+                )
+            });
         }
+        Event::Outgoing(Outgoing::Publish(_)) => {
+            ctx.stats.events_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
     });
     register(ctx, client.clone(), poller);
     Ok(client)

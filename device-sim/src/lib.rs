@@ -14,7 +14,8 @@
 //! * [`bench`] — benchmark scenarios (`connect`, `throughput`, `idle`, `resume`,
 //!   `reload`, `flood`) against any MQTT-over-mTLS broker on this machine, JSON reports
 //!   and SVG charts, and [`bench::compare`]: mosquitto and certmq side by side.
-//! * [`admin`] — [`AdminClient`], the few certmq admin API calls the simulator makes.
+//! * [`admin`] — [`AdminClient`], the one client of the certmq admin API: the simulator,
+//!   `certmq demo` and the end-to-end tests set orgs and certificates up through it.
 //!
 //! The `certmq-sim` binary wraps these (`provision`, `fleet`, `bench`, `compare`);
 //! `certmq demo`, the end-to-end tests and the benchmarks use the library directly.
@@ -28,7 +29,7 @@ pub mod report;
 mod sni_relay;
 mod verifier;
 
-pub use admin::AdminClient;
+pub use admin::{AdminClient, ApiError};
 pub use certs::{ClientCert, ClientCertOptions, ClientEku, TestCa};
 pub use client::{mqtt_options, mqtt_options_v5, tls_config, BrokerTarget};
 pub use fleet::{run_fleet, FleetConfig};

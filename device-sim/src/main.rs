@@ -102,24 +102,43 @@ struct ProvisionArgs {
     token: Option<String>,
 }
 
+/// The broker port and the org a client addresses (`--port`, `--org`, `--domain`,
+/// `--sni`): the same for `fleet` and every `bench` scenario, so they are declared once.
+/// `--host` stays with each command: `bench` dials an IP address only (it binds loopback
+/// source addresses), `fleet` any host name.
+#[derive(Args)]
+struct OrgTargetArgs {
+    /// Broker MQTT-over-TLS port.
+    #[arg(long, default_value_t = 8883)]
+    port: u16,
+    /// Org id: client ids are `d:<org>:<type>:<id>`, and the SNI name selects the org.
+    #[arg(long)]
+    org: String,
+    /// Base messaging domain; the SNI name is `<org>.<domain>` unless --sni is given.
+    #[arg(long, default_value = "messaging.localhost")]
+    domain: String,
+    /// TLS server name to send (overrides `<org>.<domain>`).
+    #[arg(long)]
+    sni: Option<String>,
+}
+
+impl OrgTargetArgs {
+    /// The TLS server name to send: --sni, or `<org>.<domain>`.
+    fn sni(&self) -> String {
+        self.sni
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", self.org, self.domain))
+    }
+}
+
 /// The broker a benchmark runs against.
 #[derive(Args)]
 struct BenchTargetArgs {
     /// Broker IP address (loopback only).
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
-    /// Broker MQTT-over-TLS port.
-    #[arg(long, default_value_t = 8883)]
-    port: u16,
-    /// Org id (client ids `d:<org>:<type>:<id>`).
-    #[arg(long)]
-    org: String,
-    /// Base messaging domain; the SNI name is `<org>.<domain>` unless --sni is given.
-    #[arg(long, default_value = "messaging.localhost")]
-    domain: String,
-    /// TLS server name to send.
-    #[arg(long)]
-    sni: Option<String>,
+    #[command(flatten)]
+    org: OrgTargetArgs,
     /// PEM the broker's certificate is checked against (with --verify-server).
     #[arg(long)]
     server_ca: Option<PathBuf>,
@@ -287,18 +306,8 @@ struct FleetArgs {
     /// Broker address to dial.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// Broker MQTT-over-TLS port.
-    #[arg(long, default_value_t = 8883)]
-    port: u16,
-    /// Org id (selects the org together with the SNI name).
-    #[arg(long)]
-    org: String,
-    /// Base messaging domain; the SNI name is `<org>.<domain>` unless --sni is given.
-    #[arg(long, default_value = "messaging.localhost")]
-    domain: String,
-    /// TLS server name to send (overrides `<org>.<domain>`).
-    #[arg(long)]
-    sni: Option<String>,
+    #[command(flatten)]
+    org: OrgTargetArgs,
     /// PEM the client trusts for the server certificate (CA or the server's own leaf).
     #[arg(long)]
     server_ca: PathBuf,
@@ -446,10 +455,11 @@ async fn provision(args: ProvisionArgs) -> Result<()> {
                 println!("org {org}: server certificate uploaded and activated (id {id})");
             }
             None => {
-                let (id, pem) = admin.self_signed_server_cert(org).await?;
-                write_file(&args.out.join("server.pem"), &pem, false)?;
+                let cert = admin.self_signed_server_cert(org).await?;
+                write_file(&args.out.join("server.pem"), &cert.pem, false)?;
                 println!(
-                    "org {org}: self-signed server certificate generated (id {id}) -> {}",
+                    "org {org}: self-signed server certificate generated (id {}) -> {}",
+                    cert.id,
                     args.out.join("server.pem").display()
                 );
             }
@@ -462,19 +472,15 @@ async fn provision(args: ProvisionArgs) -> Result<()> {
 fn bench_target(args: &BenchTargetArgs) -> Result<(BenchTarget, TestCa, PathBuf)> {
     let ca = TestCa::from_pem(&read(&args.ca_cert)?, &read(&args.ca_key)?)
         .context("load --ca-cert/--ca-key")?;
-    let sni = args
-        .sni
-        .clone()
-        .unwrap_or_else(|| format!("{}.{}", args.org, args.domain));
     let server_ca = match &args.server_ca {
         Some(p) => read(p)?,
         None => String::new(),
     };
     let mut target = BenchTarget::new(
         &args.broker_name,
-        std::net::SocketAddr::new(args.host, args.port),
-        &args.org,
-        &sni,
+        std::net::SocketAddr::new(args.host, args.org.port),
+        &args.org.org,
+        &args.org.sni(),
         &server_ca,
     );
     target.verify_server = args.verify_server;
@@ -647,11 +653,8 @@ async fn fleet(args: FleetArgs) -> Result<()> {
     };
     let target = BrokerTarget {
         host: args.host.clone(),
-        port: args.port,
-        sni: args
-            .sni
-            .clone()
-            .unwrap_or_else(|| format!("{}.{}", args.org, args.domain)),
+        port: args.org.port,
+        sni: args.org.sni(),
         server_ca_pem: read(&args.server_ca)?,
     };
     let (log_tx, mut log_rx) = tokio::sync::mpsc::channel::<String>(4096);
@@ -662,7 +665,7 @@ async fn fleet(args: FleetArgs) -> Result<()> {
     });
     let cfg = FleetConfig {
         target,
-        org: args.org,
+        org: args.org.org,
         device_type: args.device_type,
         devices: args.devices,
         events_per_device: args.events,

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use device_sim::certs::{ClientCert, ClientCertOptions, TestCa};
 use device_sim::client::{self, BrokerTarget};
+use device_sim::AdminClient;
+use reqwest::Method;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub const DOMAIN: &str = "messaging.localhost";
 pub const TOKEN: &str = "test-admin-token";
@@ -104,11 +106,9 @@ impl Server {
         &self.data_dir
     }
 
+    /// A client of this server's admin API, with the admin token.
     pub fn api(&self) -> Api {
-        Api {
-            base: format!("http://{}/api/v1", self.admin),
-            http: reqwest::Client::new(),
-        }
+        Api(AdminClient::new(&format!("http://{}", self.admin), TOKEN))
     }
 }
 
@@ -119,50 +119,68 @@ impl Drop for Server {
     }
 }
 
-/// The admin API over real HTTP.
-pub struct Api {
-    pub base: String,
-    pub http: reqwest::Client,
-}
+/// The admin API over real HTTP: device-sim's [`AdminClient`], with answers a test can
+/// assert on directly — the status as a number, and a panic naming the request when the
+/// server does not answer (or, for [`Api::post`], answers outside 2xx).
+pub struct Api(pub AdminClient);
 
 impl Api {
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin API request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    /// Any call; `(status, body)` whatever the status.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, v) = self
+            .0
+            .call(method.clone(), path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+        (status.as_u16(), v)
     }
 
+    /// A POST that must succeed; its JSON answer.
     pub async fn post(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
+        self.0
+            .post(path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Uploads a CA certificate, which must succeed; the CA's view.
     pub async fn upload_ca(&self, org: &str, pem: &str) -> Value {
-        self.post(
-            &format!("/orgs/{org}/ca-certs"),
-            json!({ "certificate": pem }),
-        )
-        .await
+        self.0
+            .upload_ca(org, pem, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .view
+    }
+
+    /// A POST of a raw body (PEM) with an optional content type; `(status, body)`.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: String,
+    ) -> (u16, Value) {
+        let (status, v) = self
+            .0
+            .call_raw(Method::POST, path, content_type, body)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e:#}"));
+        (status.as_u16(), v)
+    }
+
+    /// A GET returning the raw body (PEM downloads): `(status, content type, body)`.
+    pub async fn get_text(&self, path: &str) -> (u16, String, String) {
+        let (status, ct, text) = self
+            .0
+            .get_text(path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+        (status.as_u16(), ct, text)
     }
 
     /// `components.schemas.<name>` of the served OpenAPI document: for answers the API
     /// passes through from the broker, whose types the document can only copy.
     pub async fn documented_schema(&self, name: &str) -> Value {
-        let (s, doc) = self.call(reqwest::Method::GET, "/openapi.json", None).await;
+        let (s, doc) = self.call(Method::GET, "/openapi.json", None).await;
         assert_eq!(s, 200, "{doc}");
         let schema = doc["components"]["schemas"][name].clone();
         assert!(schema.is_object(), "no schema {name}");
@@ -206,21 +224,22 @@ pub struct Org {
 
 impl Org {
     pub async fn create(server: &Server, id: &str) -> Org {
-        let api = server.api();
-        api.post("/orgs", json!({ "id": id, "name": id })).await;
-        let ca = TestCa::new(&format!("{id} root CA")).expect("CA");
-        let ca_id = api.upload_ca(id, &ca.pem()).await["id"]
-            .as_str()
-            .expect("ca id")
-            .to_owned();
-        let srv = api
-            .post(&format!("/orgs/{id}/server-certs/self-signed"), json!({}))
-            .await;
+        let api = server.api().0;
+        let setup = async {
+            api.create_org(id, id).await?;
+            let ca = TestCa::new(&format!("{id} root CA"))?;
+            let ca_id = api.upload_ca(id, &ca.pem(), None).await?.id;
+            let srv = api.self_signed_server_cert(id).await?;
+            anyhow::Ok((ca, ca_id, srv.pem))
+        };
+        let (ca, ca_id, server_pem) = setup
+            .await
+            .unwrap_or_else(|e| panic!("set up org {id}: {e:#}"));
         Org {
             id: id.to_owned(),
             ca,
             ca_id,
-            server_pem: srv["pem"].as_str().expect("pem").to_owned(),
+            server_pem,
             mqtt: server.mqtt,
         }
     }

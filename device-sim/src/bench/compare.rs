@@ -23,8 +23,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{
-    nofile_limit, BenchReport, BenchTarget, ConnectConfig, FloodConfig, IdleConfig, ReloadConfig,
-    Results, ResumeConfig, Scenario, ThroughputConfig,
+    nofile_limit, BenchReport, BenchTarget, ConnectConfig, FloodConfig, IdleConfig, LatencySummary,
+    ReloadConfig, Results, ResumeConfig, Scenario, ThroughputConfig,
 };
 use crate::admin::AdminClient;
 use crate::certs::TestCa;
@@ -397,20 +397,16 @@ pub fn headline(r: &BenchReport) -> String {
     };
     let body = match &r.results {
         Results::Connect(c) => format!(
-            "{:.0} connects/s, p50 {} p99 {} p99.9 {} ms, {} failed",
+            "{:.0} connects/s, {}, {} failed",
             c.rate_per_s,
-            num(c.connect.as_ref().map(|l| l.p50_ms)),
-            num(c.connect.as_ref().map(|l| l.p99_ms)),
-            num(c.connect.as_ref().map(|l| l.p999_ms)),
+            percentiles(c.connect.as_ref()),
             c.failed
         ),
         Results::Throughput(t) => format!(
-            "QoS {}: {:.0} msgs/s, p50 {} p99 {} p99.9 {} ms, {} missing",
+            "QoS {}: {:.0} msgs/s, {}, {} missing",
             t.qos,
             t.rate_per_s,
-            num(t.latency.as_ref().map(|l| l.p50_ms)),
-            num(t.latency.as_ref().map(|l| l.p99_ms)),
-            num(t.latency.as_ref().map(|l| l.p999_ms)),
+            percentiles(t.latency.as_ref()),
             t.missing
         ),
         Results::Idle(i) => format!(
@@ -445,6 +441,16 @@ pub fn headline(r: &BenchReport) -> String {
         ),
     };
     format!("{} {}: {body}{errors}", r.broker, r.results.name())
+}
+
+/// `p50 … p99 … p99.9 … ms` of a latency summary, for [`headline`].
+fn percentiles(l: Option<&LatencySummary>) -> String {
+    format!(
+        "p50 {} p99 {} p99.9 {} ms",
+        num(l.map(|l| l.p50_ms)),
+        num(l.map(|l| l.p99_ms)),
+        num(l.map(|l| l.p999_ms))
+    )
 }
 
 /// A number for tables: 3 significant digits below 100, whole numbers above; `–` for none.
@@ -593,7 +599,7 @@ pub fn markdown(reports: &[BenchReport], env: &Environment, command_line: &str) 
                 verdict(ok).to_owned(),
             ]);
         };
-    let pct = |l: &Option<super::LatencySummary>| {
+    let pct = |l: &Option<LatencySummary>| {
         l.as_ref().map_or_else(
             || "–".to_owned(),
             |l| {
@@ -922,6 +928,14 @@ mod tests {
             errors: vec![],
             error_count: 0,
         }
+    }
+
+    #[test]
+    fn headline_names_rate_and_percentiles() {
+        assert_eq!(
+            headline(&connect("certmq", 3150.0, 12.5)),
+            "certmq connect: 3150 connects/s, p50 1.00 p99 12.5 p99.9 25.0 ms, 0 failed"
+        );
     }
 
     #[test]

@@ -153,11 +153,12 @@ pub(crate) async fn run(
     let device = mint_devices(&probe_target, ca, "reload", 1, false)?
         .pop()
         .context("reload device")?;
-    let (a_id, a_pem) = admin
+    let a = admin
         .active_server_cert(org)
         .await?
         .context("the org has no active server certificate")?;
-    let (b_id, b_pem) = admin.self_signed_server_cert(org).await?;
+    let b = admin.self_signed_server_cert(org).await?;
+    let (a_id, a_pem, b_id, b_pem) = (a.id, a.pem, b.id, b.pem);
     let leaf = |pem: &str| -> Result<Vec<u8>> {
         Ok(parse_certs(pem)?.first().context("empty PEM")?.to_vec())
     };
