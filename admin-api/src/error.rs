@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 /// Everything the admin API answers with when a request fails.
 ///
 /// Its [`IntoResponse`] is the only place that builds an error body, so every failure —
-/// handler, extractor, auth, unknown route — has SPEC section 5's shape:
+/// handler, extractor, auth, unknown route — has the contract's error shape (docs/api.md):
 /// `{"error":{"code":"<machine_code>","message":"<human text>"}}`.
 #[derive(Debug)]
 pub(crate) enum ApiError {

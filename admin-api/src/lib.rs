@@ -1,4 +1,4 @@
-//! certmq's admin REST API (SPEC section 5): HTTP in front of the [`Registry`] and the
+//! certmq's admin REST API (docs/contract.md, section 6; docs/api.md): HTTP in front of the [`Registry`] and the
 //! broker's live sessions.
 //!
 //! This crate owns the HTTP layer only — routes, bearer-token auth, request parsing,

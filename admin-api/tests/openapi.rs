@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use time::Duration;
 
 /// Every route `router()` serves besides the web console, as (method, path): the API's
-/// surface, SPEC section 5. The router takes its routes from the handlers'
+/// surface (docs/api.md). The router takes its routes from the handlers'
 /// `#[utoipa::path]` attributes, which the document is built from too; this list pins
 /// the surface, so a route added, moved or dropped fails here until the list says so,
 /// and a route served without documentation fails `documents_exactly_the_routes`.

@@ -1,4 +1,4 @@
-//! Topic rules (SPEC section 4): what each kind of client may publish and subscribe to,
+//! Topic rules (docs/contract.md, section 3): what each kind of client may publish and subscribe to,
 //! and how its topics map into the broker's internal topic space.
 //!
 //! Every internal topic starts with `/tenants/<org>/`, and device short forms are

@@ -117,12 +117,14 @@ pub(crate) fn decide(
         },
         (None, Some(client_id)) => match names::parse_client_id(client_id) {
             Some((_, identity)) => identity,
-            None => return Err(refuse(
-                Stage::Identity,
-                format!(
+            None => {
+                return Err(refuse(
+                    Stage::Identity,
+                    format!(
                     "client id {client_id:?} is not an identity and no certificate was presented"
                 ),
-            )),
+                ))
+            }
         },
         (None, None) => {
             return Err(refuse(

@@ -12,7 +12,8 @@
 //!
 //! The router itself is the other bottleneck: it is one thread that ingests and
 //! delivers, and under a flood ingest starves delivery. The engine probes its round trip
-//! (`Engine::lag`); above [`LAG_LIMIT`] every publisher slows down the same way.
+//! (`Engine::lag_handle`, measured by the router probe in `engine/router.rs`); above
+//! [`LAG_LIMIT`] every publisher slows down the same way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,7 +46,7 @@ pub struct Pressure {
 }
 
 impl Pressure {
-    /// `router_lag_us` is the engine's measured lag (see `Engine::lag`).
+    /// `router_lag_us` is the engine's measured lag (see `Engine::lag_handle`).
     pub fn new(router_lag_us: Arc<AtomicU64>) -> Pressure {
         Pressure {
             orgs: Mutex::default(),

@@ -1,4 +1,4 @@
-//! The audit log: who changed what, when, and how it ended (SPEC section 5,
+//! The audit log: who changed what, when, and how it ended (docs/contract.md, section 6,
 //! `GET /orgs/{org}/audit`).
 //!
 //! Each org has its own log, and platform-level actions (creating and deleting orgs,

@@ -362,7 +362,7 @@ fn check_validity_and_key(
     Ok(())
 }
 
-/// Applies the CA upload rules (SPEC section 5) to one certificate: CA:TRUE, currently
+/// Applies the CA upload rules (docs/contract.md, section 6) to one certificate: CA:TRUE, currently
 /// valid, a strong key, and — for a self-signed root — a signature that verifies.
 pub fn check_ca(der: &[u8], now: OffsetDateTime) -> Result<CertDetails, CertError> {
     let cert = parse(der)?;
@@ -419,7 +419,7 @@ pub fn client_summary(der: &[u8]) -> Option<ClientCertSummary> {
 }
 
 /// Reads the identity a client certificate carries: the subject CN when it is one,
-/// else the first `rfc822Name` SAN that is one (SPEC 3.3).
+/// else the first `rfc822Name` SAN that is one (docs/contract.md, 2.2).
 pub fn identity_of(der: &[u8]) -> Option<Identity> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     identity_in(&cert)

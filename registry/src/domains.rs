@@ -1,4 +1,4 @@
-//! Custom domains and SNI routing (SPEC section 2): which org a TLS server name selects.
+//! Custom domains and SNI routing (docs/contract.md, section 1): which org a TLS server name selects.
 //!
 //! A host name selects an org by one of three rules, tried in this order:
 //!

@@ -1,5 +1,5 @@
 //! Validated names: org ids, device types and ids, application ids, the identity a
-//! certificate carries and the MQTT client id built from it (SPEC sections 2 and 3).
+//! certificate carries and the MQTT client id built from it (docs/contract.md, sections 1 and 2).
 //!
 //! Every type validates on construction, so code that holds one never re-checks it.
 
@@ -192,7 +192,7 @@ impl Identity {
         }
     }
 
-    /// Whether `client_id` is the one this identity must use in `org` (SPEC 3.4).
+    /// Whether `client_id` is the one this identity must use in `org` (docs/contract.md, 2.3).
     pub fn admits_client_id(&self, org: &OrgId, client_id: &str) -> bool {
         if client_id == self.client_id(org) {
             return true;

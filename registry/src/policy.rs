@@ -1,4 +1,4 @@
-//! Connection security policy per org (SPEC section 5) and device tokens.
+//! Connection security policy per org (docs/contract.md, section 4) and device tokens.
 //!
 //! The level says which credentials a connection needs: a client certificate, a token
 //! (`use-token-auth` + the identity's token as password), either, and whether plain MQTT

@@ -1,7 +1,7 @@
 //! Uploaded server certificates: a chain with its private key (PEM, encrypted PEM or
 //! PKCS#12), checked against the server-certificate rules, stored inactive.
 //!
-//! The rules (each a [`Rule`] code, SPEC section 5): the key matches the leaf; the
+//! The rules (each a [`Rule`] code, docs/contract.md, section 6): the key matches the leaf; the
 //! certificates form one path leaf → intermediates (→ root), reordered when given out of
 //! order; the leaf is currently valid, has a strong key, is not a CA, may be used for
 //! serverAuth and covers one of the org's host names. The same checks complete a CSR

@@ -1,4 +1,4 @@
-//! Org-scoped API tokens (SPEC section 5): a bearer token that sees one org only.
+//! Org-scoped API tokens (docs/contract.md, section 6): a bearer token that sees one org only.
 //!
 //! A token is `cmq_<id>_<secret>`: `id` is 16 hex characters (8 random bytes) and names
 //! the record, `secret` is 64 hex characters (32 random bytes). The registry keeps only

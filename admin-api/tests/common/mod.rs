@@ -231,7 +231,7 @@ pub fn essence(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Asserts SPEC's error shape and returns the code.
+/// Asserts the API's error shape and returns the code.
 #[track_caller]
 pub fn error_code(body: &Value) -> &str {
     let err = body["error"].as_object().expect("an error object");

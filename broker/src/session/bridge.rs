@@ -255,7 +255,7 @@ impl Bridge {
                     match self.principal.publish_topic(topic) {
                         Ok(internal) => publish.topic = Bytes::from(internal),
                         Err(denied) => {
-                            // SPEC 4: unauthorized PUBLISH closes the connection.
+                            // An unauthorized PUBLISH closes the connection.
                             if let Some(p) = self
                                 .version
                                 .disconnect(DisconnectReasonCode::NotAuthorized, &denied.0)

@@ -217,7 +217,7 @@ where
     };
     let (seq, previous) = ctx.sessions.register(info, switch.clone());
     if let Some(prev) = previous {
-        // Takeover (SPEC 3.5): the old session closes and releases its link first.
+        // Takeover (docs/contract.md, 2.4): the old session closes and releases its link first.
         crate::metrics::kick(org.as_str(), CloseReason::TakenOver.label());
         prev.close(CloseReason::TakenOver);
         let _ = tokio::time::timeout(Duration::from_secs(5), prev.finished()).await;

@@ -109,13 +109,23 @@ impl TestOrg {
         cert: Option<&ClientCert>,
         token: Option<&str>,
     ) -> Result<Client, Refused> {
-        let mut opts = client::mqtt_options(&self.target, client_id, cert).expect("options");
+        let mut opts = self.options(client_id, cert);
         if let Some(t) = token {
             opts.set_credentials("use-token-auth", t);
         }
-        let (client, eventloop) = client::async_client(opts, 100);
-        Client::start(client, eventloop).await
+        connect(opts).await
     }
+
+    /// MQTT 3.1.1 options for `client_id` to this org (clean session, keep-alive 30 s).
+    pub fn options(&self, client_id: &str, cert: Option<&ClientCert>) -> rumqttc::MqttOptions {
+        client::mqtt_options(&self.target, client_id, cert).expect("options")
+    }
+}
+
+/// Connects with `opts` and waits for the CONNACK.
+pub async fn connect(opts: rumqttc::MqttOptions) -> Result<Client, Refused> {
+    let (client, eventloop) = client::async_client(opts, 100);
+    Client::start(client, eventloop).await
 }
 
 /// How a connection was refused.
@@ -130,6 +140,8 @@ pub enum Refused {
 /// A connected client whose event loop runs in the background.
 pub struct Client {
     pub client: AsyncClient,
+    /// The CONNACK's session-present flag.
+    pub session_present: bool,
     pub rx: tokio::sync::mpsc::UnboundedReceiver<Packet>,
     pub closed: tokio::sync::watch::Receiver<Option<String>>,
 }
@@ -141,7 +153,7 @@ impl Client {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         return match ack.code {
-                            ConnectReturnCode::Success => Ok(()),
+                            ConnectReturnCode::Success => Ok(ack.session_present),
                             code => Err(Refused::Connack(code)),
                         }
                     }
@@ -154,7 +166,8 @@ impl Client {
             }
         })
         .await;
-        first.map_err(|_| Refused::Other("timed out waiting for CONNACK".into()))??;
+        let session_present =
+            first.map_err(|_| Refused::Other("timed out waiting for CONNACK".into()))??;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (closed_tx, closed) = tokio::sync::watch::channel(None);
         tokio::spawn(async move {
@@ -171,7 +184,12 @@ impl Client {
                 }
             }
         });
-        Ok(Client { client, rx, closed })
+        Ok(Client {
+            client,
+            session_present,
+            rx,
+            closed,
+        })
     }
 
     /// The next PUBLISH within `wait`, as (topic, payload).
