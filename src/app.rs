@@ -88,6 +88,10 @@ impl admin_api::ConnectionsView for BrokerView {
         self.0.metrics_text()
     }
 
+    fn tls_error(&self, org: &OrgId) -> Option<String> {
+        self.0.tls_error(org)
+    }
+
     fn authz_check(
         &self,
         org: &OrgId,

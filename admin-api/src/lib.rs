@@ -64,6 +64,11 @@ pub trait ConnectionsView: Send + Sync + 'static {
     fn metrics(&self) -> String {
         String::new()
     }
+    /// Why the org's TLS config could not be built, if it could not (the broker then
+    /// keeps serving the org with its last good config).
+    fn tls_error(&self, _org: &OrgId) -> Option<String> {
+        None
+    }
     /// The authorization dry run of `org` (`POST /orgs/{org}/authz/check`).
     fn authz_check(
         &self,

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use registry::Org;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::audit::AuditNote;
@@ -76,20 +76,42 @@ pub(crate) async fn list(
     Ok(Json(orgs))
 }
 
+/// An org with the broker's view of its health.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OrgDetail {
+    #[serde(flatten)]
+    org: Org,
+    /// `null` when the org's TLS configuration is in force; otherwise why the latest
+    /// change could not be applied to it — the broker keeps serving the org with its
+    /// last good configuration until the cause is fixed.
+    tls_error: Option<String>,
+}
+
 /// Show an org.
+///
+/// With `tls_error`: why the broker could not apply the org's latest configuration, if
+/// it could not (it then keeps serving the last good one).
 #[utoipa::path(
     get,
     path = "/orgs/{org}",
     tag = "orgs",
     operation_id = "show_org",
     params(OrgPath),
-    responses((status = 200, description = "The org.", body = Org)),
+    responses((status = 200, description = "The org.", body = OrgDetail)),
 )]
 pub(crate) async fn show(
     State(state): State<AppState>,
     OrgPath(org): OrgPath,
-) -> Result<Json<Org>, ApiError> {
-    Ok(Json(state.registry(move |r| r.get_org(&org)).await?))
+) -> Result<Json<OrgDetail>, ApiError> {
+    let broker = state.connections.clone();
+    let detail = state
+        .registry(move |r| {
+            let org = r.get_org(&org)?;
+            let tls_error = broker.tls_error(&org.id);
+            Ok(OrgDetail { org, tls_error })
+        })
+        .await?;
+    Ok(Json(detail))
 }
 
 /// Delete an org.

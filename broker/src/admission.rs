@@ -12,9 +12,12 @@
 //! needs the store's salted hashes, comes in as a closure the caller provides.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use registry::live::Stage;
-use registry::{names, Identity, Level, OrgId, Registry, Revocations, SecurityPolicy, Transport};
+use registry::{names, Identity, Level, OrgId, Registry, SecurityPolicy, Transport};
+
+use crate::chain::{Crls, Link};
 use time::OffsetDateTime;
 
 use crate::acl::Principal;
@@ -31,9 +34,17 @@ pub(crate) struct PeerCert {
     /// The org CA that admitted it.
     pub ca_id: String,
     pub ca_fingerprint: String,
-    /// Serial, lowercase hex with colons.
-    pub serial: String,
+    /// The path it was verified along, leaf first (see `chain.rs`): revocation is
+    /// checked on every certificate of it.
+    pub path: Vec<Link>,
     pub not_after: OffsetDateTime,
+}
+
+impl PeerCert {
+    /// The leaf's serial, lowercase hex with colons.
+    pub(crate) fn serial(&self) -> &str {
+        self.path.first().map_or("", |l| l.serial.as_str())
+    }
 }
 
 /// An org's admission rules, as one consistent snapshot (the org's TLS state carries
@@ -44,7 +55,10 @@ pub(crate) struct OrgRules {
     pub policy: SecurityPolicy,
     /// SHA-256 fingerprints of the org's active CA certificates.
     pub active_cas: HashSet<String>,
-    pub revocations: Revocations,
+    /// The org's CRLs (shared with the TLS verifier).
+    pub crls: Arc<Crls>,
+    /// Blocked identities.
+    pub blocked: HashSet<Identity>,
 }
 
 /// What a token check found for the identity admission settled on.
@@ -148,13 +162,8 @@ pub(crate) fn decide(
     let cert_problem = facts.cert.and_then(|c| {
         if !rules.active_cas.contains(&c.ca_fingerprint) {
             Some("the CA that admitted the certificate is no longer active in the org")
-        } else if rules
-            .revocations
-            .revoked
-            .get(&c.ca_fingerprint)
-            .is_some_and(|s| s.contains(&c.serial))
-        {
-            Some("the certificate's serial is on its CA's revocation list")
+        } else if rules.crls.revokes(&c.path) {
+            Some("a certificate of its chain is on its issuer's revocation list")
         } else {
             None
         }
@@ -189,7 +198,7 @@ pub(crate) fn decide(
             bad_credentials: token == TokenCheck::Invalid,
         });
     }
-    if rules.revocations.blocked.contains(&identity) {
+    if rules.blocked.contains(&identity) {
         return Err(refuse(
             Stage::Blocked,
             format!("{identity} is blocked in org {org}"),
@@ -261,7 +270,8 @@ mod tests {
                 ..Default::default()
             },
             active_cas: HashSet::from(["ca1".to_owned()]),
-            revocations: Revocations::default(),
+            crls: Arc::default(),
+            blocked: HashSet::new(),
         }
     }
 
@@ -270,7 +280,10 @@ mod tests {
             identity: Identity::parse(identity).ok(),
             ca_id: "id1".into(),
             ca_fingerprint: "ca1".into(),
-            serial: "01".into(),
+            path: vec![Link {
+                issuer: [1; 32],
+                serial: "01".into(),
+            }],
             not_after: OffsetDateTime::UNIX_EPOCH,
         }
     }
@@ -436,9 +449,7 @@ mod tests {
         assert!(e.reason.contains("no longer active"));
 
         let mut r = rules(Level::TlsClientCert);
-        r.revocations
-            .revoked
-            .insert("ca1".into(), HashSet::from(["01".to_owned()]));
+        Arc::make_mut(&mut r.crls).insert([1; 32], "01");
         let e = decide(&r, &tls(Some(&c), id), |_| TokenCheck::NotPresented).unwrap_err();
         assert_eq!(e.stage, Stage::Certificate);
         // A valid token still admits where the level accepts tokens.
@@ -450,9 +461,7 @@ mod tests {
     fn a_blocked_identity_is_refused_whatever_its_credentials() {
         let c = cert("d:sensor:dev1");
         let mut r = rules(Level::TlsClientCertOrToken);
-        r.revocations
-            .blocked
-            .insert(Identity::parse("d:sensor:dev1").unwrap());
+        r.blocked.insert(Identity::parse("d:sensor:dev1").unwrap());
         let e = decide(&r, &tls(Some(&c), "d:acme:sensor:dev1"), |_| {
             TokenCheck::Valid(V)
         })

@@ -9,7 +9,7 @@
 //! `admission` → packets authorized and rewritten by [`acl::Principal`] → [`engine`].
 //!
 //! Modules: `server` (listeners, the change listener, reconcile), `tls` (per-org
-//! configs, certificate facts), `admission` (who may connect: one pure decision),
+//! configs, certificate facts), `chain` (verified path, revocation along it), `admission` (who may connect: one pure decision),
 //! `acl` (topic rules), `session` (CONNECT to teardown; `bridge`, `status`), `sessions`
 //! (live sessions, kick), `flow` (flow control), `engine` (the only module that knows
 //! rumqttd), `authz` (the dry run), `metrics`.
@@ -17,6 +17,7 @@
 pub mod acl;
 mod admission;
 pub mod authz;
+mod chain;
 pub mod engine;
 pub mod flow;
 pub mod metrics;

@@ -67,6 +67,11 @@ pub(crate) fn handshake_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// An org's TLS config that failed to build (its last good one keeps serving).
+pub(crate) fn tls_config_error(org: &str) {
+    metrics::counter!("certmq_tls_config_errors_total", "org" => org.to_owned()).increment(1);
+}
+
 /// A CONNECT refused by admission, by the stage that refused it.
 pub(crate) fn refused(stage: registry::live::Stage) {
     metrics::counter!("certmq_connect_refusals_total", "stage" => stage.as_str()).increment(1);

@@ -101,6 +101,15 @@ impl Broker {
         crate::metrics::render(self.sessions.counts(), &self.ctx.registry)
     }
 
+    /// Why the org's TLS config last failed to build, if it did (the org is then served
+    /// with its last good config). Building it now if it is not cached.
+    pub fn tls_error(&self, org: &OrgId) -> Option<String> {
+        if let Err(e) = self.tls.get(org) {
+            return Some(e.to_string());
+        }
+        self.tls.error(org)
+    }
+
     /// Live sessions (list, kick).
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
@@ -124,34 +133,27 @@ impl Broker {
             }
         };
         let Some(tls) = tls else {
-            for (_, switch) in &live {
+            for s in &live {
                 crate::metrics::kick(org.as_str(), CloseReason::Revoked.label());
-                switch.close(CloseReason::Revoked);
+                s.switch.close(CloseReason::Revoked);
             }
             info!(%org, sessions = live.len(), "org deleted: closing its sessions and purging its engine state");
-            self.purge_when_closed(org.clone(), live.into_iter().map(|(_, s)| s).collect());
+            self.purge_when_closed(org.clone(), live.into_iter().map(|s| s.switch).collect());
             return;
         };
         let registry = &self.ctx.registry;
         let mut closed = 0;
-        for (s, switch) in &live {
-            let cert = s.has_cert().then(|| admission::PeerCert {
-                identity: Some(s.identity.clone()),
-                ca_id: s.ca_id.clone(),
-                ca_fingerprint: s.ca_fingerprint.clone(),
-                serial: s.cert_serial.clone(),
-                not_after: s.cert_not_after,
-            });
+        for s in &live {
             let facts = Facts {
-                transport: s.transport,
-                cert: cert.as_ref(),
-                client_id: Some(&s.client_id),
+                transport: s.info.transport,
+                cert: s.cert.as_ref(),
+                client_id: Some(&s.info.client_id),
             };
-            let token = admission::current_token(registry, org, s.token_version);
+            let token = admission::current_token(registry, org, s.info.token_version);
             if let Err(refusal) = admission::decide(&tls.rules, &facts, token) {
-                info!(%org, client_id = s.client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "closing a session that is no longer admitted");
+                info!(%org, client_id = s.info.client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "closing a session that is no longer admitted");
                 crate::metrics::kick(org.as_str(), CloseReason::Revoked.label());
-                switch.close(CloseReason::Revoked);
+                s.switch.close(CloseReason::Revoked);
                 closed += 1;
             }
         }

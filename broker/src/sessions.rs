@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::engine::packet::DisconnectReasonCode;
 use registry::live::SessionInfo;
+
+use crate::admission::PeerCert;
 use registry::OrgId;
 use tokio_util::sync::CancellationToken;
 
@@ -91,8 +93,18 @@ impl KillSwitch {
 
 struct Entry {
     info: SessionInfo,
+    /// The certificate that admitted the session (with its verified path), for
+    /// re-judging it when the org changes.
+    cert: Option<PeerCert>,
     seq: u64,
     switch: Arc<KillSwitch>,
+}
+
+/// A live session as `Broker::reconcile` judges it.
+pub(crate) struct Live {
+    pub info: SessionInfo,
+    pub cert: Option<PeerCert>,
+    pub switch: Arc<KillSwitch>,
 }
 
 /// All live sessions, by client id (client ids embed the org, so they are unique).
@@ -111,11 +123,18 @@ impl Sessions {
     pub(crate) fn register(
         &self,
         info: SessionInfo,
+        cert: Option<PeerCert>,
         switch: Arc<KillSwitch>,
     ) -> (u64, Option<Arc<KillSwitch>>) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let client_id = info.client_id.clone();
-        let old = self.map().insert(client_id, Entry { info, seq, switch });
+        let entry = Entry {
+            info,
+            cert,
+            seq,
+            switch,
+        };
+        let old = self.map().insert(client_id, entry);
         (seq, old.map(|e| e.switch))
     }
 
@@ -162,11 +181,15 @@ impl Sessions {
 
     /// The live sessions of `org` with their kill switches, copied out so that the
     /// caller judges them (reading the store if it must) without holding the lock.
-    pub(crate) fn of_org(&self, org: &OrgId) -> Vec<(SessionInfo, Arc<KillSwitch>)> {
+    pub(crate) fn of_org(&self, org: &OrgId) -> Vec<Live> {
         self.map()
             .values()
             .filter(|e| &e.info.org == org)
-            .map(|e| (e.info.clone(), e.switch.clone()))
+            .map(|e| Live {
+                info: e.info.clone(),
+                cert: e.cert.clone(),
+                switch: e.switch.clone(),
+            })
             .collect()
     }
 

@@ -12,9 +12,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::admission::{OrgRules, PeerCert};
+use crate::chain::{self, Crls};
 use arc_swap::ArcSwap;
 use registry::{cert, OrgId, Registry};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -52,55 +53,32 @@ pub struct OrgTls {
 
 impl OrgTls {
     /// What admission needs from a verified client chain (leaf first): identity,
-    /// admitting CA, serial and expiry, from one parse of the leaf. `None` for an
-    /// empty chain; a leaf that does not parse has no identity (and is refused).
+    /// serial and expiry from one parse of the leaf, and the path the chain was
+    /// verified along with the CA it ends at (see `chain.rs`). `None` for an empty
+    /// chain; a leaf that does not parse has no identity (and is refused).
     pub(crate) fn peer_cert(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCert> {
         let summary = cert::client_summary(chain.first()?);
-        let ca = self.admitting_ca(chain);
+        let (path, ca) = match chain::verified_path(chain, &self.cas) {
+            Some((path, i)) => (path, self.cas.get(i)),
+            None => (Vec::new(), None),
+        };
         Some(PeerCert {
             identity: summary.as_ref().and_then(|s| s.identity.clone()),
             ca_id: ca.map(|c| c.id.clone()).unwrap_or_default(),
             ca_fingerprint: ca.map(|c| c.fingerprint.clone()).unwrap_or_default(),
-            serial: summary
-                .as_ref()
-                .map(|s| s.serial.clone())
-                .unwrap_or_default(),
+            path,
             not_after: summary.map_or(time::PrimitiveDateTime::MAX.assume_utc(), |s| s.not_after),
         })
     }
-
-    /// The active CA that admitted the chain `peer` (leaf first): the CA whose subject
-    /// is the issuer of a certificate in the chain and whose key verifies it.
-    pub fn admitting_ca(&self, peer: &[CertificateDer<'_>]) -> Option<&ActiveCa> {
-        for c in peer {
-            let Some(issuer) = issuer_raw(c) else {
-                continue;
-            };
-            let candidates: Vec<&ActiveCa> = self
-                .cas
-                .iter()
-                .filter(|ca| ca.subject_raw == issuer)
-                .collect();
-            // One candidate by name is the common case; verify signatures only when
-            // several CAs share a subject (e.g. a re-keyed root).
-            match candidates.len() {
-                0 => continue,
-                1 => return Some(candidates[0]),
-                _ => {
-                    return candidates
-                        .into_iter()
-                        .find(|ca| cert::issued_by(c, &ca.der))
-                }
-            }
-        }
-        None
-    }
 }
 
-fn issuer_raw(der: &[u8]) -> Option<Vec<u8>> {
-    use x509_parser::prelude::*;
-    let (_, c) = X509Certificate::from_der(der).ok()?;
-    Some(c.issuer().as_raw().to_vec())
+impl chain::Anchor for ActiveCa {
+    fn subject_raw(&self) -> &[u8] {
+        &self.subject_raw
+    }
+    fn der(&self) -> &[u8] {
+        &self.der
+    }
 }
 
 fn subject_raw(der: &[u8]) -> Option<Vec<u8>> {
@@ -128,6 +106,15 @@ pub struct OrgTlsCache {
     /// Bumped by every invalidation: a config whose build started before the last
     /// invalidation was built from older state and is not cached.
     generation: AtomicU64,
+    /// The last config that built, per org: served when a rebuild fails, so a bad
+    /// change never takes an org offline.
+    last_good: Mutex<HashMap<OrgId, Arc<OrgTls>>>,
+    /// Why the org's config last failed to build, until it builds again.
+    errors: Mutex<HashMap<OrgId, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OrgTlsCache {
@@ -139,6 +126,8 @@ impl OrgTlsCache {
             provider: Arc::new(provider()),
             configs: ArcSwap::from_pointee(HashMap::new()),
             generation: AtomicU64::new(0),
+            last_good: Mutex::default(),
+            errors: Mutex::default(),
         })
     }
 
@@ -156,10 +145,26 @@ impl OrgTlsCache {
             return Ok(Some(tls.clone()));
         }
         let started = self.generation.load(Ordering::SeqCst);
-        let Some(tls) = self.build(org)? else {
-            return Ok(None);
+        let tls = match self.build(org) {
+            Ok(Some(tls)) => Arc::new(tls),
+            Ok(None) => {
+                lock(&self.last_good).remove(org);
+                lock(&self.errors).remove(org);
+                return Ok(None);
+            }
+            Err(e) => {
+                // Keep serving the org with its last good config, and say why.
+                tracing::error!(%org, cause = %e, "cannot build the org's TLS config; serving its last good one");
+                crate::metrics::tls_config_error(org.as_str());
+                lock(&self.errors).insert(org.clone(), e.to_string());
+                return match lock(&self.last_good).get(org) {
+                    Some(good) => Ok(Some(good.clone())),
+                    None => Err(e),
+                };
+            }
         };
-        let tls = Arc::new(tls);
+        lock(&self.errors).remove(org);
+        lock(&self.last_good).insert(org.clone(), tls.clone());
         // Cache it only if no invalidation came while it was built. The check runs inside
         // the compare-and-swap loop: an invalidation that removes the org after this
         // insert also removes this entry; one that bumped the generation first makes
@@ -172,6 +177,12 @@ impl OrgTlsCache {
             map
         });
         Ok(Some(tls))
+    }
+
+    /// Why the org's TLS config last failed to build (it is then served with its last
+    /// good one); `None` when it is healthy.
+    pub fn error(&self, org: &OrgId) -> Option<String> {
+        lock(&self.errors).get(org).cloned()
     }
 
     /// Forgets the org's config; the next handshake rebuilds it.
@@ -221,28 +232,32 @@ impl OrgTlsCache {
                 subject_raw,
             });
         }
+        let (crls, crl_errors) = Crls::new(&material.crls);
+        for e in &crl_errors {
+            tracing::warn!(%org, cause = %e, "CRL skipped");
+        }
+        let cas = Arc::new(cas);
+        let crls = Arc::new(crls);
         let verifier: Arc<dyn ClientCertVerifier> = if roots.is_empty() {
             Arc::new(RejectAll::new(self.provider.clone(), !cert_optional))
         } else {
-            let crls = material
-                .crls
-                .into_iter()
-                .map(rustls::pki_types::CertificateRevocationListDer::from);
-            // Revocation is checked for the client's own certificate; a CA without a
-            // CRL does not make its devices' status "unknown" and refused.
+            // Revocation is checked by `Revoking` along the verified path (chain.rs),
+            // not by webpki, which refuses CRLs that RFC 5280 allows.
             let builder =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                    .with_crls(crls)
-                    .only_check_end_entity_revocation()
-                    .allow_unknown_revocation_status();
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone());
             let builder = if cert_optional {
                 builder.allow_unauthenticated()
             } else {
                 builder
             };
-            builder
+            let inner = builder
                 .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            Arc::new(Revoking {
+                inner,
+                cas: cas.clone(),
+                crls: crls.clone(),
+            })
         };
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
@@ -261,12 +276,13 @@ impl OrgTlsCache {
             org: org.clone(),
             policy,
             active_cas: cas.iter().map(|c| c.fingerprint.clone()).collect(),
-            revocations,
+            crls,
+            blocked: revocations.blocked,
         };
         Ok(Some(OrgTls {
             org: org.clone(),
             config: Arc::new(config),
-            cas,
+            cas: Arc::unwrap_or_clone(cas),
             verifier,
             rules,
         }))
@@ -287,6 +303,75 @@ fn provider() -> CryptoProvider {
         }
     });
     p
+}
+
+/// webpki's verification, then revocation along the verified path (see `chain.rs`).
+#[derive(Debug)]
+struct Revoking {
+    inner: Arc<dyn ClientCertVerifier>,
+    cas: Arc<Vec<ActiveCa>>,
+    crls: Arc<Crls>,
+}
+
+impl ClientCertVerifier for Revoking {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let chain: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
+            .chain(intermediates.iter().map(|c| c.as_ref()))
+            .collect();
+        match chain::verified_path(&chain, &self.cas) {
+            Some((path, _)) if self.crls.revokes(&path) => {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+            }
+            Some(_) => Ok(verified),
+            // webpki found a path by signatures that name matching did not: refuse
+            // rather than admit a client whose path certmq cannot check.
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The verifier of an org with no active CA: asks for a certificate, admits none (and,

@@ -209,13 +209,15 @@ where
         token_version: admitted.token_version,
         ca_id: cert.map(|c| c.ca_id.clone()).unwrap_or_default(),
         ca_fingerprint: cert.map(|c| c.ca_fingerprint.clone()).unwrap_or_default(),
-        cert_serial: cert.map(|c| c.serial.clone()).unwrap_or_default(),
+        cert_serial: cert.map(|c| c.serial().to_owned()).unwrap_or_default(),
         cert_not_after: cert.map_or(time::OffsetDateTime::UNIX_EPOCH, |c| c.not_after),
         remote_addr: peer.remote_addr,
         protocol: version.label(transport).to_owned(),
         since: time::OffsetDateTime::now_utc(),
     };
-    let (seq, previous) = ctx.sessions.register(info, switch.clone());
+    let (seq, previous) = ctx
+        .sessions
+        .register(info, peer.cert.clone(), switch.clone());
     if let Some(prev) = previous {
         // Takeover (docs/contract.md, 2.4): the old session closes and releases its link first.
         crate::metrics::kick(org.as_str(), CloseReason::TakenOver.label());
