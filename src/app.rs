@@ -105,6 +105,33 @@ impl admin_api::ConnectionsView for BrokerView {
     }
 }
 
+/// File descriptors kept back from MQTT connections for the admin API, the store and
+/// the logs, so a flood of connections cannot starve them.
+const FD_RESERVE: u64 = 256;
+
+/// The broker's settings for this process: the connection cap follows the file
+/// descriptor limit (raised to its hard maximum first), less [`FD_RESERVE`].
+fn broker_config() -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let cap = limit.saturating_sub(FD_RESERVE).max(16);
+            config.max_connections = usize::try_from(cap)
+                .unwrap_or(usize::MAX)
+                .min(config.max_connections);
+            tracing::info!(
+                nofile = limit,
+                max_connections = config.max_connections,
+                "connection cap from the file descriptor limit"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot read the file descriptor limit; keeping the default connection cap")
+        }
+    }
+    config
+}
+
 /// Starts everything; returns once both listeners are bound.
 pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&opts.data_dir)
@@ -115,7 +142,7 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     let registry = Arc::new(Registry::new(store, key, &opts.domain)?);
     let (admin_token, token_generated) = admin_token(&opts.data_dir)?;
 
-    let broker = Broker::new(registry.clone(), BrokerConfig::default());
+    let broker = Broker::new(registry.clone(), broker_config());
     let mqtt = TcpListener::bind(opts.mqtt)
         .await
         .with_context(|| format!("binding MQTT listener {}", opts.mqtt))?;

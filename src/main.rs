@@ -35,8 +35,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         admin: SocketAddr,
         /// Plain MQTT listen address, for orgs whose security level is `tls_optional`
-        /// (token authentication only); `off` disables it.
-        #[arg(long, default_value = "0.0.0.0:1883")]
+        /// (token authentication only). Off unless given: an unauthenticated port is
+        /// opt-in (e.g. `--mqtt-plain 0.0.0.0:1883`).
+        #[arg(long, default_value = "off")]
         mqtt_plain: OptionalAddr,
         /// Base messaging domain: org hosts are `<org>.<domain>`.
         #[arg(long, default_value = "messaging.localhost")]

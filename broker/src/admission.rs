@@ -198,10 +198,16 @@ pub(crate) fn decide(
             bad_credentials: token == TokenCheck::Invalid,
         });
     }
-    if rules.blocked.contains(&identity) {
+    // A device and a gateway of the same type and id publish in the same topic space,
+    // so blocking either shuts out both.
+    if let Some(blocked) = [Some(&identity), twin(&identity).as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|i| rules.blocked.contains(*i))
+    {
         return Err(refuse(
             Stage::Blocked,
-            format!("{identity} is blocked in org {org}"),
+            format!("{blocked} is blocked in org {org}"),
         ));
     }
     let principal = Principal::new(org.clone(), identity, &rules.policy, facts.client_id);
@@ -209,6 +215,27 @@ pub(crate) fn decide(
         principal,
         token_version,
     })
+}
+
+/// The identity that shares `identity`'s topic space: `g:T:I` for `d:T:I` and back.
+fn twin(identity: &Identity) -> Option<Identity> {
+    match identity {
+        Identity::Device {
+            device_type,
+            device_id,
+        } => Some(Identity::Gateway {
+            gateway_type: device_type.clone(),
+            gateway_id: device_id.clone(),
+        }),
+        Identity::Gateway {
+            gateway_type,
+            gateway_id,
+        } => Some(Identity::Device {
+            device_type: gateway_type.clone(),
+            device_id: gateway_id.clone(),
+        }),
+        Identity::App { .. } => None,
+    }
 }
 
 /// The token check of a CONNECT or a dry run: `token` (the password sent with username
@@ -467,6 +494,14 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.stage, Stage::Blocked);
+        // The gateway with the same type and id publishes as that device: out too.
+        let g = cert("g:sensor:dev1");
+        let e = decide(&r, &tls(Some(&g), "g:acme:sensor:dev1"), |_| {
+            TokenCheck::NotPresented
+        })
+        .unwrap_err();
+        assert_eq!(e.stage, Stage::Blocked);
+        assert!(e.reason.contains("d:sensor:dev1"), "{}", e.reason);
     }
 
     #[test]

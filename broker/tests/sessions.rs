@@ -136,3 +136,54 @@ async fn an_org_created_again_inherits_nothing_from_a_deleted_one() {
     );
     assert_eq!(lock.next_publish(Duration::from_millis(500)).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unadmitted_client_cannot_make_the_broker_buffer_a_large_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let acme = h.org("acme");
+    let dev = acme.cert("d:sensor:dev1");
+    let config = device_sim::client::tls_config(&acme.target, Some(&dev)).unwrap();
+    let tcp = tokio::net::TcpStream::connect(h.mqtt).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(acme.target.sni.clone()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // A CONNECT announcing 1 MiB (the packet size limit): more than an unadmitted
+    // client may send. Its first 64 KiB + a little are refused before it ends.
+    let mut header = vec![0x10];
+    let mut len = 1024 * 1024 - 16;
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        header.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    header.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
+    tls.write_all(&header).await.unwrap();
+    let chunk = vec![b'x'; 16 * 1024];
+    let mut sent = 0;
+    let mut closed = false;
+    while sent < 512 * 1024 {
+        if tls.write_all(&chunk).await.is_err() {
+            closed = true;
+            break;
+        }
+        sent += chunk.len();
+    }
+    if !closed {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+        closed = matches!(r, Ok(Ok(0)) | Ok(Err(_)));
+    }
+    // (The writes may all succeed into socket buffers; what matters is that the broker
+    // closes before the CONNECT is complete, instead of buffering up to 1 MiB of it
+    // until the CONNECT timeout.)
+    assert!(closed, "the broker kept reading a {sent}-byte CONNECT");
+}

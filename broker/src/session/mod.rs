@@ -30,6 +30,11 @@ use crate::tls::{OrgTls, OrgTlsCache};
 use bridge::{Bridge, Ending};
 use status::StatusEvents;
 
+/// The largest CONNECT read before a client is admitted: an unauthenticated socket
+/// may make the broker buffer no more than this (a real CONNECT is a few hundred bytes;
+/// a will message is the only large part).
+pub(crate) const MAX_CONNECT_BYTES: usize = 64 * 1024;
+
 /// Limits applied to every session.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -119,11 +124,14 @@ fn admit(
             match org.map(|o| ctx.tls.get(&o)) {
                 Some(Ok(Some(t))) => t,
                 _ => {
+                    // Answered as a wrong token would be, so the plain port does not
+                    // tell which orgs exist.
                     return Err(Refusal {
                         stage: registry::live::Stage::Identity,
                         reason: format!("client id {client_id:?} names no org here"),
-                        bad_credentials: false,
-                    })
+                        bad_credentials: login
+                            .is_some_and(|l| l.username == admission::TOKEN_USERNAME),
+                    });
                 }
             }
         }
@@ -152,7 +160,11 @@ where
     let mut rbuf = BytesMut::with_capacity(1024);
     let (version, packet) = match tokio::time::timeout(
         ctx.limits.connect_timeout,
-        read_connect(&mut stream, &mut rbuf, ctx.limits.max_packet_size),
+        read_connect(
+            &mut stream,
+            &mut rbuf,
+            ctx.limits.max_packet_size.min(MAX_CONNECT_BYTES),
+        ),
     )
     .await
     {
