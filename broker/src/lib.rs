@@ -11,7 +11,7 @@
 //! Modules: `server` (listeners, the change listener, reconcile), `tls` (per-org
 //! configs, certificate facts), `chain` (verified path, revocation along it), `admission` (who may connect: one pure decision),
 //! `acl` (topic rules), `session` (CONNECT to teardown; `bridge`, `status`), `sessions`
-//! (live sessions, kick), `flow` (flow control), `engine` (the only module that knows
+//! (live sessions, kick), `flow` (flow control), `guard` (per-source limits before admission), `engine` (the only module that knows
 //! rumqttd), `authz` (the dry run), `metrics`.
 
 pub mod acl;
@@ -20,6 +20,7 @@ pub mod authz;
 mod chain;
 pub mod engine;
 pub mod flow;
+mod guard;
 pub mod metrics;
 mod server;
 mod session;
@@ -27,6 +28,7 @@ pub mod sessions;
 pub mod tls;
 
 pub use authz::AuthzError;
+pub use guard::GuardConfig;
 pub use server::{Broker, BrokerConfig};
 pub use session::SessionLimits;
 pub use sessions::{CloseReason, Sessions};

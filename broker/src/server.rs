@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::{self, Facts};
 use crate::engine::{Engine, EngineConfig};
+use crate::guard::{Guard, GuardConfig, Pending};
 use crate::session::{self, Peer, SessionCtx, SessionLimits};
 use crate::sessions::{CloseReason, Sessions};
 use crate::tls::OrgTlsCache;
@@ -31,6 +32,8 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     pub limits: SessionLimits,
     pub engine: EngineConfig,
+    /// Per-source limits on unauthenticated connections and token guesses.
+    pub guard: GuardConfig,
 }
 
 impl Default for BrokerConfig {
@@ -40,6 +43,7 @@ impl Default for BrokerConfig {
             max_connections: 100_000,
             limits: SessionLimits::default(),
             engine: EngineConfig::default(),
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl Broker {
             engine,
             sessions: sessions.clone(),
             limits: config.limits.clone(),
+            guard: Guard::new(config.guard.clone()),
         });
         let broker = Arc::new(Broker {
             tls,
@@ -218,6 +223,14 @@ impl Broker {
                 debug!(remote = %addr, "connection limit reached; closing");
                 continue;
             };
+            let pending = match self.ctx.guard.accept(addr.ip()) {
+                Ok(p) => p,
+                Err(refusal) => {
+                    debug!(remote = %addr, reason = refusal.label(), "refused at accept");
+                    crate::metrics::handshake(None, refusal.label());
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let broker = self.clone();
             let span = tracing::info_span!(
@@ -229,9 +242,9 @@ impl Broker {
             tracker.spawn(
                 async move {
                     if plain {
-                        broker.plain_connection(tcp, addr).await;
+                        broker.plain_connection(tcp, addr, pending).await;
                     } else {
-                        broker.connection(tcp, addr).await;
+                        broker.connection(tcp, addr, pending).await;
                     }
                     drop(permit);
                 }
@@ -243,18 +256,19 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     }
 
-    async fn plain_connection(&self, tcp: TcpStream, addr: SocketAddr) {
+    async fn plain_connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {
         let peer = Peer {
             transport: Transport::Plain,
             org_tls: None,
             cert: None,
             remote_addr: addr,
             local_port: tcp.local_addr().map(|a| a.port()).unwrap_or_default(),
+            pending: Some(pending),
         };
         session::run(tcp, peer, self.ctx.clone()).await;
     }
 
-    async fn connection(&self, tcp: TcpStream, addr: SocketAddr) {
+    async fn connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {
         let deadline = Instant::now() + self.config.handshake_timeout;
         let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or_default();
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
@@ -332,6 +346,7 @@ impl Broker {
             cert,
             remote_addr: addr,
             local_port,
+            pending: Some(pending),
         };
         session::run(stream, peer, self.ctx.clone()).await;
     }

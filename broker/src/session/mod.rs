@@ -20,11 +20,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::acl::Principal;
-use crate::admission::{self, Admitted, Facts, PeerCert, Refusal};
+use crate::admission::{self, Admitted, Facts, PeerCert, Refusal, TokenCheck};
 use crate::engine::codec::{connect_version, CodecError, Version};
 use crate::engine::packet::{ConnAck, ConnectReturnCode, LastWill, Login, Packet};
 use crate::engine::Engine;
 use crate::flow::Pressure;
+use crate::guard::{Guard, Pending};
 use crate::sessions::{CloseReason, KillSwitch, Sessions};
 use crate::tls::{OrgTls, OrgTlsCache};
 use bridge::{Bridge, Ending};
@@ -75,6 +76,9 @@ pub(crate) struct Peer {
     pub remote_addr: std::net::SocketAddr,
     /// The broker port the client connected to (status events report it).
     pub local_port: u16,
+    /// This connection's place among its address's connections waiting for admission
+    /// (see `guard.rs`); given up once the CONNECT is decided.
+    pub pending: Option<Pending>,
 }
 
 /// Shared by all sessions.
@@ -85,6 +89,7 @@ pub(crate) struct SessionCtx {
     pub pressure: Pressure,
     pub sessions: Arc<Sessions>,
     pub limits: SessionLimits,
+    pub guard: Arc<Guard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,16 +149,26 @@ fn admit(
     let token = login
         .filter(|l| l.username == admission::TOKEN_USERNAME)
         .map(|l| l.password.as_str());
-    admission::decide(
-        &org_tls.rules,
-        &facts,
-        admission::presented_token(&ctx.registry, &org_tls.org, token),
-    )
+    let verify = admission::presented_token(&ctx.registry, &org_tls.org, token);
+    let (guard, org, ip) = (&ctx.guard, &org_tls.org, peer.remote_addr.ip());
+    admission::decide(&org_tls.rules, &facts, move |identity| {
+        // Too many wrong tokens for this identity or from this address: refused
+        // without being checked until the window ends.
+        if token.is_some() && guard.token_locked(org, identity, ip) {
+            info!(%org, %identity, "token login refused: too many wrong tokens");
+            return TokenCheck::Invalid;
+        }
+        let check = verify(identity);
+        if check == TokenCheck::Invalid {
+            guard.token_failed(org, identity, ip);
+        }
+        check
+    })
 }
 
 /// Runs a session to its end. Never panics on client input; every exit path releases
 /// the engine link and the session registry entry.
-pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: Arc<SessionCtx>)
+pub(crate) async fn run<S>(mut stream: S, mut peer: Peer, ctx: Arc<SessionCtx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -182,7 +197,9 @@ where
         return;
     };
     let client_id = connect.client_id.clone();
-    let admitted = match admit(&ctx, &peer, &client_id, login.as_ref()) {
+    let decision = admit(&ctx, &peer, &client_id, login.as_ref());
+    peer.pending = None;
+    let admitted = match decision {
         Ok(a) => a,
         Err(refusal) => {
             let packet = if refusal.bad_credentials {

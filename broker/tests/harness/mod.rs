@@ -32,11 +32,16 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Harness::start_with(BrokerConfig::default()).await
+    }
+
+    /// A harness whose broker runs with `config`.
+    pub async fn start_with(config: BrokerConfig) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(SledStore::open(dir.path()).expect("store"));
         let key = MasterKey::from_bytes(&[7; 32]);
         let registry = Arc::new(Registry::new(store, key, DOMAIN).expect("registry"));
-        let broker = Broker::new(registry.clone(), BrokerConfig::default());
+        let broker = Broker::new(registry.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
