@@ -12,6 +12,7 @@
 pub mod audit;
 mod ca_certs;
 pub mod cert;
+mod claims;
 mod csr;
 mod custom_domains;
 pub mod domains;
