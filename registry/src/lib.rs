@@ -36,7 +36,7 @@ mod tls;
 pub mod tokens;
 
 pub use audit::{AuditEntry, AuditEvent, AuditLog};
-pub use ca_certs::{CaCert, CaView};
+pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
 pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use domains::DomainName;
 pub use error::{Error, Result};
