@@ -97,7 +97,12 @@ impl Claim {
 /// The lowercase subjectAltName DNS names of the leaf of a PEM chain.
 pub(crate) fn leaf_dns_names(pem: &str) -> Result<Vec<String>> {
     let chain = cert::read_chain(pem.as_bytes())?;
-    Ok(cert::details(&chain[0])?
+    dns_names(&chain[0])
+}
+
+/// The lowercase subjectAltName DNS names (no trailing dot) of a DER certificate.
+pub(crate) fn dns_names(der: &[u8]) -> Result<Vec<String>> {
+    Ok(cert::details(der)?
         .dns_names
         .iter()
         .map(|n| n.trim_end_matches('.').to_ascii_lowercase())

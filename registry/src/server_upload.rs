@@ -287,11 +287,7 @@ impl Registry {
                 }
             }
         }
-        let dns_names = cert::details(&chain[0])?
-            .dns_names
-            .iter()
-            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-            .collect();
+        let dns_names = crate::claims::dns_names(&chain[0])?;
         Ok(CheckedChain {
             chain,
             notes,
