@@ -33,7 +33,7 @@ use crate::{ApiError, AppState, Json};
     responses(
         (status = 201, description = "Stored, active.", body = CaView),
         (status = 409, description = "`conflict`: the same certificate is already uploaded to this org.", body = ErrorBody),
-        (status = 422, description = "The certificate broke a rule; `code` names it: `not_pem_or_der`, `multiple_certificates`, `unexpected_private_key`, `not_a_ca`, `expired`, `not_yet_valid`, `weak_key`, `bad_signature`.", body = ErrorBody),
+        (status = 422, description = "The certificate broke a rule; `code` names it: `not_pem_or_der`, `multiple_certificates`, `unexpected_private_key`, `not_a_ca`, `expired`, `not_yet_valid`, `weak_key`, `bad_signature`; `too_many_cas` when the org would have more than 64 active CAs or their subjects would take more than 60000 bytes in the TLS handshake.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn upload(
@@ -136,6 +136,7 @@ pub(crate) struct CaPatch {
     request_body(content = CaPatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The CA certificate as changed.", body = CaView),
+        (status = 422, description = "`too_many_cas`: re-activating it would take the org over 64 active CAs or 60000 bytes of CA subjects in the TLS handshake.", body = ErrorBody),
     ),
 )]
 pub(crate) async fn update(

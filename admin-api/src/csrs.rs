@@ -31,6 +31,7 @@ use crate::{ApiError, AppState, Json};
     })),
     responses(
         (status = 201, description = "Created, `pending`.", body = CsrView),
+        (status = 409, description = "`name_taken`: a SAN (or a name a wildcard SAN covers) belongs to another org.", body = ErrorBody),
         (status = 422, description = "`hostname_mismatch`: no SAN covers the org's host names.", body = ErrorBody),
     ),
 )]
@@ -148,7 +149,7 @@ pub(crate) async fn delete(
     )),
     responses(
         (status = 201, description = "The new server certificate, inactive.", body = NewServerCert),
-        (status = 409, description = "`conflict`: the CSR is already completed, or the leaf is already stored.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the CSR is already completed, or the leaf is already stored. `name_taken`: a DNS name of the leaf (or a name a wildcard covers) belongs to another org.", body = ErrorBody),
         (status = 422, description = "The certificate broke a rule; `code` names it: `key_mismatch` (not the CSR's key), `not_pem_or_der`, `unexpected_private_key`, `chain_order`, `expired`, `not_yet_valid`, `weak_key`, `leaf_is_ca`, `not_for_server_auth`, `hostname_mismatch`.", body = ErrorBody),
     ),
 )]

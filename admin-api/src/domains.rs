@@ -48,7 +48,7 @@ pub(crate) async fn show(
 /// Replace the org's custom domains.
 ///
 /// Devices then select the org with `<org>.<custom domain>`. A domain must not be the
-/// base domain, under it or above it.
+/// base domain, under it or above it, nor overlap a host name another org owns.
 #[utoipa::path(
     put,
     path = "/orgs/{org}/domains",
@@ -58,7 +58,7 @@ pub(crate) async fn show(
     request_body = DomainsBody,
     responses(
         (status = 200, description = "The list as stored.", body = Domains),
-        (status = 409, description = "`conflict`: a domain equals, is under, or is above a domain of another org.", body = ErrorBody),
+        (status = 409, description = "`name_taken`: a domain equals, is under, or is above a host name another org owns (its custom domains, the names on its active server certificate).", body = ErrorBody),
     ),
 )]
 pub(crate) async fn set(

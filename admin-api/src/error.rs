@@ -26,6 +26,8 @@ pub(crate) enum ApiError {
     MethodNotAllowed,
     /// 409: duplicate, or the change conflicts with the current state.
     Conflict(String),
+    /// 409 `name_taken`: a host name another org already uses (docs/security.md).
+    NameTaken(String),
     /// 413: the body is over [`crate::MAX_BODY_BYTES`].
     PayloadTooLarge,
     /// 415: the body's content type does not fit the endpoint.
@@ -53,6 +55,7 @@ impl ApiError {
                 "this resource does not support the request method".into(),
             ),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::NameTaken(m) => (StatusCode::CONFLICT, "name_taken", m),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -103,13 +106,14 @@ pub(crate) struct ErrorDetail {
 
 /// The status and code of every [`ApiError`] but [`ApiError::Rejected`], whose code is
 /// the rule's (`registry::cert::Rule::code`, always 422). The OpenAPI document lists them.
-pub(crate) const CODES: [(StatusCode, &str); 9] = [
+pub(crate) const CODES: [(StatusCode, &str); 10] = [
     (StatusCode::BAD_REQUEST, "bad_request"),
     (StatusCode::UNAUTHORIZED, "unauthorized"),
     (StatusCode::FORBIDDEN, "forbidden"),
     (StatusCode::NOT_FOUND, "not_found"),
     (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     (StatusCode::CONFLICT, "conflict"),
+    (StatusCode::CONFLICT, "name_taken"),
     (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
     (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
     (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -137,6 +141,7 @@ impl From<registry::Error> for ApiError {
         match e {
             registry::Error::NotFound(m) => ApiError::NotFound(m),
             registry::Error::Conflict(m) => ApiError::Conflict(m),
+            registry::Error::NameTaken(m) => ApiError::NameTaken(m),
             registry::Error::BadRequest(m) => ApiError::BadRequest(m),
             registry::Error::Rejected(c) => ApiError::Rejected(c),
             e @ (registry::Error::Store(_)
@@ -176,6 +181,7 @@ mod tests {
             ApiError::NotFound(m()),
             ApiError::MethodNotAllowed,
             ApiError::Conflict(m()),
+            ApiError::NameTaken(m()),
             ApiError::PayloadTooLarge,
             ApiError::UnsupportedMediaType(m()),
             ApiError::Rejected(CertError {
@@ -195,6 +201,7 @@ mod tests {
                 | ApiError::NotFound(_)
                 | ApiError::MethodNotAllowed
                 | ApiError::Conflict(_)
+                | ApiError::NameTaken(_)
                 | ApiError::PayloadTooLarge
                 | ApiError::UnsupportedMediaType(_)
                 | ApiError::Internal(_) => false,

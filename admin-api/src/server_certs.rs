@@ -30,7 +30,7 @@ use crate::{ApiError, AppState, Json};
     )),
     responses(
         (status = 201, description = "Stored, inactive.", body = NewServerCert),
-        (status = 409, description = "`conflict`: the same leaf certificate is already stored in this org.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the same leaf certificate is already stored in this org. `name_taken`: a DNS name of the leaf (or a name a wildcard covers) belongs to another org.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: neither JSON nor a form.", body = ErrorBody),
         (status = 422, description = "The chain or key broke a rule; `code` names it: `not_pem_or_der`, `unexpected_private_key`, `unsupported_key_format`, `bad_passphrase`, `malformed_pkcs12`, `key_mismatch`, `chain_order`, `expired`, `not_yet_valid`, `weak_key`, `leaf_is_ca`, `not_for_server_auth`, `hostname_mismatch`.", body = ErrorBody),
     ),
@@ -277,7 +277,10 @@ impl<S: Send + Sync> FromRequest<S> for ServerCertUpload {
     tag = "server-certs",
     operation_id = "create_self_signed_server_cert",
     params(OrgPath),
-    responses((status = 201, description = "Created.", body = ServerCertView)),
+    responses(
+        (status = 201, description = "Created.", body = ServerCertView),
+        (status = 409, description = "`name_taken`: one of the org's host names belongs to another org.", body = ErrorBody),
+    ),
 )]
 pub(crate) async fn create_self_signed(
     State(state): State<AppState>,
@@ -337,6 +340,7 @@ pub(crate) async fn show(
     params(OrgPath, ("id" = String, Path, description = "The server certificate's id.")),
     responses(
         (status = 200, description = "Now active.", body = ServerCertView),
+        (status = 409, description = "`name_taken`: a DNS name of the leaf (or a name a wildcard covers) belongs to another org. Activating claims the leaf's names; the first org to claim a name keeps it.", body = ErrorBody),
         (status = 422, description = "The leaf is not (or no longer) valid now: `expired`, `not_yet_valid`.", body = ErrorBody),
     ),
 )]

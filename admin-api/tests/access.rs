@@ -567,7 +567,7 @@ async fn custom_domains_are_validated_unique_and_route_sni() {
         let (s, b) = put("beta", taken.clone()).await;
         assert_eq!(
             (s, error_code(&b)),
-            (StatusCode::CONFLICT, "conflict"),
+            (StatusCode::CONFLICT, "name_taken"),
             "{taken}"
         );
         assert!(
@@ -596,21 +596,21 @@ async fn custom_domains_are_validated_unique_and_route_sni() {
         json!(["acme.messaging.localhost", "acme.iot.example.com"])
     );
 
-    // Clearing releases the domain for another org. Until another org takes it, the name
-    // on acme's active certificate still routes to acme (an exact certificate name).
+    // Clearing drops the domain, but the name on acme's active certificate still routes
+    // to acme (an exact certificate name) and still belongs to it: another org cannot
+    // register a domain holding it (docs/security.md).
     let (s, b) = put("acme", json!([])).await;
     assert_eq!((s, b), (StatusCode::OK, json!({ "domains": [] })));
     assert_eq!(
         api.registry.org_for_host("acme.iot.example.com"),
         Some(acme.clone())
     );
-    let (s, _) = put("beta", json!(["iot.example.com"])).await;
-    assert_eq!(s, StatusCode::OK);
+    let (s, b) = put("beta", json!(["iot.example.com"])).await;
+    assert_eq!((s, error_code(&b)), (StatusCode::CONFLICT, "name_taken"));
     assert_eq!(
-        api.registry.org_for_host("beta.iot.example.com"),
-        Some(OrgId::try_from("beta").unwrap())
+        api.registry.org_for_host("acme.iot.example.com"),
+        Some(acme.clone())
     );
-    assert_eq!(api.registry.org_for_host("acme.iot.example.com"), None);
     assert_eq!(
         api.registry.org_host_names(&acme),
         ["acme.messaging.localhost"]

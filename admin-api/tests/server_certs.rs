@@ -387,3 +387,81 @@ async fn csr_generate_sign_upload_activate() {
         1
     );
 }
+
+/// A host name belongs to the first org that claims it: another org's claim is a 409
+/// `name_taken` naming the host, never the owner (docs/security.md).
+#[tokio::test]
+async fn host_names_belong_to_the_first_org() {
+    let api = Api::new();
+    api.create_org("acme").await;
+    api.create_org("beta").await;
+    let ca = Ca::new("Public Test CA");
+    let upload = |org: &'static str, sans: &'static [&'static str]| {
+        let (chain, key) = ca.leaf_for(sans);
+        let api = &api;
+        async move {
+            api.json(
+                Method::POST,
+                &format!("/api/v1/orgs/{org}/server-certs"),
+                json!({"certificate": chain, "private_key": key}),
+            )
+            .await
+        }
+    };
+    let taken = |r: Answer, host: &str| {
+        let (status, body) = r.parts();
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "name_taken", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(host), "{message}");
+        assert!(!message.contains("acme"), "the owner leaks: {message}");
+    };
+
+    // Beta uploads a certificate for a name nobody owns yet; acme then claims it.
+    let r = upload("beta", &["beta.messaging.localhost", "mqtt.shared.test"]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let beta_cert = r.json()["id"].as_str().unwrap().to_owned();
+    let r = upload("acme", &[HOST, "mqtt.shared.test"]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let acme_cert = r.json()["id"].as_str().unwrap().to_owned();
+    let r = api
+        .empty(
+            Method::POST,
+            &format!("/api/v1/orgs/acme/server-certs/{acme_cert}/activate"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = api
+        .json(
+            Method::PUT,
+            "/api/v1/orgs/acme/domains",
+            json!({"domains": ["iot.example.com"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    taken(
+        api.empty(
+            Method::POST,
+            &format!("/api/v1/orgs/beta/server-certs/{beta_cert}/activate"),
+        )
+        .await,
+        "mqtt.shared.test",
+    );
+    taken(
+        upload("beta", &["beta.messaging.localhost", "x.iot.example.com"]).await,
+        "x.iot.example.com",
+    );
+    taken(
+        api.json(
+            Method::PUT,
+            "/api/v1/orgs/beta/domains",
+            json!({"domains": ["example.com"]}),
+        )
+        .await,
+        "example.com",
+    );
+    // The owner keeps its domain.
+    let r = api.get("/api/v1/orgs/acme/domains").await;
+    assert_eq!(r.json()["domains"], json!(["iot.example.com"]));
+}

@@ -60,13 +60,16 @@ pub enum Rule {
     CrlNotFromOrgCa,
     /// An older CRL than the one already stored for the same CA.
     CrlOutdated,
+    /// One more active CA would exceed the org's CA limits
+    /// ([`crate::ca_certs::MAX_ACTIVE_CAS`], [`crate::ca_certs::MAX_CA_NAMES_BYTES`]).
+    TooManyCas,
 }
 
 impl Rule {
     /// Every rule, in declaration order: the API documents their codes as the possible
     /// 422 codes. (The `all_lists_every_rule` test fails to compile when a rule is added
     /// and not listed here.)
-    pub const ALL: [Rule; 19] = [
+    pub const ALL: [Rule; 20] = [
         Rule::NotPemOrDer,
         Rule::MultipleCertificates,
         Rule::UnexpectedPrivateKey,
@@ -86,6 +89,7 @@ impl Rule {
         Rule::NotACrl,
         Rule::CrlNotFromOrgCa,
         Rule::CrlOutdated,
+        Rule::TooManyCas,
     ];
 
     /// The machine code of the API's 422 answer, e.g. `not_a_ca`.
@@ -94,6 +98,7 @@ impl Rule {
             Rule::NotACrl => "not_a_crl",
             Rule::CrlNotFromOrgCa => "crl_not_from_org_ca",
             Rule::CrlOutdated => "crl_outdated",
+            Rule::TooManyCas => "too_many_cas",
             Rule::NotPemOrDer => "not_pem_or_der",
             Rule::MultipleCertificates => "multiple_certificates",
             Rule::UnexpectedPrivateKey => "unexpected_private_key",
@@ -556,6 +561,7 @@ mod tests {
             Rule::NotACrl => 16,
             Rule::CrlNotFromOrgCa => 17,
             Rule::CrlOutdated => 18,
+            Rule::TooManyCas => 19,
         };
         for (i, r) in Rule::ALL.iter().enumerate() {
             assert_eq!(position(*r), i, "{r:?}");

@@ -283,6 +283,9 @@ impl Registry {
             &self.org_host_names(org),
             "; add it to `sans`",
         )?;
+        // Early: the certificate could not be uploaded for this CSR either. Checked again
+        // under the lock when it is.
+        self.ensure_names_unclaimed(org, &request.sans)?;
         let params = request.params()?;
         let key = keys::generate(request.key_type)
             .map_err(|e| Error::Corrupt(format!("key generation failed: {e}")))?;
@@ -378,6 +381,7 @@ impl Registry {
             return Err(Error::Conflict(format!("CSR {id} was completed meanwhile")));
         }
         self.ensure_new_server_leaf(org, &checked.chain[0])?;
+        self.ensure_names_unclaimed(org, &checked.dns_names)?;
         csr.status = CsrStatus::Completed;
         csr.server_cert_id = Some(rec.id.clone());
         csr.sealed_key = Vec::new();

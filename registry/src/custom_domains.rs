@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
-use crate::cert;
-use crate::domains::{clash, wanted_domains, DomainName, OrgHosts};
-use crate::error::{Error, Result};
+use crate::claims::{leaf_dns_names, Claim};
+use crate::domains::{wanted_domains, DomainName, OrgHosts};
+use crate::error::Result;
 use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{Change, Registry};
@@ -19,22 +19,16 @@ impl Registry {
     /// Replaces `org`'s custom domains with `domains` (duplicates dropped, order kept).
     /// Each must be a valid [`DomainName`] outside the base domain (400), at most
     /// [`MAX_DOMAINS_PER_ORG`](crate::domains::MAX_DOMAINS_PER_ORG) (400), and not
-    /// overlap another org's domains (409).
+    /// overlap a name another org owns (409 `name_taken`, [`crate::claims`]).
     pub fn set_domains(&self, org: &OrgId, domains: &[String]) -> Result<Vec<DomainName>> {
         let wanted = wanted_domains(domains, &self.domain)?;
         let _g = self.lock();
         self.get_org(org)?;
-        for (key, owner) in self.store.scan(layout::DOMAIN_OWNERS)? {
-            let taken = key.trim_start_matches(layout::DOMAIN_OWNERS);
-            let owner: OrgId =
-                serde_json::from_slice(&owner).map_err(|_| Error::Corrupt(key.clone()))?;
-            if &owner == org {
-                continue;
-            }
-            if let Some(why) = clash(&wanted, taken) {
-                return Err(Error::Conflict(why));
-            }
-        }
+        let claims: Vec<Claim> = wanted
+            .iter()
+            .map(|d| Claim::Domain(d.as_str().to_owned()))
+            .collect();
+        self.ensure_unclaimed(org, &claims)?;
         let old = self.stored_domains(org)?;
         let mut ops: Vec<Op> = old
             .iter()
@@ -107,14 +101,7 @@ impl Registry {
             .into_iter()
             .find(|c| c.active);
         let cert_names = match active {
-            Some(c) => {
-                let leaf = cert::read_chain(c.pem.as_bytes())?;
-                cert::details(&leaf[0])?
-                    .dns_names
-                    .iter()
-                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-                    .collect()
-            }
+            Some(c) => leaf_dns_names(&c.pem)?,
             None => Vec::new(),
         };
         Ok(Some(OrgHosts {
@@ -152,6 +139,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cert;
+    use crate::error::Error;
     use crate::registry::tests::registry;
 
     fn org(s: &str) -> OrgId {
@@ -203,7 +192,7 @@ mod tests {
             &["example.com"],
         ] {
             assert!(
-                matches!(set(&beta, taken), Err(Error::Conflict(_))),
+                matches!(set(&beta, taken), Err(Error::NameTaken(_))),
                 "{taken:?}"
             );
         }

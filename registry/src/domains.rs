@@ -17,7 +17,8 @@
 //! the next handshake already routes by the new domains.
 //!
 //! A custom domain belongs to one org: registering a domain that equals, contains or is
-//! inside another org's domain is a 409. Domains must not overlap the base domain either.
+//! inside a name another org owns is a 409 `name_taken` ([`crate::claims`]). Domains must
+//! not overlap the base domain either.
 //! Ownership is not proven (no DNS challenge); the platform admin decides who may
 //! register what by handing out org tokens.
 
@@ -112,7 +113,7 @@ impl DomainName {
     }
 }
 /// Whether `name` is `domain` or a name under it.
-fn within(name: &str, domain: &str) -> bool {
+pub(crate) fn within(name: &str, domain: &str) -> bool {
     name == domain
         || name
             .strip_suffix(domain)
@@ -278,20 +279,6 @@ pub(crate) fn wanted_domains(
         )));
     }
     Ok(wanted)
-}
-
-/// Why `wanted` cannot be registered while another org holds `taken`, if it cannot: a
-/// domain equal to, inside or containing another org's would make rule 2 ambiguous.
-pub(crate) fn clash(wanted: &[DomainName], taken: &str) -> Option<String> {
-    let d = wanted
-        .iter()
-        .find(|d| within(d.as_str(), taken) || within(taken, d.as_str()))?;
-    let how = if d.as_str() == taken {
-        "is already registered by"
-    } else {
-        "overlaps a domain registered by"
-    };
-    Some(format!("domain {d} {how} another org"))
 }
 
 #[cfg(test)]

@@ -14,6 +14,10 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A host name (custom domain or server certificate name) another org already
+    /// claims (409 `name_taken`); the message names the host, never the other org.
+    #[error("{0}")]
+    NameTaken(String),
     #[error("{0}")]
     BadRequest(String),
     /// A certificate broke a rule (422); the error says which.

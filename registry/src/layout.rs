@@ -34,8 +34,11 @@ pub(crate) fn ca(org: &OrgId, id: &str) -> String {
     format!("{}{id}", cas(org))
 }
 
+/// Every org's server certificates.
+pub(crate) const SERVER_CERTS: &str = "srv/";
+
 pub(crate) fn server_certs(org: &OrgId) -> String {
-    format!("srv/{org}/")
+    format!("{SERVER_CERTS}{org}/")
 }
 
 pub(crate) fn server_cert(org: &OrgId, id: &str) -> String {

@@ -12,6 +12,7 @@
 pub mod audit;
 mod ca_certs;
 pub mod cert;
+mod claims;
 mod csr;
 mod custom_domains;
 pub mod domains;
@@ -35,7 +36,7 @@ mod tls;
 pub mod tokens;
 
 pub use audit::{AuditEntry, AuditEvent, AuditLog};
-pub use ca_certs::{CaCert, CaView};
+pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
 pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use domains::DomainName;
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::cert::{self, CertDetails};
+use crate::claims::leaf_dns_names;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::OrgId;
@@ -78,9 +79,11 @@ impl Registry {
     /// and `<org>.<custom domain>` for each custom domain), stored inactive unless the
     /// org has no active server certificate yet.
     pub fn create_self_signed(&self, org: &OrgId) -> Result<ServerCertView> {
-        let (der, key) = self.self_signed(self.org_host_names(org))?;
+        let names = self.org_host_names(org);
+        let (der, key) = self.self_signed(names.clone())?;
         let _g = self.lock();
         self.get_org(org)?;
+        self.ensure_names_unclaimed(org, &names)?;
         let existing: Vec<ServerCert> = self.scan_json(&layout::server_certs(org))?;
         let mut rec = self.new_server_record(org, &[der], &key, "self-signed");
         // An org's first server certificate replaces the platform default at once; later
@@ -134,13 +137,17 @@ impl Registry {
         ServerCertView::try_from(self.server_record(org, id)?)
     }
 
-    /// Makes `id` the org's one active server certificate, atomically.
+    /// Makes `id` the org's one active server certificate, atomically. 409 `name_taken`
+    /// when one of its names belongs to another org ([`crate::claims`]).
     pub fn activate_server_cert(&self, org: &OrgId, id: &str) -> Result<ServerCertView> {
         let _g = self.lock();
         self.get_org(org)?;
         let target = self.server_record(org, id)?;
         let leaf = cert::read_chain(target.pem.as_bytes())?;
         cert::check_server_leaf(&leaf[0], OffsetDateTime::now_utc())?;
+        // Activating claims the leaf's names (docs/security.md); checked under the lock
+        // the write holds, so of two orgs activating one name only the first wins.
+        self.ensure_names_unclaimed(org, &leaf_dns_names(&target.pem)?)?;
         let mut ops = Vec::new();
         let mut activated = None;
         for mut c in self.scan_json::<ServerCert>(&layout::server_certs(org))? {

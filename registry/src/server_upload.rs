@@ -65,6 +65,8 @@ pub struct NewServerCert {
 pub(crate) struct CheckedChain {
     pub(crate) chain: Vec<Vec<u8>>,
     pub(crate) notes: Vec<String>,
+    /// The leaf's subjectAltName DNS names, lowercase: the names it would claim.
+    pub(crate) dns_names: Vec<String>,
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
@@ -285,7 +287,12 @@ impl Registry {
                 }
             }
         }
-        Ok(CheckedChain { chain, notes })
+        let dns_names = crate::claims::dns_names(&chain[0])?;
+        Ok(CheckedChain {
+            chain,
+            notes,
+            dns_names,
+        })
     }
 
     /// 409 when the org already has a server certificate with this leaf. Call under
@@ -309,7 +316,8 @@ impl Registry {
     /// Uploads a server certificate chain with its key, or a PKCS#12 file. It is checked
     /// against every server-certificate rule and stored **inactive** (`origin:
     /// "uploaded"`): activate it to present it. Errors: 404 no such org, 409 the same
-    /// leaf is already uploaded, 422 a rule failed.
+    /// leaf is already uploaded, 409 `name_taken` a name another org owns
+    /// ([`crate::claims`]), 422 a rule failed.
     pub fn upload_server_cert(
         &self,
         org: &OrgId,
@@ -333,6 +341,7 @@ impl Registry {
         let _g = self.lock();
         self.get_org(org)?;
         self.ensure_new_server_leaf(org, &checked.chain[0])?;
+        self.ensure_names_unclaimed(org, &checked.dns_names)?;
         self.store
             .apply(vec![Self::put(layout::server_cert(org, &rec.id), &rec)])?;
         drop(_g);

@@ -291,8 +291,14 @@ impl Ca {
 
     /// A server leaf for [`HOST`] (+ this CA) and its key, PEM.
     pub fn leaf(&self) -> (String, String) {
-        let mut p = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, HOST);
+        self.leaf_for(&[HOST])
+    }
+
+    /// A server leaf for the DNS names `sans` (+ this CA) and its key, PEM.
+    pub fn leaf_for(&self, sans: &[&str]) -> (String, String) {
+        let mut p =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, sans[0]);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         validity(&mut p);
         let key = KeyPair::generate().unwrap();

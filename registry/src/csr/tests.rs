@@ -232,18 +232,29 @@ fn request_validation() {
         )),
         Rule::HostnameMismatch
     );
-    // Wildcards and IP addresses are fine.
+    // A wildcard over other orgs' host names is not (docs/security.md).
+    assert!(matches!(
+        r.create_csr(
+            &org,
+            request(HOST, &["*.messaging.localhost"], KeyType::default())
+        ),
+        Err(Error::NameTaken(m)) if m.contains("*.messaging.localhost")
+    ));
+    // Wildcards under the org's own names and IP addresses are fine.
     let csr = r
         .create_csr(
             &org,
             request(
                 HOST,
-                &["*.messaging.localhost", "127.0.0.1"],
+                &[HOST, "*.acme.messaging.localhost", "127.0.0.1"],
                 KeyType::default(),
             ),
         )
         .unwrap();
-    assert_eq!(csr.sans, vec!["*.messaging.localhost", "127.0.0.1"]);
+    assert_eq!(
+        csr.sans,
+        vec![HOST, "*.acme.messaging.localhost", "127.0.0.1"]
+    );
 
     let nope = OrgId::try_from("nope").unwrap();
     assert!(matches!(

@@ -456,12 +456,23 @@ fn leaf_validity_names_and_usage_rules() {
     assert_eq!(Rule::HostnameMismatch.code(), "hostname_mismatch");
     assert_eq!(Rule::LeafIsCa.code(), "leaf_is_ca");
 
-    // A wildcard for the base domain is fine.
-    let chain = f.int.leaf(&key, |p| {
-        p.subject_alt_names = vec![rcgen::SanType::DnsName(
-            "*.messaging.localhost".try_into().unwrap(),
-        )]
-    });
+    // A wildcard for the base domain covers other orgs' host names: refused
+    // (docs/security.md); one under the org's own host name is fine.
+    let wildcard = |name: &str| {
+        let name = name.to_owned();
+        f.int.leaf(&key, move |p| {
+            p.subject_alt_names = vec![
+                rcgen::SanType::DnsName(HOST.try_into().unwrap()),
+                rcgen::SanType::DnsName(name.try_into().unwrap()),
+            ]
+        })
+    };
+    let chain = wildcard("*.messaging.localhost");
+    assert!(matches!(
+        f.upload(pem(&chain, &key_pem, None)),
+        Err(Error::NameTaken(m)) if m.contains("*.messaging.localhost")
+    ));
+    let chain = wildcard("*.acme.messaging.localhost");
     f.upload(pem(&chain, &key_pem, None)).unwrap();
 }
 
