@@ -187,3 +187,50 @@ async fn an_unadmitted_client_cannot_make_the_broker_buffer_a_large_connect() {
     // until the CONNECT timeout.)
     assert!(closed, "the broker kept reading a {sent}-byte CONNECT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scalable_app_instances_share_live_events_but_get_no_retained_ones() {
+    let h = Harness::start().await;
+    let acme = h.org("acme");
+    let dev = acme.cert("d:sensor:dev1");
+    let app = acme.cert("a:dash");
+    let d = acme
+        .connect("d:acme:sensor:dev1", Some(&dev), None)
+        .await
+        .unwrap();
+    d.client
+        .publish(
+            "iot-2/evt/state/fmt/json",
+            QoS::AtLeastOnce,
+            true,
+            "retained",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A plain application gets the retained event on subscribing ...
+    let mut plain = acme.connect("a:acme:dash", Some(&app), None).await.unwrap();
+    plain.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    assert!(plain.next_publish(Duration::from_secs(2)).await.is_some());
+    // ... a scalable instance (a shared subscription) does not: MQTT 5 sends no
+    // retained messages to shared subscriptions, and Watson delivers none at all.
+    let mut instance = acme
+        .connect("A:acme:dash:i1", Some(&app), None)
+        .await
+        .unwrap();
+    instance.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    assert_eq!(
+        instance.next_publish(Duration::from_millis(500)).await,
+        None
+    );
+    // Live events still reach it.
+    d.client
+        .publish("iot-2/evt/temp/fmt/json", QoS::AtLeastOnce, false, "live")
+        .await
+        .unwrap();
+    let (topic, _) = instance
+        .next_publish(Duration::from_secs(2))
+        .await
+        .expect("a live event");
+    assert_eq!(topic, "iot-2/type/sensor/id/dev1/evt/temp/fmt/json");
+}
