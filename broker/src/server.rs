@@ -75,7 +75,7 @@ impl Broker {
         let ctx = Arc::new(SessionCtx {
             registry: registry.clone(),
             tls: tls.clone(),
-            pressure: crate::flow::Pressure::new(engine.lag_handle()),
+            pressure: crate::flow::Pressure::new(engine.lag_handle(), engine.lag_measured()),
             engine,
             sessions: sessions.clone(),
             limits: config.limits.clone(),

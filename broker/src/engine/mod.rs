@@ -165,6 +165,11 @@ impl Engine {
         self.router.lag_handle()
     }
 
+    /// Notified after every measurement of the router's lag.
+    pub(crate) fn lag_measured(&self) -> Arc<tokio::sync::Notify> {
+        self.router.measured()
+    }
+
     /// Forgets everything `org` left in the engine: its retained messages are cleared
     /// and its persistent sessions discarded. Call it when the org is gone and its live
     /// sessions have ended, so an org created later with the same id starts empty.

@@ -44,6 +44,8 @@ pub(crate) struct Router {
     connect: Arc<Connect>,
     /// Round trip of the last probe through the router, microseconds.
     lag_us: Arc<AtomicU64>,
+    /// Notified after every probe measurement (flow control waits on it).
+    measured: Arc<tokio::sync::Notify>,
     /// Publishes made by the broker itself (status events, wills), see [`Router::publish`].
     system: tokio::sync::mpsc::Sender<Publish>,
 }
@@ -78,6 +80,7 @@ impl Router {
         let engine = Router {
             system,
             lag_us: Arc::new(AtomicU64::new(0)),
+            measured: Arc::default(),
             connect: Arc::new(move |client_id: &str, clean: bool| {
                 // Wills are fired by the session (the router never fires a local
                 // link's will), so none is registered here.
@@ -122,6 +125,11 @@ impl Router {
     /// (publish in, delivery out). The router is one thread that both ingests and
     /// delivers; when ingest starves delivery this grows, and every session's flow
     /// control slows its publisher (see `flow.rs`).
+    /// Notified after every measurement of the lag.
+    pub(crate) fn measured(&self) -> Arc<tokio::sync::Notify> {
+        self.measured.clone()
+    }
+
     pub(crate) fn lag_handle(&self) -> Arc<AtomicU64> {
         self.lag_us.clone()
     }
@@ -141,6 +149,7 @@ impl Router {
             if tx.try_publish(PROBE_TOPIC, "p").is_err() {
                 // The router's channel is full: as behind as it gets.
                 self.lag_us.store(1_000_000, Ordering::Relaxed);
+                self.measured.notify_waiters();
                 continue;
             }
             let lag = loop {
@@ -155,6 +164,7 @@ impl Router {
                 lag.as_micros().min(u128::from(u64::MAX)) as u64,
                 Ordering::Relaxed,
             );
+            self.measured.notify_waiters();
         }
     }
 

@@ -58,6 +58,8 @@ pub(super) struct Bridge {
     pub(super) flow: Flow,
     /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
     pub(super) out_inflight: usize,
+    /// A PUBLISH at the head of the read buffer waits for the org's credit.
+    pub(super) held: bool,
     pub(super) counters: crate::metrics::SessionCounters,
 }
 
@@ -79,17 +81,16 @@ impl Bridge {
         if let Some(end) = self.inbound(rbuf, stream).await? {
             return Ok(end);
         }
-        // Under org pressure (see flow.rs) reading resumes only after this instant.
-        let mut throttled_until: Option<Instant> = None;
         loop {
             let engine_behind = self
                 .link
                 .as_ref()
                 .is_some_and(|l| l.queued() >= self.limits.max_queued_packets);
-            let throttled = throttled_until.is_some_and(|t| t > Instant::now());
-            let paused = engine_behind || throttled;
+            // A PUBLISH waits for credit (a subscriber of the org is behind, see
+            // flow.rs, or the router is): the socket waits behind it.
+            let paused = engine_behind || self.held;
             // Read straight into the packet buffer (no per-session scratch: idle sessions
-            // stay small), at most a slice when this publisher is being slowed.
+            // stay small), at most a slice while the org is limited.
             let slice = self.flow.read_limit(READ_CHUNK);
             if rbuf.capacity() - rbuf.len() < slice.min(READ_CHUNK) {
                 rbuf.reserve(slice.min(READ_CHUNK));
@@ -115,15 +116,32 @@ impl Bridge {
                     if let Some(end) = self.inbound(rbuf, stream).await? {
                         return Ok(end);
                     }
-                    throttled_until = self.flow.pause_after_read().map(|p| Instant::now() + p);
                 }
-                // The engine is behind on this session's packets, or its org's
-                // subscribers are: wait before reading the socket again.
-                _ = tokio::time::sleep_until(match throttled_until {
-                    Some(t) if throttled => t,
-                    _ => Instant::now() + Duration::from_millis(1),
-                }), if paused => {}
-                _ = sleep_until_opt(self.flow.congestion_deadline()) => self.flow.relieved(),
+                // The engine has not taken this session's packets yet (look again in a
+                // moment), or the org's window is spent (woken by the next delivery).
+                _ = async {
+                    if engine_behind {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    } else {
+                        self.flow.wait().await
+                    }
+                }, if paused => {
+                    if self.held {
+                        self.held = false;
+                        if let Some(end) = self.inbound(rbuf, stream).await? {
+                            return Ok(end);
+                        }
+                    }
+                }
+                // Quiet for a while: caught up, unless deliveries are still unacknowledged
+                // (then the client is still working through the backlog).
+                _ = sleep_until_opt(self.flow.congestion_deadline()) => {
+                    if self.out_inflight == 0 {
+                        self.flow.relieved();
+                    } else {
+                        self.flow.congested();
+                    }
+                }
                 n = next_notification(&mut self.link) => {
                     let n = n?;
                     let mut wake = false;
@@ -149,14 +167,18 @@ impl Bridge {
                         Ok(r) => r?,
                         Err(_) => return Err(SessionError::SlowConsumer),
                     }
-                    // The engine paused us (outgoing buffer full) or the socket is slow:
-                    // this subscriber cannot keep up, so its org's publishers slow down.
+                    // The engine paused us (outgoing buffer full), the socket is slow, or
+                    // the client has many deliveries unacknowledged: this subscriber is
+                    // behind, so its org's publishers get a window (flow.rs). It stays so
+                    // until it has drained: nothing unacknowledged (a dip in the window
+                    // is not a drained queue, and leaving too early would let a new
+                    // window pile on top of the old backlog).
                     if wake
                         || started.elapsed() > flow::SLOW_WRITE
                         || self.out_inflight >= self.limits.inflight_high
                     {
                         self.flow.congested();
-                    } else {
+                    } else if self.out_inflight == 0 {
                         self.flow.relieved();
                     }
                     if wake {
@@ -201,6 +223,9 @@ impl Bridge {
                 // rumqttd keeps a publish's QoS private; the fixed header has it.
                 if self.wbuf.get(start).is_some_and(|b| b & 0b0110 != 0) {
                     self.out_inflight += 1;
+                } else {
+                    // QoS 0 has no acknowledgement: delivered once written.
+                    self.flow.delivered();
                 }
                 return Ok(false);
             }
@@ -241,6 +266,12 @@ impl Bridge {
         stream: &mut S,
     ) -> Result<Option<Ending>, SessionError> {
         loop {
+            // A PUBLISH (type 3) needs the org's credit (flow.rs); without it, it stays
+            // unread — and unacknowledged — until a delivery brings some.
+            if rbuf.first().is_some_and(|b| b >> 4 == 3) && !self.flow.may_publish() {
+                self.held = true;
+                return Ok(None);
+            }
             let packet = match self.version.read(rbuf, self.limits.max_packet_size) {
                 Ok(p) => p,
                 Err(CodecError::Incomplete) => return Ok(None),
@@ -267,6 +298,7 @@ impl Bridge {
                         }
                     }
                     self.counters.publishes.increment(1);
+                    self.flow.published(1);
                     self.send_to_engine(Packet::Publish(publish, props)).await?;
                 }
                 Packet::Subscribe(sub, props) => {
@@ -322,9 +354,11 @@ impl Bridge {
                 }
                 Packet::Connect(..) => return Err(SessionError::Protocol("second CONNECT")),
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
-                    // The client acknowledged one of our QoS 1/2 deliveries.
+                    // The client acknowledged one of our QoS 1/2 deliveries: it has it, so
+                    // the org's publishers may send one more (flow.rs).
+                    self.flow.delivered();
                     self.out_inflight = self.out_inflight.saturating_sub(1);
-                    if self.out_inflight <= self.limits.inflight_high / 2 {
+                    if self.out_inflight == 0 {
                         self.flow.relieved();
                     }
                     self.send_to_engine(p).await?

@@ -307,6 +307,7 @@ where
         flow: ctx.pressure.flow(&org),
         counters,
         out_inflight: 0,
+        held: false,
     };
     if let Some((topic, payload)) = status.connect() {
         ctx.engine.publish(topic, payload, false).await;
