@@ -25,6 +25,8 @@ pub(crate) struct Options {
     /// Plain MQTT listener (orgs with level `tls_optional` only); `None` disables it.
     pub(crate) mqtt_plain: Option<SocketAddr>,
     pub(crate) domain: String,
+    /// How long audit entries are kept, in days (`--audit-retention-days`).
+    pub(crate) audit_retention_days: u32,
 }
 
 /// A running certmq: addresses it is bound to, its admin token, and how to stop it.
@@ -101,6 +103,27 @@ impl admin_api::ConnectionsView for BrokerView {
     }
 }
 
+/// How often expired audit entries of quiet logs are pruned (busy logs prune on write).
+const AUDIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Prunes expired audit entries now and then every [`AUDIT_SWEEP_EVERY`], until shutdown.
+async fn prune_audit_logs(registry: Arc<Registry>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(AUDIT_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let r = registry.clone();
+        match tokio::task::spawn_blocking(move || r.prune_audit_logs()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(deleted = n, "pruned expired audit entries"),
+            Ok(Err(e)) => tracing::error!(cause = %e, "could not prune the audit logs"),
+            Err(e) => tracing::error!(cause = %e, "audit pruning task failed"),
+        }
+    }
+}
+
 /// Starts everything; returns once both listeners are bound.
 pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&opts.data_dir)
@@ -108,7 +131,9 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     let master_env = std::env::var("CERTMQ_MASTER_KEY").ok();
     let key = MasterKey::load_or_create(&opts.data_dir, master_env.as_deref())?;
     let store = Arc::new(SledStore::open(&opts.data_dir)?);
-    let registry = Arc::new(Registry::new(store, key, &opts.domain)?);
+    let registry = Registry::new(store, key, &opts.domain)?
+        .with_audit_retention_days(opts.audit_retention_days);
+    let registry = Arc::new(registry);
     let (admin_token, token_generated) = admin_token(&opts.data_dir)?;
 
     let broker = Broker::new(registry.clone(), BrokerConfig::default());
@@ -140,6 +165,7 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     if let Some(plain) = plain {
         tasks.spawn(broker.clone().serve_plain(plain, shutdown.child_token()));
     }
+    tasks.spawn(prune_audit_logs(registry.clone(), shutdown.child_token()));
     let app = admin_api::router(admin_api::AppState {
         registry: registry.clone(),
         admin_token: Arc::new(admin_token.clone()),

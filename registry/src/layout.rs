@@ -97,8 +97,16 @@ pub(crate) fn audit_entry(log: &str, seq: u64) -> String {
     format!("{}{seq:020}", audit_entries(log))
 }
 
+/// Every log's last seq, so the logs that exist are one scan.
+pub(crate) const AUDIT_SEQS: &str = "audit-seq/";
+
 pub(crate) fn audit_seq(log: &str) -> String {
-    format!("audit-seq/{log}")
+    format!("{AUDIT_SEQS}{log}")
+}
+
+/// The oldest seq a log still keeps (entries are pruned from the old end).
+pub(crate) fn audit_low(log: &str) -> String {
+    format!("audit-low/{log}")
 }
 
 /// The org's custom domains (one list).
@@ -155,6 +163,7 @@ pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
         },
         at(Place::Prefix(audit_entries(org.as_str()))),
         at(Place::Key(audit_seq(org.as_str()))),
+        at(Place::Key(audit_low(org.as_str()))),
         OrgData {
             place: Place::Key(org_domains(org)),
             index_keys: Some(domain_owner_keys),
@@ -201,6 +210,7 @@ mod tests {
             token(&acme, "1"),
             audit_entry(acme.as_str(), 1),
             audit_seq(acme.as_str()),
+            audit_low(acme.as_str()),
             org_domains(&acme),
         ] {
             assert!(covered(&key), "{key} is not deleted with its org");

@@ -34,7 +34,7 @@ pub mod store;
 mod tls;
 pub mod tokens;
 
-pub use audit::{AuditEntry, AuditEvent, AuditLog};
+pub use audit::{Actor, AuditEntry, AuditEvent, AuditLog};
 pub use ca_certs::{CaCert, CaView};
 pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use domains::DomainName;

@@ -124,7 +124,8 @@ mod tests {
             status: 200,
             error: None,
         };
-        r.record_audit(Some(org), event).unwrap();
+        r.record_audit(Some(org), crate::Actor::PlatformAdmin, event)
+            .unwrap();
         r.set_domains(org, &[format!("{org}-devices.example")])
             .unwrap();
     }

@@ -50,6 +50,8 @@ pub struct Registry {
     listeners: RwLock<Vec<Listener>>,
     /// SNI routing for custom domains and certificate names (see `domains`).
     pub(crate) hosts: crate::domains::Hosts,
+    /// How long audit entries are kept (see `audit`).
+    pub(crate) audit_retention: time::Duration,
 }
 
 pub(crate) fn new_id() -> String {
@@ -67,6 +69,9 @@ impl Registry {
             write: Mutex::new(()),
             listeners: RwLock::new(Vec::new()),
             hosts: Default::default(),
+            audit_retention: time::Duration::days(
+                crate::audit::DEFAULT_AUDIT_RETENTION_DAYS.into(),
+            ),
         };
         r.ensure_platform_cert()?;
         r.load_hosts()?;
