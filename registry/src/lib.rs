@@ -31,6 +31,7 @@ pub mod seal;
 mod server_certs;
 mod server_upload;
 pub mod store;
+pub mod text;
 mod tls;
 pub mod tokens;
 

@@ -1,0 +1,65 @@
+//! The one rule for free text people type and other people read: org display names,
+//! CA descriptions, org token names, block reasons, CSR subject fields, and (with a
+//! length rule of their own) device tokens. See docs/security.md, "Names and free text".
+//!
+//! Why: these strings are shown in the console, in API answers, in logs and in
+//! terminals. A NUL or another control character (Unicode category Cc) can cut a
+//! string short in C tools or move a terminal's cursor; a bidi control (U+202A–U+202E,
+//! U+2066–U+2069, U+200E/U+200F) makes text display in another order than it is
+//! stored, so `Acme\u{202e}gpj.exe` reads differently than it matches. Neither belongs in
+//! a name, so both are refused at the door, in one function, with a message naming the
+//! field and the character.
+
+use crate::error::{Error, Result};
+
+/// Whether `c` may not appear in free text: a control character (Unicode Cc) or a bidi
+/// control.
+pub fn is_forbidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+}
+
+/// The first forbidden character of `s` and its position in characters.
+pub fn first_forbidden(s: &str) -> Option<(usize, char)> {
+    s.chars().enumerate().find(|&(_, c)| is_forbidden(c))
+}
+
+/// Checks the free-text field `field`: at most `max_chars` characters, none of them
+/// [forbidden](is_forbidden). The error names the field, the rule and the character.
+pub fn check(field: &str, value: &str, max_chars: usize) -> Result<()> {
+    if value.chars().count() > max_chars {
+        return Err(Error::BadRequest(format!(
+            "{field} is longer than {max_chars} characters"
+        )));
+    }
+    if let Some((at, c)) = first_forbidden(value) {
+        return Err(Error::BadRequest(format!(
+            "{field} contains {:?} (U+{:04X}) at character {at}: control and bidi-control \
+             characters are not allowed",
+            c, c as u32
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_controls_and_bidi_controls_only() {
+        for c in [
+            '\0', '\n', '\t', '\u{7f}', '\u{85}', '\u{9f}', '\u{200e}', '\u{200f}', '\u{202a}',
+            '\u{202e}', '\u{2066}', '\u{2069}',
+        ] {
+            assert!(is_forbidden(c), "U+{:04X}", c as u32);
+            let e = check("name", &format!("a{c}b"), 10).unwrap_err().to_string();
+            assert!(e.contains("name contains") && e.contains("at character 1"), "{e}");
+        }
+        for ok in ["Acme Corp", "Müller & Söhne", "東京", "عربي", "a\u{200d}b", ""] {
+            check("name", ok, 20).unwrap();
+        }
+        assert!(check("name", &"é".repeat(11), 10).is_err());
+        check("name", &"é".repeat(10), 10).unwrap();
+    }
+}
