@@ -128,9 +128,12 @@ async fn prune_audit_logs(registry: Arc<Registry>, shutdown: CancellationToken) 
 pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let master_env = std::env::var("CERTMQ_MASTER_KEY").ok();
-    let key = MasterKey::load_or_create(&opts.data_dir, master_env.as_deref())?;
+    // The store first: whether it holds sealed keys decides whether a missing
+    // master.key may be created (it may not: docs/security.md, "Master key").
     let store = Arc::new(SledStore::open(&opts.data_dir)?);
+    let sealed = Registry::has_sealed_keys(store.as_ref())?;
+    let master_env = std::env::var("CERTMQ_MASTER_KEY").ok();
+    let key = MasterKey::load_or_create(&opts.data_dir, master_env.as_deref(), sealed)?;
     let registry = Registry::new(store, key, &opts.domain)?
         .with_audit_retention_days(opts.audit_retention_days);
     let registry = Arc::new(registry);

@@ -15,6 +15,15 @@ use crate::names::{Identity, OrgId};
 /// The platform default server certificate (one record, not per org).
 pub(crate) const PLATFORM_CERT: &str = "platform/server";
 
+/// Every org's server certificates.
+const SERVER_CERTS: &str = "srv/";
+/// Every org's CSRs.
+const CSRS: &str = "csr/";
+
+/// Where records holding sealed private keys live: the platform certificate, every
+/// org's server certificates and CSRs.
+pub(crate) const SEALED: [&str; 3] = [PLATFORM_CERT, SERVER_CERTS, CSRS];
+
 /// Every org record.
 pub(crate) const ORGS: &str = "org/";
 
@@ -35,7 +44,7 @@ pub(crate) fn ca(org: &OrgId, id: &str) -> String {
 }
 
 pub(crate) fn server_certs(org: &OrgId) -> String {
-    format!("srv/{org}/")
+    format!("{SERVER_CERTS}{org}/")
 }
 
 pub(crate) fn server_cert(org: &OrgId, id: &str) -> String {
@@ -43,7 +52,7 @@ pub(crate) fn server_cert(org: &OrgId, id: &str) -> String {
 }
 
 pub(crate) fn csrs(org: &OrgId) -> String {
-    format!("csr/{org}/")
+    format!("{CSRS}{org}/")
 }
 
 pub(crate) fn csr(org: &OrgId, id: &str) -> String {
@@ -186,6 +195,14 @@ fn domain_owner_keys(_: &str, value: &[u8]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_sealed_record_is_under_a_sealed_prefix() {
+        let acme = OrgId::try_from("acme").unwrap();
+        for key in [PLATFORM_CERT.to_owned(), server_cert(&acme, "1"), csr(&acme, "1")] {
+            assert!(SEALED.iter().any(|p| key.starts_with(p)), "{key}");
+        }
+    }
 
     #[test]
     fn every_per_org_key_is_in_org_data() {

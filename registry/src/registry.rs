@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
+use crate::layout;
 use crate::names::OrgId;
 use crate::seal::MasterKey;
 use crate::store::{Op, Store};
@@ -76,6 +77,20 @@ impl Registry {
         r.ensure_platform_cert()?;
         r.load_hosts()?;
         Ok(r)
+    }
+
+    /// Whether `store` holds keys sealed under a master key (the platform certificate,
+    /// server certificates, CSRs): then a missing master key is a lost one, and start-up
+    /// must not create another (`MasterKey::load_or_create`).
+    pub fn has_sealed_keys(store: &dyn Store) -> Result<bool> {
+        for prefix in layout::SEALED {
+            // The platform certificate comes first and exists after any start: usually
+            // one small scan answers.
+            if !store.scan(prefix)?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub fn domain(&self) -> &str {
