@@ -39,6 +39,9 @@ pub struct CaView {
     pub pem: String,
 }
 
+/// The longest CA description, in characters.
+const MAX_DESCRIPTION_CHARS: usize = 500;
+
 impl Registry {
     /// Checks a CA upload without storing it.
     pub fn preview_ca(&self, bytes: &[u8]) -> Result<CertDetails> {
@@ -47,11 +50,7 @@ impl Registry {
     }
 
     pub fn add_ca(&self, org: &OrgId, bytes: &[u8], description: &str) -> Result<CaView> {
-        if description.chars().count() > 500 {
-            return Err(Error::BadRequest(
-                "description is longer than 500 characters".into(),
-            ));
-        }
+        crate::text::check("description", description, MAX_DESCRIPTION_CHARS)?;
         let der = cert::read_single(bytes)?;
         let details = cert::check_ca(&der, OffsetDateTime::now_utc())?;
         let _g = self.lock();
@@ -113,11 +112,7 @@ impl Registry {
             ca.active = a;
         }
         if let Some(d) = description {
-            if d.chars().count() > 500 {
-                return Err(Error::BadRequest(
-                    "description is longer than 500 characters".into(),
-                ));
-            }
+            crate::text::check("description", &d, MAX_DESCRIPTION_CHARS)?;
             ca.description = d;
         }
         self.store

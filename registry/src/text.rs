@@ -62,4 +62,34 @@ mod tests {
         assert!(check("name", &"é".repeat(11), 10).is_err());
         check("name", &"é".repeat(10), 10).unwrap();
     }
+
+    /// Security review finding: org names accepted NUL and bidi controls. Every free-text
+    /// field a caller sets goes through [`check`].
+    #[test]
+    fn every_free_text_field_refuses_controls_and_bidi_controls() {
+        use crate::registry::tests::registry;
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let acme = r.create_org("acme", "Acme").unwrap().id;
+        let ca = crate::server_upload::tests::Ca::root("acme CA");
+        let ca_id = r.add_ca(&acme, ca.pem.as_bytes(), "devices").unwrap().id;
+        for bad in ["Acme\0Corp", "Acme\u{202e}proC", "Acme\u{2066}x", "a\u{200f}", "a\u{1b}[2J"] {
+            let refused = |what: &str, res: Result<()>| match res {
+                Err(Error::BadRequest(m)) => {
+                    assert!(m.contains("control"), "{what} {bad:?}: {m}")
+                }
+                other => panic!("{what} accepted {bad:?}: {other:?}"),
+            };
+            refused("org name", r.create_org("beta", bad).map(drop));
+            refused("CA description", r.add_ca(&acme, ca.pem.as_bytes(), bad).map(drop));
+            refused(
+                "CA description update",
+                r.update_ca(&acme, &ca_id, None, Some(bad.into())).map(drop),
+            );
+            refused("token name", r.create_token(&acme, bad).map(drop));
+            refused("block reason", r.block_device(&acme, "d:s:1", bad).map(drop));
+        }
+        assert!(r.list_orgs().unwrap().iter().all(|o| o.id.as_str() != "beta"));
+        assert_eq!(r.get_ca(&acme, &ca_id).unwrap().description, "devices");
+    }
 }
