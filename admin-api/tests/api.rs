@@ -153,7 +153,12 @@ async fn orgs_lifecycle() {
         assert_eq!(error_code(&body), "bad_request");
     }
     // Security review finding: NUL and bidi controls were accepted in org names.
-    for bad in ["Bad\u{0}Corp", "Evil\u{202e}gpj.exe", "x\u{2067}y", "tab\there"] {
+    for bad in [
+        "Bad\u{0}Corp",
+        "Evil\u{202e}gpj.exe",
+        "x\u{2067}y",
+        "tab\there",
+    ] {
         let (status, body) = api
             .json(
                 Method::POST,

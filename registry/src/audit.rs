@@ -165,7 +165,11 @@ impl Registry {
     ) -> Result<AuditEntry> {
         let seq = self.get_json::<u64>(&layout::audit_seq(log))?.unwrap_or(0) + 1;
         let low = self.prune_ops(log, seq - 1, now, PRUNE_BATCH, ops)?;
-        let entry = AuditEntry { seq, at: now, event };
+        let entry = AuditEntry {
+            seq,
+            at: now,
+            event,
+        };
         ops.push(Self::put(layout::audit_entry(log, seq), &entry));
         ops.push(Self::put(layout::audit_seq(log), &seq));
         ops.push(Self::put(layout::audit_low(log), &low.min(seq)));
@@ -178,7 +182,11 @@ impl Registry {
         if let Some(low) = self.get_json::<u64>(&layout::audit_low(log))? {
             return Ok(low);
         }
-        let first = self.store.scan(&layout::audit_entries(log))?.into_iter().next();
+        let first = self
+            .store
+            .scan(&layout::audit_entries(log))?
+            .into_iter()
+            .next();
         Ok(first
             .and_then(|(k, _)| k.rsplit('/').next()?.parse().ok())
             .unwrap_or(last + 1))
@@ -295,6 +303,28 @@ mod tests {
         }
     }
 
+    /// A registry with org acme.
+    fn with_acme() -> (tempfile::TempDir, Registry, OrgId) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        (dir, r, acme)
+    }
+
+    /// A registry keeping entries 2 days, with `n` entries (`0`, `1`, …) in acme's log
+    /// written at the returned time.
+    fn aged(n: usize) -> (tempfile::TempDir, Registry, OrgId, OffsetDateTime) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path()).with_audit_retention_days(2);
+        let acme = r.create_org("acme", "").unwrap().id;
+        let t0 = OffsetDateTime::now_utc();
+        for i in 0..n {
+            r.record_audit_at(Some(&acme), Actor::PlatformAdmin, event(&i.to_string()), t0)
+                .unwrap();
+        }
+        (dir, r, acme, t0)
+    }
+
     fn summaries(entries: &[AuditEntry]) -> Vec<&str> {
         entries.iter().map(|e| e.event.summary.as_str()).collect()
     }
@@ -352,9 +382,7 @@ mod tests {
     /// 10,050 junk requests, because retention was by count.
     #[test]
     fn junk_writes_cannot_push_out_a_younger_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = registry(dir.path());
-        let acme = r.create_org("acme", "").unwrap().id;
+        let (_dir, r, acme) = with_acme();
         r.record_audit(Some(&acme), Actor::OrgToken, event("evidence"))
             .unwrap();
         for i in 0..10_050 {
@@ -368,18 +396,12 @@ mod tests {
 
     #[test]
     fn entries_are_pruned_by_age_in_batches_never_by_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = registry(dir.path()).with_audit_retention_days(2);
-        let acme = r.create_org("acme", "").unwrap().id;
-        let t0 = OffsetDateTime::now_utc();
+        let (_dir, r, acme, t0) = aged(PRUNE_BATCH + 8);
         let write = |s: &str, at: OffsetDateTime| {
             r.record_audit_at(Some(&acme), Actor::PlatformAdmin, event(s), at)
                 .unwrap()
         };
         let kept = || r.store.scan("audit/acme/").unwrap().len();
-        for i in 0..PRUNE_BATCH + 8 {
-            write(&format!("old {i}"), t0);
-        }
         write("young", t0 + Duration::days(1));
         // Three days on, everything from t0 has expired, "young" (2 days old) has not:
         // each write prunes one batch, oldest first.
@@ -387,7 +409,11 @@ mod tests {
         write("a", later);
         assert_eq!(kept(), 8 + 1 + 1, "one batch of {PRUNE_BATCH} went");
         write("b", later);
-        assert_eq!(kept(), 3, "the rest of the expired ones went, nothing younger");
+        assert_eq!(
+            kept(),
+            3,
+            "the rest of the expired ones went, nothing younger"
+        );
         let log = AuditLog::Org(acme.clone());
         let all = r.list_audit(&log, 100, None).unwrap();
         assert_eq!(summaries(&all), ["b", "a", "young"]);
@@ -397,16 +423,14 @@ mod tests {
 
     #[test]
     fn the_sweep_prunes_quiet_logs_and_stops_at_young_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = registry(dir.path()).with_audit_retention_days(2);
-        let acme = r.create_org("acme", "").unwrap().id;
-        let t0 = OffsetDateTime::now_utc();
-        for i in 0..1500 {
-            r.record_audit_at(Some(&acme), Actor::PlatformAdmin, event(&i.to_string()), t0)
-                .unwrap();
-        }
-        r.record_audit_at(None, Actor::PlatformAdmin, event("p"), t0 + Duration::days(1))
-            .unwrap();
+        let (_dir, r, acme, t0) = aged(1500);
+        r.record_audit_at(
+            None,
+            Actor::PlatformAdmin,
+            event("p"),
+            t0 + Duration::days(1),
+        )
+        .unwrap();
         assert_eq!(r.prune_audit_logs_at(t0 + Duration::days(1)).unwrap(), 0);
         assert_eq!(r.prune_audit_logs_at(t0 + Duration::days(3)).unwrap(), 1500);
         assert!(r.store.scan("audit/acme/").unwrap().is_empty());
@@ -420,31 +444,27 @@ mod tests {
 
     #[test]
     fn logs_from_before_audit_low_are_pruned_from_their_first_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = registry(dir.path()).with_audit_retention_days(2);
-        let acme = r.create_org("acme", "").unwrap().id;
-        let t0 = OffsetDateTime::now_utc();
-        for i in 0..10 {
-            r.record_audit_at(Some(&acme), Actor::PlatformAdmin, event(&i.to_string()), t0)
-                .unwrap();
-        }
+        let (_dir, r, acme, t0) = aged(10);
         // As the count cap left them: entries 1-4 gone, no low mark.
         let mut ops: Vec<Op> = (1..=4)
             .map(|s| Op::Delete(layout::audit_entry("acme", s)))
             .collect();
         ops.push(Op::Delete(layout::audit_low("acme")));
         r.store.apply(ops).unwrap();
-        r.record_audit_at(Some(&acme), Actor::PlatformAdmin, event("new"), t0 + Duration::days(3))
-            .unwrap();
+        r.record_audit_at(
+            Some(&acme),
+            Actor::PlatformAdmin,
+            event("new"),
+            t0 + Duration::days(3),
+        )
+        .unwrap();
         let all = r.list_audit(&AuditLog::Org(acme), 100, None).unwrap();
         assert_eq!(summaries(&all), ["new"]);
     }
 
     #[test]
     fn org_token_entries_are_copied_to_the_platform_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = registry(dir.path());
-        let acme = r.create_org("acme", "").unwrap().id;
+        let (_dir, r, acme) = with_acme();
         r.record_audit(Some(&acme), Actor::OrgToken, event("by token"))
             .unwrap();
         r.record_audit(Some(&acme), Actor::PlatformAdmin, event("by admin"))
@@ -453,7 +473,9 @@ mod tests {
         let ghost = OrgId::try_from("ghost").unwrap();
         r.record_audit(Some(&ghost), Actor::OrgToken, event("ghost"))
             .unwrap();
-        let org = r.list_audit(&AuditLog::Org(acme.clone()), 10, None).unwrap();
+        let org = r
+            .list_audit(&AuditLog::Org(acme.clone()), 10, None)
+            .unwrap();
         assert_eq!(summaries(&org), ["by admin", "by token"]);
         r.delete_org(&acme).unwrap();
         let platform = r.list_audit(&AuditLog::Platform, 10, None).unwrap();

@@ -199,7 +199,11 @@ mod tests {
     #[test]
     fn every_sealed_record_is_under_a_sealed_prefix() {
         let acme = OrgId::try_from("acme").unwrap();
-        for key in [PLATFORM_CERT.to_owned(), server_cert(&acme, "1"), csr(&acme, "1")] {
+        for key in [
+            PLATFORM_CERT.to_owned(),
+            server_cert(&acme, "1"),
+            csr(&acme, "1"),
+        ] {
             assert!(SEALED.iter().any(|p| key.starts_with(p)), "{key}");
         }
     }

@@ -335,7 +335,11 @@ mod tests {
                 other => panic!("{bad:?} was not refused: {other:?}"),
             }
         }
-        for good in ["x".repeat(16), "x".repeat(128), "correct horse battery".into()] {
+        for good in [
+            "x".repeat(16),
+            "x".repeat(128),
+            "correct horse battery".into(),
+        ] {
             assert_eq!(set(&good).unwrap().token, good);
         }
     }

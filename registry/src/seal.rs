@@ -188,7 +188,10 @@ mod tests {
     fn a_missing_key_is_not_created_over_sealed_data() {
         let dir = tempfile::tempdir().unwrap();
         let e = MasterKey::load_or_create(dir.path(), None, true).unwrap_err();
-        assert!(e.to_string().contains("refusing to create a new one"), "{e}");
+        assert!(
+            e.to_string().contains("refusing to create a new one"),
+            "{e}"
+        );
         assert!(!dir.path().join("master.key").exists());
         // The environment variable still works.
         let hex = "11".repeat(32);

@@ -53,10 +53,22 @@ mod tests {
             '\u{202e}', '\u{2066}', '\u{2069}',
         ] {
             assert!(is_forbidden(c), "U+{:04X}", c as u32);
-            let e = check("name", &format!("a{c}b"), 10).unwrap_err().to_string();
-            assert!(e.contains("name contains") && e.contains("at character 1"), "{e}");
+            let e = check("name", &format!("a{c}b"), 10)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("name contains") && e.contains("at character 1"),
+                "{e}"
+            );
         }
-        for ok in ["Acme Corp", "Müller & Söhne", "東京", "عربي", "a\u{200d}b", ""] {
+        for ok in [
+            "Acme Corp",
+            "Müller & Söhne",
+            "東京",
+            "عربي",
+            "a\u{200d}b",
+            "",
+        ] {
             check("name", ok, 20).unwrap();
         }
         assert!(check("name", &"é".repeat(11), 10).is_err());
@@ -73,7 +85,13 @@ mod tests {
         let acme = r.create_org("acme", "Acme").unwrap().id;
         let ca = crate::server_upload::tests::Ca::root("acme CA");
         let ca_id = r.add_ca(&acme, ca.pem.as_bytes(), "devices").unwrap().id;
-        for bad in ["Acme\0Corp", "Acme\u{202e}proC", "Acme\u{2066}x", "a\u{200f}", "a\u{1b}[2J"] {
+        for bad in [
+            "Acme\0Corp",
+            "Acme\u{202e}proC",
+            "Acme\u{2066}x",
+            "a\u{200f}",
+            "a\u{1b}[2J",
+        ] {
             let refused = |what: &str, res: Result<()>| match res {
                 Err(Error::BadRequest(m)) => {
                     assert!(m.contains("control"), "{what} {bad:?}: {m}")
@@ -81,15 +99,25 @@ mod tests {
                 other => panic!("{what} accepted {bad:?}: {other:?}"),
             };
             refused("org name", r.create_org("beta", bad).map(drop));
-            refused("CA description", r.add_ca(&acme, ca.pem.as_bytes(), bad).map(drop));
+            refused(
+                "CA description",
+                r.add_ca(&acme, ca.pem.as_bytes(), bad).map(drop),
+            );
             refused(
                 "CA description update",
                 r.update_ca(&acme, &ca_id, None, Some(bad.into())).map(drop),
             );
             refused("token name", r.create_token(&acme, bad).map(drop));
-            refused("block reason", r.block_device(&acme, "d:s:1", bad).map(drop));
+            refused(
+                "block reason",
+                r.block_device(&acme, "d:s:1", bad).map(drop),
+            );
         }
-        assert!(r.list_orgs().unwrap().iter().all(|o| o.id.as_str() != "beta"));
+        assert!(r
+            .list_orgs()
+            .unwrap()
+            .iter()
+            .all(|o| o.id.as_str() != "beta"));
         assert_eq!(r.get_ca(&acme, &ca_id).unwrap().description, "devices");
     }
 }
