@@ -25,6 +25,8 @@ pub(crate) struct Options {
     /// Plain MQTT listener (orgs with level `tls_optional` only); `None` disables it.
     pub(crate) mqtt_plain: Option<SocketAddr>,
     pub(crate) domain: String,
+    /// How long audit entries are kept, in days (`--audit-retention-days`).
+    pub(crate) audit_retention_days: u32,
 }
 
 /// A running certmq: addresses it is bound to, its admin token, and how to stop it.
@@ -132,14 +134,40 @@ fn broker_config() -> BrokerConfig {
     config
 }
 
+/// How often expired audit entries of quiet logs are pruned (busy logs prune on write).
+const AUDIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Prunes expired audit entries now and then every [`AUDIT_SWEEP_EVERY`], until shutdown.
+async fn prune_audit_logs(registry: Arc<Registry>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(AUDIT_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let r = registry.clone();
+        match tokio::task::spawn_blocking(move || r.prune_audit_logs()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(deleted = n, "pruned expired audit entries"),
+            Ok(Err(e)) => tracing::error!(cause = %e, "could not prune the audit logs"),
+            Err(e) => tracing::error!(cause = %e, "audit pruning task failed"),
+        }
+    }
+}
+
 /// Starts everything; returns once both listeners are bound.
 pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let master_env = std::env::var("CERTMQ_MASTER_KEY").ok();
-    let key = MasterKey::load_or_create(&opts.data_dir, master_env.as_deref())?;
+    // The store first: whether it holds sealed keys decides whether a missing
+    // master.key may be created (it may not: docs/security.md, "Master key").
     let store = Arc::new(SledStore::open(&opts.data_dir)?);
-    let registry = Arc::new(Registry::new(store, key, &opts.domain)?);
+    let sealed = Registry::has_sealed_keys(store.as_ref())?;
+    let master_env = std::env::var("CERTMQ_MASTER_KEY").ok();
+    let key = MasterKey::load_or_create(&opts.data_dir, master_env.as_deref(), sealed)?;
+    let registry = Registry::new(store, key, &opts.domain)?
+        .with_audit_retention_days(opts.audit_retention_days);
+    let registry = Arc::new(registry);
     let (admin_token, token_generated) = admin_token(&opts.data_dir)?;
 
     let broker = Broker::new(registry.clone(), broker_config());
@@ -171,6 +199,7 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     if let Some(plain) = plain {
         tasks.spawn(broker.clone().serve_plain(plain, shutdown.child_token()));
     }
+    tasks.spawn(prune_audit_logs(registry.clone(), shutdown.child_token()));
     let app = admin_api::router(admin_api::AppState {
         registry: registry.clone(),
         admin_token: Arc::new(admin_token.clone()),

@@ -42,6 +42,11 @@ enum Command {
         /// Base messaging domain: org hosts are `<org>.<domain>`.
         #[arg(long, default_value = "messaging.localhost")]
         domain: String,
+        /// Days audit log entries are kept (1-36500). Retention is by age only: no
+        /// number of requests pushes a younger entry out.
+        #[arg(long, default_value_t = registry::audit::DEFAULT_AUDIT_RETENTION_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36500))]
+        audit_retention_days: u32,
     },
     /// Start everything on free ports in a temp dir, run a small fleet, print a summary.
     Demo {
@@ -77,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             admin,
             mqtt_plain,
             domain,
+            audit_retention_days,
         } => {
             serve(app::Options {
                 data_dir,
@@ -84,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
                 admin,
                 mqtt_plain: mqtt_plain.0,
                 domain,
+                audit_retention_days,
             })
             .await
         }

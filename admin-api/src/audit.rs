@@ -5,7 +5,9 @@
 //! Which log an entry goes to: the org named in the path when the caller may see it and
 //! it exists after the request; the caller's own org when an org token reached for
 //! another org (so probing cannot flood, or even touch, someone else's log); else the
-//! platform log (org creation and deletion, unknown orgs). Requests without a valid
+//! platform log (org creation and deletion, unknown orgs). What an org token does is
+//! copied into the platform log as well ([`Actor::OrgToken`]), so the platform admin
+//! keeps it after the org is deleted. Requests without a valid
 //! token are answered 401 before this layer and are not recorded, so anonymous clients
 //! cannot fill the store.
 
@@ -13,7 +15,7 @@ use axum::extract::{OriginalUri, Query, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponseParts, Response, ResponseParts};
-use registry::{AuditEntry, AuditEvent, AuditLog, OrgId};
+use registry::{Actor, AuditEntry, AuditEvent, AuditLog, OrgId};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -67,6 +69,10 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
         Some(org) if caller.sees(org) => Some(org.clone()),
         _ => caller.org.clone(),
     };
+    let actor = match &caller.org {
+        None => Actor::PlatformAdmin,
+        Some(_) => Actor::OrgToken,
+    };
     let summary = match resp.extensions().get::<AuditNote>() {
         Some(note) => note.0.clone(),
         None => summarize(&method, &route),
@@ -81,7 +87,7 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
         error: resp.extensions().get::<ErrorCode>().map(|c| c.0.to_owned()),
     };
     let registry = state.registry.clone();
-    match blocking(move || registry.record_audit(log.as_ref(), event)).await {
+    match blocking(move || registry.record_audit(log.as_ref(), actor, event)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::error!(cause = %e, "could not write the audit log"),
         Err(e) => tracing::error!(cause = ?e, "could not write the audit log"),
@@ -164,7 +170,8 @@ async fn list_log(
 /// Read the org's audit log.
 ///
 /// Every `POST`, `PUT`, `PATCH` and `DELETE` under `/api/v1` with a valid token, failed
-/// ones included, newest first. Each log keeps its newest 10,000 entries.
+/// ones included, newest first. Entries are kept for the server's audit retention
+/// (`--audit-retention-days`, default 90), however many there are.
 #[utoipa::path(
     get,
     path = "/orgs/{org}/audit",
@@ -183,8 +190,8 @@ pub(crate) async fn list(
 
 /// Read the platform audit log.
 ///
-/// Org creation and deletion, and requests naming orgs that do not exist. Platform
-/// admin token only.
+/// Org creation and deletion, requests naming orgs that do not exist, and a copy of
+/// every org token's request (kept after its org is deleted). Platform admin token only.
 #[utoipa::path(
     get,
     path = "/audit",

@@ -123,6 +123,7 @@ pub(crate) struct CaPatch {
     /// Whether the CA admits client certificates. Deactivating closes the live sessions
     /// it admitted.
     active: Option<bool>,
+    /// At most 500 characters, no control or bidi-control characters.
     description: Option<String>,
 }
 

@@ -21,7 +21,8 @@ pub(crate) struct NewOrg {
     /// 1-32 characters a-z 0-9, starting with a letter: the first label of the org's
     /// host name `<org>.<domain>`.
     id: String,
-    /// Display name; empty or missing: the id.
+    /// Display name, at most 200 characters, no control or bidi-control characters;
+    /// empty or missing: the id.
     #[serde(default)]
     name: String,
 }

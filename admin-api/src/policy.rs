@@ -65,7 +65,8 @@ pub(crate) async fn set(
 pub(crate) struct TokenRequest {
     /// `d:<type>:<id>`, `g:<type>:<id>` or `a:<appId>`.
     identity: String,
-    /// 8-128 printable characters. Omitted: the broker generates one (40 hex).
+    /// 16-128 printable characters (no control or bidi-control characters). Omitted:
+    /// the broker generates one (40 hex, 160 random bits).
     token: Option<String>,
 }
 

@@ -19,7 +19,7 @@ use crate::{ApiError, AppState, Json};
 pub(crate) struct BlockRequest {
     /// `d:<type>:<id>`, `g:<type>:<id>` or `a:<appId>`.
     identity: String,
-    /// Free text, at most 500 characters.
+    /// Free text, at most 500 characters, no control or bidi-control characters.
     #[serde(default)]
     reason: String,
 }

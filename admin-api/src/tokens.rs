@@ -20,7 +20,7 @@ use crate::{ApiError, AppState, Json};
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "ops"}))]
 pub(crate) struct NewTokenBody {
-    /// What the token is for: 1-100 characters, no control characters.
+    /// What the token is for: 1-100 characters, no control or bidi-control characters.
     name: String,
 }
 

@@ -29,6 +29,29 @@ impl Api {
         )
     }
 
+    /// `method uri` with `token` and an optional JSON body: (status, body).
+    async fn as_token(
+        &self,
+        token: &str,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.send(method, uri, Some(token), body.into())
+            .await
+            .parts()
+    }
+
+    /// Orgs acme and beta, each with a token `ops`: ((id, token) of acme's, of beta's).
+    async fn acme_and_beta() -> (Api, (String, String), (String, String)) {
+        let api = Api::new();
+        api.create_org("acme").await;
+        api.create_org("beta").await;
+        let acme = api.create_token(ADMIN, "acme", "ops").await;
+        let beta = api.create_token(ADMIN, "beta", "ops").await;
+        (api, acme, beta)
+    }
+
     async fn audit(&self, org: &str) -> Vec<Value> {
         let uri = if org == "_platform" {
             "/api/v1/audit".to_owned()
@@ -98,11 +121,7 @@ async fn org_tokens_are_shown_once_and_stored_as_a_salted_mac() {
 
 #[tokio::test]
 async fn an_org_token_sees_its_org_only() {
-    let api = Api::new();
-    api.create_org("acme").await;
-    api.create_org("beta").await;
-    let (_, acme) = api.create_token(ADMIN, "acme", "ops").await;
-    let (beta_token_id, _) = api.create_token(ADMIN, "beta", "ops").await;
+    let (api, (_, acme), (beta_token_id, _)) = Api::acme_and_beta().await;
 
     // Its own org, fully.
     let (s, b) = api
@@ -317,7 +336,8 @@ async fn audit_records_every_mutation_with_its_outcome() {
 
     // A success, a rule failure and a bad body by the org token; a read (not recorded);
     // another org's resource and a platform operation (recorded in the caller's own log,
-    // not beta's nor the platform's); an anonymous request (not recorded at all).
+    // not beta's; copied, like every org-token request, into the platform's); an
+    // anonymous request (not recorded at all).
     let (s, ca) = api
         .send(
             Method::POST,
@@ -490,7 +510,8 @@ async fn audit_records_every_mutation_with_its_outcome() {
         .parts();
     assert_eq!((s, b.as_array().unwrap().len()), (StatusCode::OK, 6));
 
-    // Org lifecycle is in the platform log, and survives the org.
+    // Org lifecycle and the org token's requests are in the platform log, and survive
+    // the org.
     let (s, _) = api.empty(Method::DELETE, "/api/v1/orgs/acme").await.parts();
     assert_eq!(s, StatusCode::NO_CONTENT);
     let platform = api.audit("_platform").await;
@@ -500,7 +521,16 @@ async fn audit_records_every_mutation_with_its_outcome() {
         .collect();
     assert_eq!(
         summaries,
-        ["delete org acme", "create org beta", "create org acme"]
+        [
+            "delete org acme".to_owned(),
+            "create org".into(),
+            "delete ca-certs x".into(),
+            format!("update ca-certs {ca_id}"),
+            "create ca-certs".into(),
+            "create ca-certs".into(),
+            "create org beta".into(),
+            "create org acme".into(),
+        ]
     );
     assert_eq!(platform[0]["org"], "acme");
     assert_eq!(platform[0]["token_id"], "platform");
@@ -619,4 +649,58 @@ async fn custom_domains_are_validated_unique_and_route_sni() {
     let log = api.audit("acme").await;
     assert_eq!(log[0]["summary"], "set domains []");
     assert_eq!(log[2]["summary"], "set domains [iot.example.com]");
+}
+
+/// Security review finding: what an org token did was only in the org's own log, which
+/// goes with the org, so the platform admin lost it. Org-token actions are copied into
+/// the platform log; an org's own view still shows only its own entries.
+#[tokio::test]
+async fn org_token_actions_reach_the_platform_log_and_outlive_the_org() {
+    let (api, (acme_id, acme_token), (beta_id, beta_token)) = Api::acme_and_beta().await;
+    for (token, org) in [(&acme_token, "acme"), (&beta_token, "beta")] {
+        let uri = format!("/api/v1/orgs/{org}/domains");
+        let body = json!({ "domains": [format!("{org}.example.com")] });
+        let (s, _) = api.as_token(token, Method::PUT, &uri, Some(body)).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    // acme's token probes beta: its own action, so in acme's log and the platform's.
+    let probe_uri = "/api/v1/orgs/beta/ca-certs/x";
+    let (s, _) = api
+        .as_token(&acme_token, Method::DELETE, probe_uri, None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let by = |log: &[Value], id: &str| -> Vec<String> {
+        log.iter()
+            .filter(|e| e["token_id"] == id)
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["method"].as_str().unwrap(),
+                    e["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let acme_put = "PUT /api/v1/orgs/acme/domains".to_owned();
+    let probe = "DELETE /api/v1/orgs/beta/ca-certs/x".to_owned();
+    let beta_put = "PUT /api/v1/orgs/beta/domains".to_owned();
+
+    // Each org sees its own entries only.
+    let acme_log = api.audit("acme").await;
+    assert_eq!(by(&acme_log, &acme_id), [probe.clone(), acme_put.clone()]);
+    assert!(by(&acme_log, &beta_id).is_empty());
+    let beta_log = api.audit("beta").await;
+    assert_eq!(by(&beta_log, &beta_id), std::slice::from_ref(&beta_put));
+    assert!(by(&beta_log, &acme_id).is_empty());
+
+    // The platform sees both orgs' token actions, and keeps them after acme is gone.
+    let (s, _) = api.empty(Method::DELETE, "/api/v1/orgs/acme").await.parts();
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let platform = api.audit("_platform").await;
+    assert_eq!(by(&platform, &acme_id), [probe, acme_put]);
+    assert_eq!(by(&platform, &beta_id), [beta_put]);
+    // A re-created acme starts with an empty log: nothing of the old acme, nor of beta.
+    api.create_org("acme").await;
+    assert!(api.audit("acme").await.is_empty());
 }

@@ -152,6 +152,28 @@ async fn orgs_lifecycle() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(error_code(&body), "bad_request");
     }
+    // Security review finding: NUL and bidi controls were accepted in org names.
+    for bad in [
+        "Bad\u{0}Corp",
+        "Evil\u{202e}gpj.exe",
+        "x\u{2067}y",
+        "tab\there",
+    ] {
+        let (status, body) = api
+            .json(
+                Method::POST,
+                "/api/v1/orgs",
+                json!({ "id": "beta", "name": bad }),
+            )
+            .await
+            .parts();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("org name contains") && message.contains("control"),
+            "{message}"
+        );
+    }
     let (status, body) = api
         .json(Method::POST, "/api/v1/orgs", json!({ "name": "no id" }))
         .await

@@ -686,8 +686,10 @@ async fn answers_are_as_documented() {
     let set_token = "POST /orgs/{org}/device-tokens";
     let generated = json(json!({"identity": "d:legacy:dev1"}));
     s.send(201, set_token, "", generated).await;
-    let given = json(json!({"identity": "d:legacy:dev2", "token": "s3cret-token"}));
+    let given = json(json!({"identity": "d:legacy:dev2", "token": "s3cret-token-16ch"}));
     s.send(201, set_token, "", given).await;
+    let short = json(json!({"identity": "d:legacy:dev2", "token": "8-chars!"}));
+    s.send(400, set_token, "", short).await;
     s.get(200, "/orgs/{org}/device-tokens", "").await;
     s.delete(204, "/orgs/{org}/device-tokens/{id}", "d:legacy:dev1")
         .await;

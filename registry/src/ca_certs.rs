@@ -104,6 +104,9 @@ pub struct CaView {
     pub pem: String,
 }
 
+/// The longest CA description, in characters.
+const MAX_DESCRIPTION_CHARS: usize = 500;
+
 impl Registry {
     /// Checks a CA upload without storing it.
     pub fn preview_ca(&self, bytes: &[u8]) -> Result<CertDetails> {
@@ -114,11 +117,7 @@ impl Registry {
     /// Uploads a CA, active at once. 409 when the org has it already, 422 when it breaks
     /// a CA rule or the org's CA limits (`too_many_cas`, see the module docs).
     pub fn add_ca(&self, org: &OrgId, bytes: &[u8], description: &str) -> Result<CaView> {
-        if description.chars().count() > 500 {
-            return Err(Error::BadRequest(
-                "description is longer than 500 characters".into(),
-            ));
-        }
+        crate::text::check("description", description, MAX_DESCRIPTION_CHARS)?;
         let der = cert::read_single(bytes)?;
         let details = cert::check_ca(&der, OffsetDateTime::now_utc())?;
         let _g = self.lock();
@@ -193,11 +192,7 @@ impl Registry {
             ca.active = a;
         }
         if let Some(d) = description {
-            if d.chars().count() > 500 {
-                return Err(Error::BadRequest(
-                    "description is longer than 500 characters".into(),
-                ));
-            }
+            crate::text::check("description", &d, MAX_DESCRIPTION_CHARS)?;
             ca.description = d;
         }
         self.store

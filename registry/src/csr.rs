@@ -134,14 +134,7 @@ fn field(name: &str, v: Option<String>, max: usize) -> Result<Option<String>> {
     let Some(v) = v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
-    if v.chars().count() > max {
-        return Err(bad(format!(
-            "subject.{name} is longer than {max} characters"
-        )));
-    }
-    if v.chars().any(char::is_control) {
-        return Err(bad(format!("subject.{name} contains control characters")));
-    }
+    crate::text::check(&format!("subject.{name}"), &v, max)?;
     Ok(Some(v))
 }
 

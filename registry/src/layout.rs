@@ -15,6 +15,13 @@ use crate::names::{Identity, OrgId};
 /// The platform default server certificate (one record, not per org).
 pub(crate) const PLATFORM_CERT: &str = "platform/server";
 
+/// Every org's CSRs.
+const CSRS: &str = "csr/";
+
+/// Where records holding sealed private keys live: the platform certificate, every
+/// org's server certificates and CSRs.
+pub(crate) const SEALED: [&str; 3] = [PLATFORM_CERT, SERVER_CERTS, CSRS];
+
 /// Every org record.
 pub(crate) const ORGS: &str = "org/";
 
@@ -46,7 +53,7 @@ pub(crate) fn server_cert(org: &OrgId, id: &str) -> String {
 }
 
 pub(crate) fn csrs(org: &OrgId) -> String {
-    format!("csr/{org}/")
+    format!("{CSRS}{org}/")
 }
 
 pub(crate) fn csr(org: &OrgId, id: &str) -> String {
@@ -100,8 +107,16 @@ pub(crate) fn audit_entry(log: &str, seq: u64) -> String {
     format!("{}{seq:020}", audit_entries(log))
 }
 
+/// Every log's last seq, so the logs that exist are one scan.
+pub(crate) const AUDIT_SEQS: &str = "audit-seq/";
+
 pub(crate) fn audit_seq(log: &str) -> String {
-    format!("audit-seq/{log}")
+    format!("{AUDIT_SEQS}{log}")
+}
+
+/// The oldest seq a log still keeps (entries are pruned from the old end).
+pub(crate) fn audit_low(log: &str) -> String {
+    format!("audit-low/{log}")
 }
 
 /// The org's custom domains (one list).
@@ -158,6 +173,7 @@ pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
         },
         at(Place::Prefix(audit_entries(org.as_str()))),
         at(Place::Key(audit_seq(org.as_str()))),
+        at(Place::Key(audit_low(org.as_str()))),
         OrgData {
             place: Place::Key(org_domains(org)),
             index_keys: Some(domain_owner_keys),
@@ -182,6 +198,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_sealed_record_is_under_a_sealed_prefix() {
+        let acme = OrgId::try_from("acme").unwrap();
+        for key in [
+            PLATFORM_CERT.to_owned(),
+            server_cert(&acme, "1"),
+            csr(&acme, "1"),
+        ] {
+            assert!(SEALED.iter().any(|p| key.starts_with(p)), "{key}");
+        }
+    }
+
+    #[test]
     fn every_per_org_key_is_in_org_data() {
         let acme = OrgId::try_from("acme").unwrap();
         let id = Identity::parse("d:sensor:1").unwrap();
@@ -204,6 +232,7 @@ mod tests {
             token(&acme, "1"),
             audit_entry(acme.as_str(), 1),
             audit_seq(acme.as_str()),
+            audit_low(acme.as_str()),
             org_domains(&acme),
         ] {
             assert!(covered(&key), "{key} is not deleted with its org");

@@ -32,10 +32,11 @@ pub mod seal;
 mod server_certs;
 mod server_upload;
 pub mod store;
+pub mod text;
 mod tls;
 pub mod tokens;
 
-pub use audit::{AuditEntry, AuditEvent, AuditLog};
+pub use audit::{Actor, AuditEntry, AuditEvent, AuditLog};
 pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
 pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use domains::DomainName;

@@ -22,11 +22,7 @@ pub struct Org {
 impl Registry {
     pub fn create_org(&self, id: &str, name: &str) -> Result<Org> {
         let id = OrgId::try_from(id)?;
-        if name.chars().count() > 200 {
-            return Err(Error::BadRequest(
-                "org name is longer than 200 characters".into(),
-            ));
-        }
+        crate::text::check("org name", name, 200)?;
         let _g = self.lock();
         if self.store.get(&layout::org(&id))?.is_some() {
             return Err(Error::Conflict(format!("org {id} already exists")));
@@ -124,7 +120,8 @@ mod tests {
             status: 200,
             error: None,
         };
-        r.record_audit(Some(org), event).unwrap();
+        r.record_audit(Some(org), crate::Actor::PlatformAdmin, event)
+            .unwrap();
         r.set_domains(org, &[format!("{org}-devices.example")])
             .unwrap();
     }

@@ -4,7 +4,9 @@
 //! (`use-token-auth` + the identity's token as password), either, and whether plain MQTT
 //! (port 1883) is open. A device type can override the org's level, and a gateway type
 //! can be limited to acting for listed device types. Tokens are stored as a random
-//! 16-byte salt and HMAC-SHA256(salt, token), verified in constant time.
+//! 16-byte salt and HMAC-SHA256(salt, token), verified in constant time. A token set
+//! through the API has 16-128 printable characters and a generated one 160 random bits,
+//! so guessing one online is hopeless (docs/security.md, "Device tokens").
 
 use std::collections::BTreeMap;
 
@@ -145,6 +147,33 @@ struct StoredToken {
     created_at: OffsetDateTime,
 }
 
+/// Random bytes in a generated device token (160 bits, shown as 40 hex characters).
+pub const GENERATED_TOKEN_BYTES: usize = 20;
+/// Characters a device token set through the API must have.
+pub const SET_TOKEN_CHARS: std::ops::RangeInclusive<usize> = 16..=128;
+
+/// Checks a token chosen by the caller: 16-128 printable characters
+/// (docs/security.md, "Device tokens"). Shorter ones are guessable online; the
+/// broker throttles failed attempts, but the length is what makes guessing hopeless.
+fn check_set_token(token: String) -> Result<String> {
+    let n = token.chars().count();
+    let rule = format!(
+        "a device token must be {}-{} printable characters",
+        SET_TOKEN_CHARS.start(),
+        SET_TOKEN_CHARS.end()
+    );
+    if !SET_TOKEN_CHARS.contains(&n) {
+        return Err(Error::BadRequest(format!("{rule}; this one has {n}")));
+    }
+    if let Some((at, c)) = crate::text::first_forbidden(&token) {
+        return Err(Error::BadRequest(format!(
+            "{rule}; this one has U+{:04X} at character {at}",
+            c as u32
+        )));
+    }
+    Ok(token)
+}
+
 /// HMAC-SHA256 keyed with the per-token salt, as org API tokens are stored.
 fn token_hash(salt: &[u8], token: &str) -> Vec<u8> {
     let key = hmac::Key::new(hmac::HMAC_SHA256, salt);
@@ -191,13 +220,8 @@ impl Registry {
     ) -> Result<DeviceToken> {
         let identity = Identity::parse(identity)?;
         let token = match token {
-            Some(t) if (8..=128).contains(&t.len()) && !t.chars().any(char::is_control) => t,
-            Some(_) => {
-                return Err(Error::BadRequest(
-                    "a token must be 8-128 printable characters".into(),
-                ))
-            }
-            None => hex::encode(random_bytes::<20>()),
+            Some(t) => check_set_token(t)?,
+            None => hex::encode(random_bytes::<GENERATED_TOKEN_BYTES>()),
         };
         let salt: [u8; 16] = random_bytes();
         let rec = StoredToken {
@@ -287,6 +311,53 @@ mod tests {
         assert!(!Level::TlsToken.admits(Plain, false, true));
         assert!(Level::TlsOptional.admits(Plain, false, true));
         assert!(!Level::TlsOptional.admits(Plain, false, false));
+    }
+
+    /// Security review finding: 8-character device tokens were accepted.
+    #[test]
+    fn set_tokens_need_16_to_128_printable_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = crate::registry::tests::registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        let set = |t: &str| r.set_device_token(&acme, "d:legacy:dev1", Some(t.to_owned()));
+        for bad in [
+            "8-chars!".to_owned(),
+            "x".repeat(15),
+            "x".repeat(129),
+            format!("{}\u{0}", "x".repeat(20)),
+            format!("{}\n", "x".repeat(20)),
+            format!("{}\u{202e}", "x".repeat(20)),
+        ] {
+            match set(&bad) {
+                Err(Error::BadRequest(m)) => {
+                    assert!(m.contains("16-128"), "{bad:?}: {m}")
+                }
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
+        for good in [
+            "x".repeat(16),
+            "x".repeat(128),
+            "correct horse battery".into(),
+        ] {
+            assert_eq!(set(&good).unwrap().token, good);
+        }
+    }
+
+    #[test]
+    fn generated_tokens_carry_at_least_128_random_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = crate::registry::tests::registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        let a = r.set_device_token(&acme, "d:legacy:a", None).unwrap().token;
+        let b = r.set_device_token(&acme, "d:legacy:b", None).unwrap().token;
+        // Hex of random bytes: 4 bits a character.
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert!(a.len() * 4 >= 128, "{a} has {} bits", a.len() * 4);
+        assert_eq!(a.len() * 4, GENERATED_TOKEN_BYTES * 8);
+        assert_ne!(a, b);
+        // A generated token is itself a valid set token.
+        r.set_device_token(&acme, "d:legacy:c", Some(a)).unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
+use crate::layout;
 use crate::names::OrgId;
 use crate::seal::MasterKey;
 use crate::store::{Op, Store};
@@ -50,6 +51,8 @@ pub struct Registry {
     listeners: RwLock<Vec<Listener>>,
     /// SNI routing for custom domains and certificate names (see `domains`).
     pub(crate) hosts: crate::domains::Hosts,
+    /// How long audit entries are kept (see `audit`).
+    pub(crate) audit_retention: time::Duration,
 }
 
 pub(crate) fn new_id() -> String {
@@ -67,10 +70,27 @@ impl Registry {
             write: Mutex::new(()),
             listeners: RwLock::new(Vec::new()),
             hosts: Default::default(),
+            audit_retention: time::Duration::days(
+                crate::audit::DEFAULT_AUDIT_RETENTION_DAYS.into(),
+            ),
         };
         r.ensure_platform_cert()?;
         r.load_hosts()?;
         Ok(r)
+    }
+
+    /// Whether `store` holds keys sealed under a master key (the platform certificate,
+    /// server certificates, CSRs): then a missing master key is a lost one, and start-up
+    /// must not create another (`MasterKey::load_or_create`).
+    pub fn has_sealed_keys(store: &dyn Store) -> Result<bool> {
+        for prefix in layout::SEALED {
+            // The platform certificate comes first and exists after any start: usually
+            // one small scan answers.
+            if !store.scan(prefix)?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub fn domain(&self) -> &str {

@@ -104,11 +104,7 @@ impl Registry {
     /// Blocks `identity` in `org`; live sessions of it are closed by the broker.
     pub fn block_device(&self, org: &OrgId, identity: &str, reason: &str) -> Result<BlockedDevice> {
         let identity = Identity::parse(identity)?;
-        if reason.chars().count() > 500 {
-            return Err(Error::BadRequest(
-                "reason is longer than 500 characters".into(),
-            ));
-        }
+        crate::text::check("reason", reason, 500)?;
         let _g = self.lock();
         self.get_org(org)?;
         let key = layout::blocked_device(org, &identity);

@@ -2,7 +2,11 @@
 //! the store, opened only when the broker builds a TLS config.
 //!
 //! The master key comes from `CERTMQ_MASTER_KEY` (64 hex chars) or from
-//! `<data-dir>/master.key`, created with mode 0600 on first start.
+//! `<data-dir>/master.key`, created with mode 0600 on first start, and only then: when
+//! the store already holds sealed keys, a missing key file is a lost key, not a first
+//! start. A new key would open none of them, and writing it would hide what happened
+//! behind a later "cannot open" error, so start-up refuses instead
+//! (docs/security.md, "Master key").
 
 use std::fmt;
 use std::path::Path;
@@ -49,18 +53,31 @@ impl MasterKey {
         }
     }
 
-    /// Loads the key from `env_value` (hex) when given, else from `<dir>/master.key`,
-    /// creating that file (0600) with a fresh random key when it does not exist.
-    pub fn load_or_create(dir: &Path, env_value: Option<&str>) -> Result<MasterKey, SealError> {
+    /// Loads the key from `env_value` (hex) when given, else from `<dir>/master.key`.
+    /// When that file does not exist, a fresh random key is written there (0600) only if
+    /// `sealed_data_exists` is false; otherwise this refuses, and writes nothing.
+    pub fn load_or_create(
+        dir: &Path,
+        env_value: Option<&str>,
+        sealed_data_exists: bool,
+    ) -> Result<MasterKey, SealError> {
         if let Some(hex_key) = env_value {
             return Self::from_hex(hex_key.trim());
         }
         let path = dir.join("master.key");
         match std::fs::read_to_string(&path) {
             Ok(s) => Self::from_hex(s.trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && sealed_data_exists => {
+                Err(SealError::MasterKey(format!(
+                    "sealed keys exist in {} but master.key is missing: restore it or set \
+                     CERTMQ_MASTER_KEY; refusing to create a new one",
+                    dir.display()
+                )))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let bytes: [u8; 32] = random_bytes();
-                write_private_file(&path, hex::encode(bytes).as_bytes())
+                // create_new: a key file that appeared meanwhile is never overwritten.
+                write_new_private_file(&path, hex::encode(bytes).as_bytes())
                     .map_err(|e| SealError::MasterKey(format!("{}: {e}", path.display())))?;
                 Ok(Self::from_bytes(&bytes))
             }
@@ -112,9 +129,24 @@ impl MasterKey {
 
 /// Writes a file readable by its owner only (mode 0600 on Unix).
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
+    write_private(opts, path, contents)
+}
+
+/// As [`write_private_file`], but fails when `path` exists.
+fn write_new_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    write_private(opts, path, contents)
+}
+
+fn write_private(
+    mut opts: std::fs::OpenOptions,
+    path: &Path,
+    contents: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -145,10 +177,25 @@ mod tests {
     #[test]
     fn creates_and_reloads_key_file() {
         let dir = tempfile::tempdir().unwrap();
-        let a = MasterKey::load_or_create(dir.path(), None).unwrap();
-        let b = MasterKey::load_or_create(dir.path(), None).unwrap();
+        let a = MasterKey::load_or_create(dir.path(), None, false).unwrap();
+        let b = MasterKey::load_or_create(dir.path(), None, true).unwrap();
         let s = a.seal(b"c", b"p");
         assert_eq!(b.open(b"c", &s).unwrap(), b"p");
-        assert!(MasterKey::load_or_create(dir.path(), Some("zz")).is_err());
+        assert!(MasterKey::load_or_create(dir.path(), Some("zz"), false).is_err());
+    }
+
+    #[test]
+    fn a_missing_key_is_not_created_over_sealed_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = MasterKey::load_or_create(dir.path(), None, true).unwrap_err();
+        assert!(
+            e.to_string().contains("refusing to create a new one"),
+            "{e}"
+        );
+        assert!(!dir.path().join("master.key").exists());
+        // The environment variable still works.
+        let hex = "11".repeat(32);
+        MasterKey::load_or_create(dir.path(), Some(&hex), true).unwrap();
+        assert!(!dir.path().join("master.key").exists());
     }
 }

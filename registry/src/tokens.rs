@@ -105,16 +105,12 @@ impl Registry {
     /// Creates a token for `org`. The answer carries the token; the store keeps its MAC.
     pub fn create_token(&self, org: &OrgId, name: &str) -> Result<NewToken> {
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        if name.is_empty() {
             return Err(Error::BadRequest(format!(
                 "token name must be 1-{MAX_NAME_CHARS} characters"
             )));
         }
-        if name.chars().any(char::is_control) {
-            return Err(Error::BadRequest(
-                "token name must not contain control characters".into(),
-            ));
-        }
+        crate::text::check("token name", name, MAX_NAME_CHARS)?;
         let id = new_id();
         let token = format!(
             "{TOKEN_PREFIX}{id}_{}",

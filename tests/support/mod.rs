@@ -40,6 +40,12 @@ impl Server {
         s
     }
 
+    /// Starts a server on free loopback ports over `dir`, which the caller keeps (and
+    /// may inspect or reuse after the server is gone).
+    pub fn start_in(dir: &Path) -> Server {
+        Self::spawn(dir, "127.0.0.1:0")
+    }
+
     fn spawn(dir: &Path, mqtt: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_certmq"))
             .args(["serve", "--data-dir"])

@@ -1,0 +1,87 @@
+//! Start-up refusals: the real binary on a data directory it must not touch.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Runs `certmq serve` over `dir` without `CERTMQ_MASTER_KEY`; returns its exit success
+/// and standard error, or panics when it is still running after `wait` (a server that
+/// started instead of refusing).
+fn serve_expecting_exit(dir: &std::path::Path, wait: Duration) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_certmq"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--mqtt", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--mqtt-plain", "off", "--domain", DOMAIN])
+        .env("CERTMQ_ADMIN_TOKEN", TOKEN)
+        .env_remove("CERTMQ_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn certmq");
+    let deadline = Instant::now() + wait;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for certmq") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("certmq kept running without its master key");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.success(), err)
+}
+
+/// Security review finding: with `master.key` gone, start-up silently wrote a new key
+/// and then failed on the sealed keys it could not open.
+#[tokio::test]
+async fn a_missing_master_key_is_not_replaced_when_sealed_keys_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start_in(dir);
+    let org = Org::create(&server, "acme").await;
+    drop(server);
+
+    let key_path = dir.join("master.key");
+    let key = std::fs::read(&key_path).unwrap();
+    std::fs::remove_file(&key_path).unwrap();
+
+    let (ok, stderr) = serve_expecting_exit(dir, Duration::from_secs(20));
+    assert!(!ok, "certmq started without its master key: {stderr}");
+    let want = format!(
+        "sealed keys exist in {} but master.key is missing: restore it or set \
+         CERTMQ_MASTER_KEY; refusing to create a new one",
+        dir.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(!key_path.exists(), "a new master key was written");
+
+    // With the key restored everything is as it was: the sealed key still opens.
+    std::fs::write(&key_path, key).unwrap();
+    let server = Server::start_in(dir);
+    let (status, certs) = server
+        .api()
+        .call(reqwest::Method::GET, "/orgs/acme/server-certs", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(certs[0]["pem"].as_str().unwrap(), org.server_pem);
+    assert_eq!(certs[0]["active"], true);
+}
+
+#[tokio::test]
+async fn a_fresh_data_dir_gets_a_new_master_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(tmp.path());
+    assert!(tmp.path().join("master.key").exists());
+    drop(server);
+}
