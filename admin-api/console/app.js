@@ -529,6 +529,13 @@ async function pageOrg(main, org, tab, id) {
   try {
     const info = await api('GET', `/orgs/${enc(org)}`);
     if (info.name && info.name !== info.id) title.append(h('span', { class: 'org-name' }, ` · ${info.name}`));
+    // The broker could not apply the org's latest change: it serves the last good one.
+    if (info.tls_error) {
+      header.after(h('div', { class: 'alert error', role: 'alert', id: 'tls-error' },
+        h('strong', {}, 'TLS configuration not applied: '),
+        h('span', {}, info.tls_error),
+        h('p', { class: 'hint' }, 'Devices are served with the last configuration that worked until this is fixed.')));
+    }
   } catch (e) {
     showError(msg, e, `Opening organization ${org}`);
     tabs.remove();

@@ -203,3 +203,35 @@ async fn the_admitting_ca_comes_from_the_verified_path_not_the_clients_order() {
         .unwrap();
     assert!(live.wait_closed(Duration::from_secs(5)).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_fails_to_build_keeps_the_org_on_its_last_good_one() {
+    use registry::store::{Op, Store};
+    let h = Harness::start().await;
+    let acme = h.org("acme");
+    let dev = acme.cert("d:sensor:dev1");
+    acme.connect("d:acme:sensor:dev1", Some(&dev), None)
+        .await
+        .expect("connects while healthy");
+    assert_eq!(h.broker.tls_error(&acme.id), None);
+    // The active server certificate's record goes bad (a disk fault, a bad restore).
+    h.store
+        .apply(vec![Op::Put(
+            format!("srv/acme/{}", acme.server_cert_id),
+            b"not json".to_vec(),
+        )])
+        .unwrap();
+    // Any change makes the broker rebuild the org's config, which now fails ...
+    h.registry
+        .block_device(&acme.id, "d:sensor:other", "test")
+        .unwrap();
+    let error = h
+        .broker
+        .tls_error(&acme.id)
+        .expect("the failure is reported");
+    assert!(!error.is_empty());
+    // ... and the org keeps being served with its last good config.
+    acme.connect("d:acme:sensor:dev1", Some(&dev), None)
+        .await
+        .expect("the org stays online");
+}

@@ -26,6 +26,8 @@ pub struct Harness {
     pub broker: Arc<Broker>,
     pub registry: Arc<Registry>,
     pub mqtt: SocketAddr,
+    /// The registry's store, for tests that corrupt it on purpose.
+    pub store: Arc<SledStore>,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -40,7 +42,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(SledStore::open(dir.path()).expect("store"));
         let key = MasterKey::from_bytes(&[7; 32]);
-        let registry = Arc::new(Registry::new(store, key, DOMAIN).expect("registry"));
+        let registry = Arc::new(Registry::new(store.clone(), key, DOMAIN).expect("registry"));
         let broker = Broker::new(registry.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -52,6 +54,7 @@ impl Harness {
             broker,
             registry,
             mqtt,
+            store,
             shutdown,
             _dir: dir,
         }
@@ -73,6 +76,7 @@ impl Harness {
             .expect("activate");
         TestOrg {
             id: org,
+            server_cert_id: server.id,
             ca,
             ca_id,
             target: BrokerTarget {
@@ -94,6 +98,8 @@ impl Drop for Harness {
 /// An org of the harness.
 pub struct TestOrg {
     pub id: OrgId,
+    /// The active server certificate.
+    pub server_cert_id: String,
     pub ca: TestCa,
     pub ca_id: String,
     pub target: BrokerTarget,
