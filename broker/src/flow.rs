@@ -73,39 +73,40 @@ impl OrgFlow {
     }
 }
 
-/// Flow state of every org, and the router's lag.
+/// The lag of the router an org lives on, and its notification after each
+/// measurement.
+pub type RouterLag = (Arc<AtomicU64>, Arc<Notify>);
+
+/// Flow state of every org, and how to find its router's lag.
 pub struct Pressure {
     orgs: Mutex<HashMap<OrgId, Arc<OrgFlow>>>,
-    router_lag_us: Arc<AtomicU64>,
-    /// Woken by the router probe after each measurement.
-    router: Arc<Notify>,
+    router_lag: Box<dyn Fn(&OrgId) -> RouterLag + Send + Sync>,
 }
 
 impl Pressure {
-    /// `router_lag_us` is the engine's measured lag (see `Engine::lag_handle`);
-    /// `router` is notified after every measurement.
-    pub fn new(router_lag_us: Arc<AtomicU64>, router: Arc<Notify>) -> Pressure {
+    /// `router_lag` gives the lag of an org's router (see `Engine::lag`).
+    pub fn new(router_lag: impl Fn(&OrgId) -> RouterLag + Send + Sync + 'static) -> Pressure {
         Pressure {
             orgs: Mutex::default(),
-            router_lag_us,
-            router,
+            router_lag: Box::new(router_lag),
         }
     }
 
     /// The flow state of a new session of `org` (looked up once per session: no lock
     /// per packet).
-    pub fn flow(&self, org: &OrgId) -> Flow {
+    pub fn flow(&self, org_id: &OrgId) -> Flow {
+        let (router_lag_us, router) = (self.router_lag)(org_id);
         let org = self
             .orgs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(org.clone())
+            .entry(org_id.clone())
             .or_default()
             .clone();
         Flow {
             org,
-            router_lag_us: self.router_lag_us.clone(),
-            router: self.router.clone(),
+            router_lag_us,
+            router,
             behind_until: None,
         }
     }
@@ -227,7 +228,8 @@ mod tests {
 
     fn pressure() -> (Pressure, Arc<AtomicU64>) {
         let lag = Arc::new(AtomicU64::new(0));
-        (Pressure::new(lag.clone(), Arc::default()), lag)
+        let probe = lag.clone();
+        (Pressure::new(move |_| (probe.clone(), Arc::default())), lag)
     }
 
     #[tokio::test]

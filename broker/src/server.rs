@@ -75,7 +75,10 @@ impl Broker {
         let ctx = Arc::new(SessionCtx {
             registry: registry.clone(),
             tls: tls.clone(),
-            pressure: crate::flow::Pressure::new(engine.lag_handle(), engine.lag_measured()),
+            pressure: {
+                let engine = engine.clone();
+                crate::flow::Pressure::new(move |org| engine.lag(org))
+            },
             engine,
             sessions: sessions.clone(),
             limits: config.limits.clone(),

@@ -58,9 +58,13 @@ pub(crate) enum Outbound {
 }
 
 /// A running engine: cheap to clone.
+///
+/// It runs several routers (see [`EngineConfig::routers`]), each on its own thread, and
+/// puts each org on one of them: orgs never share topics, so they need not share a
+/// router, and different orgs' traffic uses different cores.
 #[derive(Clone)]
 pub struct Engine {
-    router: Router,
+    routers: Arc<[Router]>,
     state: Arc<State>,
 }
 
@@ -83,6 +87,15 @@ fn org_of(topic: &[u8]) -> Option<OrgId> {
     let rest = topic.strip_prefix(b"/tenants/")?;
     let end = rest.iter().position(|b| *b == b'/')?;
     OrgId::try_from(std::str::from_utf8(&rest[..end]).ok()?).ok()
+}
+
+/// Which of `n` routers an org lives on: a stable hash of its id (FNV-1a), so an org
+/// keeps its router for the life of the process.
+fn router_index(org: &str, n: usize) -> usize {
+    let hash = org.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % n.max(1) as u64).unwrap_or(0)
 }
 
 /// The org of a client id (`d:<org>:…`, `a:<org>:…`).
@@ -113,9 +126,25 @@ impl Engine {
     /// Starts the engine (rumqttd's router on its own thread, the broker's own link and
     /// the router probe).
     pub fn start(config: &EngineConfig) -> Engine {
+        let routers: Vec<Router> = (0..config.routers.max(1))
+            .map(|_| Router::start(config))
+            .collect();
         Engine {
-            router: Router::start(config),
+            routers: routers.into(),
             state: Arc::default(),
+        }
+    }
+
+    /// The router `org` lives on.
+    fn router(&self, org: &str) -> &Router {
+        &self.routers[router_index(org, self.routers.len())]
+    }
+
+    /// The router of the org an internal topic belongs to.
+    fn router_of_topic(&self, topic: &[u8]) -> &Router {
+        match org_of(topic) {
+            Some(org) => self.router(org.as_str()),
+            None => &self.routers[0],
         }
     }
 
@@ -127,7 +156,8 @@ impl Engine {
         client_id: &str,
         clean_session: bool,
     ) -> Result<(Link, Packet), EngineError> {
-        let (tx, rx, ack) = self.router.link(client_id, clean_session).await?;
+        let router = self.router(org_of_client(client_id).unwrap_or_default());
+        let (tx, rx, ack) = router.link(client_id, clean_session).await?;
         let ack = Option::<Packet>::from(ack)
             .ok_or_else(|| EngineError("the engine answered the link without a CONNACK".into()))?;
         Ok((
@@ -157,17 +187,17 @@ impl Engine {
     pub(crate) async fn publish(&self, topic: Bytes, payload: Bytes, retain: bool) {
         let publish = Publish::new(topic, payload, retain);
         self.state.note_publish(&publish);
-        self.router.publish(publish).await;
+        self.router_of_topic(&publish.topic).publish(publish).await;
     }
 
-    /// How far behind the router is (see `flow.rs`).
-    pub(crate) fn lag_handle(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.router.lag_handle()
-    }
-
-    /// Notified after every measurement of the router's lag.
-    pub(crate) fn lag_measured(&self) -> Arc<tokio::sync::Notify> {
-        self.router.measured()
+    /// How far behind the router of `org` is, and the notification after each
+    /// measurement of it (see `flow.rs`).
+    pub(crate) fn lag(
+        &self,
+        org: &OrgId,
+    ) -> (Arc<std::sync::atomic::AtomicU64>, Arc<tokio::sync::Notify>) {
+        let router = self.router(org.as_str());
+        (router.lag_handle(), router.measured())
     }
 
     /// Forgets everything `org` left in the engine: its retained messages are cleared
@@ -176,7 +206,7 @@ impl Engine {
     pub(crate) async fn purge(&self, org: &OrgId) {
         let topics = lock(&self.state.retained).remove(org).unwrap_or_default();
         for topic in topics {
-            self.router
+            self.router(org.as_str())
                 .publish(Publish::new(Bytes::from(topic), Bytes::new(), true))
                 .await;
         }
@@ -285,6 +315,22 @@ mod tests {
         assert_eq!(org_of(b"/certmq/probe"), None);
         assert_eq!(org_of(b"/tenants/"), None);
         assert_eq!(org_of_client("d:acme:t:d"), Some("acme"));
+    }
+
+    #[test]
+    fn orgs_spread_over_routers_and_keep_theirs() {
+        let orgs: Vec<String> = (0..64).map(|i| format!("org{i}")).collect();
+        let mut used = [0usize; 4];
+        for o in &orgs {
+            let i = router_index(o, 4);
+            assert_eq!(i, router_index(o, 4), "stable");
+            used[i] += 1;
+        }
+        assert!(
+            used.iter().all(|n| *n > 0),
+            "every router gets orgs: {used:?}"
+        );
+        assert_eq!(router_index("acme", 1), 0);
     }
 
     #[test]

@@ -15,6 +15,10 @@ use super::EngineError;
 /// Engine sizing.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Routers (threads); each org is routed by one of them. Default: the number of
+    /// cores, at most 8.
+    pub routers: usize,
+    /// Connections one router admits (an org may have them all).
     pub max_connections: usize,
     /// Packets the router queues for one client before it waits for that client.
     pub max_outgoing_packet_count: u64,
@@ -27,6 +31,9 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            routers: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(8),
             max_connections: 100_000,
             max_outgoing_packet_count: 200,
             max_segment_size: 1024 * 1024,
