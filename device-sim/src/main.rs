@@ -189,9 +189,21 @@ enum BenchCommand {
         qos: u8,
         #[arg(long, default_value_t = 64)]
         payload_bytes: usize,
-        /// Messages each publisher may have on the way to the application.
+        /// What lets a publisher send: `e2e`, the application's receipt (closed loop,
+        /// `--window`); `puback`, the broker's PUBACK (QoS 1, `--inflight`, `--rate`),
+        /// as device SDKs do.
+        #[arg(long, value_enum, default_value_t = Driver::E2e)]
+        driver: Driver,
+        /// e2e: messages each publisher may have on the way to the application.
         #[arg(long, default_value_t = 10)]
         window: usize,
+        /// puback: PUBLISHes each publisher may have unacknowledged by the broker.
+        #[arg(long, default_value_t = 100)]
+        inflight: usize,
+        /// puback: total offered msgs/s over all publishers, paced evenly (0: as fast as
+        /// PUBACKs allow).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
         #[arg(long, default_value_t = 1_000)]
         warmup_ms: u64,
         #[arg(long, default_value_t = 10_000)]
@@ -251,6 +263,15 @@ enum BenchCommand {
     },
 }
 
+/// What lets a throughput publisher send its next message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Driver {
+    /// The application received one (closed loop through the broker).
+    E2e,
+    /// The broker acknowledged one (PUBACK), as device SDKs do.
+    Puback,
+}
+
 #[derive(Args)]
 struct CompareArgs {
     /// The certmq binary (default: `certmq` next to this binary).
@@ -277,7 +298,7 @@ struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,throughput,idle,resume,flood,reload"
+        default_value = "connect,throughput,idle,resume,flood,reload,inflight,overload"
     )]
     scenarios: Vec<String>,
     #[arg(long, default_value_t = 5_000)]
@@ -299,6 +320,24 @@ struct CompareArgs {
     flood_subscriber_rate: u64,
     #[arg(long, default_value_t = 20)]
     reload_iterations: usize,
+    /// inflight, overload: QoS 1 publishers driven by PUBACKs.
+    #[arg(long, default_value_t = 8)]
+    puback_publishers: usize,
+    /// inflight, overload: unmeasured start of every run, ms.
+    #[arg(long, default_value_t = 1_000)]
+    puback_warmup_ms: u64,
+    /// inflight, overload: measurement window of every run, ms.
+    #[arg(long, default_value_t = 4_000)]
+    puback_measure_ms: u64,
+    /// inflight: the windows (unacknowledged PUBLISHes per publisher) to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    inflight_windows: Vec<usize>,
+    /// overload: window of the capacity run and of every load level.
+    #[arg(long, default_value_t = 100)]
+    overload_inflight: usize,
+    /// overload: offered rates in % of each broker's unpaced delivered rate.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,100,150,200,400")]
+    overload_percents: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -509,9 +548,11 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
             publishers,
             qos,
             payload_bytes,
+            driver: Driver::E2e,
             window,
             warmup_ms,
             measure_ms,
+            ..
         } => (
             target,
             Scenario::Throughput(bench::ThroughputConfig {
@@ -523,6 +564,33 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
                 measure_ms,
             }),
         ),
+        BenchCommand::Throughput {
+            target,
+            publishers,
+            qos,
+            payload_bytes,
+            driver: Driver::Puback,
+            inflight,
+            rate,
+            warmup_ms,
+            measure_ms,
+            ..
+        } => {
+            if qos != 1 {
+                bail!("--driver puback publishes QoS 1 (PUBACKs drive it); drop --qos {qos}");
+            }
+            (
+                target,
+                Scenario::Puback(bench::PubackConfig {
+                    publishers,
+                    payload_bytes,
+                    inflight,
+                    rate,
+                    warmup_ms,
+                    measure_ms,
+                }),
+            )
+        }
         BenchCommand::Idle {
             target,
             connections,
@@ -635,6 +703,15 @@ async fn compare_cmd(args: CompareArgs) -> Result<()> {
             subscriber_rate: args.flood_subscriber_rate,
             ..Default::default()
         },
+        puback: bench::PubackConfig {
+            publishers: args.puback_publishers,
+            warmup_ms: args.puback_warmup_ms,
+            measure_ms: args.puback_measure_ms,
+            ..Default::default()
+        },
+        inflight_windows: args.inflight_windows,
+        overload_inflight: args.overload_inflight,
+        overload_percents: args.overload_percents,
         reload_iterations: args.reload_iterations,
         command_line: std::env::args()
             .map(|a| a.rsplit('/').next().unwrap_or(&a).to_owned())

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::overload::{self, OverloadCurve, OverloadPoint};
 use super::{
     nofile_limit, BenchReport, BenchTarget, ConnectConfig, FloodConfig, IdleConfig, LatencySummary,
-    ReloadConfig, Results, ResumeConfig, Scenario, ThroughputConfig,
+    PubackConfig, PubackResult, ReloadConfig, Results, ResumeConfig, Scenario, ThroughputConfig,
 };
 use crate::admin::AdminClient;
 use crate::certs::TestCa;
@@ -51,8 +52,7 @@ pub struct CompareOptions {
     pub org: String,
     /// Run the brokers under `taskset -c 0`.
     pub pin: bool,
-    /// Scenarios to run, out of `connect`, `throughput`, `idle`, `resume`, `flood`,
-    /// `reload`.
+    /// Scenarios to run, out of [`ALL_SCENARIOS`].
     pub scenarios: Vec<String>,
     pub connect: ConnectConfig,
     /// Its `qos` is ignored: fan-in runs at QoS 0 and at QoS 1.
@@ -60,13 +60,31 @@ pub struct CompareOptions {
     pub idle: IdleConfig,
     pub resume: ResumeConfig,
     pub flood: FloodConfig,
+    /// Publishers, payload and run lengths of `inflight` and `overload` (its `inflight`
+    /// and `rate` are set per run).
+    pub puback: PubackConfig,
+    /// `inflight`: the windows to measure, unpaced.
+    pub inflight_windows: Vec<usize>,
+    /// `overload`: the window of the capacity run and of every load level.
+    pub overload_inflight: usize,
+    /// `overload`: offered rates in % of the broker's own capacity.
+    pub overload_percents: Vec<u32>,
     pub reload_iterations: usize,
     /// The command line, quoted in the document.
     pub command_line: String,
 }
 
 /// All scenario names, in the order they run.
-pub const ALL_SCENARIOS: [&str; 6] = ["connect", "throughput", "idle", "resume", "flood", "reload"];
+pub const ALL_SCENARIOS: [&str; 8] = [
+    "connect",
+    "throughput",
+    "idle",
+    "resume",
+    "flood",
+    "reload",
+    "inflight",
+    "overload",
+];
 
 /// A broker process started for one scenario.
 struct Running {
@@ -327,50 +345,137 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
         let r = ReloadConfig::new("http://127.0.0.1:1", TOKEN, opts.reload_iterations);
         plan.push((Scenario::Reload(r), vec![Broker::Certmq]));
     }
+    if wants("inflight") {
+        for &inflight in &opts.inflight_windows {
+            let c = PubackConfig {
+                inflight,
+                rate: 0,
+                ..opts.puback.clone()
+            };
+            plan.push((Scenario::Puback(c), both.clone()));
+        }
+    }
 
     let mut reports = Vec::new();
     for (scenario, brokers) in plan {
         for broker in brokers {
-            let running = match broker {
-                Broker::Mosquitto => start_mosquitto(opts, &m)?,
-                Broker::Certmq => start_certmq(opts, &m).await?,
-            };
-            let mut target = BenchTarget::new(
-                broker.name(),
-                running.addr,
-                &opts.org,
-                &sni,
-                &m.server_chain,
-            );
-            target.broker_pid = Some(running.child.id());
-            if broker == Broker::Mosquitto {
-                // No Watson topic rewriting there: the application takes everything.
-                target.app_filter = "iot-2/#".into();
-            }
-            let mut scenario = scenario.clone();
-            if let (Scenario::Reload(r), Some(url)) = (&mut scenario, &running.admin_url) {
-                r.admin_url = url.clone();
-            }
-            eprintln!("== {} {:?}", broker.name(), scenario);
-            // Let the fresh broker settle (and the previous one's sockets go).
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let report = super::run(&target, &m.ca, &scenario)
-                .await
-                .with_context(|| {
-                    format!("{} against {}", scenario_name(&scenario), broker.name())
-                })?;
-            drop(running);
-            report.write(&out)?;
-            eprintln!("{}", headline(&report));
-            reports.push(report);
+            reports.push(run_on(opts, &m, &out, broker, &scenario).await?);
         }
     }
+    let mut curves = Vec::new();
+    if wants("overload") {
+        for broker in both {
+            curves.push(overload_curve(opts, &m, &out, broker, &mut reports).await?);
+        }
+        overload::write(&out, &reports, &curves)?;
+    } else if wants("inflight") {
+        overload::write(&out, &reports, &curves)?;
+    }
     if let Some(doc) = &opts.doc {
-        let section = markdown(&reports, &environment(opts), &opts.command_line);
+        let section = markdown(&reports, &curves, &environment(opts), &opts.command_line);
         update_doc(doc, &section)?;
         eprintln!("updated {}", doc.display());
     }
     Ok(reports)
+}
+
+/// Starts a fresh `broker`, runs `scenario` against it, stops it; writes the report.
+async fn run_on(
+    opts: &CompareOptions,
+    m: &Material,
+    out: &Path,
+    broker: Broker,
+    scenario: &Scenario,
+) -> Result<BenchReport> {
+    let running = match broker {
+        Broker::Mosquitto => start_mosquitto(opts, m)?,
+        Broker::Certmq => start_certmq(opts, m).await?,
+    };
+    let sni = format!("{}.{DOMAIN}", opts.org);
+    let mut target = BenchTarget::new(
+        broker.name(),
+        running.addr,
+        &opts.org,
+        &sni,
+        &m.server_chain,
+    );
+    target.broker_pid = Some(running.child.id());
+    if broker == Broker::Mosquitto {
+        // No Watson topic rewriting there: the application takes everything.
+        target.app_filter = "iot-2/#".into();
+    }
+    let mut scenario = scenario.clone();
+    if let (Scenario::Reload(r), Some(url)) = (&mut scenario, &running.admin_url) {
+        r.admin_url = url.clone();
+    }
+    eprintln!("== {} {:?}", broker.name(), scenario);
+    // Let the fresh broker settle (and the previous one's sockets go).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = super::run(&target, &m.ca, &scenario)
+        .await
+        .with_context(|| format!("{} against {}", scenario_name(&scenario), broker.name()))?;
+    drop(running);
+    report.write(out)?;
+    eprintln!("{}", headline(&report));
+    Ok(report)
+}
+
+/// `overload` for one broker: its capacity (delivered msgs/s of an unpaced
+/// PUBACK-driven run; the `inflight` scenario's run is reused when it had the same
+/// parameters), then one paced run per load level, each against a fresh broker so
+/// that no backlog carries over from one level to the next.
+async fn overload_curve(
+    opts: &CompareOptions,
+    m: &Material,
+    out: &Path,
+    broker: Broker,
+    reports: &mut Vec<BenchReport>,
+) -> Result<OverloadCurve> {
+    let base = PubackConfig {
+        inflight: opts.overload_inflight,
+        rate: 0,
+        ..opts.puback.clone()
+    };
+    let reused = reports.iter().find_map(|r| match &r.results {
+        Results::Puback(p) if r.broker == broker.name() && r.config == config_json(&base) => {
+            Some(p.clone())
+        }
+        _ => None,
+    });
+    let capacity = match reused {
+        Some(p) => p,
+        None => {
+            let report = run_on(opts, m, out, broker, &Scenario::Puback(base.clone())).await?;
+            let Results::Puback(p) = &report.results else {
+                bail!("overload: capacity run returned {}", report.results.name());
+            };
+            let p = p.clone();
+            reports.push(report);
+            p
+        }
+    };
+    let mut points = Vec::new();
+    for (percent, rate) in overload::rates(capacity.delivered_per_s, &opts.overload_percents) {
+        let cfg = PubackConfig {
+            rate,
+            ..base.clone()
+        };
+        let report = run_on(opts, m, out, broker, &Scenario::Puback(cfg)).await?;
+        if let Results::Puback(p) = &report.results {
+            points.push(OverloadPoint::new(percent, p));
+        }
+        reports.push(report);
+    }
+    Ok(OverloadCurve {
+        broker: broker.name().to_owned(),
+        inflight: base.inflight,
+        capacity_per_s: capacity.delivered_per_s,
+        points,
+    })
+}
+
+fn config_json(c: &PubackConfig) -> serde_json::Value {
+    serde_json::to_value(c).unwrap_or_default()
 }
 
 fn scenario_name(s: &Scenario) -> &'static str {
@@ -381,6 +486,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::Resume(_) => "resume",
         Scenario::Reload(_) => "reload",
         Scenario::Flood(_) => "flood",
+        Scenario::Puback(_) => "puback",
     }
 }
 
@@ -439,12 +545,27 @@ pub fn headline(r: &BenchReport) -> String {
             f.undelivered,
             num(f.peak_rss_kib.map(|k| k as f64 / 1024.0))
         ),
+        Results::Puback(p) => puback_headline(p),
     };
     format!("{} {}: {body}{errors}", r.broker, r.results.name())
 }
 
+/// `offered … acked … delivered msgs/s, p50 … ms, … lost` of a PUBACK-driven run.
+fn puback_headline(p: &PubackResult) -> String {
+    format!(
+        "offered {:.0}, acked {:.0}, delivered {:.0} msgs/s, {} max {} ms, {} lost, peak RSS {} MiB",
+        p.offered_per_s,
+        p.acked_per_s,
+        p.delivered_per_s,
+        percentiles(p.latency.as_ref()),
+        num(p.latency.as_ref().map(|l| l.max_ms)),
+        p.lost,
+        num(p.peak_rss_kib.map(|k| k as f64 / 1024.0))
+    )
+}
+
 /// `p50 … p99 … p99.9 … ms` of a latency summary, for [`headline`].
-fn percentiles(l: Option<&LatencySummary>) -> String {
+pub(super) fn percentiles(l: Option<&LatencySummary>) -> String {
     format!(
         "p50 {} p99 {} p99.9 {} ms",
         num(l.map(|l| l.p50_ms)),
@@ -454,7 +575,7 @@ fn percentiles(l: Option<&LatencySummary>) -> String {
 }
 
 /// A number for tables: 3 significant digits below 100, whole numbers above; `–` for none.
-fn num(v: Option<f64>) -> String {
+pub(super) fn num(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
         Some(v) if v.abs() >= 100.0 => {
@@ -479,7 +600,7 @@ fn num(v: Option<f64>) -> String {
     }
 }
 
-fn ratio(certmq: Option<f64>, mosquitto: Option<f64>) -> String {
+pub(super) fn ratio(certmq: Option<f64>, mosquitto: Option<f64>) -> String {
     match (certmq, mosquitto) {
         (Some(c), Some(m)) if m > 0.0 => format!("{:.2}×", c / m),
         _ => "–".into(),
@@ -580,7 +701,12 @@ fn environment(opts: &CompareOptions) -> Environment {
 }
 
 /// The generated section: environment, then one table row per metric.
-pub fn markdown(reports: &[BenchReport], env: &Environment, command_line: &str) -> String {
+pub fn markdown(
+    reports: &[BenchReport],
+    curves: &[OverloadCurve],
+    env: &Environment,
+    command_line: &str,
+) -> String {
     let find = |broker: &str, name: &str| {
         reports
             .iter()
@@ -834,19 +960,23 @@ pub fn markdown(reports: &[BenchReport], env: &Environment, command_line: &str) 
             "not pinned (broker and load generator share all CPUs)"
         }
     );
-    let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "| metric | mosquitto | certmq | certmq / mosquitto | target | |"
-    );
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- | --- |");
-    for r in &rows {
+    if !rows.is_empty() {
+        let _ = writeln!(md);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
-            r[0], r[1], r[2], r[3], r[4], r[5]
+            "| metric | mosquitto | certmq | certmq / mosquitto | target | |"
         );
+        let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- | --- |");
+        for r in &rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                r[0], r[1], r[2], r[3], r[4], r[5]
+            );
+        }
     }
+    md.push_str(&overload::inflight_table(reports));
+    md.push_str(&overload::overload_table(curves));
     let failures: Vec<String> = reports
         .iter()
         .filter(|r| r.error_count > 0)
@@ -944,7 +1074,7 @@ mod tests {
             connect("mosquitto", 900.0, 30.0),
             connect("certmq", 3150.0, 12.5),
         ];
-        let md = markdown(&reports, &Environment::default(), "certmq-sim compare");
+        let md = markdown(&reports, &[], &Environment::default(), "certmq-sim compare");
         assert!(
             md.starts_with(BEGIN_MARK) && md.trim_end().ends_with(END_MARK),
             "{md}"
@@ -966,7 +1096,7 @@ mod tests {
             connect("mosquitto", 2500.0, 30.0),
             connect("certmq", 3100.0, 25.0),
         ];
-        let md = markdown(&reports, &Environment::default(), "x");
+        let md = markdown(&reports, &[], &Environment::default(), "x");
         let missed = md.lines().filter(|l| l.ends_with("| **missed** |")).count();
         assert_eq!(
             missed, 2,

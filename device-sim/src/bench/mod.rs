@@ -10,6 +10,7 @@
 //! | [`resume`](ResumeConfig) | reconnect storm with TLS session resumption, resumed vs full handshakes |
 //! | [`reload`](ReloadConfig) | certmq only: admin API change → first handshake that sees it |
 //! | [`flood`](FloodConfig) | QoS 1 publishers flooding one slow subscriber: in/out rates, loss, broker peak RSS |
+//! | [`puback`](PubackConfig) | fan-in with PUBACK-driven publishers (`inflight` each, optionally paced): offered/acknowledged/delivered rates, latency |
 //!
 //! Clients are the hand-written minimal MQTT 3.1.1 client of this module over
 //! tokio-rustls (see `mqtt.rs` for why not rumqttc), with `TCP_NODELAY`, the SNI name
@@ -27,6 +28,7 @@ mod idle;
 mod latency;
 mod mqtt;
 mod net;
+mod overload;
 mod plot;
 mod proc;
 mod reload;
@@ -48,15 +50,16 @@ pub use connect::ConnectConfig;
 pub use idle::IdleConfig;
 pub use latency::{Latency, LatencySummary};
 pub use net::SourceAddrs;
+pub use overload::{OverloadCurve, OverloadPoint};
 pub use plot::{render_svg, Plot};
 pub use proc::{cpu_seconds, peak_rss_kib, rss_kib};
 pub use reload::ReloadConfig;
 pub use report::{
-    BenchReport, ConnectResult, FloodResult, IdleResult, ReloadResult, ReloadStat, Results,
-    ResumeResult, ThroughputResult,
+    BenchReport, ConnectResult, FloodResult, IdleResult, PubackResult, ReloadResult, ReloadStat,
+    Results, ResumeResult, ThroughputResult,
 };
 pub use resume::ResumeConfig;
-pub use throughput::{FloodConfig, ThroughputConfig, EVENT_TOPIC};
+pub use throughput::{FloodConfig, PubackConfig, ThroughputConfig, EVENT_TOPIC};
 
 use crate::certs::{ClientCertOptions, TestCa};
 use crate::fleet::APP_EVENT_FILTER;
@@ -234,6 +237,8 @@ pub enum Scenario {
     Resume(ResumeConfig),
     Reload(ReloadConfig),
     Flood(FloodConfig),
+    /// `throughput --driver puback`.
+    Puback(PubackConfig),
 }
 
 impl Scenario {
@@ -246,6 +251,7 @@ impl Scenario {
             Scenario::Resume(c) => c.validate(),
             Scenario::Reload(c) => c.validate(),
             Scenario::Flood(c) => c.validate(),
+            Scenario::Puback(c) => c.validate(),
         }
     }
 
@@ -260,6 +266,7 @@ impl Scenario {
             Scenario::Resume(c) => json(c),
             Scenario::Reload(c) => json(c),
             Scenario::Flood(c) => json(c),
+            Scenario::Puback(c) => json(c),
         }
     }
 }
@@ -288,6 +295,9 @@ pub async fn run(target: &BenchTarget, ca: &TestCa, scenario: &Scenario) -> Resu
         Scenario::Reload(c) => Results::Reload(reload::run(target, ca, c, &mut errors).await?),
         Scenario::Flood(c) => {
             Results::Flood(throughput::run_flood(target, ca, c, &mut errors).await?)
+        }
+        Scenario::Puback(c) => {
+            Results::Puback(throughput::run_puback(target, ca, c, &mut errors).await?)
         }
     };
     let (errors, error_count) = errors.into_parts();

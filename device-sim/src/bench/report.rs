@@ -45,6 +45,7 @@ pub enum Results {
     Resume(ResumeResult),
     Reload(ReloadResult),
     Flood(FloodResult),
+    Puback(PubackResult),
 }
 
 /// `connect`: full mTLS handshakes + CONNECT → CONNACK, then DISCONNECT.
@@ -187,6 +188,55 @@ pub struct FloodResult {
     pub rss_series: Vec<(f64, f64)>,
 }
 
+/// `throughput --driver puback`: QoS 1 publishers driven by the broker's PUBACKs (up
+/// to `inflight` unacknowledged each), one application reading as fast as it can.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PubackResult {
+    pub publishers: usize,
+    pub payload_bytes: usize,
+    /// PUBLISHes each publisher may have unacknowledged by the broker.
+    pub inflight: usize,
+    /// Configured total rate, msgs/s (0: unpaced, as fast as PUBACKs allow).
+    pub rate: u64,
+    pub measure_s: f64,
+    /// PUBLISHes written / acknowledged by the broker in the whole run.
+    pub sent: u64,
+    pub acked: u64,
+    /// Messages the application received in the whole run (drain included).
+    pub received: u64,
+    /// Sequence gaps in what the application got: acknowledged, then skipped.
+    pub lost: u64,
+    /// Acknowledged but not received when the drain ended (lost included).
+    pub missing: u64,
+    /// PUBLISHes written per second in the measurement window: what the publishers
+    /// managed to offer (below `rate` when the inflight window held them back).
+    pub offered_per_s: f64,
+    /// PUBACKs per second in the measurement window.
+    pub acked_per_s: f64,
+    /// Messages the application received per second in the measurement window.
+    pub delivered_per_s: f64,
+    /// Publisher → application latency of the messages received in the window.
+    pub latency: Option<LatencySummary>,
+    pub latency_curve: Vec<(f64, f64)>,
+    pub rss_before_kib: Option<u64>,
+    /// Highest broker RSS sampled (every 50 ms) during the run.
+    pub peak_rss_kib: Option<u64>,
+    /// `(seconds, msgs/s)` acknowledged and delivered, sampled every 250 ms.
+    pub acked_series: Vec<(f64, f64)>,
+    pub delivered_series: Vec<(f64, f64)>,
+}
+
+impl PubackResult {
+    /// `puback-w<inflight>`, or `puback-w<inflight>-r<rate>` when paced.
+    pub fn name(&self) -> String {
+        if self.rate == 0 {
+            format!("puback-w{}", self.inflight)
+        } else {
+            format!("puback-w{}-r{}", self.inflight, self.rate)
+        }
+    }
+}
+
 impl Results {
     /// A short name for files and tables: `connect`, `throughput-qos1`, …
     pub fn name(&self) -> String {
@@ -197,6 +247,7 @@ impl Results {
             Results::Resume(_) => "resume".into(),
             Results::Reload(_) => "reload".into(),
             Results::Flood(_) => "flood".into(),
+            Results::Puback(p) => p.name(),
         }
     }
 }
@@ -294,6 +345,36 @@ impl BenchReport {
                     series: vec![(who.clone(), f.rss_series.clone())],
                 },
             ],
+            Results::Puback(p) => {
+                let offered = if p.rate == 0 {
+                    "unpaced".to_owned()
+                } else {
+                    format!("{} msgs/s offered", p.rate)
+                };
+                vec![
+                    latency(
+                        "latency",
+                        format!(
+                            "{who}: QoS 1 latency, {} publishers, inflight {}, {offered}",
+                            p.publishers, p.inflight
+                        ),
+                        vec![(who.clone(), p.latency_curve.clone())],
+                    ),
+                    Plot {
+                        name: "rate".into(),
+                        title: format!(
+                            "{who}: PUBACK-driven publishers, inflight {}, {offered}",
+                            p.inflight
+                        ),
+                        x_label: "time, s".into(),
+                        y_label: "msgs/s".into(),
+                        series: vec![
+                            ("acknowledged".into(), p.acked_series.clone()),
+                            ("delivered".into(), p.delivered_series.clone()),
+                        ],
+                    },
+                ]
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use super::latency::Latency;
 use super::mqtt::{self, Packet};
 use super::net::{self, PacketReader, SourceAddrs, Tls};
 use super::proc::rss_kib;
-use super::report::{ErrorLog, FloodResult, ThroughputResult};
+use super::report::{ErrorLog, FloodResult, PubackResult, ThroughputResult};
 use super::{mint_app, mint_devices, BenchTarget};
 use crate::certs::TestCa;
 
@@ -89,6 +89,101 @@ impl ThroughputConfig {
     }
 }
 
+/// Parameters of the PUBACK-driven fan-in (`throughput --driver puback`), QoS 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PubackConfig {
+    /// Publishing devices.
+    pub publishers: usize,
+    /// Payload size, bytes (at least 20).
+    pub payload_bytes: usize,
+    /// PUBLISHes each publisher may have unacknowledged by the broker (rumqttc's default
+    /// is 100, paho's 20).
+    pub inflight: usize,
+    /// Total offered msgs/s over all publishers, paced evenly; 0: as fast as PUBACKs
+    /// allow.
+    pub rate: u64,
+    /// Unmeasured start, ms.
+    pub warmup_ms: u64,
+    /// Measurement window, ms.
+    pub measure_ms: u64,
+}
+
+impl Default for PubackConfig {
+    fn default() -> Self {
+        Self {
+            publishers: 8,
+            payload_bytes: 64,
+            inflight: 100,
+            rate: 0,
+            warmup_ms: 1_000,
+            measure_ms: 4_000,
+        }
+    }
+}
+
+impl PubackConfig {
+    pub fn validate(&self) -> Result<()> {
+        check_common(self.publishers, self.payload_bytes)?;
+        check_inflight(self.inflight)?;
+        if self.measure_ms == 0 {
+            bail!("puback: measure_ms must be above 0");
+        }
+        if self.rate > 10_000_000 {
+            bail!("puback: rate must be at most 10,000,000 msgs/s");
+        }
+        Ok(())
+    }
+}
+
+/// Even pacing of one publisher's share of a total rate. Message `k` is due at
+/// `offset + k × interval`; the publishers' offsets are spread over one interval so that
+/// the broker sees an even stream rather than all publishers sending at the same instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pacer {
+    interval_s: f64,
+    offset_s: f64,
+}
+
+impl Pacer {
+    /// Publisher `index`'s pacer for `total_rate` msgs/s over `publishers`; `None` when
+    /// unpaced (rate 0).
+    fn new(total_rate: u64, publishers: usize, index: usize) -> Option<Self> {
+        if total_rate == 0 || publishers == 0 {
+            return None;
+        }
+        let interval_s = publishers as f64 / total_rate as f64;
+        Some(Self {
+            interval_s,
+            offset_s: interval_s * index as f64 / publishers as f64,
+        })
+    }
+
+    /// When message `k` (from 0) is due, from the run's start.
+    fn due_at(&self, k: u64) -> Duration {
+        Duration::from_secs_f64(self.offset_s + k as f64 * self.interval_s)
+    }
+
+    /// How many messages are due `elapsed` after the run's start: the `k` with
+    /// `due_at(k) <= elapsed`.
+    fn due_by(&self, elapsed: Duration) -> u64 {
+        let t = elapsed.as_secs_f64() - self.offset_s;
+        let mut n = if t < 0.0 {
+            0
+        } else {
+            (t / self.interval_s).floor() as u64 + 1
+        };
+        // The estimate may be off by one either way after float rounding; `due_at` is
+        // the definition.
+        while n > 0 && self.due_at(n - 1) > elapsed {
+            n -= 1;
+        }
+        while self.due_at(n) <= elapsed {
+            n += 1;
+        }
+        n
+    }
+}
+
 /// Parameters of `flood`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloodConfig {
@@ -122,9 +217,7 @@ impl Default for FloodConfig {
 impl FloodConfig {
     pub fn validate(&self) -> Result<()> {
         check_common(self.publishers, self.payload_bytes)?;
-        if !(1..=65_000).contains(&self.inflight) {
-            bail!("flood: inflight must be in 1..=65000");
-        }
+        check_inflight(self.inflight)?;
         if self.subscriber_rate == 0 || self.flood_ms == 0 {
             bail!("flood: subscriber_rate and flood_ms must be above 0");
         }
@@ -138,6 +231,15 @@ fn check_common(publishers: usize, payload_bytes: usize) -> Result<()> {
     }
     if !(HEADER..=256 * 1024).contains(&payload_bytes) {
         bail!("payload_bytes must be in {HEADER}..=262144");
+    }
+    Ok(())
+}
+
+/// PUBACK-driven publishers number their PUBLISHes with 16-bit packet ids: the
+/// unacknowledged ones must stay distinct.
+fn check_inflight(inflight: usize) -> Result<()> {
+    if !(1..=65_000).contains(&inflight) {
+        bail!("inflight must be in 1..=65000");
     }
     Ok(())
 }
@@ -286,23 +388,33 @@ struct PublisherHandle {
     acks: JoinHandle<Result<()>>,
 }
 
-/// Starts a publisher: writes PUBLISH packets while `window` has permits, until `stop`.
-/// PUBACKs are counted in `acked`; with `release_on_puback` each gives a permit back.
-#[allow(clippy::too_many_arguments)]
-fn start_publisher(
+/// How one publisher sends.
+struct PublisherParams {
     index: u32,
-    reader: PacketReader<Tls>,
     qos: u8,
     payload_bytes: usize,
+    /// Permits to send: the messages this publisher may have on the way.
     window: Arc<Semaphore>,
+    /// Each PUBACK gives a permit back (PUBACK-driven, like a device SDK); otherwise the
+    /// application does (fan-in's closed loop).
     release_on_puback: bool,
+    /// Send no message before it is due.
+    pace: Option<Pacer>,
     epoch: Instant,
-    mut stop: watch::Receiver<bool>,
     sent: Arc<AtomicU64>,
     acked: Arc<AtomicU64>,
+}
+
+/// Starts a publisher: writes PUBLISH packets while its window has permits (and, when
+/// paced, messages are due), until `stop`. PUBACKs are counted in `acked`.
+fn start_publisher(
+    reader: PacketReader<Tls>,
+    p: PublisherParams,
+    mut stop: watch::Receiver<bool>,
 ) -> PublisherHandle {
     let (rh, mut wh) = tokio::io::split(reader.into_inner());
-    let ack_window = window.clone();
+    let (ack_window, acked, release_on_puback) =
+        (p.window.clone(), p.acked.clone(), p.release_on_puback);
     let acks = tokio::spawn(async move {
         let mut r = PacketReader::new(rh, 4096);
         loop {
@@ -322,31 +434,42 @@ fn start_publisher(
         }
     });
     let writer = tokio::spawn(async move {
-        let mut payload = vec![0u8; payload_bytes];
-        let mut buf = Vec::with_capacity(BATCH * (payload_bytes + 40));
+        let mut payload = vec![0u8; p.payload_bytes];
+        let mut buf = Vec::with_capacity(BATCH * (p.payload_bytes + 40));
         let (mut seq, mut pkid) = (0u64, 0u16);
         loop {
+            let mut batch = BATCH as u64;
+            if let Some(pace) = &p.pace {
+                let due = pace.due_by(p.epoch.elapsed());
+                if due <= seq {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(p.epoch + pace.due_at(seq)) => continue,
+                        _ = stop.changed() => break,
+                    }
+                }
+                batch = batch.min(due - seq);
+            }
             let permit = tokio::select! {
-                p = window.acquire() => p?,
+                permit = p.window.acquire() => permit?,
                 _ = stop.changed() => break,
             };
             permit.forget();
             let mut n = 1;
-            while n < BATCH {
-                match window.try_acquire() {
-                    Ok(p) => {
-                        p.forget();
+            while n < batch {
+                match p.window.try_acquire() {
+                    Ok(permit) => {
+                        permit.forget();
                         n += 1;
                     }
                     Err(_) => break,
                 }
             }
             buf.clear();
-            let sent_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let sent_us = u64::try_from(p.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
             for _ in 0..n {
-                encode_header(&mut payload, index, seq, sent_us);
+                encode_header(&mut payload, p.index, seq, sent_us);
                 pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
-                mqtt::publish(&mut buf, EVENT_TOPIC, qos, pkid, &payload);
+                mqtt::publish(&mut buf, EVENT_TOPIC, p.qos, pkid, &payload);
                 seq += 1;
             }
             let write = async {
@@ -357,7 +480,7 @@ fn start_publisher(
                 r = write => r.context("publisher connection")?,
                 _ = stop.changed() => break,
             }
-            sent.fetch_add(n as u64, Ordering::Relaxed);
+            p.sent.fetch_add(n, Ordering::Relaxed);
         }
         Ok(wh)
     });
@@ -484,6 +607,132 @@ async fn close_publishers(handles: Vec<PublisherHandle>, errors: &mut ErrorLog) 
     }
 }
 
+/// One run of publishers → application; every driver is a set of these parameters.
+struct RunSpec {
+    publishers: usize,
+    qos: u8,
+    payload_bytes: usize,
+    /// Messages each publisher may have on the way.
+    window: usize,
+    /// PUBACKs give the window back (device SDKs); otherwise the application's receipt
+    /// does (fan-in's closed loop).
+    release_on_puback: bool,
+    /// Total msgs/s over all publishers (0: unpaced).
+    rate: u64,
+    /// Unmeasured start.
+    warmup: Duration,
+    /// Measured part; the publishers stop at its end.
+    measure: Duration,
+    /// The application reads at most this many msgs/s (flood's slow subscriber).
+    subscriber_rate: Option<u64>,
+    /// Longest wait for the application to catch up after the publishers stopped.
+    drain: Duration,
+}
+
+/// What a [`RunSpec`] measured.
+struct RunOutcome {
+    sub: SubOutcome,
+    /// PUBLISHes written / acknowledged in the whole run (drain included).
+    sent: u64,
+    acked: u64,
+    /// PUBLISHes written / acknowledged during the measured part.
+    sent_measured: u64,
+    acked_measured: u64,
+    rss_before_kib: Option<u64>,
+    samples: Samples,
+}
+
+/// `count` events over `window`, per second.
+fn per_second(count: u64, window: Duration) -> f64 {
+    count as f64 / window.as_secs_f64().max(1e-9)
+}
+
+/// Connects the clients, runs `spec` and closes them again. The broker's RSS is sampled
+/// when the target has a pid.
+async fn run_publishers(
+    target: &BenchTarget,
+    ca: &TestCa,
+    spec: &RunSpec,
+    errors: &mut ErrorLog,
+) -> Result<RunOutcome> {
+    let clients = connect_clients(target, ca, spec.publishers, spec.qos).await?;
+    let pid = target.broker_pid;
+    let rss_before_kib = pid.and_then(rss_kib);
+    let windows: Vec<Arc<Semaphore>> = (0..spec.publishers)
+        .map(|_| Arc::new(Semaphore::new(spec.window)))
+        .collect();
+    let (acked, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let sent: Vec<Arc<AtomicU64>> = (0..spec.publishers).map(|_| Arc::default()).collect();
+    let total_sent = || sent.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>();
+    let (stop_pub_tx, stop_pub) = watch::channel(false);
+    let (stop_sub_tx, stop_sub) = watch::channel(false);
+    let epoch = Instant::now();
+    let end = spec.warmup + spec.measure;
+    let sub = tokio::spawn(subscriber(
+        clients.app,
+        SubParams {
+            epoch,
+            window: (spec.warmup, end),
+            release: (!spec.release_on_puback).then(|| windows.clone()),
+            rate_limit: spec.subscriber_rate,
+        },
+        spec.publishers,
+        received.clone(),
+        stop_sub.clone(),
+    ));
+    let sampler = start_sampler(epoch, acked.clone(), received.clone(), pid, stop_sub);
+    let handles: Vec<PublisherHandle> = clients
+        .publishers
+        .into_iter()
+        .enumerate()
+        .map(|(i, reader)| {
+            let params = PublisherParams {
+                index: i as u32,
+                qos: spec.qos,
+                payload_bytes: spec.payload_bytes,
+                window: windows[i].clone(),
+                release_on_puback: spec.release_on_puback,
+                pace: Pacer::new(spec.rate, spec.publishers, i),
+                epoch,
+                sent: sent[i].clone(),
+                acked: acked.clone(),
+            };
+            start_publisher(reader, params, stop_pub.clone())
+        })
+        .collect();
+    tokio::time::sleep_until(epoch + spec.warmup).await;
+    let (sent_before, acked_before) = (total_sent(), acked.load(Ordering::Relaxed));
+    tokio::time::sleep_until(epoch + end).await;
+    let (sent_after, acked_after) = (total_sent(), acked.load(Ordering::Relaxed));
+    let _ = stop_pub_tx.send(true);
+    if spec.release_on_puback {
+        // Only what the broker acknowledged is owed to the application; PUBACKs of what
+        // was in flight at the stop still count.
+        let acked = acked.clone();
+        drain(&received, move || acked.load(Ordering::Relaxed), spec.drain).await;
+    } else {
+        drain(&received, total_sent, spec.drain).await;
+    }
+    let _ = stop_sub_tx.send(true);
+    let outcome = sub.await.context("application task")?;
+    let samples = sampler.await.unwrap_or_default();
+    let acked_total = acked.load(Ordering::Relaxed);
+    close_publishers(handles, errors).await;
+    let sub = match outcome {
+        Ok(o) => o,
+        Err(e) => bail!("application: {e:#}"),
+    };
+    Ok(RunOutcome {
+        sub,
+        sent: total_sent(),
+        acked: acked_total,
+        sent_measured: sent_after.saturating_sub(sent_before),
+        acked_measured: acked_after.saturating_sub(acked_before),
+        rss_before_kib,
+        samples,
+    })
+}
+
 /// Fan-in: see the [module docs](self).
 pub(crate) async fn run_fan_in(
     target: &BenchTarget,
@@ -491,75 +740,76 @@ pub(crate) async fn run_fan_in(
     cfg: &ThroughputConfig,
     errors: &mut ErrorLog,
 ) -> Result<ThroughputResult> {
-    let clients = connect_clients(target, ca, cfg.publishers, cfg.qos).await?;
-    let windows: Vec<Arc<Semaphore>> = (0..cfg.publishers)
-        .map(|_| Arc::new(Semaphore::new(cfg.window)))
-        .collect();
-    let (acked, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let sent: Vec<Arc<AtomicU64>> = (0..cfg.publishers).map(|_| Arc::default()).collect();
-    let (stop_pub_tx, stop_pub) = watch::channel(false);
-    let (stop_sub_tx, stop_sub) = watch::channel(false);
-    let epoch = Instant::now();
-    let warmup = Duration::from_millis(cfg.warmup_ms);
-    let measure = Duration::from_millis(cfg.measure_ms);
-    let sub = tokio::spawn(subscriber(
-        clients.app,
-        SubParams {
-            epoch,
-            window: (warmup, warmup + measure),
-            release: Some(windows.clone()),
-            rate_limit: None,
-        },
-        cfg.publishers,
-        received.clone(),
-        stop_sub.clone(),
-    ));
-    let sampler = start_sampler(epoch, acked.clone(), received.clone(), None, stop_sub);
-    let handles: Vec<PublisherHandle> = clients
-        .publishers
-        .into_iter()
-        .enumerate()
-        .map(|(i, reader)| {
-            start_publisher(
-                i as u32,
-                reader,
-                cfg.qos,
-                cfg.payload_bytes,
-                windows[i].clone(),
-                false,
-                epoch,
-                stop_pub.clone(),
-                sent[i].clone(),
-                acked.clone(),
-            )
-        })
-        .collect();
-    tokio::time::sleep_until(epoch + warmup + measure).await;
-    let _ = stop_pub_tx.send(true);
-    let total_sent = || sent.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>();
-    drain(&received, total_sent, Duration::from_secs(10)).await;
-    let _ = stop_sub_tx.send(true);
-    let outcome = sub.await.context("application task")?;
-    let samples = sampler.await.unwrap_or_default();
-    close_publishers(handles, errors).await;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => bail!("application: {e:#}"),
+    let spec = RunSpec {
+        publishers: cfg.publishers,
+        qos: cfg.qos,
+        payload_bytes: cfg.payload_bytes,
+        window: cfg.window,
+        release_on_puback: false,
+        rate: 0,
+        warmup: Duration::from_millis(cfg.warmup_ms),
+        measure: Duration::from_millis(cfg.measure_ms),
+        subscriber_rate: None,
+        drain: Duration::from_secs(10),
     };
-    let sent_total = total_sent();
+    let run = run_publishers(target, ca, &spec, errors).await?;
     Ok(ThroughputResult {
         qos: cfg.qos,
         publishers: cfg.publishers,
         payload_bytes: cfg.payload_bytes,
         window: cfg.window,
-        measure_s: measure.as_secs_f64(),
-        sent: sent_total,
-        received: outcome.seqs.received,
-        missing: sent_total.saturating_sub(outcome.seqs.received),
-        rate_per_s: outcome.in_window as f64 / measure.as_secs_f64(),
-        latency: outcome.latency.summary(),
-        latency_curve: outcome.latency.curve(),
-        rate_series: samples.received,
+        measure_s: spec.measure.as_secs_f64(),
+        sent: run.sent,
+        received: run.sub.seqs.received,
+        missing: run.sent.saturating_sub(run.sub.seqs.received),
+        rate_per_s: per_second(run.sub.in_window, spec.measure),
+        latency: run.sub.latency.summary(),
+        latency_curve: run.sub.latency.curve(),
+        rate_series: run.samples.received,
+    })
+}
+
+/// PUBACK-driven fan-in: see the [module docs](self).
+pub(crate) async fn run_puback(
+    target: &BenchTarget,
+    ca: &TestCa,
+    cfg: &PubackConfig,
+    errors: &mut ErrorLog,
+) -> Result<PubackResult> {
+    let spec = RunSpec {
+        publishers: cfg.publishers,
+        qos: 1,
+        payload_bytes: cfg.payload_bytes,
+        window: cfg.inflight,
+        release_on_puback: true,
+        rate: cfg.rate,
+        warmup: Duration::from_millis(cfg.warmup_ms),
+        measure: Duration::from_millis(cfg.measure_ms),
+        subscriber_rate: None,
+        drain: Duration::from_secs(10),
+    };
+    let run = run_publishers(target, ca, &spec, errors).await?;
+    let seqs = &run.sub.seqs;
+    Ok(PubackResult {
+        publishers: cfg.publishers,
+        payload_bytes: cfg.payload_bytes,
+        inflight: cfg.inflight,
+        rate: cfg.rate,
+        measure_s: spec.measure.as_secs_f64(),
+        sent: run.sent,
+        acked: run.acked,
+        received: seqs.received,
+        lost: seqs.lost,
+        missing: run.acked.saturating_sub(seqs.received),
+        offered_per_s: per_second(run.sent_measured, spec.measure),
+        acked_per_s: per_second(run.acked_measured, spec.measure),
+        delivered_per_s: per_second(run.sub.in_window, spec.measure),
+        latency: run.sub.latency.summary(),
+        latency_curve: run.sub.latency.curve(),
+        rss_before_kib: run.rss_before_kib,
+        peak_rss_kib: run.samples.peak_rss_kib,
+        acked_series: run.samples.acked,
+        delivered_series: run.samples.received,
     })
 }
 
@@ -570,86 +820,37 @@ pub(crate) async fn run_flood(
     cfg: &FloodConfig,
     errors: &mut ErrorLog,
 ) -> Result<FloodResult> {
-    let clients = connect_clients(target, ca, cfg.publishers, 1).await?;
-    let pid = target.broker_pid;
-    let rss_before = pid.and_then(rss_kib);
-    let (acked, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (stop_pub_tx, stop_pub) = watch::channel(false);
-    let (stop_sub_tx, stop_sub) = watch::channel(false);
-    let epoch = Instant::now();
-    let flood = Duration::from_millis(cfg.flood_ms);
-    let sub = tokio::spawn(subscriber(
-        clients.app,
-        SubParams {
-            epoch,
-            window: (Duration::ZERO, flood),
-            release: None,
-            rate_limit: Some(cfg.subscriber_rate),
-        },
-        cfg.publishers,
-        received.clone(),
-        stop_sub.clone(),
-    ));
-    let sampler = start_sampler(epoch, acked.clone(), received.clone(), pid, stop_sub);
-    let sent = Arc::new(AtomicU64::new(0));
-    let handles: Vec<PublisherHandle> = clients
-        .publishers
-        .into_iter()
-        .enumerate()
-        .map(|(i, reader)| {
-            start_publisher(
-                i as u32,
-                reader,
-                1,
-                cfg.payload_bytes,
-                Arc::new(Semaphore::new(cfg.inflight)),
-                true,
-                epoch,
-                stop_pub.clone(),
-                sent.clone(),
-                acked.clone(),
-            )
-        })
-        .collect();
-    tokio::time::sleep_until(epoch + flood).await;
-    let published_in_flood = acked.load(Ordering::Relaxed);
-    let received_in_flood = received.load(Ordering::Relaxed);
-    let _ = stop_pub_tx.send(true);
-    // PUBACKs of what was in flight at the stop still count as published.
-    let acked_now = acked.clone();
-    drain(
-        &received,
-        move || acked_now.load(Ordering::Relaxed),
-        Duration::from_millis(cfg.drain_ms),
-    )
-    .await;
-    let _ = stop_sub_tx.send(true);
-    let outcome = sub.await.context("application task")?;
-    let samples = sampler.await.unwrap_or_default();
-    let published = acked.load(Ordering::Relaxed);
-    close_publishers(handles, errors).await;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => bail!("application: {e:#}"),
+    let spec = RunSpec {
+        publishers: cfg.publishers,
+        qos: 1,
+        payload_bytes: cfg.payload_bytes,
+        window: cfg.inflight,
+        release_on_puback: true,
+        rate: 0,
+        warmup: Duration::ZERO,
+        measure: Duration::from_millis(cfg.flood_ms),
+        subscriber_rate: Some(cfg.subscriber_rate),
+        drain: Duration::from_millis(cfg.drain_ms),
     };
-    let secs = flood.as_secs_f64();
+    let run = run_publishers(target, ca, &spec, errors).await?;
+    let seqs = &run.sub.seqs;
     Ok(FloodResult {
         publishers: cfg.publishers,
         payload_bytes: cfg.payload_bytes,
         subscriber_rate: cfg.subscriber_rate,
-        flood_s: secs,
-        published,
-        received: outcome.seqs.received,
-        missing: published.saturating_sub(outcome.seqs.received),
-        lost: outcome.seqs.lost,
-        undelivered: published.saturating_sub(outcome.seqs.received + outcome.seqs.lost),
-        in_per_s: published_in_flood as f64 / secs,
-        out_per_s: received_in_flood as f64 / secs,
-        rss_before_kib: rss_before,
-        peak_rss_kib: samples.peak_rss_kib,
-        in_series: samples.acked,
-        out_series: samples.received,
-        rss_series: samples.rss_mib,
+        flood_s: spec.measure.as_secs_f64(),
+        published: run.acked,
+        received: seqs.received,
+        missing: run.acked.saturating_sub(seqs.received),
+        lost: seqs.lost,
+        undelivered: run.acked.saturating_sub(seqs.received + seqs.lost),
+        in_per_s: per_second(run.acked_measured, spec.measure),
+        out_per_s: per_second(run.sub.in_window, spec.measure),
+        rss_before_kib: run.rss_before_kib,
+        peak_rss_kib: run.samples.peak_rss_kib,
+        in_series: run.samples.acked,
+        out_series: run.samples.received,
+        rss_series: run.samples.rss_mib,
     })
 }
 
@@ -683,6 +884,56 @@ mod tests {
     }
 
     #[test]
+    fn pacer_spreads_the_total_rate_evenly() {
+        assert_eq!(Pacer::new(0, 8, 0), None, "rate 0 is unpaced");
+        // 8,000 msgs/s over 8 publishers: 1 ms apart each, phases 125 µs apart.
+        let pacers: Vec<Pacer> = (0..8)
+            .map(|i| Pacer::new(8_000, 8, i).expect("paced"))
+            .collect();
+        assert_eq!(pacers[0].due_at(0), Duration::ZERO);
+        assert_eq!(pacers[0].due_at(3), Duration::from_millis(3));
+        assert_eq!(pacers[1].due_at(0), Duration::from_micros(125));
+        assert_eq!(pacers[7].due_at(1), Duration::from_micros(1_875));
+        // Over one second every publisher has 1,000 due: 8,000 in all.
+        let second = Duration::from_secs(1);
+        let total: u64 = pacers
+            .iter()
+            .map(|p| p.due_by(second - Duration::from_nanos(1)))
+            .sum();
+        assert_eq!(total, 8_000);
+        // The merged stream is evenly spaced: 125 µs between consecutive due times.
+        let mut due: Vec<Duration> = pacers
+            .iter()
+            .flat_map(|p| (0..10).map(|k| p.due_at(k)))
+            .collect();
+        due.sort();
+        for w in due.windows(2) {
+            let gap = (w[1] - w[0]).as_nanos() as i128;
+            assert!((gap - 125_000).abs() <= 1, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn pacer_due_count_matches_due_times() {
+        let p = Pacer::new(3_000, 7, 3).expect("paced");
+        assert_eq!(p.due_by(Duration::ZERO), 0, "offset not reached yet");
+        for k in 0..2_000u64 {
+            let at = p.due_at(k);
+            assert_eq!(p.due_by(at), k + 1, "message {k} is due at its time");
+            if let Some(before) = at.checked_sub(Duration::from_nanos(1)) {
+                assert_eq!(p.due_by(before), k, "and not a nanosecond earlier");
+            }
+        }
+    }
+
+    #[test]
+    fn rates_per_second() {
+        assert_eq!(per_second(8_000, Duration::from_secs(4)), 2_000.0);
+        assert_eq!(per_second(0, Duration::from_millis(500)), 0.0);
+        assert!(per_second(5, Duration::ZERO).is_finite());
+    }
+
+    #[test]
     fn validation() {
         assert!(ThroughputConfig::default().validate().is_ok());
         assert!(FloodConfig::default().validate().is_ok());
@@ -707,6 +958,28 @@ mod tests {
             ThroughputConfig {
                 measure_ms: 0,
                 ..t.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(PubackConfig::default().validate().is_ok());
+        let p = PubackConfig::default();
+        for bad in [
+            PubackConfig {
+                inflight: 0,
+                ..p.clone()
+            },
+            PubackConfig {
+                measure_ms: 0,
+                ..p.clone()
+            },
+            PubackConfig {
+                rate: 20_000_000,
+                ..p.clone()
+            },
+            PubackConfig {
+                publishers: 0,
+                ..p.clone()
             },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
