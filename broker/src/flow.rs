@@ -1,75 +1,176 @@
-//! Flow control between publishers and subscribers of one org: a credit window.
+//! Flow control between publishers and subscribers of one org: a window per subscriber.
 //!
 //! rumqttd acknowledges a publish as soon as it is in its commit log, whatever the
 //! subscribers' pace; its logs are bounded, so a subscriber that falls far enough behind
-//! silently skips messages. certmq therefore holds publishers back instead — but only as
-//! far as the subscribers need, never by timed pauses:
+//! silently skips messages. The backlog that matters sits in the router, where no
+//! signal of the subscriber's session can see it (its client may acknowledge everything
+//! it was sent while thousands wait in the log). So certmq counts it itself:
 //!
-//! - A subscriber session that cannot keep up — the engine paused it (its outgoing
-//!   buffer is full), its client has [`SessionLimits::inflight_high`] deliveries
-//!   unacknowledged, or writing to its socket stalls — counts as *behind* until it
-//!   catches up, stays quiet for [`DECAY`], or leaves.
-//! - While any subscriber of an org is behind, the org's publishers need a credit for
-//!   every message they send into the engine. The org starts with [`WINDOW`] credits
-//!   and every delivery a behind subscriber's client has — acknowledged for QoS 1/2,
-//!   written for QoS 0 — gives one back (shared among the behind subscribers). So at most about [`WINDOW`] messages are on their
-//!   way between the org's publishers and its slowest subscriber: publishers run at the
-//!   subscriber's pace, the queue inside the broker stays bounded, and so does latency.
-//! - A PUBLISH without credit stays unread in its session's buffer, and the session
-//!   stops reading its socket, until a delivery brings one (woken at once, not after a
-//!   pause). Unread packets are not acknowledged, so a QoS 1/2 publisher's in-flight
-//!   window fills and TCP backpressure does the rest. Only PUBLISH waits: a subscriber's
-//!   acknowledgements, which give credit back, are read as ever.
+//! - Every live subscriber session of an org (or shared-subscription group) has an
+//!   *outstanding* count, kept beside its subscription filters in the org's index.
+//! - A PUBLISH sent into the engine adds one to every subscriber whose filters match its
+//!   internal topic; a delivery that subscriber's client has — acknowledged for QoS 1/2,
+//!   written for QoS 0 — takes one off.
+//! - A subscriber with [`WINDOW`] or more outstanding is *over*. While any subscriber of
+//!   an org is over, the org's PUBLISHes wait unread in their sessions' buffers (the
+//!   sessions stop reading their sockets); the delivery that brings it back to half the
+//!   window wakes them at once — no timed pauses. Unread packets are not acknowledged, so
+//!   a QoS 1/2 publisher's in-flight window fills and TCP backpressure does the rest.
+//!   Acknowledgements are always read; a session that is itself over may still publish
+//!   (its acknowledgements queue behind its publishes).
+//! - So at most [`WINDOW`] messages (plus one read per publisher) are inside the broker
+//!   for any subscriber: publishers run at the slowest subscriber's pace — no slower —
+//!   and the latency inside the broker is bounded by the window.
 //!
-//! The router itself is the other bottleneck: one thread ingests and delivers, and
-//! under a flood ingest starves delivery. The engine probes its round trip
-//! (`Engine::lag_handle`, measured by the router probe in `engine/router.rs`); while it
-//! is above [`LAG_LIMIT`] publishers wait for the next probe before reading again.
-//!
-//! [`SessionLimits::inflight_high`]: crate::SessionLimits::inflight_high
+//! Subscribers that are not live (a persistent session while offline) are not counted:
+//! the engine queues for them, bounded by its log. Messages no subscriber matches cost
+//! nothing. The router's own lag is the other signal: while its probe (see
+//! `engine/router.rs`) measures more than [`LAG_LIMIT`], publishers wait for the next
+//! measurement.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use registry::OrgId;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
-/// A behind subscriber counts for this long after its last sign of congestion.
-pub const DECAY: Duration = Duration::from_millis(500);
-/// A write to a client taking longer than this marks it behind.
-pub const SLOW_WRITE: Duration = Duration::from_millis(20);
-/// Messages an org's publishers may have on their way to a behind subscriber.
+/// Messages a subscriber may have outstanding (published for it, not yet delivered)
+/// before its org's publishers wait.
 pub const WINDOW: i64 = 1000;
-/// While credits are short a publisher reads at most this many bytes at once, so one
-/// read cannot overshoot the window by much.
-pub const SLICE: usize = 4096;
 /// Router lag above which publishers wait.
 pub const LAG_LIMIT: Duration = Duration::from_millis(20);
-/// Longest wait for a credit or the router before looking again (a safety net: the
-/// wake-ups come from deliveries and the probe).
+/// Longest wait before looking again (a safety net: the wake-ups come from deliveries
+/// and the probe).
 const RECHECK: Duration = Duration::from_millis(50);
 
-/// Credits are counted in thousandths, so a delivery shared among several behind
-/// subscribers gives back its share.
-const MILLI: i64 = 1000;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One subscriber's count: a session, or a shared-subscription group.
+#[derive(Debug, Default)]
+pub(crate) struct Sub {
+    outstanding: AtomicI64,
+    over: AtomicBool,
+    /// Counted only while live (a persistent session's entry outlives its connection).
+    live: AtomicBool,
+}
+
+/// Where a subscriber's filters are indexed: Watson's internal topics name a device
+/// type and id at fixed levels, so a filter naming both is found by them, and only
+/// filters with wildcards there are tried against every publish.
+#[derive(Default)]
+struct Index {
+    /// `T/D` → (filter, subscriber).
+    exact: HashMap<String, Vec<(String, Arc<Sub>)>>,
+    wild: Vec<(String, Arc<Sub>)>,
+}
+
+/// The device type and id levels of an internal topic or filter
+/// (`/tenants/<org>/iot-2/type/<T>/id/<D>/…`), when both are names.
+fn device_key(topic: &str) -> Option<String> {
+    let mut levels = topic.split('/');
+    let t = levels.nth(5)?;
+    let d = levels.nth(1)?;
+    let literal = |s: &str| !s.is_empty() && s != "+" && s != "#";
+    (literal(t) && literal(d)).then(|| format!("{t}/{d}"))
+}
+
+/// MQTT topic matching of an internal filter (`+`, `#`) against a topic.
+fn matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+impl Index {
+    fn insert(&mut self, filter: String, sub: Arc<Sub>) {
+        match device_key(&filter) {
+            Some(k) => self.exact.entry(k).or_default().push((filter, sub)),
+            None => self.wild.push((filter, sub)),
+        }
+    }
+
+    fn remove(&mut self, filter: &str, sub: &Arc<Sub>) {
+        let gone = |(f, s): &(String, Arc<Sub>)| f == filter && Arc::ptr_eq(s, sub);
+        match device_key(filter) {
+            Some(k) => {
+                if let Some(v) = self.exact.get_mut(&k) {
+                    v.retain(|e| !gone(e));
+                    if v.is_empty() {
+                        self.exact.remove(&k);
+                    }
+                }
+            }
+            None => self.wild.retain(|e| !gone(e)),
+        }
+    }
+
+    /// Every live subscriber `topic` reaches, once each.
+    fn each_match(&self, topic: &str, mut f: impl FnMut(&Arc<Sub>)) {
+        let mut seen: Vec<*const Sub> = Vec::new();
+        let exact = device_key(topic)
+            .and_then(|k| self.exact.get(&k))
+            .into_iter()
+            .flatten();
+        for (filter, sub) in exact.chain(self.wild.iter()) {
+            let p = Arc::as_ptr(sub);
+            if sub.live.load(Ordering::Relaxed) && !seen.contains(&p) && matches(filter, topic) {
+                seen.push(p);
+                f(sub);
+            }
+        }
+    }
+}
 
 /// One org's flow state.
 #[derive(Default)]
 struct OrgFlow {
-    /// Subscriber sessions currently behind.
-    behind: AtomicUsize,
-    /// Credits of the org's publishers, in thousandths, while a subscriber is behind.
-    credits: AtomicI64,
-    /// Publishers waiting for credit.
+    index: RwLock<Index>,
+    /// Subscribers of persistent sessions and shared groups, by client id or group.
+    named: Mutex<HashMap<String, Arc<Sub>>>,
+    /// Subscribers currently over the window.
+    over: AtomicUsize,
+    /// Publishers waiting for the window.
     waiters: Notify,
 }
 
 impl OrgFlow {
-    fn limited(&self) -> bool {
-        self.behind.load(Ordering::Acquire) > 0
+    fn add(&self, sub: &Sub, n: i64) {
+        let now = sub.outstanding.fetch_add(n, Ordering::AcqRel) + n;
+        if now >= WINDOW && !sub.over.swap(true, Ordering::AcqRel) {
+            self.over.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn take(&self, sub: &Sub) {
+        // Never below zero: deliveries nobody counted (retained messages, status
+        // events, a backlog from before the session was live) give nothing back.
+        let before = sub
+            .outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some((v - 1).max(0))
+            })
+            .unwrap_or(0);
+        if before - 1 <= WINDOW / 2 {
+            self.clear(sub);
+        }
+    }
+
+    fn clear(&self, sub: &Sub) {
+        if sub.over.swap(false, Ordering::AcqRel) && self.over.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waiters.notify_waiters();
+        }
     }
 }
 
@@ -92,33 +193,52 @@ impl Pressure {
         }
     }
 
-    /// The flow state of a new session of `org` (looked up once per session: no lock
-    /// per packet).
-    pub fn flow(&self, org_id: &OrgId) -> Flow {
+    /// The flow state of session `client_id` of `org`. A persistent session keeps its
+    /// subscriber entry across connections (its subscriptions live on in the engine).
+    pub fn flow(&self, org_id: &OrgId, client_id: &str, persistent: bool) -> Flow {
         let (router_lag_us, router) = (self.router_lag)(org_id);
-        let org = self
-            .orgs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(org_id.clone())
-            .or_default()
-            .clone();
+        let org = lock(&self.orgs).entry(org_id.clone()).or_default().clone();
+        let sub = if persistent {
+            lock(&org.named)
+                .entry(format!("c:{client_id}"))
+                .or_default()
+                .clone()
+        } else {
+            Arc::default()
+        };
+        // A new connection starts with nothing outstanding: what the engine queued for
+        // it while it was away is delivered, but was never counted.
+        sub.outstanding.store(0, Ordering::Release);
+        org.clear(&sub);
+        sub.live.store(true, Ordering::Release);
         Flow {
             org,
+            sub,
+            groups: Vec::new(),
+            filters: Vec::new(),
+            persistent,
+            client_id: client_id.to_owned(),
             router_lag_us,
             router,
-            behind_until: None,
         }
     }
 }
 
-/// One session's side of its org's flow control: as a publisher it spends credits, as
-/// a subscriber it may be behind and give credits back.
+/// One session's side of its org's flow control: as a publisher it adds to the
+/// subscribers its messages reach and waits while one is over; as a subscriber its
+/// deliveries take from its own count.
 pub struct Flow {
     org: Arc<OrgFlow>,
+    sub: Arc<Sub>,
+    /// Shared-subscription groups this session is in (their counts are shared).
+    groups: Vec<Arc<Sub>>,
+    /// This session's filters in the org's index (internal form, `$share` stripped),
+    /// with the subscriber each counts for.
+    filters: Vec<(String, Arc<Sub>)>,
+    persistent: bool,
+    client_id: String,
     router_lag_us: Arc<AtomicU64>,
     router: Arc<Notify>,
-    behind_until: Option<Instant>,
 }
 
 impl Flow {
@@ -126,99 +246,120 @@ impl Flow {
         self.router_lag_us.load(Ordering::Relaxed) > LAG_LIMIT.as_micros() as u64
     }
 
-    /// Whether this session may send a PUBLISH into the engine now: it has credit, or
-    /// it is itself a behind subscriber (whose acknowledgements, queued behind its own
-    /// publishes, are what gives credit back — holding it could hold everyone).
+    /// Whether this session may send a PUBLISH into the engine now: no subscriber of
+    /// its org is over the window (or this session is one of them: its acknowledgements
+    /// queue behind its own publishes), and the router keeps up.
     pub fn may_publish(&self) -> bool {
-        self.behind_until.is_some() || self.may_read()
-    }
-
-    /// Whether the org's publishers have credit and the router is keeping up.
-    pub fn may_read(&self) -> bool {
         !self.router_behind()
-            && (!self.org.limited() || self.org.credits.load(Ordering::Acquire) > 0)
+            && (self.org.over.load(Ordering::Acquire) == 0 || self.sub.over.load(Ordering::Acquire))
     }
 
-    /// How many bytes this publisher may read next: a [`SLICE`] while its org is
-    /// limited, else `full`.
-    pub fn read_limit(&self, full: usize) -> usize {
-        if self.org.limited() {
-            SLICE.min(full)
-        } else {
-            full
-        }
-    }
-
-    /// Waits until reading may be allowed again: a delivery gave credit back, the last
-    /// behind subscriber caught up, or the router was measured again.
+    /// Waits until publishing may be allowed again: a delivery brought a subscriber
+    /// back under the window, or the router was measured again.
     pub async fn wait(&self) {
-        let credit = self.org.waiters.notified();
+        let window = self.org.waiters.notified();
         let router = self.router.notified();
-        tokio::pin!(credit, router);
-        credit.as_mut().enable();
+        tokio::pin!(window, router);
+        window.as_mut().enable();
         router.as_mut().enable();
-        if self.may_read() {
+        if self.may_publish() {
             return;
         }
         tokio::select! {
-            _ = credit => {}
+            _ = window => {}
             _ = router => {}
             _ = tokio::time::sleep(RECHECK) => {}
         }
     }
 
-    /// Spends credit for `messages` sent into the engine (while the org is limited).
-    pub fn published(&self, messages: usize) {
-        if messages > 0 && self.org.limited() {
-            let n = i64::try_from(messages).unwrap_or(i64::MAX / MILLI);
-            self.org.credits.fetch_sub(n * MILLI, Ordering::AcqRel);
+    /// Counts a PUBLISH sent into the engine on `topic` (internal) for every live
+    /// subscriber it reaches.
+    pub fn published(&self, topic: &str) {
+        let index = self.org.index.read().unwrap_or_else(|e| e.into_inner());
+        index.each_match(topic, |sub| self.org.add(sub, 1));
+    }
+
+    /// Takes one delivery this session's client has (acknowledged, or written at QoS
+    /// 0) off its count — or off a group's, for a delivery of a shared subscription.
+    pub fn delivered(&self) {
+        let counted = std::iter::once(&self.sub)
+            .chain(self.groups.iter())
+            .find(|s| s.outstanding.load(Ordering::Acquire) > 0);
+        if let Some(sub) = counted {
+            self.org.take(sub);
         }
     }
 
-    /// Gives back credit for one delivery this session's client has (acknowledged it, or
-    /// was written it at QoS 0), when it is a behind subscriber: the org's publishers may send one more message (shared
-    /// among the subscribers that are behind).
-    pub fn delivered(&self) {
-        if self.behind_until.is_none() {
+    /// Registers a subscription filter (internal form) of this session.
+    pub fn subscribed(&mut self, filter: &str) {
+        let (sub, filter) = match shared(filter) {
+            Some((group, inner)) => {
+                let sub = lock(&self.org.named)
+                    .entry(format!("g:{group}"))
+                    .or_default()
+                    .clone();
+                sub.live.store(true, Ordering::Release);
+                if !self.groups.iter().any(|g| Arc::ptr_eq(g, &sub)) {
+                    self.groups.push(sub.clone());
+                }
+                (sub, inner.to_owned())
+            }
+            None => (self.sub.clone(), filter.to_owned()),
+        };
+        if self
+            .filters
+            .iter()
+            .any(|(f, s)| *f == filter && Arc::ptr_eq(s, &sub))
+        {
             return;
         }
-        let behind = self.org.behind.load(Ordering::Acquire).max(1) as i64;
-        let before = self.org.credits.fetch_add(MILLI / behind, Ordering::AcqRel);
-        if before <= 0 && before + MILLI / behind > 0 {
-            self.org.waiters.notify_waiters();
-        }
+        self.org
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(filter.clone(), sub.clone());
+        self.filters.push((filter, sub));
     }
 
-    /// Records a sign that this session, as a subscriber, is behind.
-    pub fn congested(&mut self) {
-        if self.behind_until.is_none() {
-            tracing::debug!("subscriber behind: org publishers limited to a window");
-            if self.org.behind.fetch_add(1, Ordering::AcqRel) == 0 {
-                // First behind subscriber: the org's publishers get a fresh window.
-                self.org.credits.store(WINDOW * MILLI, Ordering::Release);
+    /// Removes a subscription filter (internal form) of this session.
+    pub fn unsubscribed(&mut self, filter: &str) {
+        let inner = shared(filter).map_or(filter, |(_, inner)| inner);
+        let mut index = self.org.index.write().unwrap_or_else(|e| e.into_inner());
+        self.filters.retain(|(f, s)| {
+            if f == inner {
+                index.remove(f, s);
+                false
+            } else {
+                true
             }
-        }
-        self.behind_until = Some(Instant::now() + DECAY);
+        });
     }
 
-    /// When this session's being behind expires, if it is.
-    pub fn congestion_deadline(&self) -> Option<Instant> {
-        self.behind_until
+    /// Whether this session, as a subscriber, is over the window.
+    pub fn over(&self) -> bool {
+        self.sub.over.load(Ordering::Acquire)
     }
+}
 
-    /// Clears this session's being behind (caught up, decayed or gone).
-    pub fn relieved(&mut self) {
-        if self.behind_until.take().is_some() && self.org.behind.fetch_sub(1, Ordering::AcqRel) == 1
-        {
-            // Nobody is behind any more: publishers run free.
-            self.org.waiters.notify_waiters();
-        }
-    }
+/// `$share/<group>/<filter>` → (group, filter).
+fn shared(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        self.relieved();
+        // The session's count goes; a persistent session's filters stay indexed (its
+        // subscriptions live on in the engine) but are not counted until it is back.
+        self.sub.live.store(false, Ordering::Release);
+        self.org.clear(&self.sub);
+        if !self.persistent {
+            let mut index = self.org.index.write().unwrap_or_else(|e| e.into_inner());
+            for (f, s) in self.filters.drain(..) {
+                index.remove(&f, &s);
+            }
+        } else {
+            tracing::trace!(client_id = self.client_id, "persistent subscriber offline");
+        }
     }
 }
 
@@ -226,91 +367,130 @@ impl Drop for Flow {
 mod tests {
     use super::*;
 
+    const APP_FILTER: &str = "/tenants/acme/iot-2/type/+/id/+/evt/+/fmt/+";
+    const EVENT: &str = "/tenants/acme/iot-2/type/s/id/d1/evt/e/fmt/json";
+
     fn pressure() -> (Pressure, Arc<AtomicU64>) {
         let lag = Arc::new(AtomicU64::new(0));
         let probe = lag.clone();
         (Pressure::new(move |_| (probe.clone(), Arc::default())), lag)
     }
 
-    #[tokio::test]
-    async fn publishers_run_free_until_a_subscriber_is_behind() {
-        let (p, _) = pressure();
-        let acme = OrgId::try_from("acme").unwrap();
-        let beta = OrgId::try_from("beta").unwrap();
-        let publisher = p.flow(&acme);
-        let other = p.flow(&beta);
-        publisher.published(1_000_000);
-        assert!(
-            publisher.may_read(),
-            "no window without a behind subscriber"
-        );
-        let mut sub = p.flow(&acme);
-        sub.congested();
-        assert!(publisher.may_read());
-        publisher.published(WINDOW as usize);
-        assert!(!publisher.may_read(), "the window is spent");
-        assert!(other.may_read(), "limits leaked across orgs");
-        sub.delivered();
-        assert!(publisher.may_read(), "a delivery gives a credit back");
-        publisher.published(1);
-        assert!(!publisher.may_read());
-        drop(sub);
-        assert!(
-            publisher.may_read(),
-            "a departed subscriber no longer limits"
-        );
+    fn acme() -> OrgId {
+        OrgId::try_from("acme").unwrap()
+    }
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(matches(APP_FILTER, EVENT));
+        assert!(matches("/tenants/acme/#", EVENT));
+        assert!(!matches(
+            APP_FILTER,
+            "/tenants/acme/iot-2/type/s/id/d1/cmd/c/fmt/json"
+        ));
+        assert!(!matches("/tenants/beta/#", EVENT));
+        assert_eq!(device_key(EVENT).as_deref(), Some("s/d1"));
+        assert_eq!(device_key(APP_FILTER), None);
     }
 
     #[tokio::test]
-    async fn a_waiting_publisher_wakes_on_a_delivery() {
+    async fn publishers_wait_while_a_subscriber_is_over_its_window() {
         let (p, _) = pressure();
-        let acme = OrgId::try_from("acme").unwrap();
-        let publisher = p.flow(&acme);
-        let mut sub = p.flow(&acme);
-        sub.congested();
-        publisher.published(WINDOW as usize);
-        let started = Instant::now();
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut app = p.flow(&acme(), "a:acme:app", false);
+        // Nobody subscribed: publishing costs nothing.
+        for _ in 0..2 * WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(publisher.may_publish());
+        app.subscribed(APP_FILTER);
+        for _ in 0..WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(!publisher.may_publish(), "the app is a window behind");
+        assert!(app.over());
+        assert!(app.may_publish(), "an over subscriber may still publish");
+        for _ in 0..WINDOW / 2 - 1 {
+            app.delivered();
+        }
+        assert!(!publisher.may_publish());
+        app.delivered();
+        assert!(publisher.may_publish(), "back to half the window");
+        // An unrelated topic does not count for the app.
+        for _ in 0..2 * WINDOW {
+            publisher.published("/tenants/acme/iot-2/type/s/id/d1/cmd/c/fmt/json");
+        }
+        assert!(publisher.may_publish());
+    }
+
+    #[tokio::test]
+    async fn a_departed_subscriber_releases_the_publishers() {
+        let (p, _) = pressure();
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut app = p.flow(&acme(), "a:acme:app", false);
+        app.subscribed(APP_FILTER);
+        for _ in 0..WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(!publisher.may_publish());
+        let started = tokio::time::Instant::now();
         let wait = publisher.wait();
-        let deliver = async {
+        let leave = async {
             tokio::task::yield_now().await;
-            sub.delivered();
+            drop(app);
         };
-        tokio::join!(wait, deliver);
-        assert!(
-            started.elapsed() < RECHECK,
-            "woken by the delivery, not the recheck"
-        );
-        assert!(publisher.may_read());
+        tokio::join!(wait, leave);
+        assert!(started.elapsed() < RECHECK, "woken, not timed out");
+        assert!(publisher.may_publish());
+        publisher.published(EVENT);
+        assert!(publisher.may_publish(), "its filters left the index");
     }
 
     #[tokio::test]
-    async fn credits_are_shared_among_behind_subscribers() {
+    async fn a_shared_group_counts_once_for_all_its_members() {
         let (p, _) = pressure();
-        let acme = OrgId::try_from("acme").unwrap();
-        let publisher = p.flow(&acme);
-        let mut a = p.flow(&acme);
-        let mut b = p.flow(&acme);
-        a.congested();
-        b.congested();
-        publisher.published(WINDOW as usize);
-        // Each of the two behind subscribers gives back half a credit per delivery.
-        a.delivered();
-        assert!(publisher.may_read());
-        publisher.published(1);
-        a.delivered();
-        assert!(!publisher.may_read());
-        b.delivered();
-        assert!(publisher.may_read());
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut a = p.flow(&acme(), "A:acme:app:1", false);
+        let mut b = p.flow(&acme(), "A:acme:app:2", false);
+        a.subscribed(&format!("$share/acme:app/{APP_FILTER}"));
+        b.subscribed(&format!("$share/acme:app/{APP_FILTER}"));
+        for _ in 0..WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(!publisher.may_publish());
+        for _ in 0..WINDOW / 4 {
+            a.delivered();
+            b.delivered();
+        }
+        assert!(publisher.may_publish(), "either member's deliveries count");
+    }
+
+    #[tokio::test]
+    async fn an_offline_persistent_subscriber_does_not_hold_publishers() {
+        let (p, _) = pressure();
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut app = p.flow(&acme(), "a:acme:app", true);
+        app.subscribed(APP_FILTER);
+        drop(app);
+        for _ in 0..2 * WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(publisher.may_publish());
+        // Back online: counted again, from zero, with the filters it kept.
+        let back = p.flow(&acme(), "a:acme:app", true);
+        for _ in 0..WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(back.over());
     }
 
     #[tokio::test]
     async fn a_lagging_router_holds_publishers() {
         let (p, lag) = pressure();
-        let acme = OrgId::try_from("acme").unwrap();
-        let publisher = p.flow(&acme);
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
         lag.store(LAG_LIMIT.as_micros() as u64 + 1, Ordering::Relaxed);
-        assert!(!publisher.may_read());
+        assert!(!publisher.may_publish());
         lag.store(0, Ordering::Relaxed);
-        assert!(publisher.may_read());
+        assert!(publisher.may_publish());
     }
 }

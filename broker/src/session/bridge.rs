@@ -18,7 +18,7 @@ use crate::engine::packet::{
     DisconnectReasonCode, Filter, Packet, PingResp, SubAck, Subscribe, SubscribeReasonCode,
 };
 use crate::engine::{Engine, Link, Outbound};
-use crate::flow::{self, Flow};
+use crate::flow::Flow;
 use crate::sessions::{CloseReason, KillSwitch};
 
 /// Most bytes read from a socket at once.
@@ -58,8 +58,10 @@ pub(super) struct Bridge {
     pub(super) flow: Flow,
     /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
     pub(super) out_inflight: usize,
-    /// A PUBLISH at the head of the read buffer waits for the org's credit.
+    /// A PUBLISH at the head of the read buffer waits for the org's window.
     pub(super) held: bool,
+    /// When the client last acknowledged a delivery.
+    pub(super) last_ack: Instant,
     pub(super) counters: crate::metrics::SessionCounters,
 }
 
@@ -90,11 +92,17 @@ impl Bridge {
             // flow.rs, or the router is): the socket waits behind it.
             let paused = engine_behind || self.held;
             // Read straight into the packet buffer (no per-session scratch: idle sessions
-            // stay small), at most a slice while the org is limited.
-            let slice = self.flow.read_limit(READ_CHUNK);
-            if rbuf.capacity() - rbuf.len() < slice.min(READ_CHUNK) {
-                rbuf.reserve(slice.min(READ_CHUNK));
+            // stay small).
+            let slice = READ_CHUNK;
+            if rbuf.capacity() - rbuf.len() < slice {
+                rbuf.reserve(slice);
             }
+            // A subscriber over its window that acknowledges nothing holds its org's
+            // publishers: after the write timeout it is closed as a slow consumer.
+            let stuck_deadline = self
+                .flow
+                .over()
+                .then(|| self.last_ack + self.limits.write_timeout);
             let ka_deadline = ka_limit.map(|l| last_rx + l);
             tokio::select! {
                 reason = switch.closed() => {
@@ -133,15 +141,7 @@ impl Bridge {
                         }
                     }
                 }
-                // Quiet for a while: caught up, unless deliveries are still unacknowledged
-                // (then the client is still working through the backlog).
-                _ = sleep_until_opt(self.flow.congestion_deadline()) => {
-                    if self.out_inflight == 0 {
-                        self.flow.relieved();
-                    } else {
-                        self.flow.congested();
-                    }
-                }
+                _ = sleep_until_opt(stuck_deadline) => return Err(SessionError::SlowConsumer),
                 n = next_notification(&mut self.link) => {
                     let n = n?;
                     let mut wake = false;
@@ -162,24 +162,9 @@ impl Bridge {
                             break;
                         }
                     }
-                    let started = Instant::now();
                     match tokio::time::timeout(self.limits.write_timeout, self.flush(stream)).await {
                         Ok(r) => r?,
                         Err(_) => return Err(SessionError::SlowConsumer),
-                    }
-                    // The engine paused us (outgoing buffer full), the socket is slow, or
-                    // the client has many deliveries unacknowledged: this subscriber is
-                    // behind, so its org's publishers get a window (flow.rs). It stays so
-                    // until it has drained: nothing unacknowledged (a dip in the window
-                    // is not a drained queue, and leaving too early would let a new
-                    // window pile on top of the old backlog).
-                    if wake
-                        || started.elapsed() > flow::SLOW_WRITE
-                        || self.out_inflight >= self.limits.inflight_high
-                    {
-                        self.flow.congested();
-                    } else if self.out_inflight == 0 {
-                        self.flow.relieved();
                     }
                     if wake {
                         if let Some(l) = &self.link {
@@ -298,7 +283,8 @@ impl Bridge {
                         }
                     }
                     self.counters.publishes.increment(1);
-                    self.flow.published(1);
+                    self.flow
+                        .published(std::str::from_utf8(&publish.topic).unwrap_or_default());
                     self.send_to_engine(Packet::Publish(publish, props)).await?;
                 }
                 Packet::Subscribe(sub, props) => {
@@ -308,6 +294,7 @@ impl Bridge {
                         match self.principal.subscribe_filter(&f.path) {
                             Ok(internal) => {
                                 slots.push(None);
+                                self.flow.subscribed(&internal);
                                 allowed.push(Filter {
                                     path: internal,
                                     ..f
@@ -343,6 +330,7 @@ impl Bridge {
                         *f = self.principal.subscribe_filter(f).unwrap_or_else(|_| {
                             format!("{}$none", crate::acl::tenant_prefix(&self.principal.org))
                         });
+                        self.flow.unsubscribed(f);
                     }
                     self.send_to_engine(Packet::Unsubscribe(unsub, props))
                         .await?;
@@ -354,13 +342,11 @@ impl Bridge {
                 }
                 Packet::Connect(..) => return Err(SessionError::Protocol("second CONNECT")),
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
-                    // The client acknowledged one of our QoS 1/2 deliveries: it has it, so
-                    // the org's publishers may send one more (flow.rs).
+                    // The client acknowledged one of our QoS 1/2 deliveries: it has it
+                    // (flow.rs counts it off this subscriber's window).
                     self.flow.delivered();
+                    self.last_ack = Instant::now();
                     self.out_inflight = self.out_inflight.saturating_sub(1);
-                    if self.out_inflight == 0 {
-                        self.flow.relieved();
-                    }
                     self.send_to_engine(p).await?
                 }
                 p @ (Packet::PubRel(..) | Packet::PubComp(..)) => self.send_to_engine(p).await?,

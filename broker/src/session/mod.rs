@@ -48,9 +48,6 @@ pub struct SessionLimits {
     pub max_queued_packets: usize,
     /// A client that accepts no bytes for this long is closed as a slow consumer.
     pub write_timeout: Duration,
-    /// Unacknowledged QoS 1/2 deliveries at which a subscriber counts as congested
-    /// (rumqttd stops sending to a client at 100 in flight, a constant of its own).
-    pub inflight_high: usize,
 }
 
 impl Default for SessionLimits {
@@ -60,7 +57,6 @@ impl Default for SessionLimits {
             max_packet_size: 1024 * 1024,
             max_queued_packets: 512,
             write_timeout: Duration::from_secs(30),
-            inflight_high: 75,
         }
     }
 }
@@ -304,10 +300,11 @@ where
         pending_subs: HashMap::new(),
         wbuf: BytesMut::new(),
         limits: ctx.limits.clone(),
-        flow: ctx.pressure.flow(&org),
+        flow: ctx.pressure.flow(&org, &client_id, !connect.clean_session),
         counters,
         out_inflight: 0,
         held: false,
+        last_ack: tokio::time::Instant::now(),
     };
     if let Some((topic, payload)) = status.connect() {
         ctx.engine.publish(topic, payload, false).await;
