@@ -27,6 +27,8 @@ pub(crate) struct Options {
     pub(crate) domain: String,
     /// How long audit entries are kept, in days (`--audit-retention-days`).
     pub(crate) audit_retention_days: u32,
+    /// Per-source limits before admission (`--max-pending-per-ip`, `--handshakes-per-ip`).
+    pub(crate) guard: broker::GuardConfig,
 }
 
 /// A running certmq: addresses it is bound to, its admin token, and how to stop it.
@@ -113,8 +115,11 @@ const FD_RESERVE: u64 = 256;
 
 /// The broker's settings for this process: the connection cap follows the file
 /// descriptor limit (raised to its hard maximum first), less [`FD_RESERVE`].
-fn broker_config() -> BrokerConfig {
-    let mut config = BrokerConfig::default();
+fn broker_config(guard: broker::GuardConfig) -> BrokerConfig {
+    let mut config = BrokerConfig {
+        guard,
+        ..Default::default()
+    };
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             let cap = limit.saturating_sub(FD_RESERVE).max(16);
@@ -170,7 +175,7 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     let registry = Arc::new(registry);
     let (admin_token, token_generated) = admin_token(&opts.data_dir)?;
 
-    let broker = Broker::new(registry.clone(), broker_config());
+    let broker = Broker::new(registry.clone(), broker_config(opts.guard.clone()));
     let mqtt = TcpListener::bind(opts.mqtt)
         .await
         .with_context(|| format!("binding MQTT listener {}", opts.mqtt))?;

@@ -47,6 +47,15 @@ enum Command {
         #[arg(long, default_value_t = registry::audit::DEFAULT_AUDIT_RETENTION_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36500))]
         audit_retention_days: u32,
+        /// Connections one source address may have handshaking or waiting for their
+        /// CONNECT to be decided at once; 0 = no limit (e.g. behind an L4 balancer that
+        /// hides client addresses).
+        #[arg(long, default_value_t = 256)]
+        max_pending_per_ip: u32,
+        /// TLS handshakes one source address may start per second (bursts of twice as
+        /// many); 0 = no limit.
+        #[arg(long, default_value_t = 500)]
+        handshakes_per_ip: u32,
     },
     /// Start everything on free ports in a temp dir, run a small fleet, print a summary.
     Demo {
@@ -83,6 +92,8 @@ async fn main() -> anyhow::Result<()> {
             mqtt_plain,
             domain,
             audit_retention_days,
+            max_pending_per_ip,
+            handshakes_per_ip,
         } => {
             serve(app::Options {
                 data_dir,
@@ -91,6 +102,12 @@ async fn main() -> anyhow::Result<()> {
                 mqtt_plain: mqtt_plain.0,
                 domain,
                 audit_retention_days,
+                guard: broker::GuardConfig {
+                    max_pending_per_ip,
+                    handshakes_per_sec: f64::from(handshakes_per_ip),
+                    handshake_burst: 2.0 * f64::from(handshakes_per_ip),
+                    ..Default::default()
+                },
             })
             .await
         }

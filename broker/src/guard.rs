@@ -18,9 +18,9 @@ use registry::{Identity, OrgId};
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
     /// Connections from one address that may be handshaking or waiting for their
-    /// CONNECT to be admitted at once; more are closed at accept.
+    /// CONNECT to be admitted at once; more are closed at accept. 0: no limit.
     pub max_pending_per_ip: u32,
-    /// Handshakes one address may start per second, sustained ...
+    /// Handshakes one address may start per second, sustained (0: no limit) ...
     pub handshakes_per_sec: f64,
     /// ... and in a burst.
     pub handshake_burst: f64,
@@ -137,13 +137,15 @@ impl Guard {
         let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
         s.tokens = (s.tokens + elapsed * c.handshakes_per_sec).min(c.handshake_burst);
         s.refilled = now;
-        if s.pending >= c.max_pending_per_ip {
+        if c.max_pending_per_ip > 0 && s.pending >= c.max_pending_per_ip {
             return Err(AcceptRefusal::TooManyPending);
         }
-        if s.tokens < 1.0 {
-            return Err(AcceptRefusal::HandshakeRate);
+        if c.handshakes_per_sec > 0.0 {
+            if s.tokens < 1.0 {
+                return Err(AcceptRefusal::HandshakeRate);
+            }
+            s.tokens -= 1.0;
         }
-        s.tokens -= 1.0;
         s.pending += 1;
         Ok(Pending {
             guard: self.clone(),
@@ -215,6 +217,18 @@ mod tests {
         assert!(g.accept(ip(2)).is_ok(), "other addresses are not affected");
         drop(a);
         assert!(g.accept(ip(1)).is_ok(), "a finished wait frees a place");
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let g = Guard::new(GuardConfig {
+            max_pending_per_ip: 0,
+            handshakes_per_sec: 0.0,
+            handshake_burst: 0.0,
+            ..Default::default()
+        });
+        let held: Vec<Pending> = (0..5000).map(|_| g.accept(ip(1)).unwrap()).collect();
+        assert_eq!(held.len(), 5000);
     }
 
     #[test]

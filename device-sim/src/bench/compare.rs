@@ -211,6 +211,13 @@ async fn start_certmq(opts: &CompareOptions, m: &Material) -> Result<Running> {
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
+            // The load comes from a handful of loopback addresses at rates no single
+            // device address would reach: the per-address limits are off, as they would
+            // be behind an L4 balancer.
+            "--max-pending-per-ip",
+            "0",
+            "--handshakes-per-ip",
+            "0",
             "--domain",
             DOMAIN,
             // No plain-MQTT listener: nothing here uses it, and its fixed port may be taken.
