@@ -269,7 +269,15 @@ impl Bridge {
                     }
                     let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
                     match self.principal.publish_topic(topic) {
-                        Ok(internal) => publish.topic = Bytes::from(internal),
+                        Ok(internal) => {
+                            publish.topic = Bytes::from(internal);
+                            // The decoded payload is a slice of this session's read
+                            // buffer: kept in the engine's log, it would pin the whole
+                            // 16 KiB read it came in (a client that sends one small
+                            // message per read pinned ~160× its messages' size). A copy
+                            // holds only the payload.
+                            publish.payload = Bytes::copy_from_slice(&publish.payload);
+                        }
                         Err(denied) => {
                             // An unauthorized PUBLISH closes the connection.
                             if let Some(p) = self
