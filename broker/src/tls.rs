@@ -204,7 +204,7 @@ impl OrgTlsCache {
             Err(registry::Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let revocations = self.registry.revocations(org)?;
+        let blocked = self.registry.blocked_identities(org)?;
         // Levels that admit tokens ask for a certificate without requiring one.
         let (cert_optional, _) = policy.loosest();
         let (chain, key) = match material.server {
@@ -277,7 +277,7 @@ impl OrgTlsCache {
             policy,
             active_cas: cas.iter().map(|c| c.fingerprint.clone()).collect(),
             crls,
-            blocked: revocations.blocked,
+            blocked,
         };
         Ok(Some(OrgTls {
             org: org.clone(),

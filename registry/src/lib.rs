@@ -46,7 +46,7 @@ pub use names::{Identity, Kind, Name, OrgId};
 pub use orgs::Org;
 pub use policy::{DeviceToken, Level, SecurityPolicy, Transport};
 pub use registry::{Change, Registry};
-pub use revocation::{BlockedDevice, Crl, Revocations};
+pub use revocation::{BlockedDevice, Crl};
 pub use server_certs::{ServerCert, ServerCertView};
 pub use server_upload::{NewServerCert, UploadServerCert};
 pub use tls::TlsMaterial;

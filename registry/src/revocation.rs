@@ -5,7 +5,7 @@
 //! every handshake) and, on every change, closes the live sessions that a block or a
 //! CRL now refuses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use ::time::OffsetDateTime;
 use serde::{Deserialize, Serialize};
@@ -49,26 +49,6 @@ pub struct Crl {
     #[serde(with = "::time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub pem: String,
-}
-
-/// What the broker needs to judge a live session: blocked identities, and revoked
-/// serials per admitting CA fingerprint.
-#[derive(Debug, Clone, Default)]
-pub struct Revocations {
-    pub blocked: HashSet<Identity>,
-    pub revoked: HashMap<String, HashSet<String>>,
-}
-
-impl Revocations {
-    /// Whether a session of `identity`, admitted by the CA with `ca_fingerprint`, with
-    /// certificate `serial`, is refused now.
-    pub fn refuses(&self, identity: &Identity, ca_fingerprint: &str, serial: &str) -> bool {
-        self.blocked.contains(identity)
-            || self
-                .revoked
-                .get(ca_fingerprint)
-                .is_some_and(|s| s.contains(serial))
-    }
 }
 
 fn read_crl_der(bytes: &[u8]) -> Result<Vec<u8>, CertError> {
@@ -139,14 +119,6 @@ impl Registry {
     pub fn list_blocked(&self, org: &OrgId) -> Result<Vec<BlockedDevice>> {
         self.get_org(org)?;
         self.scan_json(&layout::blocked_devices(org))
-    }
-
-    /// Whether `identity` is blocked in `org` (one store read; on every CONNECT).
-    pub fn is_blocked(&self, org: &OrgId, identity: &Identity) -> Result<bool> {
-        Ok(self
-            .store
-            .get(&layout::blocked_device(org, identity))?
-            .is_some())
     }
 
     // ---- CRLs ----
@@ -242,20 +214,13 @@ impl Registry {
             .collect()
     }
 
-    /// Blocked identities and revoked serials of `org`, for judging live sessions.
-    pub fn revocations(&self, org: &OrgId) -> Result<Revocations> {
-        let blocked = self
+    /// The identities blocked in `org`, for the broker's admission rules (the CRLs
+    /// themselves reach it with the org's TLS material).
+    pub fn blocked_identities(&self, org: &OrgId) -> Result<HashSet<Identity>> {
+        Ok(self
             .scan_json::<BlockedDevice>(&layout::blocked_devices(org))?
             .into_iter()
             .map(|b| b.identity)
-            .collect();
-        let mut revoked: HashMap<String, HashSet<String>> = HashMap::new();
-        for c in self.scan_json::<Crl>(&layout::crls(org))? {
-            revoked
-                .entry(c.ca_fingerprint)
-                .or_default()
-                .extend(c.revoked_serials);
-        }
-        Ok(Revocations { blocked, revoked })
+            .collect())
     }
 }
