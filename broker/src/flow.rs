@@ -28,6 +28,7 @@
 //! `engine/router.rs`) measures more than [`LAG_LIMIT`], publishers wait for the next
 //! measurement.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,10 +45,6 @@ pub const LAG_LIMIT: Duration = Duration::from_millis(20);
 /// Longest wait before looking again (a safety net: the wake-ups come from deliveries
 /// and the probe).
 const RECHECK: Duration = Duration::from_millis(50);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// One subscriber's count: a session, or a shared-subscription group.
 #[derive(Debug, Default)]

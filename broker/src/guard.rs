@@ -7,6 +7,7 @@
 //! when it has no pending connection and its buckets are full again, and the token
 //! failure table is swept as its windows expire.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -83,10 +84,6 @@ pub(crate) struct Guard {
     config: GuardConfig,
     sources: Mutex<HashMap<IpAddr, Source>>,
     failures: Mutex<Failures>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A connection from `ip` waiting for admission; dropping it ends the wait.

@@ -32,3 +32,10 @@ pub use guard::GuardConfig;
 pub use server::{Broker, BrokerConfig};
 pub use session::SessionLimits;
 pub use sessions::{CloseReason, Sessions};
+
+/// Locks `m`, recovering the data if a panicking thread poisoned it: every critical
+/// section in the broker leaves its data consistent, so a panic elsewhere must not
+/// take the lock (and with it every session) down too.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

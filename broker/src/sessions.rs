@@ -116,7 +116,7 @@ pub struct Sessions {
 
 impl Sessions {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.map)
     }
 
     /// Registers a session, returning its sequence number and the session it replaces.

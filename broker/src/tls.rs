@@ -10,6 +10,7 @@
 //! After a handshake, [`OrgTls::peer_cert`] reads what admission needs off the verified
 //! chain: identity, the admitting CA, serial and expiry.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,10 +112,6 @@ pub struct OrgTlsCache {
     last_good: Mutex<HashMap<OrgId, Arc<OrgTls>>>,
     /// Why the org's config last failed to build, until it builds again.
     errors: Mutex<HashMap<OrgId, String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OrgTlsCache {

@@ -19,6 +19,7 @@
 pub mod codec;
 mod router;
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -76,10 +77,6 @@ struct State {
     retained: Mutex<HashMap<OrgId, HashSet<String>>>,
     /// Client ids whose last session was persistent: the engine may hold their state.
     persistent: Mutex<HashSet<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The org of an internal topic (`/tenants/<org>/…`).
