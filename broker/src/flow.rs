@@ -58,21 +58,25 @@ pub(crate) struct Sub {
 /// Where a subscriber's filters are indexed: Watson's internal topics name a device
 /// type and id at fixed levels, so a filter naming both is found by them, and only
 /// filters with wildcards there are tried against every publish.
+/// A subscription filter (internal form) and the subscriber it counts for.
+type Entry = (String, Arc<Sub>);
+
 #[derive(Default)]
 struct Index {
-    /// `T/D` → (filter, subscriber).
-    exact: HashMap<String, Vec<(String, Arc<Sub>)>>,
-    wild: Vec<(String, Arc<Sub>)>,
+    /// Device type → device id → entries.
+    exact: HashMap<String, HashMap<String, Vec<Entry>>>,
+    wild: Vec<Entry>,
 }
 
 /// The device type and id levels of an internal topic or filter
-/// (`/tenants/<org>/iot-2/type/<T>/id/<D>/…`), when both are names.
-fn device_key(topic: &str) -> Option<String> {
+/// (`/tenants/<org>/iot-2/type/<T>/id/<D>/…`), when both are names. Borrowed: this runs
+/// for every publish.
+fn device_key(topic: &str) -> Option<(&str, &str)> {
     let mut levels = topic.split('/');
     let t = levels.nth(5)?;
     let d = levels.nth(1)?;
     let literal = |s: &str| !s.is_empty() && s != "+" && s != "#";
-    (literal(t) && literal(d)).then(|| format!("{t}/{d}"))
+    (literal(t) && literal(d)).then_some((t, d))
 }
 
 /// MQTT topic matching of an internal filter (`+`, `#`) against a topic.
@@ -93,19 +97,27 @@ fn matches(filter: &str, topic: &str) -> bool {
 impl Index {
     fn insert(&mut self, filter: String, sub: Arc<Sub>) {
         match device_key(&filter) {
-            Some(k) => self.exact.entry(k).or_default().push((filter, sub)),
+            Some((t, d)) => {
+                let ids = self.exact.entry(t.to_owned()).or_default();
+                ids.entry(d.to_owned()).or_default().push((filter, sub));
+            }
             None => self.wild.push((filter, sub)),
         }
     }
 
     fn remove(&mut self, filter: &str, sub: &Arc<Sub>) {
-        let gone = |(f, s): &(String, Arc<Sub>)| f == filter && Arc::ptr_eq(s, sub);
+        let gone = |(f, s): &Entry| f == filter && Arc::ptr_eq(s, sub);
         match device_key(filter) {
-            Some(k) => {
-                if let Some(v) = self.exact.get_mut(&k) {
-                    v.retain(|e| !gone(e));
-                    if v.is_empty() {
-                        self.exact.remove(&k);
+            Some((t, d)) => {
+                if let Some(ids) = self.exact.get_mut(t) {
+                    if let Some(v) = ids.get_mut(d) {
+                        v.retain(|e| !gone(e));
+                        if v.is_empty() {
+                            ids.remove(d);
+                        }
+                    }
+                    if ids.is_empty() {
+                        self.exact.remove(t);
                     }
                 }
             }
@@ -117,7 +129,7 @@ impl Index {
     fn each_match(&self, topic: &str, mut f: impl FnMut(&Arc<Sub>)) {
         let mut seen: Vec<*const Sub> = Vec::new();
         let exact = device_key(topic)
-            .and_then(|k| self.exact.get(&k))
+            .and_then(|(t, d)| self.exact.get(t)?.get(d))
             .into_iter()
             .flatten();
         for (filter, sub) in exact.chain(self.wild.iter()) {
@@ -386,7 +398,7 @@ mod tests {
             "/tenants/acme/iot-2/type/s/id/d1/cmd/c/fmt/json"
         ));
         assert!(!matches("/tenants/beta/#", EVENT));
-        assert_eq!(device_key(EVENT).as_deref(), Some("s/d1"));
+        assert_eq!(device_key(EVENT), Some(("s", "d1")));
         assert_eq!(device_key(APP_FILTER), None);
     }
 
@@ -418,6 +430,26 @@ mod tests {
             publisher.published("/tenants/acme/iot-2/type/s/id/d1/cmd/c/fmt/json");
         }
         assert!(publisher.may_publish());
+    }
+
+    #[tokio::test]
+    async fn device_subscriptions_are_found_by_type_and_id() {
+        let (p, _) = pressure();
+        let app = p.flow(&acme(), "a:acme:app", false);
+        let mut dev = p.flow(&acme(), "d:acme:s:d1", false);
+        let filter = "/tenants/acme/iot-2/type/s/id/d1/cmd/+/fmt/+";
+        dev.subscribed(filter);
+        for _ in 0..WINDOW {
+            app.published("/tenants/acme/iot-2/type/s/id/d2/cmd/c/fmt/json");
+        }
+        assert!(!dev.over(), "another device's commands do not count");
+        for _ in 0..WINDOW {
+            app.published("/tenants/acme/iot-2/type/s/id/d1/cmd/c/fmt/json");
+        }
+        assert!(dev.over());
+        dev.unsubscribed(filter);
+        let index = dev.org.index.read().unwrap();
+        assert!(index.exact.is_empty(), "the emptied entries are removed");
     }
 
     #[tokio::test]
