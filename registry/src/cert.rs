@@ -1,7 +1,7 @@
 //! Certificate parsing and the rules an uploaded certificate must pass.
 //!
 //! Everything here is pure: bytes in, parsed details or a [`CertError`] naming the rule
-//! that failed out. The broker uses [`identity_of`] on every handshake; the admin API
+//! that failed out. The broker uses [`client_summary`] on every handshake; the admin API
 //! uses [`check_ca`] on every CA upload.
 
 use std::fmt;
