@@ -8,7 +8,7 @@ use std::sync::Arc;
 use admin_api::DryRunError;
 use anyhow::Context;
 use broker::{AuthzError, Broker, BrokerConfig, CloseReason};
-use registry::live::{AuthzDecision, AuthzRequest, SessionInfo};
+use registry::live::{AuthzDecision, AuthzRequest, RetainedMessage, SessionInfo};
 use registry::seal::{random_bytes, write_private_file, MasterKey};
 use registry::store::SledStore;
 use registry::{OrgId, Registry};
@@ -96,6 +96,18 @@ impl admin_api::ConnectionsView for BrokerView {
         self.0.tls_error(org)
     }
 
+    fn retained(&self, org: &OrgId) -> Vec<RetainedMessage> {
+        self.0.retained(org)
+    }
+
+    fn delete_retained(&self, org: &OrgId, topic: &str) -> bool {
+        let broker = self.0.clone();
+        let (org, topic) = (org.clone(), topic.to_owned());
+        // Called from a blocking thread (see `ConnectionsView`).
+        tokio::runtime::Handle::current()
+            .block_on(async move { broker.delete_retained(&org, &topic).await })
+    }
+
     fn authz_check(
         &self,
         org: &OrgId,
@@ -175,7 +187,12 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     let registry = Arc::new(registry);
     let (admin_token, token_generated) = admin_token(&opts.data_dir)?;
 
-    let broker = Broker::new(registry.clone(), broker_config(opts.guard.clone()));
+    let broker = Broker::new(registry.clone(), broker_config(opts.guard.clone())).map_err(|e| {
+        anyhow::anyhow!(
+            "loading message state from {}: {e}",
+            opts.data_dir.display()
+        )
+    })?;
     let mqtt = TcpListener::bind(opts.mqtt)
         .await
         .with_context(|| format!("binding MQTT listener {}", opts.mqtt))?;

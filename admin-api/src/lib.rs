@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::{Extension, Router};
-use registry::live::{AuthzDecision, AuthzRequest, SessionInfo};
+use registry::live::{AuthzDecision, AuthzRequest, RetainedMessage, SessionInfo};
 use registry::{OrgId, Registry};
 use serde::Serialize;
 use utoipa::{OpenApi as _, ToSchema};
@@ -38,6 +38,7 @@ mod openapi;
 mod ops;
 mod orgs;
 mod policy;
+mod retained;
 mod revocation;
 mod server_certs;
 mod tokens;
@@ -68,6 +69,15 @@ pub trait ConnectionsView: Send + Sync + 'static {
     /// keeps serving the org with its last good config).
     fn tls_error(&self, _org: &OrgId) -> Option<String> {
         None
+    }
+    /// The retained messages of `org`, sorted by topic (the org's own names).
+    fn retained(&self, _org: &OrgId) -> Vec<RetainedMessage> {
+        Vec::new()
+    }
+    /// Removes the retained message at `topic` (the org's own name); whether there
+    /// was one.
+    fn delete_retained(&self, _org: &OrgId, _topic: &str) -> bool {
+        false
     }
     /// The authorization dry run of `org` (`POST /orgs/{org}/authz/check`).
     fn authz_check(
@@ -162,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(revocation::upload_crl, revocation::list_crls))
         .routes(routes!(revocation::delete_crl))
         .routes(routes!(audit::list_platform))
+        .routes(routes!(retained::list, retained::delete))
         .split_for_parts();
     let api = api
         .method_not_allowed_fallback(method_not_allowed)

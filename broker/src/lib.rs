@@ -25,6 +25,7 @@ pub mod metrics;
 mod server;
 mod session;
 pub mod sessions;
+mod state;
 pub mod tls;
 
 pub use authz::AuthzError;

@@ -83,6 +83,25 @@ pub(crate) fn kick(org: &str, reason: &'static str) {
         .increment(1);
 }
 
+/// The message state's size, and whether writing it is failing.
+pub(crate) fn state(persistent_sessions: usize, queued: usize, failing: bool) {
+    metrics::gauge!("certmq_persistent_sessions").set(persistent_sessions as f64);
+    metrics::gauge!("certmq_queued_messages").set(queued as f64);
+    metrics::gauge!("certmq_state_write_failing").set(f64::from(u8::from(failing)));
+}
+
+/// Messages dropped from an org's state (a full queue drops its oldest).
+pub(crate) fn dropped(org: &str, reason: &'static str, n: u64) {
+    metrics::counter!("certmq_dropped_total", "org" => org.to_owned(), "reason" => reason)
+        .increment(n);
+}
+
+/// Something refused because it would exceed one of the org's limits.
+pub(crate) fn limit_refused(org: &str, limit: &'static str) {
+    metrics::counter!("certmq_limit_refusals_total", "org" => org.to_owned(), "limit" => limit)
+        .increment(1);
+}
+
 /// Per-session counter handles: one lookup at CONNECT, an atomic add per packet.
 pub(crate) struct SessionCounters {
     pub publishes: metrics::Counter,

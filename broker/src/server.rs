@@ -20,7 +20,11 @@ use crate::engine::{Engine, EngineConfig};
 use crate::guard::{Guard, GuardConfig, Pending};
 use crate::session::{self, Peer, SessionCtx, SessionLimits};
 use crate::sessions::{CloseReason, Sessions};
+use crate::state::MessageState;
 use crate::tls::OrgTlsCache;
+
+/// How often persistent sessions past their expiry are ended.
+const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(10);
 use registry::Transport;
 
 /// Broker settings.
@@ -67,10 +71,14 @@ impl Broker {
     /// the changed org, first drops its cached TLS config (the next handshake rebuilds
     /// it) and then re-judges its live sessions (see [`Broker::reconcile`]). Both run
     /// before the registry call that made the change returns.
-    pub fn new(registry: Arc<Registry>, config: BrokerConfig) -> Arc<Broker> {
+    ///
+    /// The message state (retained messages, persistent sessions) is loaded from the
+    /// registry's store first; an error reading it stops the start.
+    pub fn new(registry: Arc<Registry>, config: BrokerConfig) -> Result<Arc<Broker>, String> {
         crate::metrics::install();
         let tls = OrgTlsCache::new(registry.clone());
         let sessions = Arc::new(Sessions::default());
+        let state = MessageState::open(registry.store())?;
         let engine = Engine::start(&config.engine);
         let ctx = Arc::new(SessionCtx {
             registry: registry.clone(),
@@ -83,6 +91,7 @@ impl Broker {
             sessions: sessions.clone(),
             limits: config.limits.clone(),
             guard: Guard::new(config.guard.clone()),
+            state,
         });
         let broker = Arc::new(Broker {
             tls,
@@ -97,7 +106,70 @@ impl Broker {
                 b.reconcile(org);
             }
         });
-        broker
+        broker.restore();
+        Ok(broker)
+    }
+
+    /// Replays the stored retained messages into the engine (clean subscribers get
+    /// them from there) and starts the sweep of expired persistent sessions.
+    fn restore(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            warn!("no runtime: retained messages are not replayed into the engine");
+            return;
+        };
+        let retained = self.ctx.state.all_retained();
+        let engine = self.ctx.engine.clone();
+        rt.spawn(async move {
+            for m in retained {
+                engine.publish(m.publish.clone(), m.qos).await;
+            }
+        });
+        let state = Arc::downgrade(&self.ctx.state);
+        rt.spawn(async move {
+            let mut every = tokio::time::interval(SESSION_SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                let ended = state.expire_sessions();
+                if ended > 0 {
+                    info!(sessions = ended, "expired persistent sessions ended");
+                }
+            }
+        });
+    }
+
+    /// Retained messages of `org`, in its own topic names.
+    pub fn retained(&self, org: &OrgId) -> Vec<registry::live::RetainedMessage> {
+        let prefix = crate::acl::tenant_prefix(org);
+        self.ctx
+            .state
+            .retained(org)
+            .into_iter()
+            .map(|r| registry::live::RetainedMessage {
+                topic: r.topic.strip_prefix(&prefix).unwrap_or(&r.topic).to_owned(),
+                bytes: r.bytes,
+                qos: r.qos,
+                retained_at: time::OffsetDateTime::from_unix_timestamp(
+                    i64::try_from(r.at).unwrap_or(0),
+                )
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            })
+            .collect()
+    }
+
+    /// Removes the retained message at `topic` (the org's own topic name) from the
+    /// org; whether there was one.
+    pub async fn delete_retained(&self, org: &OrgId, topic: &str) -> bool {
+        let internal = format!("{}{topic}", crate::acl::tenant_prefix(org));
+        let removed = self.ctx.state.remove_retained(org, &internal);
+        // The engine's copy too (a clean subscriber would get it from there).
+        self.ctx.engine.clear_retained(org, internal).await;
+        removed
+    }
+
+    /// Waits (at most `limit`) for message state written so far to reach the disk.
+    pub fn sync_state(&self, limit: Duration) {
+        self.ctx.state.sync(limit)
     }
 
     pub(crate) fn tls(&self) -> &OrgTlsCache {
@@ -106,6 +178,8 @@ impl Broker {
 
     /// The Prometheus text exposition of the broker's metrics.
     pub fn metrics_text(&self) -> String {
+        let (sessions, queued) = self.ctx.state.counts();
+        crate::metrics::state(sessions, queued, self.ctx.state.failing());
         crate::metrics::render(self.sessions.counts(), &self.ctx.registry)
     }
 
@@ -174,11 +248,13 @@ impl Broker {
     /// their links.
     fn purge_when_closed(&self, org: OrgId, sessions: Vec<Arc<crate::sessions::KillSwitch>>) {
         let engine = self.ctx.engine.clone();
+        let state = self.ctx.state.clone();
         let purge = async move {
             for s in sessions {
                 let _ = tokio::time::timeout(Duration::from_secs(5), s.finished()).await;
             }
             engine.purge(&org).await;
+            state.purge(&org).await;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -257,6 +333,9 @@ impl Broker {
         self.sessions.kick_where(CloseReason::Shutdown, |_| true);
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        // What the ended sessions left (their queues, offline times) reaches the disk.
+        let state = self.ctx.state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.sync(Duration::from_secs(5))).await;
     }
 
     async fn plain_connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {

@@ -132,6 +132,15 @@ pub(crate) fn domain_owner(domain: &str) -> String {
     format!("{DOMAIN_OWNERS}{domain}")
 }
 
+/// The org's message state, which the broker owns (retained messages, persistent
+/// sessions and their queues): the registry only deletes it with the org.
+pub fn messages(org: &OrgId) -> String {
+    format!("msg/{org}/")
+}
+
+/// Every org's message state.
+pub const MESSAGES: &str = "msg/";
+
 /// Where some of an org's data lives.
 pub(crate) enum Place {
     /// One key.
@@ -178,6 +187,7 @@ pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
             place: Place::Key(org_domains(org)),
             index_keys: Some(domain_owner_keys),
         },
+        at(Place::Prefix(messages(org))),
     ]
 }
 

@@ -51,3 +51,8 @@ pub use server_certs::{ServerCert, ServerCertView};
 pub use server_upload::{NewServerCert, UploadServerCert};
 pub use tls::TlsMaterial;
 pub use tokens::{NewToken, TokenView};
+
+/// The store keys of the broker's message state (see [`Registry::store`]).
+pub mod message_keys {
+    pub use crate::layout::{messages as org, MESSAGES as ALL};
+}

@@ -237,3 +237,18 @@ mod tests {
         );
     }
 }
+
+/// A retained message of an org (`GET /orgs/{org}/retained`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RetainedMessage {
+    /// The topic, as the org's clients name it.
+    pub topic: String,
+    /// Payload size, bytes.
+    pub bytes: usize,
+    /// The QoS it was published with.
+    pub qos: u8,
+    /// When it was retained.
+    #[serde(with = "time::serde::rfc3339")]
+    pub retained_at: OffsetDateTime,
+}

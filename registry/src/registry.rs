@@ -97,6 +97,12 @@ impl Registry {
         &self.domain
     }
 
+    /// The store under the registry. The broker keeps its message state there too
+    /// (under [`crate::message_keys`]), so an org's messages are deleted with the org.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// Registers a listener called after every committed change.
     pub fn on_change(&self, f: impl Fn(&Change) + Send + Sync + 'static) {
         self.listeners

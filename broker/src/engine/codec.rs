@@ -77,6 +77,33 @@ pub fn connect_version(buf: &[u8]) -> Result<Version, CodecError> {
     }
 }
 
+/// The QoS and packet id of the PUBLISH at the head of `buf` (rumqttd keeps both
+/// private once decoded). `None` when `buf` does not start with a whole PUBLISH header.
+pub fn publish_meta(buf: &[u8]) -> Option<(u8, u16)> {
+    let first = *buf.first()?;
+    if first >> 4 != 3 {
+        return None;
+    }
+    let qos = (first >> 1) & 0b11;
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return None;
+        }
+    }
+    if qos == 0 {
+        return Some((0, 0));
+    }
+    let topic_len = usize::from(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]));
+    let at = i + 2 + topic_len;
+    Some((qos, u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?])))
+}
+
 impl Version {
     /// Reads one packet from `buf`, consuming it.
     pub fn read(self, buf: &mut BytesMut, max_size: usize) -> Result<Packet, CodecError> {
@@ -179,6 +206,23 @@ fn downgrade(packet: Packet) -> Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_publish_header() {
+        let mut buf = BytesMut::new();
+        let p = crate::engine::packet::publish(b"a/b", b"xyz", 1, false, 513, false);
+        Version::V4
+            .write(Packet::Publish(p, None), &mut buf)
+            .unwrap();
+        assert_eq!(publish_meta(&buf), Some((1, 513)));
+        assert_eq!(publish_meta(&buf[..3]), None);
+        let mut buf = BytesMut::new();
+        let p = crate::engine::packet::publish(b"a/b", b"xyz", 0, false, 0, false);
+        Version::V5
+            .write(Packet::Publish(p, None), &mut buf)
+            .unwrap();
+        assert_eq!(publish_meta(&buf), Some((0, 0)));
+    }
 
     #[test]
     fn detects_versions_and_garbage() {

@@ -5,16 +5,19 @@
 //! so each session gets a [`Link`] to the router and bridges it to the client's socket
 //! (see `session/bridge.rs`). Sessions see only this module's interface:
 //!
-//! - [`Engine::link`] opens a session's link (and answers its CONNACK);
+//! - [`Engine::link`] opens a session's link (always clean: persistent sessions are
+//!   certmq's own, in `state`);
 //! - [`Link`] carries the session's publishes, subscriptions, acknowledgements and its
 //!   final disconnect in, and [`Outbound`] deliveries out;
-//! - [`Engine::publish`] publishes on the broker's own behalf (status events, wills);
-//! - [`Engine::purge`] forgets everything an org left in the engine: its retained
-//!   messages and its persistent sessions (after the org is deleted).
+//! - [`Engine::publish`] publishes on the broker's own behalf (status events, wills,
+//!   retained messages restored on start);
+//! - [`Engine::purge`] forgets the retained messages an org left in the engine (after
+//!   the org is deleted).
 //!
 //! The packet model is rumqttd's protocol module ([`packet`], with the wire codec in
 //! [`codec`]); it is a codec with no router in it, so another engine can keep it.
-//! The durable message state and the cluster plug in behind this interface.
+//! The durable message state (`state`) sits beside it; the cluster plugs in behind
+//! this interface.
 
 pub mod codec;
 mod router;
@@ -32,9 +35,40 @@ pub(crate) use router::Router;
 /// The packet model sessions use (rumqttd's protocol module).
 pub mod packet {
     pub use rumqttd::protocol::{
-        ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill, Login,
-        Packet, PingResp, Publish, PublishProperties, SubAck, Subscribe, SubscribeReasonCode,
+        ConnAck, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter,
+        LastWill, LastWillProperties, Login, Packet, PingResp, PubAck, PubAckReason, PubComp,
+        PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS,
+        SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
     };
+
+    /// A PUBLISH with the given QoS, packet id and DUP flag (rumqttd keeps those fields
+    /// private; its own serialization is the way in).
+    pub fn publish(
+        topic: &[u8],
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+        pkid: u16,
+        dup: bool,
+    ) -> Publish {
+        use bytes::BufMut;
+        let mut b = bytes::BytesMut::with_capacity(5 + topic.len() + payload.len());
+        b.put_u8(0b0011_0000 | u8::from(retain) | ((qos.min(2)) << 1) | (u8::from(dup) << 3));
+        b.put_u16(pkid);
+        b.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
+        b.put_slice(topic);
+        b.put_slice(payload);
+        Publish::deserialize(b.freeze())
+    }
+
+    /// `p` with another QoS, packet id and DUP flag; topic and payload are shared, not
+    /// copied.
+    pub fn with_qos(p: &Publish, qos: u8, pkid: u16, dup: bool) -> Publish {
+        let mut out = publish(b"", b"", qos, p.retain, pkid, dup);
+        out.topic = p.topic.clone();
+        out.payload = p.payload.clone();
+        out
+    }
 }
 
 use packet::{DisconnectReasonCode, Packet, Publish, PublishProperties};
@@ -75,8 +109,6 @@ pub struct Engine {
 struct State {
     /// Internal topics with a retained message, per org.
     retained: Mutex<HashMap<OrgId, HashSet<String>>>,
-    /// Client ids whose last session was persistent: the engine may hold their state.
-    persistent: Mutex<HashSet<String>>,
 }
 
 /// The org of an internal topic (`/tenants/<org>/…`).
@@ -145,46 +177,28 @@ impl Engine {
         }
     }
 
-    /// Opens the link of session `client_id`. The answer carries the engine's CONNACK
-    /// (session present for a persistent session it holds). Sessions open theirs only
-    /// when they first need the engine (see `session/mod.rs`).
-    pub(crate) async fn link(
-        &self,
-        client_id: &str,
-        clean_session: bool,
-    ) -> Result<(Link, Packet), EngineError> {
+    /// Opens the link of session `client_id`, always a clean one: the engine routes
+    /// between live sessions and keeps no session state (persistent sessions are
+    /// certmq's own, see `state`). Sessions open theirs only when they first need the
+    /// engine (see `session/mod.rs`).
+    pub(crate) async fn link(&self, client_id: &str) -> Result<Link, EngineError> {
         let router = self.router(org_of_client(client_id).unwrap_or_default());
-        let (tx, rx, ack) = router.link(client_id, clean_session).await?;
-        let ack = Option::<Packet>::from(ack)
-            .ok_or_else(|| EngineError("the engine answered the link without a CONNACK".into()))?;
-        Ok((
-            Link {
-                tx,
-                rx,
-                state: self.state.clone(),
-            },
-            ack,
-        ))
+        let (tx, rx, _ack) = router.link(client_id, true).await?;
+        Ok(Link {
+            tx,
+            rx,
+            state: self.state.clone(),
+        })
     }
 
-    /// Records whether `client_id` connects with a persistent session; returns whether
-    /// the engine may hold state from an earlier persistent session of it (a clean
-    /// session must then open its link at once, so the engine discards that state).
-    pub(crate) fn note_session_kind(&self, client_id: &str, persistent: bool) -> bool {
-        let mut set = lock(&self.state.persistent);
-        if persistent {
-            !set.insert(client_id.to_owned())
-        } else {
-            set.remove(client_id)
-        }
-    }
-
-    /// Publishes on the broker's own behalf (QoS 0): status events and wills. Sessions
-    /// need no link of their own for these, so an idle session holds none.
-    pub(crate) async fn publish(&self, topic: Bytes, payload: Bytes, retain: bool) {
-        let publish = Publish::new(topic, payload, retain);
+    /// Publishes on the broker's own behalf: status events, wills, retained messages
+    /// restored on start (QoS 0 or 1; a QoS 2 message goes to clean sessions as QoS 1).
+    /// Sessions need no link of their own for these, so an idle session holds none.
+    pub(crate) async fn publish(&self, publish: Publish, qos: u8) {
         self.state.note_publish(&publish);
-        self.router_of_topic(&publish.topic).publish(publish).await;
+        self.router_of_topic(&publish.topic)
+            .publish(publish, qos)
+            .await;
     }
 
     /// How far behind the router of `org` is, and the notification after each
@@ -197,35 +211,25 @@ impl Engine {
         (router.lag_handle(), router.measured())
     }
 
-    /// Forgets everything `org` left in the engine: its retained messages are cleared
-    /// and its persistent sessions discarded. Call it when the org is gone and its live
-    /// sessions have ended, so an org created later with the same id starts empty.
+    /// Forgets everything `org` left in the engine: its retained messages are cleared.
+    /// (Persistent sessions are not the engine's: see `state`.) Call it when the org is
+    /// gone and its live sessions have ended, so an org created later with the same id
+    /// starts empty.
     pub(crate) async fn purge(&self, org: &OrgId) {
         let topics = lock(&self.state.retained).remove(org).unwrap_or_default();
         for topic in topics {
-            self.router(org.as_str())
-                .publish(Publish::new(Bytes::from(topic), Bytes::new(), true))
-                .await;
+            self.clear_retained(org, topic).await;
         }
-        let clients: Vec<String> = {
-            let mut set = lock(&self.state.persistent);
-            let mine: Vec<String> = set
-                .iter()
-                .filter(|c| org_of_client(c) == Some(org.as_str()))
-                .cloned()
-                .collect();
-            for c in &mine {
-                set.remove(c);
-            }
-            mine
-        };
-        for client_id in clients {
-            // A clean link replaces the persistent state; its DISCONNECT frees it.
-            match self.link(&client_id, true).await {
-                Ok((mut link, _)) => link.disconnect().await,
-                Err(e) => tracing::warn!(%org, client_id, cause = %e, "cannot purge a session"),
-            }
+    }
+
+    /// Clears the engine's retained message at `topic` (internal) of `org`.
+    pub(crate) async fn clear_retained(&self, org: &OrgId, topic: String) {
+        if let Some(set) = lock(&self.state.retained).get_mut(org) {
+            set.remove(&topic);
         }
+        self.router(org.as_str())
+            .publish(Publish::new(Bytes::from(topic), Bytes::new(), true), 0)
+            .await;
     }
 }
 

@@ -54,7 +54,7 @@ pub(crate) struct Router {
     /// Notified after every probe measurement (flow control waits on it).
     measured: Arc<tokio::sync::Notify>,
     /// Publishes made by the broker itself (status events, wills), see [`Router::publish`].
-    system: tokio::sync::mpsc::Sender<Publish>,
+    system: tokio::sync::mpsc::Sender<(Publish, u8)>,
 }
 
 /// The client id of the broker's own link, which carries status events and wills.
@@ -104,26 +104,36 @@ impl Router {
         engine
     }
 
-    /// Publishes through the broker's own link (QoS 0).
-    pub(crate) async fn publish(&self, publish: Publish) {
-        let _ = self.system.send(publish).await;
+    /// Publishes through the broker's own link, at QoS 0 or 1 (2 is sent as 1).
+    pub(crate) async fn publish(&self, publish: Publish, qos: u8) {
+        let _ = self.system.send((publish, qos)).await;
     }
 
-    async fn system_link(self, mut rx: tokio::sync::mpsc::Receiver<Publish>) {
-        let Ok((mut tx, _rx, _)) = self.link(SYSTEM_CLIENT, true).await else {
+    async fn system_link(self, mut rx: tokio::sync::mpsc::Receiver<(Publish, u8)>) {
+        let Ok((mut tx, mut link_rx, _)) = self.link(SYSTEM_CLIENT, true).await else {
             tracing::error!("the broker's own engine link could not connect: no status events");
             return;
         };
+        // The router acknowledges the QoS 1 publishes (wills, restored retained
+        // messages): nothing waits for those acknowledgements.
+        tokio::spawn(async move { while link_rx.next().await.is_ok() {} });
+        let mut pkid: u16 = 0;
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 256).await > 0 {
-            // All but the last without a router notification: one per batch.
-            let last = batch.pop();
-            tx.buffer()
-                .extend(batch.drain(..).map(|p| Packet::Publish(p, None)));
-            if let Some(p) = last {
-                if tx.send(Packet::Publish(p, None)).await.is_err() {
-                    return;
+            let mut packets = batch.drain(..).map(|(p, qos)| {
+                if qos == 0 {
+                    return Packet::Publish(p, None);
                 }
+                pkid = pkid.checked_add(1).unwrap_or(1);
+                Packet::Publish(crate::engine::packet::with_qos(&p, 1, pkid, false), None)
+            });
+            // All but the last without a router notification: one per batch.
+            let Some(last) = packets.next_back() else {
+                continue;
+            };
+            tx.buffer().extend(packets);
+            if tx.send(last).await.is_err() {
+                return;
             }
         }
     }

@@ -3,7 +3,8 @@
 //! rewritten back to the client's view and written to the socket. Flow control
 //! (`flow.rs`) paces the reads; the kill switch closes the session from outside.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -11,15 +12,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{SessionError, SessionLimits};
+use super::{SessionCtx, SessionError, SessionLimits};
 use crate::acl::Principal;
-use crate::engine::codec::{CodecError, Version};
+use crate::engine::codec::{publish_meta, CodecError, Version};
 use crate::engine::packet::{
-    DisconnectReasonCode, Filter, Packet, PingResp, SubAck, Subscribe, SubscribeReasonCode,
+    DisconnectReasonCode, Filter, Packet, PingResp, PubComp, PubCompReason, PubRec, PubRecReason,
+    PubRel, PubRelReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
-use crate::engine::{Engine, Link, Outbound};
+use crate::engine::{Link, Outbound};
 use crate::flow::Flow;
 use crate::sessions::{CloseReason, KillSwitch};
+use crate::state::{Acked, OrgMessages, PersistentSession, Ticket};
+
+/// Deliveries of a persistent session written to its client and not yet acknowledged
+/// (the engine bounds clean sessions' own).
+const MAX_INFLIGHT: usize = 1000;
 
 /// Most bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -49,10 +56,25 @@ async fn next_notification(link: &mut Option<Link>) -> Result<Option<Outbound>, 
 pub(super) struct Bridge {
     pub(super) version: Version,
     pub(super) principal: Principal,
-    pub(super) engine: Engine,
+    pub(super) ctx: Arc<SessionCtx>,
     pub(super) client_id: String,
-    /// The engine link, opened on first need (always at once for persistent sessions).
+    /// The engine link (always clean), opened on first need.
     pub(super) link: Option<Link>,
+    /// The persistent session, when this is one: its deliveries come from the message
+    /// state, not the engine.
+    pub(super) persistent: Option<PersistentSession>,
+    /// The org's message state (retained, persistent sessions).
+    pub(super) org_state: Arc<OrgMessages>,
+    /// The last durable ticket of the message state.
+    pub(super) committed: tokio::sync::watch::Receiver<Ticket>,
+    /// Packet id of a PUBLISH from the client → the ticket its PUBACK/PUBREC waits for.
+    pub(super) gates: HashMap<u16, Ticket>,
+    /// Acknowledgements waiting for their ticket, in the order they are due.
+    pub(super) held: Vec<(Ticket, Packet)>,
+    /// QoS 2 packet ids from the client not yet released (a resend is a duplicate).
+    pub(super) inbound_qos2: HashSet<u16>,
+    /// Those of them the engine link has (it answers their PUBREL itself).
+    pub(super) engine_qos2: HashSet<u16>,
     /// SUBSCRIBE packet id → per-filter refusal code (None = forwarded to the engine).
     pub(super) pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     pub(super) wbuf: BytesMut,
@@ -61,7 +83,7 @@ pub(super) struct Bridge {
     /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
     pub(super) out_inflight: usize,
     /// A PUBLISH at the head of the read buffer waits for the org's window.
-    pub(super) held: bool,
+    pub(super) held_read: bool,
     /// When the client last acknowledged a delivery.
     pub(super) last_ack: Instant,
     pub(super) counters: crate::metrics::SessionCounters,
@@ -77,6 +99,18 @@ impl Bridge {
         switch: &KillSwitch,
     ) -> Result<Ending, SessionError> {
         self.version.write(connack, &mut self.wbuf)?;
+        if let Some(p) = &self.persistent {
+            self.inbound_qos2 = p.inbound_qos2();
+            // PUBRELs owed from before the reconnect, then the queue.
+            for pkid in p.pending_releases() {
+                let rel = PubRel {
+                    pkid,
+                    reason: PubRelReason::Success,
+                };
+                self.version
+                    .write(Packet::PubRel(rel, None), &mut self.wbuf)?;
+            }
+        }
         self.flush(stream).await?;
         // MQTT: the server closes after 1.5 × keep-alive without a packet; 0 disables.
         let ka_limit = (!keep_alive.is_zero()).then(|| keep_alive + keep_alive / 2);
@@ -92,7 +126,7 @@ impl Bridge {
                 .is_some_and(|l| l.queued() >= self.limits.max_queued_packets);
             // A PUBLISH waits for credit (a subscriber of the org is behind, see
             // flow.rs, or the router is): the socket waits behind it.
-            let paused = engine_behind || self.held;
+            let paused = engine_behind || self.held_read;
             // Read straight into the packet buffer (no per-session scratch: idle sessions
             // stay small), into the space left in its current allocation. Decoded
             // payloads are slices of that allocation and the engine keeps them in its
@@ -140,14 +174,27 @@ impl Bridge {
                         self.flow.wait().await
                     }
                 }, if paused => {
-                    if self.held {
-                        self.held = false;
+                    if self.held_read {
+                        self.held_read = false;
                         if let Some(end) = self.inbound(rbuf, stream).await? {
                             return Ok(end);
                         }
                     }
                 }
                 _ = sleep_until_opt(stuck_deadline) => return Err(SessionError::SlowConsumer),
+                // Acknowledgements waiting for their messages to reach the disk.
+                r = self.committed.changed(), if !self.held.is_empty() => {
+                    if r.is_err() {
+                        return Err(SessionError::Link("the message-state writer stopped".into()));
+                    }
+                    self.release_held()?;
+                    self.flush_timed(stream).await?;
+                }
+                // The persistent session has deliveries.
+                _ = notified(&self.persistent) => {
+                    self.pull()?;
+                    self.flush_timed(stream).await?;
+                }
                 n = next_notification(&mut self.link) => {
                     let n = n?;
                     let mut wake = false;
@@ -168,10 +215,7 @@ impl Bridge {
                             break;
                         }
                     }
-                    match tokio::time::timeout(self.limits.write_timeout, self.flush(stream)).await {
-                        Ok(r) => r?,
-                        Err(_) => return Err(SessionError::SlowConsumer),
-                    }
+                    self.flush_timed(stream).await?;
                     if wake {
                         if let Some(l) = &self.link {
                             l.wake().await.map_err(|e| SessionError::Link(e.to_string()))?;
@@ -181,6 +225,73 @@ impl Bridge {
                 _ = sleep_until_opt(ka_deadline) => return Err(SessionError::KeepAlive),
             }
         }
+    }
+
+    /// Flushes within the write timeout; a client that takes longer is a slow consumer.
+    async fn flush_timed<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<(), SessionError> {
+        match tokio::time::timeout(self.limits.write_timeout, self.flush(stream)).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::SlowConsumer),
+        }
+    }
+
+    /// Writes an acknowledgement to the client once `ticket` is durable, keeping the
+    /// order of acknowledgements.
+    fn ack_when(&mut self, ticket: Ticket, packet: Packet) -> Result<(), SessionError> {
+        let due = self.held.last().map_or(ticket, |(t, _)| ticket.max(*t));
+        if self.held.is_empty() && due <= *self.committed.borrow() {
+            self.version.write(packet, &mut self.wbuf)?;
+        } else {
+            self.held.push((due, packet));
+        }
+        Ok(())
+    }
+
+    /// Writes the held acknowledgements whose tickets are durable now.
+    fn release_held(&mut self) -> Result<(), SessionError> {
+        let committed = *self.committed.borrow_and_update();
+        let ready = self
+            .held
+            .iter()
+            .take_while(|(t, _)| *t <= committed)
+            .count();
+        for (_, p) in self.held.drain(..ready) {
+            self.version.write(p, &mut self.wbuf)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the persistent session's next deliveries, as many as its window allows.
+    fn pull(&mut self) -> Result<(), SessionError> {
+        let Some(p) = &self.persistent else {
+            return Ok(());
+        };
+        let room = MAX_INFLIGHT.saturating_sub(self.out_inflight);
+        if room == 0 {
+            return Ok(());
+        }
+        for d in p.take(room) {
+            let mut publish = d.publish;
+            let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+            let Some(t) = self.principal.outbound_topic(topic) else {
+                warn!(topic, "dropping a message outside the client's topic space");
+                continue;
+            };
+            publish.topic = Bytes::from(t);
+            self.counters.deliveries.increment(1);
+            let start = self.wbuf.len();
+            self.version
+                .write(Packet::Publish(publish, d.props), &mut self.wbuf)?;
+            if self.wbuf.get(start).is_some_and(|b| b & 0b0110 != 0) {
+                self.out_inflight += 1;
+            } else {
+                self.flow.delivered();
+            }
+        }
+        Ok(())
     }
 
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), SessionError> {
@@ -223,6 +334,21 @@ impl Bridge {
             Outbound::Ack(Packet::SubAck(ack, props)) => {
                 Packet::SubAck(self.merge_suback(ack), props)
             }
+            // A PUBACK/PUBREC waits until what the message must leave on disk is there.
+            Outbound::Ack(p @ Packet::PubAck(..)) | Outbound::Ack(p @ Packet::PubRec(..)) => {
+                let pkid = match &p {
+                    Packet::PubAck(a, _) => a.pkid,
+                    Packet::PubRec(a, _) => a.pkid,
+                    _ => 0,
+                };
+                let ticket = self.gates.remove(&pkid).unwrap_or(0);
+                self.ack_when(ticket, p)?;
+                return Ok(false);
+            }
+            Outbound::Ack(p @ Packet::PubComp(..)) => {
+                self.ack_when(0, p)?;
+                return Ok(false);
+            }
             Outbound::Ack(p) => p,
             Outbound::Disconnect(code) => {
                 match self.version.disconnect(code, "disconnected by the broker") {
@@ -260,9 +386,10 @@ impl Bridge {
             // A PUBLISH (type 3) needs the org's credit (flow.rs); without it, it stays
             // unread — and unacknowledged — until a delivery brings some.
             if rbuf.first().is_some_and(|b| b >> 4 == 3) && !self.flow.may_publish() {
-                self.held = true;
+                self.held_read = true;
                 return Ok(None);
             }
+            let meta = publish_meta(rbuf);
             let packet = match self.version.read(rbuf, self.limits.max_packet_size) {
                 Ok(p) => p,
                 Err(CodecError::Incomplete) => return Ok(None),
@@ -291,6 +418,57 @@ impl Bridge {
                         }
                     }
                     self.counters.publishes.increment(1);
+                    let (qos, pkid) = meta.unwrap_or((0, 0));
+                    if qos == 2 && self.inbound_qos2.contains(&pkid) {
+                        // A resend of a QoS 2 message already taken: acknowledge it
+                        // again, route it once.
+                        let rec = PubRec {
+                            pkid,
+                            reason: PubRecReason::Success,
+                        };
+                        self.ack_when(0, Packet::PubRec(rec, None))?;
+                        self.flush(stream).await?;
+                        continue;
+                    }
+                    let mut extra = Vec::new();
+                    if qos == 2 {
+                        self.inbound_qos2.insert(pkid);
+                        if let Some(p) = &self.persistent {
+                            extra = p.record_inbound(pkid);
+                        }
+                    }
+                    let limits = self.ctx.state_limits(&self.principal.org);
+                    let ticket = match self.ctx.state.publish(
+                        &self.org_state,
+                        &publish,
+                        qos,
+                        props.as_ref(),
+                        &limits,
+                        extra,
+                    ) {
+                        Ok(t) => t,
+                        Err(refused) => {
+                            crate::metrics::limit_refused(
+                                self.principal.org.as_str(),
+                                refused.limit(),
+                            );
+                            let why = format!("over the org's {} limit", refused.limit());
+                            if let Some(p) = self
+                                .version
+                                .disconnect(DisconnectReasonCode::QuotaExceeded, &why)
+                            {
+                                self.version.write(p, &mut self.wbuf)?;
+                                self.flush(stream).await?;
+                            }
+                            return Err(SessionError::Limit(refused.limit()));
+                        }
+                    };
+                    if qos > 0 && ticket > 0 {
+                        self.gates.insert(pkid, ticket);
+                    }
+                    if qos == 2 {
+                        self.engine_qos2.insert(pkid);
+                    }
                     self.flow
                         .published(std::str::from_utf8(&publish.topic).unwrap_or_default());
                     self.send_to_engine(Packet::Publish(publish, props)).await?;
@@ -314,7 +492,25 @@ impl Bridge {
                             }
                         }
                     }
-                    if allowed.is_empty() {
+                    if let Some(p) = &self.persistent {
+                        // A persistent session's subscriptions are certmq's: durable
+                        // before the SUBACK, retained messages queued after it.
+                        let granted: Vec<(String, u8)> = allowed
+                            .iter()
+                            .map(|f| (f.path.clone(), f.qos as u8))
+                            .collect();
+                        let codes: Vec<SubscribeReasonCode> =
+                            allowed.iter().map(|f| granted_code(f.qos as u8)).collect();
+                        let ticket = p.subscribe(&granted);
+                        self.ctx.state.durable(ticket).await;
+                        self.pending_subs.insert(sub.pkid, slots);
+                        let ack = self.merge_suback(SubAck {
+                            pkid: sub.pkid,
+                            return_codes: codes,
+                        });
+                        self.ack_when(0, Packet::SubAck(ack, None))?;
+                        self.flush(stream).await?;
+                    } else if allowed.is_empty() {
                         let ack = SubAck {
                             pkid: sub.pkid,
                             return_codes: slots.into_iter().flatten().collect(),
@@ -340,8 +536,19 @@ impl Bridge {
                         });
                         self.flow.unsubscribed(f);
                     }
-                    self.send_to_engine(Packet::Unsubscribe(unsub, props))
-                        .await?;
+                    if let Some(p) = &self.persistent {
+                        let ticket = p.unsubscribe(&unsub.filters);
+                        self.ctx.state.durable(ticket).await;
+                        let ack = UnsubAck {
+                            pkid: unsub.pkid,
+                            reasons: vec![UnsubAckReason::Success; unsub.filters.len()],
+                        };
+                        self.ack_when(0, Packet::UnsubAck(ack, None))?;
+                        self.flush(stream).await?;
+                    } else {
+                        self.send_to_engine(Packet::Unsubscribe(unsub, props))
+                            .await?;
+                    }
                 }
                 Packet::Disconnect(d, _) => {
                     let with_will =
@@ -355,9 +562,51 @@ impl Bridge {
                     self.flow.delivered();
                     self.last_ack = Instant::now();
                     self.out_inflight = self.out_inflight.saturating_sub(1);
-                    self.send_to_engine(p).await?
+                    match (&self.persistent, p) {
+                        (Some(session), Packet::PubAck(a, _)) => {
+                            session.acked(a.pkid, false);
+                            self.pull()?;
+                            self.flush(stream).await?;
+                        }
+                        (Some(session), Packet::PubRec(a, _)) => {
+                            if session.acked(a.pkid, true) == Acked::Release {
+                                let rel = PubRel {
+                                    pkid: a.pkid,
+                                    reason: PubRelReason::Success,
+                                };
+                                self.version
+                                    .write(Packet::PubRel(rel, None), &mut self.wbuf)?;
+                            }
+                            self.pull()?;
+                            self.flush(stream).await?;
+                        }
+                        (_, p) => self.send_to_engine(p).await?,
+                    }
                 }
-                p @ (Packet::PubRel(..) | Packet::PubComp(..)) => self.send_to_engine(p).await?,
+                Packet::PubComp(c, props) => match &self.persistent {
+                    Some(session) => {
+                        session.completed(c.pkid);
+                    }
+                    None => self.send_to_engine(Packet::PubComp(c, props)).await?,
+                },
+                Packet::PubRel(r, props) => {
+                    // The client releases a QoS 2 message it sent: the engine completes
+                    // those it has; one taken before a reconnect is completed here.
+                    self.inbound_qos2.remove(&r.pkid);
+                    if let Some(session) = &self.persistent {
+                        session.released_inbound(r.pkid);
+                    }
+                    if self.engine_qos2.remove(&r.pkid) {
+                        self.send_to_engine(Packet::PubRel(r, props)).await?;
+                    } else {
+                        let comp = PubComp {
+                            pkid: r.pkid,
+                            reason: PubCompReason::Success,
+                        };
+                        self.ack_when(0, Packet::PubComp(comp, None))?;
+                        self.flush(stream).await?;
+                    }
+                }
                 // Answered here: keep-alive needs no engine (nor an engine link).
                 Packet::PingReq(_) => {
                     self.version
@@ -378,9 +627,10 @@ impl Bridge {
         let link = match &mut self.link {
             Some(link) => link,
             None => {
-                let (link, _connack) = self
+                let link = self
+                    .ctx
                     .engine
-                    .link(&self.client_id, true)
+                    .link(&self.client_id)
                     .await
                     .map_err(|e| SessionError::Link(e.to_string()))?;
                 self.link.insert(link)
@@ -389,6 +639,23 @@ impl Bridge {
         link.send(p)
             .await
             .map_err(|e| SessionError::Link(e.to_string()))
+    }
+}
+
+/// Woken when a persistent session has deliveries; never for a clean one.
+async fn notified(session: &Option<PersistentSession>) {
+    match session {
+        Some(s) => s.notify().notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The SUBACK code granting `qos`.
+fn granted_code(qos: u8) -> SubscribeReasonCode {
+    match qos {
+        0 => SubscribeReasonCode::QoS0,
+        1 => SubscribeReasonCode::QoS1,
+        _ => SubscribeReasonCode::QoS2,
     }
 }
 

@@ -17,16 +17,20 @@ use bytes::{Bytes, BytesMut};
 use registry::live::{Auth, SessionInfo};
 use registry::{names, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::acl::Principal;
 use crate::admission::{self, Admitted, Facts, PeerCert, Refusal, TokenCheck};
 use crate::engine::codec::{connect_version, CodecError, Version};
-use crate::engine::packet::{ConnAck, ConnectReturnCode, LastWill, Login, Packet};
+use crate::engine::packet::{
+    self, ConnAck, ConnectProperties, ConnectReturnCode, LastWill, LastWillProperties, Login,
+    Packet, PublishProperties,
+};
 use crate::engine::Engine;
 use crate::flow::Pressure;
 use crate::guard::{Guard, Pending};
 use crate::sessions::{CloseReason, KillSwitch, Sessions};
+use crate::state::{MessageState, OrgMessages, Refused, StateLimits, Ticket};
 use crate::tls::{OrgTls, OrgTlsCache};
 use bridge::{Bridge, Ending};
 use status::StatusEvents;
@@ -86,6 +90,65 @@ pub(crate) struct SessionCtx {
     pub sessions: Arc<Sessions>,
     pub limits: SessionLimits,
     pub guard: Arc<Guard>,
+    /// Retained messages and persistent sessions (durable).
+    pub state: Arc<MessageState>,
+}
+
+impl SessionCtx {
+    /// The bounds on `org`'s message state.
+    pub(crate) fn state_limits(&self, _org: &registry::OrgId) -> StateLimits {
+        StateLimits::default()
+    }
+
+    /// Publishes on the broker's own behalf (status events, wills): into the message
+    /// state (retained, persistent sessions) and the engine (live clean sessions).
+    pub(crate) async fn publish_own(
+        &self,
+        org: &OrgMessages,
+        org_id: &registry::OrgId,
+        message: OwnMessage,
+    ) -> Result<Ticket, Refused> {
+        let publish = packet::publish(
+            &message.topic,
+            &message.payload,
+            0,
+            message.retain,
+            0,
+            false,
+        );
+        let ticket = self.state.publish(
+            org,
+            &publish,
+            message.qos,
+            message.props.as_ref(),
+            &self.state_limits(org_id),
+            Vec::new(),
+        )?;
+        self.engine.publish(publish, message.qos).await;
+        Ok(ticket)
+    }
+}
+
+/// A message the broker publishes itself.
+pub(crate) struct OwnMessage {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub props: Option<PublishProperties>,
+}
+
+impl OwnMessage {
+    /// A status event (QoS 0, not retained).
+    fn event((topic, payload): (Bytes, Bytes)) -> OwnMessage {
+        OwnMessage {
+            topic,
+            payload,
+            qos: 0,
+            retain: false,
+            props: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +171,8 @@ pub(crate) enum SessionError {
     Protocol(&'static str),
     #[error("not authorized: {0}")]
     Denied(String),
+    #[error("over the org's {0} limit")]
+    Limit(&'static str),
 }
 
 /// Admits (or refuses) a CONNECT with the one admission decision. On plain MQTT the
@@ -189,7 +254,7 @@ where
             return;
         }
     };
-    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
         return;
     };
     let client_id = connect.client_id.clone();
@@ -212,7 +277,10 @@ where
     let principal = admitted.principal;
     let org = principal.org.clone();
     tracing::Span::current().record("org", org.as_str());
-    let will = match will.map(|w| map_will(&principal, w)).transpose() {
+    let will = match will
+        .map(|w| map_will(&principal, w, will_props))
+        .transpose()
+    {
         Ok(w) => w,
         Err(e) => {
             info!(%org, client_id, cause = %e, "refused: will topic not allowed");
@@ -251,32 +319,21 @@ where
     }
 
     tracing::Span::current().record("client_id", client_id.as_str());
-    // A persistent session needs the engine now (session-present, queued messages); a
-    // clean one opens its link when it first publishes or subscribes, so an idle device
-    // holds no engine state at all.
-    // (A clean session that follows a persistent one opens its link at once, so the
-    // engine discards the old state as MQTT requires.)
-    let had_persistent = ctx
-        .engine
-        .note_session_kind(&client_id, !connect.clean_session);
-    let (link, connack) = if connect.clean_session && !had_persistent {
-        let ack = ConnAck {
-            session_present: false,
+    // A persistent session is certmq's own (see `state`): its queue, subscriptions and
+    // session-present come from there. Every session opens its engine link (always a
+    // clean one) when it first publishes, so an idle device holds no engine state.
+    let org_state = ctx.state.org(&org);
+    let expiry = session_expiry(version, connect.clean_session, props.as_ref());
+    let attached = ctx
+        .state
+        .attach(&org_state, &client_id, connect.clean_session, expiry);
+    let connack = Packet::ConnAck(
+        ConnAck {
+            session_present: attached.session_present,
             code: ConnectReturnCode::Success,
-        };
-        (None, Packet::ConnAck(ack, None))
-    } else {
-        match ctx.engine.link(&client_id, connect.clean_session).await {
-            Ok((link, ack)) => (Some(link), ack),
-            Err(e) => {
-                warn!(cause = %e, "engine refused the session");
-                let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
-                ctx.sessions.remove(&client_id, seq);
-                switch.finish();
-                return;
-            }
-        }
-    };
+        },
+        None,
+    );
     info!(protocol = version.label(transport), "connected");
     let connected_at = time::OffsetDateTime::now_utc();
     let status = StatusEvents {
@@ -294,20 +351,29 @@ where
     let mut bridge = Bridge {
         version,
         principal,
-        engine: ctx.engine.clone(),
+        ctx: ctx.clone(),
         client_id: client_id.clone(),
-        link,
+        link: None,
+        persistent: attached.session,
+        org_state: org_state.clone(),
+        committed: ctx.state.committed(),
+        gates: HashMap::new(),
+        held: Vec::new(),
+        inbound_qos2: Default::default(),
+        engine_qos2: Default::default(),
         pending_subs: HashMap::new(),
         wbuf: BytesMut::new(),
         limits: ctx.limits.clone(),
         flow: ctx.pressure.flow(&org, &client_id, !connect.clean_session),
         counters,
         out_inflight: 0,
-        held: false,
+        held_read: false,
         last_ack: tokio::time::Instant::now(),
     };
-    if let Some((topic, payload)) = status.connect() {
-        ctx.engine.publish(topic, payload, false).await;
+    if let Some(event) = status.connect() {
+        let _ = ctx
+            .publish_own(&org_state, &org, OwnMessage::event(event))
+            .await;
     }
     let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
     let result = bridge
@@ -325,15 +391,26 @@ where
     }
     if send_will {
         if let Some(w) = will {
-            ctx.engine.publish(w.topic, w.message, w.retain).await;
+            if let Err(refused) = ctx.publish_own(&org_state, &org, w).await {
+                crate::metrics::limit_refused(org.as_str(), refused.limit());
+                info!(
+                    limit = refused.limit(),
+                    "will not published: over the org's limit"
+                );
+            }
         }
     }
     let (code, reason) = close_code(&result);
-    if let Some((topic, payload)) = status.disconnect(code, &reason) {
-        ctx.engine.publish(topic, payload, false).await;
+    if let Some(event) = status.disconnect(code, &reason) {
+        let _ = ctx
+            .publish_own(&org_state, &org, OwnMessage::event(event))
+            .await;
     }
     if let Some(link) = &mut bridge.link {
         link.disconnect().await;
+    }
+    if let Some(p) = bridge.persistent.take() {
+        p.detach();
     }
     let _ = stream.shutdown().await;
     ctx.sessions.remove(&client_id, seq);
@@ -356,13 +433,46 @@ fn close_code(result: &Result<Ending, SessionError>) -> (u8, String) {
     }
 }
 
-fn map_will(principal: &Principal, w: LastWill) -> Result<LastWill, String> {
+/// The will as the broker publishes it: internal topic, the client's QoS, retain flag
+/// and (MQTT 5) message properties.
+fn map_will(
+    principal: &Principal,
+    w: LastWill,
+    props: Option<LastWillProperties>,
+) -> Result<OwnMessage, String> {
     let topic = std::str::from_utf8(&w.topic).map_err(|_| "will topic is not UTF-8".to_string())?;
     let internal = principal.publish_topic(topic).map_err(|e| e.0)?;
-    Ok(LastWill {
+    let props = props.map(|p| PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type,
+    });
+    Ok(OwnMessage {
         topic: Bytes::from(internal),
-        ..w
+        payload: w.message,
+        qos: w.qos as u8,
+        retain: w.retain,
+        props,
     })
+}
+
+/// How long a session outlives its connection: MQTT 3.1.1 clean-session 0 forever
+/// (`None`), clean-session 1 not at all (`Some(0)`); MQTT 5 by its session expiry
+/// interval (absent: 0; `0xFFFFFFFF`: forever).
+fn session_expiry(version: Version, clean: bool, props: Option<&ConnectProperties>) -> Option<u32> {
+    match version {
+        Version::V4 if clean => Some(0),
+        Version::V4 => None,
+        Version::V5 => match props.and_then(|p| p.session_expiry_interval).unwrap_or(0) {
+            u32::MAX => None,
+            s => Some(s),
+        },
+    }
 }
 
 async fn read_connect<S: AsyncRead + Unpin>(

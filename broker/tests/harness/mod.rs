@@ -43,7 +43,7 @@ impl Harness {
         let store = Arc::new(SledStore::open(dir.path()).expect("store"));
         let key = MasterKey::from_bytes(&[7; 32]);
         let registry = Arc::new(Registry::new(store.clone(), key, DOMAIN).expect("registry"));
-        let broker = Broker::new(registry.clone(), config);
+        let broker = Broker::new(registry.clone(), config).expect("broker");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -1,0 +1,1007 @@
+//! Message state certmq owns: retained messages and persistent sessions, kept in the
+//! store so they survive a restart, bounded per org, and purged with their org.
+//!
+//! rumqttd routes messages between live clean sessions; what must survive is here:
+//!
+//! - **Retained messages** of every org, written through to the store and replayed
+//!   into the engine on start (so clean subscribers get them from the engine as
+//!   before);
+//! - **Persistent sessions** (MQTT 3.1.1 clean-session 0, MQTT 5 session expiry > 0):
+//!   their subscriptions (in a [`tree::FilterTree`] per org), the messages queued for
+//!   them, the QoS 2 exchanges in flight. Their deliveries do not go through rumqttd at
+//!   all: every publish of the org is matched against the tree here, and a QoS 1/2
+//!   message for a persistent session is appended to its queue in the store before
+//!   the publisher's PUBACK/PUBREC goes out. Writes are group-committed
+//!   ([`commit::Committer`]): one fsync for everything waiting.
+//!
+//! Each org has its own lock; an org with no persistent subscription and a publish
+//! without retain pass without taking it.
+
+mod commit;
+pub(crate) mod record;
+pub(crate) mod tree;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use registry::store::{Op, Store};
+use registry::OrgId;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+pub(crate) use commit::Ticket;
+use record::{Key, Message, SessionRecord};
+use tree::FilterTree;
+
+use crate::engine::packet::{self, Publish, PublishProperties};
+use crate::lock;
+
+/// The bounds on one org's message state (from the org's limits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StateLimits {
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: u64,
+    pub max_queued_messages: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            max_retained_messages: 10_000,
+            max_retained_bytes: 64 * 1024 * 1024,
+            max_queued_messages: 1_000,
+        }
+    }
+}
+
+/// A publish refused by a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    RetainedMessages,
+    RetainedBytes,
+}
+
+impl Refused {
+    /// The limit's name (metrics, logs).
+    pub(crate) fn limit(self) -> &'static str {
+        match self {
+            Refused::RetainedMessages => "max_retained_messages",
+            Refused::RetainedBytes => "max_retained_bytes",
+        }
+    }
+}
+
+/// A retained message as the admin API lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct RetainedInfo {
+    /// Internal topic.
+    pub topic: String,
+    pub bytes: usize,
+    pub qos: u8,
+    /// When it was retained, Unix seconds.
+    pub at: u64,
+}
+
+/// Everything certmq keeps of every org's messages.
+pub(crate) struct MessageState {
+    committer: commit::Committer,
+    store: Arc<dyn Store>,
+    orgs: RwLock<HashMap<OrgId, Arc<OrgMessages>>>,
+    /// Session attachments handed out (tells a late detach from a takeover).
+    generations: AtomicU64,
+}
+
+/// One org's message state.
+pub(crate) struct OrgMessages {
+    org: OrgId,
+    inner: Mutex<OrgInner>,
+    /// Subscriptions of persistent sessions: a publish skips the lock when 0.
+    subscriptions: AtomicUsize,
+    /// Set when the org is deleted: nothing more is stored for it.
+    deleted: AtomicBool,
+}
+
+#[derive(Default)]
+struct OrgInner {
+    retained: BTreeMap<String, Arc<Message>>,
+    retained_bytes: u64,
+    tree: FilterTree,
+    sessions: HashMap<String, Session>,
+    /// Picks the member of a shared group that gets the next message.
+    round_robin: usize,
+}
+
+/// A persistent session.
+#[derive(Default)]
+struct Session {
+    record: SessionRecord,
+    queue: VecDeque<Queued>,
+    next_seq: u64,
+    /// Packet id → seq of deliveries written to the client and not acknowledged.
+    inflight: HashMap<u16, u64>,
+    /// Packet ids of QoS 2 deliveries the client has PUBREC'd (PUBREL owed).
+    releases: HashSet<u16>,
+    /// Packet ids of QoS 2 PUBLISHes from the client awaiting its PUBREL.
+    inbound: HashSet<u16>,
+    /// The live connection's attachment and wake-up.
+    online: Option<(u64, Arc<Notify>)>,
+}
+
+struct Queued {
+    seq: u64,
+    /// Delivery QoS (the lower of the message's and the subscription's).
+    qos: u8,
+    msg: Arc<Message>,
+    /// Written to the client (waiting for its acknowledgement).
+    sent: bool,
+    /// Written to an earlier connection and not acknowledged: resent with DUP.
+    resend: bool,
+    /// In the store (QoS 1/2 messages; not QoS 0 ones and not retained copies).
+    durable: bool,
+}
+
+/// The packet id of the delivery with `seq`: fixed by the seq, so a delivery resent
+/// after a restart keeps its packet id (MQTT requires it).
+fn pkid_of(seq: u64) -> u16 {
+    u16::try_from(seq % 65_535).unwrap_or(0) + 1
+}
+
+/// One delivery for a persistent session's client.
+pub(crate) struct Delivery {
+    pub publish: Publish,
+    pub props: Option<PublishProperties>,
+}
+
+/// The outcome of attaching a connection to its persistent session.
+pub(crate) struct Attached {
+    pub session_present: bool,
+    /// The handle when the session is (or stays) persistent; `None` for a clean one.
+    pub session: Option<PersistentSession>,
+}
+
+impl MessageState {
+    /// Loads every org's message state from `store` and starts the writer. Returns the
+    /// state and the retained messages to replay into the engine. Records that cannot
+    /// be read are reported by key and skipped; the rest loads.
+    pub(crate) fn open(store: Arc<dyn Store>) -> Result<Arc<MessageState>, String> {
+        let committer = commit::Committer::start(store.clone());
+        let state = MessageState {
+            committer,
+            store: store.clone(),
+            orgs: RwLock::default(),
+            generations: AtomicU64::new(0),
+        };
+        let entries = store
+            .scan(registry::message_keys::ALL)
+            .map_err(|e| format!("reading message state: {e}"))?;
+        let (mut bad, mut orphans) = (0usize, Vec::new());
+        let mut counts = (0usize, 0usize, 0usize);
+        // Sessions first (queues name them), then the rest.
+        let mut rest = Vec::new();
+        for (key, value) in &entries {
+            match record::parse(key) {
+                Some((org, Key::Session(client))) => {
+                    match serde_json::from_slice::<SessionRecord>(value) {
+                        Ok(mut rec) => {
+                            // Connected when the broker stopped: offline from now.
+                            rec.offline_since.get_or_insert_with(record::now);
+                            let org = state.org(&org);
+                            let mut g = lock(&org.inner);
+                            for (filter, qos) in &rec.subs {
+                                g.tree.insert(filter, client, *qos);
+                            }
+                            g.sessions.insert(
+                                client.to_owned(),
+                                Session {
+                                    record: rec,
+                                    ..Default::default()
+                                },
+                            );
+                            org.subscriptions.store(g.tree.len(), Ordering::Relaxed);
+                            counts.0 += 1;
+                        }
+                        Err(e) => {
+                            error!(key, cause = %e, "unreadable session record skipped");
+                            bad += 1;
+                        }
+                    }
+                }
+                Some(_) => rest.push((key, value)),
+                None => {
+                    error!(key, "unknown message-state key skipped");
+                    bad += 1;
+                }
+            }
+        }
+        for (key, value) in rest {
+            let Some((org_id, k)) = record::parse(key) else {
+                continue;
+            };
+            let org = state.org(&org_id);
+            let mut g = lock(&org.inner);
+            match k {
+                Key::Retained(topic) => match Message::decode(value) {
+                    Ok(m) => {
+                        g.retained_bytes += m.size() as u64;
+                        g.retained.insert(topic.to_owned(), Arc::new(m));
+                        counts.1 += 1;
+                    }
+                    Err(e) => {
+                        error!(key, cause = %e, "unreadable retained message skipped");
+                        bad += 1;
+                    }
+                },
+                Key::Queued(client, seq) => {
+                    let Some(s) = g.sessions.get_mut(client) else {
+                        orphans.push(Op::Delete(key.clone()));
+                        continue;
+                    };
+                    match Message::decode(value) {
+                        Ok(m) => {
+                            s.queue.push_back(Queued {
+                                seq,
+                                qos: m.qos,
+                                msg: Arc::new(m),
+                                sent: false,
+                                resend: false,
+                                durable: true,
+                            });
+                            s.next_seq = s.next_seq.max(seq + 1);
+                            counts.2 += 1;
+                        }
+                        Err(e) => {
+                            error!(key, cause = %e, "unreadable queued message skipped");
+                            bad += 1;
+                        }
+                    }
+                }
+                Key::Inbound(client, pkid) => match g.sessions.get_mut(client) {
+                    Some(s) => {
+                        s.inbound.insert(pkid);
+                    }
+                    None => orphans.push(Op::Delete(key.clone())),
+                },
+                Key::Release(client, pkid) => match g.sessions.get_mut(client) {
+                    Some(s) => {
+                        s.releases.insert(pkid);
+                    }
+                    None => orphans.push(Op::Delete(key.clone())),
+                },
+                Key::Session(_) => {}
+            }
+        }
+        if !orphans.is_empty() {
+            warn!(
+                records = orphans.len(),
+                "deleting queued state of sessions that no longer exist"
+            );
+            state.committer.submit(orphans);
+        }
+        if counts != (0, 0, 0) || bad > 0 {
+            info!(
+                sessions = counts.0,
+                retained = counts.1,
+                queued = counts.2,
+                unreadable = bad,
+                "message state loaded"
+            );
+        }
+        Ok(Arc::new(state))
+    }
+
+    /// The state of `org` (created empty on first use).
+    pub(crate) fn org(&self, org: &OrgId) -> Arc<OrgMessages> {
+        if let Some(o) = self.orgs.read().unwrap_or_else(|e| e.into_inner()).get(org) {
+            return o.clone();
+        }
+        self.orgs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(org.clone())
+            .or_insert_with(|| {
+                Arc::new(OrgMessages {
+                    org: org.clone(),
+                    inner: Mutex::default(),
+                    subscriptions: AtomicUsize::new(0),
+                    deleted: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// The last durable ticket, and changes to it.
+    pub(crate) fn committed(&self) -> tokio::sync::watch::Receiver<Ticket> {
+        self.committer.committed()
+    }
+
+    /// Waits until `ticket` is durable.
+    pub(crate) async fn durable(&self, ticket: Ticket) {
+        self.committer.wait(ticket).await
+    }
+
+    /// Waits (at most `limit`) until everything written so far is on disk.
+    pub(crate) fn sync(&self, limit: Duration) {
+        self.committer.sync(limit)
+    }
+
+    /// Whether writes to the store are failing right now.
+    pub(crate) fn failing(&self) -> bool {
+        self.committer.failing()
+    }
+
+    /// Every retained message, for replay into the engine on start.
+    pub(crate) fn all_retained(&self) -> Vec<Arc<Message>> {
+        let orgs: Vec<Arc<OrgMessages>> = self
+            .orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let now = record::now();
+        orgs.iter()
+            .flat_map(|o| {
+                lock(&o.inner)
+                    .retained
+                    .values()
+                    .filter(|m| !m.expired(now))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Routes one publish of `org` (internal topic) into the message state: the
+    /// retained store when it is retained, the queues of matching persistent sessions.
+    /// `extra` are writes to commit with it (a QoS 2 exchange's record). The ticket is
+    /// durable once everything this publish must keep is on disk.
+    pub(crate) fn publish(
+        &self,
+        org: &OrgMessages,
+        publish: &Publish,
+        qos: u8,
+        props: Option<&PublishProperties>,
+        limits: &StateLimits,
+        extra: Vec<Op>,
+    ) -> Result<Ticket, Refused> {
+        let subscribed = org.subscriptions.load(Ordering::Relaxed) > 0;
+        if !publish.retain && !subscribed {
+            return Ok(if extra.is_empty() {
+                0
+            } else {
+                self.committer.submit(extra)
+            });
+        }
+        let mut ops = extra;
+        let mut g = lock(&org.inner);
+        if org.deleted.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+        let msg = Arc::new(Message::new(publish, props.cloned(), qos));
+        if publish.retain {
+            retain(&mut g, &org.org, topic, &msg, limits, &mut ops)?;
+        }
+        if subscribed {
+            let targets = match_sessions(&mut g, topic);
+            let mut dropped = 0;
+            for (client, sub_qos) in targets {
+                let Some(s) = g.sessions.get_mut(&client) else {
+                    continue;
+                };
+                let qos = qos.min(sub_qos);
+                if qos == 0 && s.online.is_none() {
+                    continue; // QoS 0 is not kept for an offline session.
+                }
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                // Delivered copies keep retain = 0 (MQTT 3.3.1.3): only a retained
+                // message sent because of a new subscription carries the flag.
+                let msg = if publish.retain {
+                    let mut m = (*msg).clone();
+                    m.publish.retain = false;
+                    Arc::new(m)
+                } else {
+                    msg.clone()
+                };
+                if qos > 0 {
+                    let mut m = (*msg).clone();
+                    m.qos = qos;
+                    ops.push(Op::Put(record::queued(&org.org, &client, seq), m.encode()));
+                }
+                s.queue.push_back(Queued {
+                    seq,
+                    qos,
+                    msg,
+                    sent: false,
+                    resend: false,
+                    durable: qos > 0,
+                });
+                dropped += trim(s, &org.org, &client, limits.max_queued_messages, &mut ops);
+                if let Some((_, n)) = &s.online {
+                    n.notify_one();
+                }
+            }
+            if dropped > 0 {
+                crate::metrics::dropped(org.org.as_str(), "queue_full", dropped);
+            }
+        }
+        Ok(self.committer.submit(ops))
+    }
+
+    /// Attaches a connection of `client` to its persistent session (`expiry`: seconds
+    /// it outlives the connection, `Some(0)` for none, `None` for never).
+    /// `clean_start` discards an existing session first.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        org: &Arc<OrgMessages>,
+        client: &str,
+        clean_start: bool,
+        expiry: Option<u32>,
+    ) -> Attached {
+        let mut g = lock(&org.inner);
+        let mut ops = Vec::new();
+        let existed = g.sessions.contains_key(client);
+        if existed && clean_start {
+            discard(&mut g, &org.org, client, &mut ops);
+        }
+        let present = existed && !clean_start;
+        if !present && expiry == Some(0) || org.deleted.load(Ordering::Relaxed) {
+            drop(g);
+            self.committer.submit(ops);
+            return Attached {
+                session_present: false,
+                session: None,
+            };
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let notify = Arc::new(Notify::new());
+        let s = g.sessions.entry(client.to_owned()).or_default();
+        s.record.expiry = expiry;
+        s.record.offline_since = None;
+        s.online = Some((generation, notify.clone()));
+        s.inflight.clear();
+        for q in &mut s.queue {
+            q.resend |= q.sent;
+            q.sent = false;
+        }
+        ops.push(Op::Put(
+            record::session(&org.org, client),
+            serde_json::to_vec(&s.record).unwrap_or_default(),
+        ));
+        if !s.queue.is_empty() {
+            notify.notify_one();
+        }
+        drop(g);
+        self.committer.submit(ops);
+        Attached {
+            session_present: present,
+            session: Some(PersistentSession {
+                state: self.clone(),
+                org: org.clone(),
+                client: client.to_owned(),
+                generation,
+                notify,
+            }),
+        }
+    }
+
+    /// Retained messages of `org`.
+    pub(crate) fn retained(&self, org: &OrgId) -> Vec<RetainedInfo> {
+        let org = self.org(org);
+        let now = record::now();
+        let g = lock(&org.inner);
+        g.retained
+            .iter()
+            .filter(|(_, m)| !m.expired(now))
+            .map(|(topic, m)| RetainedInfo {
+                topic: topic.clone(),
+                bytes: m.size(),
+                qos: m.qos,
+                at: m.at,
+            })
+            .collect()
+    }
+
+    /// Removes the retained message at `topic` (internal) from `org`; whether there
+    /// was one. The caller clears the engine's copy.
+    pub(crate) fn remove_retained(&self, org: &OrgId, topic: &str) -> bool {
+        let org = self.org(org);
+        let mut g = lock(&org.inner);
+        let Some(m) = g.retained.remove(topic) else {
+            return false;
+        };
+        g.retained_bytes = g.retained_bytes.saturating_sub(m.size() as u64);
+        self.committer
+            .submit(vec![Op::Delete(record::retained(&org.org, topic))]);
+        true
+    }
+
+    /// Forgets everything of `org` (deleted): in memory at once, in the store after
+    /// the writes already queued for it. An org created later with the same id
+    /// starts empty.
+    pub(crate) async fn purge(&self, org: &OrgId) {
+        let removed = self
+            .orgs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(org);
+        if let Some(o) = &removed {
+            let mut g = lock(&o.inner);
+            o.deleted.store(true, Ordering::Relaxed);
+            o.subscriptions.store(0, Ordering::Relaxed);
+            *g = OrgInner::default();
+        }
+        // Writes queued before the purge land first; then everything under the org
+        // goes, in the same order.
+        self.committer.wait(self.committer.submit(Vec::new())).await;
+        let prefix = record::org_prefix(org);
+        match self.store.scan(&prefix) {
+            Ok(entries) if !entries.is_empty() => {
+                let ops = entries.into_iter().map(|(k, _)| Op::Delete(k)).collect();
+                self.committer.wait(self.committer.submit(ops)).await;
+            }
+            Ok(_) => {}
+            Err(e) => error!(%org, cause = %e, "cannot purge the message state of a deleted org"),
+        }
+    }
+
+    /// Ends persistent sessions whose expiry has passed while offline.
+    pub(crate) fn expire_sessions(&self) -> usize {
+        let orgs: Vec<Arc<OrgMessages>> = self
+            .orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let now = record::now();
+        let mut ended = 0;
+        for org in orgs {
+            let mut g = lock(&org.inner);
+            let expired: Vec<String> = g
+                .sessions
+                .iter()
+                .filter(|(_, s)| {
+                    s.online.is_none()
+                        && matches!((s.record.expiry, s.record.offline_since),
+                            (Some(e), Some(since)) if since + u64::from(e) <= now)
+                })
+                .map(|(c, _)| c.clone())
+                .collect();
+            let mut ops = Vec::new();
+            for client in &expired {
+                discard(&mut g, &org.org, client, &mut ops);
+            }
+            org.subscriptions.store(g.tree.len(), Ordering::Relaxed);
+            drop(g);
+            ended += expired.len();
+            self.committer.submit(ops);
+        }
+        ended
+    }
+
+    /// Persistent sessions and queued messages held, over all orgs (metrics).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let orgs: Vec<Arc<OrgMessages>> = self
+            .orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        orgs.iter().fold((0, 0), |(s, q), o| {
+            let g = lock(&o.inner);
+            (
+                s + g.sessions.len(),
+                q + g.sessions.values().map(|s| s.queue.len()).sum::<usize>(),
+            )
+        })
+    }
+}
+
+/// Stores (or clears, for an empty payload) the retained message at `topic`.
+fn retain(
+    g: &mut OrgInner,
+    org: &OrgId,
+    topic: &str,
+    msg: &Arc<Message>,
+    limits: &StateLimits,
+    ops: &mut Vec<Op>,
+) -> Result<(), Refused> {
+    let old = g.retained.get(topic).map_or(0, |m| m.size() as u64);
+    if msg.publish.payload.is_empty() {
+        if g.retained.remove(topic).is_some() {
+            g.retained_bytes -= old;
+            ops.push(Op::Delete(record::retained(org, topic)));
+        }
+        return Ok(());
+    }
+    let replacing = g.retained.contains_key(topic);
+    if !replacing && g.retained.len() >= limits.max_retained_messages {
+        return Err(Refused::RetainedMessages);
+    }
+    let bytes = g.retained_bytes - old + msg.size() as u64;
+    if bytes > limits.max_retained_bytes {
+        return Err(Refused::RetainedBytes);
+    }
+    g.retained_bytes = bytes;
+    g.retained.insert(topic.to_owned(), msg.clone());
+    ops.push(Op::Put(record::retained(org, topic), msg.encode()));
+    Ok(())
+}
+
+/// The persistent sessions a publish on `topic` goes to, with their subscription QoS
+/// (the highest when several of a session's filters match; one member per shared
+/// group, an online one first).
+fn match_sessions(g: &mut OrgInner, topic: &str) -> Vec<(String, u8)> {
+    let mut plain: HashMap<&str, u8> = HashMap::new();
+    let mut groups: BTreeMap<&str, Vec<(&str, u8)>> = BTreeMap::new();
+    g.tree.matches(topic, |e| match &e.group {
+        None => {
+            let q = plain.entry(&e.client).or_insert(0);
+            *q = (*q).max(e.qos);
+        }
+        Some(group) => groups.entry(group).or_default().push((&e.client, e.qos)),
+    });
+    let mut out: Vec<(String, u8)> = plain.into_iter().map(|(c, q)| (c.to_owned(), q)).collect();
+    if !groups.is_empty() {
+        g.round_robin = g.round_robin.wrapping_add(1);
+        for members in groups.values() {
+            let online: Vec<&(&str, u8)> = members
+                .iter()
+                .filter(|(c, _)| g.sessions.get(*c).is_some_and(|s| s.online.is_some()))
+                .collect();
+            let pick = if online.is_empty() {
+                members.get(g.round_robin % members.len())
+            } else {
+                online.get(g.round_robin % online.len()).copied()
+            };
+            if let Some((c, q)) = pick {
+                out.push(((*c).to_owned(), *q));
+            }
+        }
+    }
+    out
+}
+
+/// Drops the oldest messages of a queue over `max` (not those in flight); how many.
+fn trim(s: &mut Session, org: &OrgId, client: &str, max: usize, ops: &mut Vec<Op>) -> u64 {
+    let mut dropped = 0;
+    while s.queue.len() > max {
+        let Some(i) = s.queue.iter().position(|q| !q.sent) else {
+            break;
+        };
+        if let Some(q) = s.queue.remove(i) {
+            if q.durable {
+                ops.push(Op::Delete(record::queued(org, client, q.seq)));
+            }
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
+/// Removes a session and all it stored.
+fn discard(g: &mut OrgInner, org: &OrgId, client: &str, ops: &mut Vec<Op>) {
+    let Some(s) = g.sessions.remove(client) else {
+        return;
+    };
+    for (filter, _) in &s.record.subs {
+        g.tree.remove(filter, client);
+    }
+    ops.push(Op::Delete(record::session(org, client)));
+    ops.extend(
+        s.queue
+            .iter()
+            .filter(|q| q.durable)
+            .map(|q| Op::Delete(record::queued(org, client, q.seq))),
+    );
+    ops.extend(
+        s.inbound
+            .iter()
+            .map(|p| Op::Delete(record::inbound(org, client, *p))),
+    );
+    ops.extend(
+        s.releases
+            .iter()
+            .map(|p| Op::Delete(record::release(org, client, *p))),
+    );
+}
+
+/// Whether MQTT filter `filter` matches `topic`.
+pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut t = FilterTree::default();
+    t.insert(filter, "", 0);
+    let mut hit = false;
+    t.matches(topic, |_| hit = true);
+    hit
+}
+
+/// A connection's handle on its persistent session.
+pub(crate) struct PersistentSession {
+    state: Arc<MessageState>,
+    org: Arc<OrgMessages>,
+    client: String,
+    generation: u64,
+    notify: Arc<Notify>,
+}
+
+/// What a client's acknowledgement of a delivery did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Acked {
+    /// The delivery is done (PUBACK of QoS 1, PUBCOMP of QoS 2).
+    Done,
+    /// PUBREC of a QoS 2 delivery: answer with PUBREL.
+    Release,
+    /// No delivery had this packet id.
+    Unknown,
+}
+
+impl PersistentSession {
+    /// Woken when the session has something to deliver.
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Session, &mut Vec<Op>) -> T) -> Option<T> {
+        let mut g = lock(&self.org.inner);
+        if self.org.deleted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let s = g.sessions.get_mut(&self.client)?;
+        if s.online.as_ref().map(|o| o.0) != Some(self.generation) {
+            return None; // taken over
+        }
+        let mut ops = Vec::new();
+        let out = f(s, &mut ops);
+        drop(g);
+        self.state.committer.submit(ops);
+        Some(out)
+    }
+
+    /// PUBRELs owed from before this connection (resent after a reconnect).
+    pub(crate) fn pending_releases(&self) -> Vec<u16> {
+        self.with(|s, _| {
+            let mut v: Vec<u16> = s.releases.iter().copied().collect();
+            v.sort_unstable();
+            v
+        })
+        .unwrap_or_default()
+    }
+
+    /// QoS 2 packet ids the client sent and has not released (a resend of one is a
+    /// duplicate).
+    pub(crate) fn inbound_qos2(&self) -> HashSet<u16> {
+        self.with(|s, _| s.inbound.clone()).unwrap_or_default()
+    }
+
+    /// The store write that records an inbound QoS 2 packet id (committed with its
+    /// message, see [`MessageState::publish`]).
+    pub(crate) fn record_inbound(&self, pkid: u16) -> Vec<Op> {
+        self.with(|s, _| s.inbound.insert(pkid));
+        vec![Op::Put(
+            record::inbound(&self.org.org, &self.client, pkid),
+            Vec::new(),
+        )]
+    }
+
+    /// The client released an inbound QoS 2 packet id (PUBREL).
+    pub(crate) fn released_inbound(&self, pkid: u16) {
+        let key = record::inbound(&self.org.org, &self.client, pkid);
+        self.with(|s, ops| {
+            if s.inbound.remove(&pkid) {
+                ops.push(Op::Delete(key));
+            }
+        });
+    }
+
+    /// Up to `room` deliveries not yet written to the client, marked as written.
+    /// Expired messages are dropped on the way.
+    pub(crate) fn take(&self, room: usize) -> Vec<Delivery> {
+        let (org, client) = (&self.org.org, &self.client);
+        self.with(|s, ops| {
+            let now = record::now();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < s.queue.len() && out.len() < room {
+                let q = &s.queue[i];
+                if q.sent {
+                    i += 1;
+                    continue;
+                }
+                if q.msg.expired(now) {
+                    if q.durable {
+                        ops.push(Op::Delete(record::queued(org, client, q.seq)));
+                    }
+                    s.queue.remove(i);
+                    continue;
+                }
+                let pkid = if q.qos == 0 { 0 } else { pkid_of(q.seq) };
+                if pkid != 0 && (s.inflight.contains_key(&pkid) || s.releases.contains(&pkid)) {
+                    break; // its packet id is still in use: wait for that ack
+                }
+                let dup = q.resend;
+                let mut props = q.msg.props.clone();
+                if let (Some(p), Some(expires)) = (props.as_mut(), q.msg.expires_at) {
+                    p.message_expiry_interval =
+                        Some(u32::try_from(expires.saturating_sub(now)).unwrap_or(u32::MAX));
+                }
+                out.push(Delivery {
+                    publish: packet::with_qos(&q.msg.publish, q.qos, pkid, dup),
+                    props,
+                });
+                if q.qos == 0 {
+                    s.queue.remove(i);
+                } else {
+                    s.inflight.insert(pkid, q.seq);
+                    s.queue[i].sent = true;
+                    i += 1;
+                }
+            }
+            out
+        })
+        .unwrap_or_default()
+    }
+
+    /// The client acknowledged delivery `pkid` with PUBACK (`rec` false) or PUBREC.
+    pub(crate) fn acked(&self, pkid: u16, rec: bool) -> Acked {
+        let (org, client) = (&self.org.org, &self.client);
+        self.with(|s, ops| {
+            let Some(seq) = s.inflight.remove(&pkid) else {
+                return Acked::Unknown;
+            };
+            if let Some(i) = s.queue.iter().position(|q| q.seq == seq) {
+                if let Some(q) = s.queue.remove(i) {
+                    if q.durable {
+                        ops.push(Op::Delete(record::queued(org, client, q.seq)));
+                    }
+                }
+            }
+            if rec {
+                s.releases.insert(pkid);
+                ops.push(Op::Put(record::release(org, client, pkid), Vec::new()));
+                Acked::Release
+            } else {
+                Acked::Done
+            }
+        })
+        .unwrap_or(Acked::Unknown)
+    }
+
+    /// The client completed QoS 2 delivery `pkid` (PUBCOMP).
+    pub(crate) fn completed(&self, pkid: u16) -> Acked {
+        let key = record::release(&self.org.org, &self.client, pkid);
+        self.with(|s, ops| {
+            if s.releases.remove(&pkid) {
+                ops.push(Op::Delete(key));
+                Acked::Done
+            } else {
+                Acked::Unknown
+            }
+        })
+        .unwrap_or(Acked::Unknown)
+    }
+
+    /// Adds (or updates) subscriptions (internal filters) and queues the retained
+    /// messages they match (not for shared ones). The ticket is durable once the
+    /// subscriptions are.
+    pub(crate) fn subscribe(&self, filters: &[(String, u8)]) -> Ticket {
+        let mut g = lock(&self.org.inner);
+        if self.org.deleted.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let now = record::now();
+        let mut retained = Vec::new();
+        for (filter, qos) in filters {
+            g.tree.insert(filter, &self.client, *qos);
+            if tree::split_shared(filter).0.is_none() {
+                retained.extend(
+                    g.retained
+                        .iter()
+                        .filter(|(t, m)| !m.expired(now) && filter_matches(filter, t))
+                        .map(|(_, m)| (m.clone(), *qos)),
+                );
+            }
+        }
+        self.org
+            .subscriptions
+            .store(g.tree.len(), Ordering::Relaxed);
+        let OrgInner { sessions, .. } = &mut *g;
+        let Some(s) = sessions.get_mut(&self.client) else {
+            return 0;
+        };
+        for (filter, qos) in filters {
+            match s.record.subs.iter_mut().find(|(f, _)| f == filter) {
+                Some(sub) => sub.1 = *qos,
+                None => s.record.subs.push((filter.clone(), *qos)),
+            }
+        }
+        for (m, sub_qos) in retained {
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.queue.push_back(Queued {
+                seq,
+                qos: m.qos.min(sub_qos),
+                msg: m,
+                sent: false,
+                resend: false,
+                durable: false,
+            });
+        }
+        if !s.queue.is_empty() {
+            self.notify.notify_one();
+        }
+        let op = Op::Put(
+            record::session(&self.org.org, &self.client),
+            serde_json::to_vec(&s.record).unwrap_or_default(),
+        );
+        drop(g);
+        self.state.committer.submit(vec![op])
+    }
+
+    /// Removes subscriptions (internal filters).
+    pub(crate) fn unsubscribe(&self, filters: &[String]) -> Ticket {
+        let mut g = lock(&self.org.inner);
+        if self.org.deleted.load(Ordering::Relaxed) {
+            return 0;
+        }
+        for f in filters {
+            g.tree.remove(f, &self.client);
+        }
+        self.org
+            .subscriptions
+            .store(g.tree.len(), Ordering::Relaxed);
+        let Some(s) = g.sessions.get_mut(&self.client) else {
+            return 0;
+        };
+        s.record.subs.retain(|(f, _)| !filters.contains(f));
+        let op = Op::Put(
+            record::session(&self.org.org, &self.client),
+            serde_json::to_vec(&s.record).unwrap_or_default(),
+        );
+        drop(g);
+        self.state.committer.submit(vec![op])
+    }
+
+    /// The connection ended. A session that outlives it keeps its queue (deliveries
+    /// not acknowledged are sent again, with DUP, on the next connection); one that
+    /// does not (MQTT 5 expiry 0) is discarded.
+    pub(crate) fn detach(self) {
+        let mut g = lock(&self.org.inner);
+        if self.org.deleted.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut ops = Vec::new();
+        let Some(s) = g.sessions.get_mut(&self.client) else {
+            return;
+        };
+        if s.online.as_ref().map(|o| o.0) != Some(self.generation) {
+            return; // a newer connection has it
+        }
+        s.online = None;
+        if s.record.expiry == Some(0) {
+            discard(&mut g, &self.org.org, &self.client, &mut ops);
+            self.org
+                .subscriptions
+                .store(g.tree.len(), Ordering::Relaxed);
+        } else {
+            // QoS 0 messages are not kept offline; unacknowledged ones are resent.
+            s.queue.retain(|q| q.qos > 0);
+            s.inflight.clear();
+            for q in &mut s.queue {
+                q.resend |= q.sent;
+                q.sent = false;
+            }
+            s.record.offline_since = Some(record::now());
+            ops.push(Op::Put(
+                record::session(&self.org.org, &self.client),
+                serde_json::to_vec(&s.record).unwrap_or_default(),
+            ));
+        }
+        drop(g);
+        self.state.committer.submit(ops);
+    }
+}

@@ -1,0 +1,227 @@
+//! A subscription tree: MQTT topic filters by level, so matching a topic costs its
+//! number of levels (plus the wildcard branches on the way), not the number of filters.
+//! Persistent sessions' subscriptions live here (one tree per org).
+
+use std::collections::HashMap;
+
+/// Who subscribed with a filter, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The subscriber (a persistent session's client id).
+    pub client: String,
+    /// The subscription's maximum QoS.
+    pub qos: u8,
+    /// The shared-subscription group (`$share/<group>/…`), if any.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<String, Node>,
+    /// The `+` child.
+    plus: Option<Box<Node>>,
+    /// Filters ending here.
+    here: Vec<Entry>,
+    /// Filters ending with `#` below this level (which also match this level).
+    hash: Vec<Entry>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.here.is_empty()
+            && self.hash.is_empty()
+    }
+}
+
+/// Topic filters and their subscribers.
+#[derive(Debug, Default)]
+pub(crate) struct FilterTree {
+    root: Node,
+    len: usize,
+}
+
+/// Splits `$share/<group>/<filter>` into the group and the filter.
+pub(crate) fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match filter
+        .strip_prefix("$share/")
+        .and_then(|r| r.split_once('/'))
+    {
+        Some((group, rest)) => (Some(group), rest),
+        None => (None, filter),
+    }
+}
+
+impl FilterTree {
+    /// Subscriptions held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds (or replaces) `client`'s subscription with `filter`
+    /// (`$share/<group>/<filter>` for a shared one).
+    pub(crate) fn insert(&mut self, filter: &str, client: &str, qos: u8) {
+        let (group, path) = split_shared(filter);
+        let entry = Entry {
+            client: client.to_owned(),
+            qos,
+            group: group.map(str::to_owned),
+        };
+        let mut node = &mut self.root;
+        let mut levels = path.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                let list = &mut node.hash;
+                if let Some(e) = list.iter_mut().find(|e| same(e, &entry)) {
+                    e.qos = qos;
+                } else {
+                    list.push(entry);
+                    self.len += 1;
+                }
+                return;
+            }
+            node = if level == "+" {
+                node.plus.get_or_insert_with(Box::default)
+            } else {
+                node.children.entry(level.to_owned()).or_default()
+            };
+        }
+        if let Some(e) = node.here.iter_mut().find(|e| same(e, &entry)) {
+            e.qos = qos;
+        } else {
+            node.here.push(entry);
+            self.len += 1;
+        }
+    }
+
+    /// Removes `client`'s subscription with `filter`; whether it had one.
+    pub(crate) fn remove(&mut self, filter: &str, client: &str) -> bool {
+        let (group, path) = split_shared(filter);
+        let levels: Vec<&str> = path.split('/').collect();
+        let removed = remove_at(&mut self.root, &levels, client, group);
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// Calls `f` with every subscription whose filter matches `topic`.
+    pub(crate) fn matches<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a Entry)) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        // Wildcards do not match a first level starting with `$` (MQTT 4.7.2).
+        let dollar = topic.starts_with('$');
+        walk(&self.root, &levels, dollar, &mut f);
+    }
+}
+
+fn same(a: &Entry, b: &Entry) -> bool {
+    a.client == b.client && a.group == b.group
+}
+
+fn remove_at(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -> bool {
+    let is = |e: &Entry| e.client == client && e.group.as_deref() == group;
+    let Some((level, rest)) = levels.split_first() else {
+        let before = node.here.len();
+        node.here.retain(|e| !is(e));
+        return node.here.len() != before;
+    };
+    if *level == "#" && rest.is_empty() {
+        let before = node.hash.len();
+        node.hash.retain(|e| !is(e));
+        return node.hash.len() != before;
+    }
+    if *level == "+" {
+        let Some(child) = node.plus.as_deref_mut() else {
+            return false;
+        };
+        let removed = remove_at(child, rest, client, group);
+        if child.is_empty() {
+            node.plus = None;
+        }
+        return removed;
+    }
+    let Some(child) = node.children.get_mut(*level) else {
+        return false;
+    };
+    let removed = remove_at(child, rest, client, group);
+    if child.is_empty() {
+        node.children.remove(*level);
+    }
+    removed
+}
+
+fn walk<'a>(node: &'a Node, levels: &[&str], dollar: bool, f: &mut impl FnMut(&'a Entry)) {
+    if !dollar {
+        node.hash.iter().for_each(&mut *f);
+    }
+    let Some((level, rest)) = levels.split_first() else {
+        node.here.iter().for_each(&mut *f);
+        return;
+    };
+    if let Some(child) = node.children.get(*level) {
+        walk(child, rest, false, f);
+    }
+    if !dollar {
+        if let Some(child) = node.plus.as_deref() {
+            walk(child, rest, false, f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matching(tree: &FilterTree, topic: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        tree.matches(topic, |e| v.push(e.client.clone()));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn matches_like_mqtt() {
+        let mut t = FilterTree::default();
+        t.insert("a/b/c", "exact", 1);
+        t.insert("a/+/c", "plus", 1);
+        t.insert("a/#", "hash", 1);
+        t.insert("#", "all", 0);
+        t.insert("+/+", "two", 0);
+        t.insert("$share/g/a/b/c", "shared", 1);
+        assert_eq!(t.len(), 6);
+        assert_eq!(
+            matching(&t, "a/b/c"),
+            ["all", "exact", "hash", "plus", "shared"]
+        );
+        // `a/#` matches its parent level too.
+        assert_eq!(matching(&t, "a"), ["all", "hash"]);
+        assert_eq!(matching(&t, "a/x"), ["all", "hash", "two"]);
+        assert_eq!(matching(&t, "b/b/c"), ["all"]);
+        // Empty levels are levels (internal topics start with one).
+        t.insert("/tenants/acme/#", "tenant", 1);
+        assert_eq!(matching(&t, "/tenants/acme/x"), ["all", "tenant"]);
+        assert_eq!(matching(&t, "/tenants/other/x"), ["all"]);
+        // `$` topics are not matched by wildcards at the first level.
+        assert_eq!(matching(&t, "$SYS/x"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn removal_prunes_and_replaces() {
+        let mut t = FilterTree::default();
+        t.insert("a/+/c", "x", 0);
+        t.insert("a/+/c", "x", 1);
+        assert_eq!(t.len(), 1, "a second subscribe replaces");
+        let mut qos = 9;
+        t.matches("a/b/c", |e| qos = e.qos);
+        assert_eq!(qos, 1);
+        assert!(!t.remove("a/+/c", "y"));
+        assert!(t.remove("a/+/c", "x"));
+        assert!(!t.remove("a/+/c", "x"));
+        assert_eq!(t.len(), 0);
+        assert!(t.root.is_empty(), "empty branches are pruned");
+        t.insert("$share/g/a/#", "x", 1);
+        assert!(!t.remove("a/#", "x"), "a shared subscription is its own");
+        assert!(t.remove("$share/g/a/#", "x"));
+    }
+}

@@ -1,0 +1,287 @@
+//! Message state across restarts, with the real binary killed by SIGKILL: retained
+//! messages and the queues of persistent sessions survive; deleting an org purges them.
+
+mod support;
+
+use std::time::Duration;
+
+use device_sim::client;
+use reqwest::Method;
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use support::{Org, Server};
+
+const CMD: &str = "iot-2/type/lock/id/door1/cmd/unlock/fmt/json";
+
+/// A client whose CONNACK said `session_present`, with its event loop running.
+struct Session {
+    client: AsyncClient,
+    session_present: bool,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Packet>,
+}
+
+/// Connects `client_id` (with a certificate for `identity`), clean or persistent.
+async fn connect(org: &Org, identity: &str, client_id: &str, clean: bool) -> Session {
+    let cert = org.cert(identity);
+    let mut opts = client::mqtt_options(&org.target(), client_id, Some(&cert)).expect("options");
+    opts.set_clean_session(clean);
+    let (client, mut eventloop): (AsyncClient, EventLoop) = client::async_client(opts, 200);
+    let session_present = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+                    return ack.session_present;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{client_id} could not connect: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(p) = event {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    Session {
+        client,
+        session_present,
+        rx,
+    }
+}
+
+impl Session {
+    /// Waits for the next packet matching `f`.
+    async fn next<T>(
+        &mut self,
+        wait: Duration,
+        mut f: impl FnMut(Packet) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(p)) => {
+                    if let Some(t) = f(p) {
+                        return Some(t);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    async fn publish(&mut self, wait: Duration) -> Option<rumqttc::Publish> {
+        self.next(wait, |p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.next(Duration::from_secs(5), |p| {
+            matches!(p, Packet::SubAck(_)).then_some(())
+        })
+        .await
+        .expect("SUBACK");
+    }
+
+    /// Publishes QoS 1 messages and waits for every PUBACK.
+    async fn publish_acked(&mut self, topic: &str, payloads: &[Vec<u8>], retain: bool) {
+        for p in payloads {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, retain, p.clone())
+                .await
+                .expect("publish");
+        }
+        let mut acked = 0;
+        while acked < payloads.len() {
+            self.next(Duration::from_secs(10), |p| {
+                matches!(p, Packet::PubAck(_)).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("only {acked} of {} PUBACKs", payloads.len()));
+            acked += 1;
+        }
+    }
+
+    async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_commands_survive_sigkill_right_after_the_last_puback() {
+    let server = Server::start();
+    let org = Org::create(&server, "acme").await;
+
+    // The device subscribes with a persistent session, then goes offline.
+    let mut door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    assert!(!door.session_present);
+    door.subscribe("iot-2/cmd/+/fmt/+", QoS::AtLeastOnce).await;
+    door.disconnect().await;
+
+    // The application sends 100 commands; the broker dies right after the last PUBACK.
+    let mut app = connect(&org, "a:ops", "a:acme:ops", true).await;
+    let commands: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+        .collect();
+    app.publish_acked(CMD, &commands, false).await;
+    let server = server.restart_hard();
+
+    let org = Org {
+        mqtt: server.mqtt,
+        ..org
+    };
+    let mut door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    assert!(door.session_present, "the session survived the restart");
+    for (i, want) in commands.iter().enumerate() {
+        let p = door
+            .publish(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("command {i} of 100 lost"));
+        assert_eq!(p.topic, "iot-2/cmd/unlock/fmt/json");
+        assert_eq!(&p.payload[..], &want[..], "in order");
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+    }
+    assert!(
+        door.publish(Duration::from_millis(500)).await.is_none(),
+        "each exactly once"
+    );
+    // Acknowledged deliveries are gone: a reconnect gets nothing again.
+    door.disconnect().await;
+    let mut door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    assert!(door.session_present);
+    assert!(door.publish(Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retained_messages_survive_sigkill_and_can_be_listed_and_removed() {
+    let server = Server::start();
+    let org = Org::create(&server, "acme").await;
+    let mut dev = connect(&org, "d:sensor:s1", "d:acme:sensor:s1", true).await;
+    dev.publish_acked(
+        "iot-2/evt/state/fmt/json",
+        &[b"{\"on\":true}".to_vec()],
+        true,
+    )
+    .await;
+    let server = server.restart_hard();
+    let org = Org {
+        mqtt: server.mqtt,
+        ..org
+    };
+
+    // A clean subscriber gets it from the engine, a persistent one from the state.
+    for clean in [true, false] {
+        let mut app = connect(&org, "a:dash", "a:acme:dash", clean).await;
+        app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+", QoS::AtLeastOnce)
+            .await;
+        let p = app
+            .publish(Duration::from_secs(5))
+            .await
+            .expect("retained message after the restart");
+        assert_eq!(p.topic, "iot-2/type/sensor/id/s1/evt/state/fmt/json");
+        assert_eq!(&p.payload[..], b"{\"on\":true}");
+        assert!(p.retain);
+        app.disconnect().await;
+    }
+
+    let api = server.api();
+    let (status, list) = api.call(Method::GET, "/orgs/acme/retained", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        list[0]["topic"],
+        "iot-2/type/sensor/id/s1/evt/state/fmt/json"
+    );
+    assert_eq!(list[0]["bytes"], 11);
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            "/orgs/acme/retained?topic=iot-2/type/%2B/id/s1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "a filter is not a topic");
+    let path = "/orgs/acme/retained?topic=iot-2/type/sensor/id/s1/evt/state/fmt/json";
+    let (status, body) = api.call(Method::DELETE, path, None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = api.call(Method::DELETE, path, None).await;
+    assert_eq!(status, 404);
+    let mut app = connect(&org, "a:dash", "a:acme:dash", true).await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+", QoS::AtLeastOnce)
+        .await;
+    assert!(
+        app.publish(Duration::from_millis(500)).await.is_none(),
+        "removed"
+    );
+    // And it stays removed across another restart.
+    let server = server.restart_hard();
+    let (_, list) = server
+        .api()
+        .call(Method::GET, "/orgs/acme/retained", None)
+        .await;
+    assert_eq!(list, serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_org_created_again_with_the_same_id_starts_empty() {
+    let server = Server::start();
+    let org = Org::create(&server, "acme").await;
+    let mut door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    door.subscribe("iot-2/cmd/+/fmt/+", QoS::AtLeastOnce).await;
+    door.disconnect().await;
+    let mut app = connect(&org, "a:ops", "a:acme:ops", true).await;
+    app.publish_acked(CMD, &[b"secret".to_vec()], false).await;
+    app.disconnect().await;
+    let mut other = connect(&org, "d:lock:door2", "d:acme:lock:door2", true).await;
+    other
+        .publish_acked("iot-2/evt/code/fmt/txt", &[b"1234".to_vec()], true)
+        .await;
+    other.disconnect().await;
+
+    let api = server.api();
+    let (status, body) = api.call(Method::DELETE, "/orgs/acme", None).await;
+    assert_eq!(status, 204, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let org = Org::create(&server, "acme").await;
+    let mut door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    assert!(!door.session_present, "the old tenant's session is gone");
+    door.subscribe("iot-2/cmd/+/fmt/+", QoS::AtLeastOnce).await;
+    assert!(
+        door.publish(Duration::from_millis(500)).await.is_none(),
+        "no old command"
+    );
+    let mut app = connect(&org, "a:ops", "a:acme:ops", true).await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+", QoS::AtLeastOnce)
+        .await;
+    assert!(
+        app.publish(Duration::from_millis(500)).await.is_none(),
+        "no old retained"
+    );
+    let (_, list) = api.call(Method::GET, "/orgs/acme/retained", None).await;
+    assert_eq!(list, serde_json::json!([]));
+    // Nor after a restart (nothing of the old org is left on disk).
+    let server = server.restart_hard();
+    let org = Org {
+        mqtt: server.mqtt,
+        ..org
+    };
+    let door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    assert!(
+        door.session_present,
+        "the new tenant's own session survives"
+    );
+    let (_, list) = server
+        .api()
+        .call(Method::GET, "/orgs/acme/retained", None)
+        .await;
+    assert_eq!(list, serde_json::json!([]));
+}
