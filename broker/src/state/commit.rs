@@ -17,11 +17,14 @@ pub(crate) type Ticket = u64;
 /// Most ops applied in one batch (bounds the batch's memory and latency).
 const MAX_BATCH_OPS: usize = 16 * 1024;
 
+/// Writes on their way to the writer thread, with their tickets.
+type Queue = mpsc::Sender<(Ticket, Vec<Op>)>;
+
 /// The group-commit writer. Cheap to share (`Arc`).
 pub(crate) struct Committer {
     /// The last ticket handed out and the queue to the writer thread, under one lock
     /// so tickets reach the thread in order.
-    queue: Mutex<(Ticket, mpsc::Sender<(Ticket, Vec<Op>)>)>,
+    queue: Mutex<(Ticket, Queue)>,
     committed: watch::Receiver<Ticket>,
     failing: Arc<AtomicBool>,
 }
