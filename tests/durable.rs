@@ -285,3 +285,121 @@ async fn an_org_created_again_with_the_same_id_starts_empty() {
         .await;
     assert_eq!(list, serde_json::json!([]));
 }
+
+/// A raw MQTT 3.1.1 connection over mTLS, for exchanges a client library does not let
+/// a test stop halfway (a QoS 2 publish between PUBREC and PUBREL).
+struct Raw(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl Raw {
+    async fn connect(org: &Org, identity: &str, client_id: &str, clean: bool) -> (Raw, bool) {
+        use tokio::io::AsyncWriteExt;
+        let cert = org.cert(identity);
+        let target = org.target();
+        let config = client::tls_config(&target, Some(&cert)).expect("tls config");
+        let tcp = tokio::net::TcpStream::connect(org.mqtt).await.expect("tcp");
+        let name = rustls::pki_types::ServerName::try_from(target.sni.clone()).expect("sni");
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("tls");
+        let mut raw = Raw(tls);
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, if clean { 2 } else { 0 }, 0, 60];
+        body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+        body.extend_from_slice(client_id.as_bytes());
+        raw.send(0x10, &body).await;
+        let (header, ack) = raw.read().await;
+        assert_eq!(header, 0x20, "CONNACK");
+        assert_eq!(ack[1], 0, "accepted");
+        raw.0.flush().await.expect("flush");
+        (raw, ack[0] & 1 == 1)
+    }
+
+    async fn send(&mut self, header: u8, body: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut packet = vec![header];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            packet.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        packet.extend_from_slice(body);
+        self.0.write_all(&packet).await.expect("write");
+    }
+
+    /// The next packet: fixed-header byte and body.
+    async fn read(&mut self) -> (u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let header = self.0.read_u8().await?;
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                let b = self.0.read_u8().await?;
+                len |= usize::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            self.0.read_exact(&mut body).await?;
+            std::io::Result::Ok((header, body))
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a packet in time")
+            .expect("read")
+    }
+
+    async fn publish_qos2(&mut self, topic: &str, pkid: u16, payload: &[u8], dup: bool) {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend_from_slice(payload);
+        self.send(if dup { 0x3c } else { 0x34 }, &body).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_qos2_message_in_flight_across_sigkill_is_delivered_exactly_once() {
+    let server = Server::start();
+    let org = Org::create(&server, "acme").await;
+    let mut door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    door.subscribe("iot-2/cmd/+/fmt/+", QoS::ExactlyOnce).await;
+    door.disconnect().await;
+
+    // PUBLISH QoS 2 → PUBREC, then the broker dies before the PUBREL.
+    let (mut app, _) = Raw::connect(&org, "a:ops", "a:acme:ops", false).await;
+    app.publish_qos2(CMD, 7, b"once", false).await;
+    assert_eq!(app.read().await, (0x50, vec![0, 7]), "PUBREC");
+    let server = server.restart_hard();
+    let org = Org { mqtt: server.mqtt, ..org };
+
+    let (mut app, present) = Raw::connect(&org, "a:ops", "a:acme:ops", false).await;
+    assert!(present, "the publisher's session survived");
+    // A resend of the PUBLISH is recognised as the same message...
+    app.publish_qos2(CMD, 7, b"once", true).await;
+    assert_eq!(app.read().await, (0x50, vec![0, 7]), "PUBREC again");
+    // ...and the PUBREL completes the exchange the broker had before it died.
+    app.send(0x62, &[0, 7]).await;
+    assert_eq!(app.read().await, (0x70, vec![0, 7]), "PUBCOMP");
+
+    let mut door = connect(&org, "d:lock:door1", "d:acme:lock:door1", false).await;
+    assert!(door.session_present);
+    let p = door
+        .publish(Duration::from_secs(5))
+        .await
+        .expect("the command");
+    assert_eq!(&p.payload[..], b"once");
+    assert_eq!(p.qos, QoS::ExactlyOnce);
+    assert!(
+        door.publish(Duration::from_secs(1)).await.is_none(),
+        "exactly once"
+    );
+}
