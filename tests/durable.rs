@@ -303,7 +303,18 @@ impl Raw {
             .await
             .expect("tls");
         let mut raw = Raw(tls);
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, if clean { 2 } else { 0 }, 0, 60];
+        let mut body = vec![
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            4,
+            if clean { 2 } else { 0 },
+            0,
+            60,
+        ];
         body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
         body.extend_from_slice(client_id.as_bytes());
         raw.send(0x10, &body).await;
@@ -379,7 +390,10 @@ async fn a_qos2_message_in_flight_across_sigkill_is_delivered_exactly_once() {
     app.publish_qos2(CMD, 7, b"once", false).await;
     assert_eq!(app.read().await, (0x50, vec![0, 7]), "PUBREC");
     let server = server.restart_hard();
-    let org = Org { mqtt: server.mqtt, ..org };
+    let org = Org {
+        mqtt: server.mqtt,
+        ..org
+    };
 
     let (mut app, present) = Raw::connect(&org, "a:ops", "a:acme:ops", false).await;
     assert!(present, "the publisher's session survived");

@@ -443,11 +443,21 @@ impl MessageState {
     ) -> Attached {
         let mut g = lock(&org.inner);
         let mut ops = Vec::new();
+        let now = record::now();
+        // A session past its expiry is gone, even before the sweep ends it.
+        let expired = g.sessions.get(client).is_some_and(|s| {
+            matches!((s.record.expiry, s.record.offline_since),
+                (Some(e), Some(since)) if s.online.is_none() && since + u64::from(e) <= now)
+        });
+        if expired {
+            discard(&mut g, &org.org, client, &mut ops);
+        }
         let existed = g.sessions.contains_key(client);
         if existed && clean_start {
             discard(&mut g, &org.org, client, &mut ops);
         }
         let present = existed && !clean_start;
+        org.subscriptions.store(g.tree.len(), Ordering::Relaxed);
         if !present && expiry == Some(0) || org.deleted.load(Ordering::Relaxed) {
             drop(g);
             self.committer.submit(ops);
