@@ -60,6 +60,9 @@ pub(super) struct Bridge {
     pub(super) flow: Flow,
     /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
     pub(super) out_inflight: usize,
+    /// The org's per-session limits and what this session holds against them
+    /// (`session/limits.rs`).
+    pub(super) quota: super::limits::Quota,
     /// A PUBLISH at the head of the read buffer waits for the org's window.
     pub(super) held: bool,
     /// When the client last acknowledged a delivery.
@@ -223,7 +226,10 @@ impl Bridge {
             Outbound::Ack(Packet::SubAck(ack, props)) => {
                 Packet::SubAck(self.merge_suback(ack), props)
             }
-            Outbound::Ack(p) => p,
+            Outbound::Ack(p) => {
+                self.quota.acknowledged(&p);
+                p
+            }
             Outbound::Disconnect(code) => {
                 match self.version.disconnect(code, "disconnected by the broker") {
                     Some(p) => p,
@@ -273,6 +279,7 @@ impl Bridge {
                     if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
                         return Err(SessionError::Protocol("topic aliases are not supported"));
                     }
+                    self.publish_within_limits(&publish, stream).await?;
                     let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
                     match self.principal.publish_topic(topic) {
                         Ok(internal) => {
@@ -301,6 +308,10 @@ impl Bridge {
                     for f in sub.filters {
                         match self.principal.subscribe_filter(&f.path) {
                             Ok(internal) => {
+                                if let Some(refused) = self.quota.subscribe(&internal) {
+                                    slots.push(Some(refused));
+                                    continue;
+                                }
                                 slots.push(None);
                                 self.flow.subscribed(&internal);
                                 allowed.push(Filter {
@@ -339,6 +350,7 @@ impl Bridge {
                             format!("{}$none", crate::acl::tenant_prefix(&self.principal.org))
                         });
                         self.flow.unsubscribed(f);
+                        self.quota.unsubscribed(f);
                     }
                     self.send_to_engine(Packet::Unsubscribe(unsub, props))
                         .await?;
