@@ -95,7 +95,7 @@ pub(crate) fn limit_refused(org: &str, limit: &'static str) {
 
 /// `n` messages of `org` dropped (`certmq_dropped_total{org,reason}`), e.g. the oldest
 /// of a session's queue over `max_queued_messages_per_session` (reason
-/// `queue_overflow`).
+/// `queue_full`).
 #[allow(dead_code)] // Called by the queue-overflow code (not yet built).
 pub(crate) fn dropped(org: &str, reason: &'static str, n: u64) {
     if n > 0 {
