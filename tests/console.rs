@@ -272,6 +272,9 @@ async fn console_in_a_real_browser() {
 
     // An org token, created in the console, sees its org only.
     page.goto("/console#/org/acme/settings").await;
+    // The org's limits, read-only: the defaults.
+    let limits = page.wait_text("#limits", "50,000").await;
+    assert!(limits.contains("1,048,576 bytes"), "{limits}");
     page.fill("#token-name", "ops").await;
     page.click("#token-create").await;
     page.wait_text(".tab-body", "Copy it now").await;

@@ -332,7 +332,7 @@ const ORG_TABS = [
   ['blocked-devices', 'Blocked devices', tabBlocked],
   ['crls', 'CRLs', tabCrls],
   ['audit', 'Audit log', tabAudit],
-  ['settings', 'Tokens & domains', tabSettings],
+  ['settings', 'Tokens, domains & limits', tabSettings],
 ];
 
 function homeHash() {
@@ -1441,6 +1441,8 @@ async function tabSettings(root, org) {
   const domainsMsg = h('div', { class: 'messages' });
   const domains = h('textarea', { id: 'domains', rows: '3', spellcheck: 'false', placeholder: 'iot.example.com' });
   const saveDomains = h('button', { type: 'submit', id: 'domains-save' }, 'Save domains');
+  const limitsMsg = h('div', { class: 'messages' });
+  const limitsBox = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
 
   root.append(
     h('section', { class: 'card' }, h('h2', {}, 'API tokens'),
@@ -1480,7 +1482,10 @@ async function tabSettings(root, org) {
     h('p', { class: 'muted' }, `Devices select this org with <org>.<domain>; register extra domains here (up to 10). Register a domain before generating or uploading a certificate for it.`),
     field('Domains, one per line', domains),
     domainsMsg,
-    h('div', { class: 'actions' }, saveDomains)));
+    h('div', { class: 'actions' }, saveDomains)),
+    h('section', { class: 'card', id: 'limits' }, h('h2', {}, 'Limits'),
+      h('p', { class: 'muted' }, 'What this org may hold on the broker (read-only here). Through the API, an org token may lower them; raising needs the platform admin token.'),
+      limitsMsg, limitsBox));
 
   async function reloadTokens() {
     try {
@@ -1521,8 +1526,22 @@ async function tabSettings(root, org) {
     api('GET', `/orgs/${enc(org)}/domains`)
       .then((r) => { domains.value = r.domains.join('\n'); })
       .catch((e) => showError(domainsMsg, e, 'Loading domains')),
+    api('GET', `/orgs/${enc(org)}/limits`)
+      .then((l) => limitsBox.replaceChildren(details(LIMITS.map(([key, label, unit]) => [label, `${Number(l[key]).toLocaleString('en')}${unit}`]))))
+      .catch((e) => { limitsBox.replaceChildren(); showError(limitsMsg, e, 'Loading limits'); }),
   ]);
 }
+
+/** The fields of GET /orgs/{org}/limits: [key, label, unit]. */
+const LIMITS = [
+  ['max_connections', 'Connections', ''],
+  ['max_message_bytes', 'Message size', ' bytes'],
+  ['max_retained_messages', 'Retained messages', ''],
+  ['max_retained_bytes', 'Retained bytes', ' bytes'],
+  ['max_subscriptions_per_session', 'Subscriptions per session', ''],
+  ['max_queued_messages_per_session', 'Queued messages per session', ''],
+  ['max_inflight_per_session', 'In-flight messages per session', ''],
+];
 
 /* ------------------------------------------------------------------ expiry overview */
 

@@ -20,6 +20,9 @@ pub(crate) enum ApiError {
     /// 403: the caller sees the resource but its token may not do this (an org token
     /// creating or deleting orgs).
     Forbidden(String),
+    /// 403 `raise_needs_platform_token`: an org token asked to raise one of its org's
+    /// limits; only the platform admin may.
+    RaiseNeedsPlatformToken(String),
     /// 404: no such resource, including other orgs' resources and invalid ids.
     NotFound(String),
     /// 405: the path exists but not with this method.
@@ -48,6 +51,9 @@ impl ApiError {
                 "missing or invalid bearer token".into(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+            ApiError::RaiseNeedsPlatformToken(m) => {
+                (StatusCode::FORBIDDEN, "raise_needs_platform_token", m)
+            }
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -106,10 +112,11 @@ pub(crate) struct ErrorDetail {
 
 /// The status and code of every [`ApiError`] but [`ApiError::Rejected`], whose code is
 /// the rule's (`registry::cert::Rule::code`, always 422). The OpenAPI document lists them.
-pub(crate) const CODES: [(StatusCode, &str); 10] = [
+pub(crate) const CODES: [(StatusCode, &str); 11] = [
     (StatusCode::BAD_REQUEST, "bad_request"),
     (StatusCode::UNAUTHORIZED, "unauthorized"),
     (StatusCode::FORBIDDEN, "forbidden"),
+    (StatusCode::FORBIDDEN, "raise_needs_platform_token"),
     (StatusCode::NOT_FOUND, "not_found"),
     (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     (StatusCode::CONFLICT, "conflict"),
@@ -143,6 +150,7 @@ impl From<registry::Error> for ApiError {
             registry::Error::Conflict(m) => ApiError::Conflict(m),
             registry::Error::NameTaken(m) => ApiError::NameTaken(m),
             registry::Error::BadRequest(m) => ApiError::BadRequest(m),
+            registry::Error::RaiseNeedsPlatformToken(m) => ApiError::RaiseNeedsPlatformToken(m),
             registry::Error::Rejected(c) => ApiError::Rejected(c),
             e @ (registry::Error::Store(_)
             | registry::Error::Seal(_)
@@ -178,6 +186,7 @@ mod tests {
             ApiError::BadRequest(m()),
             ApiError::Unauthorized,
             ApiError::Forbidden(m()),
+            ApiError::RaiseNeedsPlatformToken(m()),
             ApiError::NotFound(m()),
             ApiError::MethodNotAllowed,
             ApiError::Conflict(m()),
@@ -198,6 +207,7 @@ mod tests {
                 ApiError::BadRequest(_)
                 | ApiError::Unauthorized
                 | ApiError::Forbidden(_)
+                | ApiError::RaiseNeedsPlatformToken(_)
                 | ApiError::NotFound(_)
                 | ApiError::MethodNotAllowed
                 | ApiError::Conflict(_)

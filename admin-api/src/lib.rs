@@ -34,6 +34,7 @@ mod csrs;
 mod domains;
 mod error;
 mod extract;
+mod limits;
 mod openapi;
 mod ops;
 mod orgs;
@@ -165,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(audit::list))
         .routes(routes!(ops::authz_check))
         .routes(routes!(policy::show, policy::set))
+        .routes(routes!(limits::show, limits::set))
         .routes(routes!(policy::set_token, policy::list_tokens))
         .routes(routes!(policy::delete_token))
         .routes(routes!(revocation::block, revocation::list_blocked))

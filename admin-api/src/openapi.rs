@@ -50,6 +50,7 @@ use crate::error::{ErrorBody, CODES};
         (name = "domains", description = "An org's custom domains."),
         (name = "audit", description = "Who changed what, when."),
         (name = "security-policy", description = "How an org's devices must authenticate."),
+        (name = "limits", description = "An org's connection, message, subscription and queue limits. Org tokens may lower them; raising needs the platform admin token."),
         (name = "device-tokens", description = "MQTT passwords of identities (username `use-token-auth`)."),
         (name = "blocked-devices", description = "Identities refused at CONNECT whatever their credentials."),
         (name = "crls", description = "Certificate revocation lists of an org's CAs, checked on every handshake."),
@@ -200,7 +201,7 @@ pub(crate) fn error_code_schema() -> Object {
         .schema_type(Type::String)
         .enum_values(Some(codes))
         .description(Some(format!(
-            "{}; with 422 the code of the certificate rule that failed.",
+            "{}; with 422 the code of the rule that failed (a certificate rule, or `limit_out_of_range`).",
             by_status.join(", ")
         )))
         .build()

@@ -58,6 +58,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/orgs/{org}/authz/check"),
     ("GET", "/api/v1/orgs/{org}/security-policy"),
     ("PUT", "/api/v1/orgs/{org}/security-policy"),
+    ("GET", "/api/v1/orgs/{org}/limits"),
+    ("PUT", "/api/v1/orgs/{org}/limits"),
     ("POST", "/api/v1/orgs/{org}/device-tokens"),
     ("GET", "/api/v1/orgs/{org}/device-tokens"),
     ("DELETE", "/api/v1/orgs/{org}/device-tokens/{id}"),
@@ -452,6 +454,7 @@ async fn the_document_is_well_formed() {
         "bad_request",
         "unauthorized",
         "forbidden",
+        "raise_needs_platform_token",
         "not_found",
         "conflict",
         "payload_too_large",
@@ -461,6 +464,7 @@ async fn the_document_is_well_formed() {
         "hostname_mismatch",
         "crl_not_from_org_ca",
         "crl_outdated",
+        "limit_out_of_range",
     ] {
         assert!(codes.as_array().unwrap().contains(&json!(c)), "{c}");
     }
@@ -669,6 +673,26 @@ async fn answers_are_as_documented() {
             "{op}"
         );
     }
+    // Limits: an org token may lower them, not raise them.
+    s.get(200, "/orgs/{org}/limits", "").await;
+    let lower = json(json!({"max_connections": 100}));
+    let a = s
+        .call_as(Some(&token), "PUT /orgs/{org}/limits", "", lower)
+        .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    let raise = json(json!({"max_connections": 1000}));
+    let a = s
+        .call_as(Some(&token), "PUT /orgs/{org}/limits", "", raise)
+        .await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (403, "raise_needs_platform_token")
+    );
+    let raise = json(json!({"max_connections": 1000}));
+    s.send(200, "PUT /orgs/{org}/limits", "", raise).await;
+    let zero = json(json!({"max_connections": 0}));
+    s.refused("limit_out_of_range", "PUT /orgs/{org}/limits", "", zero)
+        .await;
     s.delete(204, "/orgs/{org}/tokens/{id}", &id_of(&t)).await;
 
     // Domains, security policy, device tokens.

@@ -11,7 +11,7 @@
 //! Modules: `server` (listeners, the change listener, reconcile), `tls` (per-org
 //! configs, certificate facts), `chain` (verified path, revocation along it), `admission` (who may connect: one pure decision),
 //! `acl` (topic rules), `session` (CONNECT to teardown; `bridge`, `status`), `sessions`
-//! (live sessions, kick), `flow` (flow control), `guard` (per-source limits before admission), `engine` (the only module that knows
+//! (live sessions, kick), `flow` (flow control), `guard` (per-source limits before admission), `limits` (per-org limits), `engine` (the only module that knows
 //! rumqttd), `authz` (the dry run), `metrics`.
 
 pub mod acl;
@@ -21,6 +21,7 @@ mod chain;
 pub mod engine;
 pub mod flow;
 mod guard;
+mod limits;
 pub mod metrics;
 mod server;
 mod session;

@@ -90,16 +90,24 @@ pub(crate) fn state(persistent_sessions: usize, queued: usize, failing: bool) {
     metrics::gauge!("certmq_state_write_failing").set(f64::from(u8::from(failing)));
 }
 
-/// Messages dropped from an org's state (a full queue drops its oldest).
-pub(crate) fn dropped(org: &str, reason: &'static str, n: u64) {
-    metrics::counter!("certmq_dropped_total", "org" => org.to_owned(), "reason" => reason)
-        .increment(n);
+/// Something refused because it would take `org` over one of its limits
+/// (`certmq_limit_refusals_total{org,limit}`); `limit` is the `OrgLimits` field name,
+/// e.g. `max_connections` (see `crate::limits`).
+pub(crate) fn limit_refused(org: &str, limit: &'static str) {
+    metrics::counter!(
+        "certmq_limit_refusals_total", "org" => org.to_owned(), "limit" => limit
+    )
+    .increment(1);
 }
 
-/// Something refused because it would exceed one of the org's limits.
-pub(crate) fn limit_refused(org: &str, limit: &'static str) {
-    metrics::counter!("certmq_limit_refusals_total", "org" => org.to_owned(), "limit" => limit)
-        .increment(1);
+/// `n` messages of `org` dropped (`certmq_dropped_total{org,reason}`), e.g. the oldest
+/// of a session's queue over `max_queued_messages_per_session` (reason
+/// `queue_full`).
+pub(crate) fn dropped(org: &str, reason: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!("certmq_dropped_total", "org" => org.to_owned(), "reason" => reason)
+            .increment(n);
+    }
 }
 
 /// Per-session counter handles: one lookup at CONNECT, an atomic add per packet.

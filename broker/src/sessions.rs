@@ -107,25 +107,63 @@ pub(crate) struct Live {
     pub switch: Arc<KillSwitch>,
 }
 
+/// The live sessions by client id, and how many each org has.
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Entry>,
+    /// Live sessions per org (what `max_connections` is checked against).
+    per_org: HashMap<OrgId, usize>,
+}
+
+impl Table {
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.by_id.values()
+    }
+
+    fn get(&self, client_id: &str) -> Option<&Entry> {
+        self.by_id.get(client_id)
+    }
+}
+
 /// All live sessions, by client id (client ids embed the org, so they are unique).
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, Entry>>,
+    map: Mutex<Table>,
     seq: AtomicU64,
 }
 
+/// A session refused because its org already has `max` live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OverConnectionLimit {
+    pub max: usize,
+}
+
 impl Sessions {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Table> {
         crate::lock(&self.map)
     }
 
     /// Registers a session, returning its sequence number and the session it replaces.
+    /// Refused when its org already has `max_connections` live sessions; taking over a
+    /// live client id does not add one, so a takeover is never refused.
     pub(crate) fn register(
         &self,
         info: SessionInfo,
         cert: Option<PeerCert>,
         switch: Arc<KillSwitch>,
-    ) -> (u64, Option<Arc<KillSwitch>>) {
+        max_connections: usize,
+    ) -> Result<(u64, Option<Arc<KillSwitch>>), OverConnectionLimit> {
+        let mut table = self.map();
+        let org = info.org.clone();
+        let takeover = table
+            .get(&info.client_id)
+            .is_some_and(|e| e.info.org == org);
+        let live = table.per_org.get(&org).copied().unwrap_or(0);
+        if !takeover && live >= max_connections {
+            return Err(OverConnectionLimit {
+                max: max_connections,
+            });
+        }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let client_id = info.client_id.clone();
         let entry = Entry {
@@ -134,16 +172,27 @@ impl Sessions {
             seq,
             switch,
         };
-        let old = self.map().insert(client_id, entry);
-        (seq, old.map(|e| e.switch))
+        let old = table.by_id.insert(client_id, entry);
+        if let Some(old) = &old {
+            decrement(&mut table.per_org, &old.info.org);
+        }
+        *table.per_org.entry(org).or_default() += 1;
+        Ok((seq, old.map(|e| e.switch)))
     }
 
     /// Removes the session if it is still the one registered under `client_id`.
     pub(crate) fn remove(&self, client_id: &str, seq: u64) {
-        let mut map = self.map();
-        if map.get(client_id).is_some_and(|e| e.seq == seq) {
-            map.remove(client_id);
+        let mut table = self.map();
+        if table.get(client_id).is_some_and(|e| e.seq == seq) {
+            if let Some(e) = table.by_id.remove(client_id) {
+                decrement(&mut table.per_org, &e.info.org);
+            }
         }
+    }
+
+    /// Live sessions of `org`.
+    pub fn count(&self, org: &OrgId) -> usize {
+        self.map().per_org.get(org).copied().unwrap_or(0)
     }
 
     /// Live sessions of `org`, sorted by client id.
@@ -203,5 +252,14 @@ impl Sessions {
             n += 1;
         }
         n
+    }
+}
+
+fn decrement(per_org: &mut HashMap<OrgId, usize>, org: &OrgId) {
+    if let Some(n) = per_org.get_mut(org) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            per_org.remove(org);
+        }
     }
 }

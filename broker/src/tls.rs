@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use crate::admission::{OrgRules, PeerCert};
 use crate::chain::{self, Crls};
 use arc_swap::ArcSwap;
-use registry::{cert, OrgId, Registry};
+use registry::{cert, OrgId, OrgLimits, Registry};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
@@ -50,6 +50,9 @@ pub struct OrgTls {
     /// Security policy, active CAs and revocations when the config was built: CONNECT
     /// decides with these, so it needs no store read.
     pub(crate) rules: OrgRules,
+    /// The org's limits when the config was built (see `crate::limits`): a change
+    /// rebuilds the config, so sessions see new limits through the cache.
+    pub limits: OrgLimits,
 }
 
 impl OrgTls {
@@ -182,6 +185,23 @@ impl OrgTlsCache {
         lock(&self.errors).get(org).cloned()
     }
 
+    /// The org's limits as the cache holds them, without building anything: `Some((limits,
+    /// true))` from the current config (built after the last invalidation), `Some((limits,
+    /// false))` from its last good one while no current one is cached, `None` when the
+    /// org was never built.
+    pub(crate) fn cached_limits(&self, org: &OrgId) -> Option<(OrgLimits, bool)> {
+        if let Some(tls) = self.configs.load().get(org) {
+            return Some((tls.limits, true));
+        }
+        lock(&self.last_good).get(org).map(|t| (t.limits, false))
+    }
+
+    /// Bumped by every invalidation (of any org): a reader that saw the same value
+    /// before knows no cached config changed since.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Forgets the org's config; the next handshake rebuilds it.
     pub fn invalidate(&self, org: &OrgId) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -198,6 +218,11 @@ impl OrgTlsCache {
         };
         let policy = match self.registry.security_policy(org) {
             Ok(p) => p,
+            Err(registry::Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let limits = match self.registry.org_limits(org) {
+            Ok(l) => l,
             Err(registry::Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
@@ -282,6 +307,7 @@ impl OrgTlsCache {
             cas: Arc::unwrap_or_clone(cas),
             verifier,
             rules,
+            limits,
         }))
     }
 }

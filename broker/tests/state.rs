@@ -271,3 +271,44 @@ async fn retained_bytes_are_bounded_per_org() {
     assert!(cleared);
     assert_eq!(h.broker.retained(&org.id).len(), 66);
 }
+
+#[tokio::test]
+async fn the_org_limits_bound_its_queues_and_retained_messages() {
+    let h = Harness::start().await;
+    let org = h.org("acme");
+    let limits = registry::OrgLimits {
+        max_queued_messages_per_session: 3,
+        max_retained_messages: 1,
+        ..Default::default()
+    };
+    h.registry
+        .set_org_limits(&org.id, limits, true)
+        .expect("limits");
+    let mut door = persistent(&org, "d:lock:door1", "d:acme:lock:door1").await;
+    door.subscribe("iot-2/cmd/+/fmt/+").await;
+    door.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut app = clean(&org, "a:ops", "a:acme:ops").await;
+    publish_acked(&mut app, CMD, (0..10).map(|i| i.to_string().into_bytes())).await;
+    let mut door = persistent(&org, "d:lock:door1", "d:acme:lock:door1").await;
+    let mut got = Vec::new();
+    while let Some((_, p)) = door.next_publish(Duration::from_millis(500)).await {
+        got.push(String::from_utf8(p).unwrap());
+    }
+    assert_eq!(got, ["7", "8", "9"], "the newest 3");
+
+    let mut dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;
+    dev.client
+        .publish("iot-2/evt/a/fmt/txt", QoS::AtLeastOnce, true, "1")
+        .await
+        .unwrap();
+    dev.client
+        .publish("iot-2/evt/b/fmt/txt", QoS::AtLeastOnce, true, "2")
+        .await
+        .unwrap();
+    assert!(
+        dev.wait_closed(WAIT).await.is_some(),
+        "the second is refused"
+    );
+    assert_eq!(h.broker.retained(&org.id).len(), 1);
+}

@@ -63,13 +63,15 @@ pub enum Rule {
     /// One more active CA would exceed the org's CA limits
     /// ([`crate::ca_certs::MAX_ACTIVE_CAS`], [`crate::ca_certs::MAX_CA_NAMES_BYTES`]).
     TooManyCas,
+    /// An org limit outside its allowed range (`crate::limits::OrgLimits::RANGES`).
+    LimitOutOfRange,
 }
 
 impl Rule {
     /// Every rule, in declaration order: the API documents their codes as the possible
     /// 422 codes. (The `all_lists_every_rule` test fails to compile when a rule is added
     /// and not listed here.)
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 21] = [
         Rule::NotPemOrDer,
         Rule::MultipleCertificates,
         Rule::UnexpectedPrivateKey,
@@ -90,6 +92,7 @@ impl Rule {
         Rule::CrlNotFromOrgCa,
         Rule::CrlOutdated,
         Rule::TooManyCas,
+        Rule::LimitOutOfRange,
     ];
 
     /// The machine code of the API's 422 answer, e.g. `not_a_ca`.
@@ -99,6 +102,7 @@ impl Rule {
             Rule::CrlNotFromOrgCa => "crl_not_from_org_ca",
             Rule::CrlOutdated => "crl_outdated",
             Rule::TooManyCas => "too_many_cas",
+            Rule::LimitOutOfRange => "limit_out_of_range",
             Rule::NotPemOrDer => "not_pem_or_der",
             Rule::MultipleCertificates => "multiple_certificates",
             Rule::UnexpectedPrivateKey => "unexpected_private_key",
@@ -561,6 +565,7 @@ mod tests {
             Rule::CrlNotFromOrgCa => 17,
             Rule::CrlOutdated => 18,
             Rule::TooManyCas => 19,
+            Rule::LimitOutOfRange => 20,
         };
         for (i, r) in Rule::ALL.iter().enumerate() {
             assert_eq!(position(*r), i, "{r:?}");

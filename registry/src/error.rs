@@ -20,6 +20,10 @@ pub enum Error {
     NameTaken(String),
     #[error("{0}")]
     BadRequest(String),
+    /// An org token asked to raise one of its org's limits (403
+    /// `raise_needs_platform_token`); only the platform admin may.
+    #[error("{0}")]
+    RaiseNeedsPlatformToken(String),
     /// A certificate broke a rule (422); the error says which.
     #[error(transparent)]
     Rejected(#[from] CertError),

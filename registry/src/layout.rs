@@ -33,6 +33,11 @@ pub(crate) fn policy(org: &OrgId) -> String {
     format!("policy/{org}")
 }
 
+/// The org's limits (one record; absent: the defaults).
+pub(crate) fn limits(org: &OrgId) -> String {
+    format!("limits/{org}")
+}
+
 pub(crate) fn cas(org: &OrgId) -> String {
     format!("ca/{org}/")
 }
@@ -170,6 +175,7 @@ pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
     vec![
         at(Place::Key(self::org(org))),
         at(Place::Key(policy(org))),
+        at(Place::Key(limits(org))),
         at(Place::Prefix(cas(org))),
         at(Place::Prefix(server_certs(org))),
         at(Place::Prefix(csrs(org))),
@@ -233,6 +239,7 @@ mod tests {
         for key in [
             org(&acme),
             policy(&acme),
+            limits(&acme),
             ca(&acme, "1"),
             server_cert(&acme, "1"),
             csr(&acme, "1"),
@@ -251,6 +258,7 @@ mod tests {
         let acme2 = OrgId::try_from("acme2").unwrap();
         for key in [
             org(&acme2),
+            limits(&acme2),
             ca(&acme2, "1"),
             audit_seq(acme2.as_str()),
             PLATFORM_CERT.to_owned(),

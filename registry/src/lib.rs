@@ -19,6 +19,7 @@ pub mod domains;
 mod error;
 mod keys;
 mod layout;
+pub mod limits;
 pub mod live;
 pub mod names;
 #[cfg(feature = "openapi")]
@@ -42,6 +43,7 @@ pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use domains::DomainName;
 pub use error::{Error, Result};
 pub use keys::KeyType;
+pub use limits::{LimitsUpdate, OrgLimits};
 pub use names::{Identity, Kind, Name, OrgId};
 pub use orgs::Org;
 pub use policy::{DeviceToken, Level, SecurityPolicy, Transport};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{SessionCtx, SessionError, SessionLimits};
 use crate::acl::Principal;
@@ -82,6 +82,9 @@ pub(super) struct Bridge {
     pub(super) flow: Flow,
     /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
     pub(super) out_inflight: usize,
+    /// The org's per-session limits and what this session holds against them
+    /// (`session/limits.rs`).
+    pub(super) quota: super::limits::Quota,
     /// A PUBLISH at the head of the read buffer waits for the org's window.
     pub(super) held_read: bool,
     /// When the client last acknowledged a delivery.
@@ -341,15 +344,20 @@ impl Bridge {
                     Packet::PubRec(a, _) => a.pkid,
                     _ => 0,
                 };
+                self.quota.acknowledged(&p);
                 let ticket = self.gates.remove(&pkid).unwrap_or(0);
                 self.ack_when(ticket, p)?;
                 return Ok(false);
             }
             Outbound::Ack(p @ Packet::PubComp(..)) => {
+                self.quota.acknowledged(&p);
                 self.ack_when(0, p)?;
                 return Ok(false);
             }
-            Outbound::Ack(p) => p,
+            Outbound::Ack(p) => {
+                self.quota.acknowledged(&p);
+                p
+            }
             Outbound::Disconnect(code) => {
                 match self.version.disconnect(code, "disconnected by the broker") {
                     Some(p) => p,
@@ -400,6 +408,7 @@ impl Bridge {
                     if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
                         return Err(SessionError::Protocol("topic aliases are not supported"));
                     }
+                    self.publish_within_limits(&publish, stream).await?;
                     let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
                     match self.principal.publish_topic(topic) {
                         Ok(internal) => {
@@ -426,6 +435,7 @@ impl Bridge {
                             pkid,
                             reason: PubRecReason::Success,
                         };
+                        self.quota.released_one();
                         self.ack_when(0, Packet::PubRec(rec, None))?;
                         self.flush(stream).await?;
                         continue;
@@ -437,7 +447,7 @@ impl Bridge {
                             extra = p.record_inbound(pkid);
                         }
                     }
-                    let limits = self.ctx.state_limits(&self.principal.org);
+                    let limits = crate::state::StateLimits::from(&*self.quota.limits.get());
                     let ticket = match self.ctx.state.publish(
                         &self.org_state,
                         &publish,
@@ -453,6 +463,7 @@ impl Bridge {
                                 refused.limit(),
                             );
                             let why = format!("over the org's {} limit", refused.limit());
+                            info!(org = %self.principal.org, limit = refused.limit(), "closing: over a limit");
                             if let Some(p) = self
                                 .version
                                 .disconnect(DisconnectReasonCode::QuotaExceeded, &why)
@@ -460,7 +471,10 @@ impl Bridge {
                                 self.version.write(p, &mut self.wbuf)?;
                                 self.flush(stream).await?;
                             }
-                            return Err(SessionError::Limit(refused.limit()));
+                            return Err(SessionError::OverLimit {
+                                limit: refused.limit(),
+                                text: why,
+                            });
                         }
                     };
                     if qos > 0 && ticket > 0 {
@@ -479,6 +493,10 @@ impl Bridge {
                     for f in sub.filters {
                         match self.principal.subscribe_filter(&f.path) {
                             Ok(internal) => {
+                                if let Some(refused) = self.quota.subscribe(&internal) {
+                                    slots.push(Some(refused));
+                                    continue;
+                                }
                                 slots.push(None);
                                 self.flow.subscribed(&internal);
                                 allowed.push(Filter {
@@ -535,6 +553,7 @@ impl Bridge {
                             format!("{}$none", crate::acl::tenant_prefix(&self.principal.org))
                         });
                         self.flow.unsubscribed(f);
+                        self.quota.unsubscribed(f);
                     }
                     if let Some(p) = &self.persistent {
                         let ticket = p.unsubscribe(&unsub.filters);
@@ -603,6 +622,8 @@ impl Bridge {
                             pkid: r.pkid,
                             reason: PubCompReason::Success,
                         };
+                        self.quota
+                            .acknowledged(&Packet::PubComp(comp.clone(), None));
                         self.ack_when(0, Packet::PubComp(comp, None))?;
                         self.flush(stream).await?;
                     }

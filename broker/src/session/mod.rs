@@ -4,9 +4,11 @@
 //! every exit publish the will and the status event and release the engine link.
 //!
 //! - `bridge.rs`: the packet bridge between the socket and the engine;
-//! - `status.rs`: Watson status events on the `mon` topic.
+//! - `status.rs`: Watson status events on the `mon` topic;
+//! - `limits.rs`: the org's limits (`crate::limits`) at CONNECT and per packet.
 
 mod bridge;
+mod limits;
 mod status;
 
 use std::collections::HashMap;
@@ -95,9 +97,12 @@ pub(crate) struct SessionCtx {
 }
 
 impl SessionCtx {
-    /// The bounds on `org`'s message state.
-    pub(crate) fn state_limits(&self, _org: &registry::OrgId) -> StateLimits {
-        StateLimits::default()
+    /// The bounds on `org`'s message state (its limits as last built, else defaults).
+    pub(crate) fn state_limits(&self, org: &registry::OrgId) -> StateLimits {
+        self.tls
+            .cached_limits(org)
+            .map(|(l, _)| StateLimits::from(&l))
+            .unwrap_or_default()
     }
 
     /// Publishes on the broker's own behalf (status events, wills): into the message
@@ -171,8 +176,9 @@ pub(crate) enum SessionError {
     Protocol(&'static str),
     #[error("not authorized: {0}")]
     Denied(String),
-    #[error("over the org's {0} limit")]
-    Limit(&'static str),
+    /// A packet over one of the org's limits (`limit`: the `OrgLimits` field).
+    #[error("over {limit}: {text}")]
+    OverLimit { limit: &'static str, text: String },
 }
 
 /// Admits (or refuses) a CONNECT with the one admission decision. On plain MQTT the
@@ -308,9 +314,22 @@ where
         protocol: version.label(transport).to_owned(),
         since: time::OffsetDateTime::now_utc(),
     };
-    let (seq, previous) = ctx
-        .sessions
-        .register(info, peer.cert.clone(), switch.clone());
+    let mut org_limits = crate::limits::LiveLimits::new(ctx.tls.clone(), org.clone());
+    let max_connections = org_limits.get().max_connections as usize;
+    let (seq, previous) =
+        match ctx
+            .sessions
+            .register(info, peer.cert.clone(), switch.clone(), max_connections)
+        {
+            Ok(r) => r,
+            Err(over) => {
+                crate::metrics::limit_refused(org.as_str(), crate::limits::MAX_CONNECTIONS);
+                info!(%org, client_id, max = over.max, "CONNECT refused: max_connections");
+                let _ =
+                    write_packets(&mut stream, version, [limits::over_connections(version)]).await;
+                return;
+            }
+        };
     if let Some(prev) = previous {
         // Takeover (docs/contract.md, 2.4): the old session closes and releases its link first.
         crate::metrics::kick(org.as_str(), CloseReason::TakenOver.label());
@@ -327,13 +346,14 @@ where
     let attached = ctx
         .state
         .attach(&org_state, &client_id, connect.clean_session, expiry);
-    let connack = Packet::ConnAck(
+    let mut connack = Packet::ConnAck(
         ConnAck {
             session_present: attached.session_present,
             code: ConnectReturnCode::Success,
         },
         None,
     );
+    limits::advertise(&mut connack, version, &mut org_limits);
     info!(protocol = version.label(transport), "connected");
     let connected_at = time::OffsetDateTime::now_utc();
     let status = StatusEvents {
@@ -368,6 +388,7 @@ where
         counters,
         out_inflight: 0,
         held_read: false,
+        quota: limits::Quota::new(org_limits),
         last_ack: tokio::time::Instant::now(),
     };
     if let Some(event) = status.connect() {
@@ -424,6 +445,14 @@ fn close_code(result: &Result<Ending, SessionError>) -> (u8, String) {
         Ok(Ending::Closed(r)) => (r.number(), r.text().into()),
         Err(SessionError::KeepAlive) => (0x8D, "Keep alive timeout".into()),
         Err(SessionError::Denied(d)) => (0x87, format!("Not authorized: {d}")),
+        Err(SessionError::OverLimit { limit, text }) => {
+            let code = match *limit {
+                crate::limits::MAX_MESSAGE_BYTES => 0x95,
+                crate::limits::MAX_INFLIGHT => 0x93,
+                _ => 0x97,
+            };
+            (code, format!("Over a limit: {text}"))
+        }
         Err(SessionError::Protocol(p)) => (0x82, format!("Protocol error: {p}")),
         Err(SessionError::Codec(c)) => (0x81, format!("Malformed packet: {c}")),
         Err(e @ (SessionError::Eof | SessionError::Io(_))) => {

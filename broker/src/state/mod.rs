@@ -48,10 +48,16 @@ pub(crate) struct StateLimits {
 
 impl Default for StateLimits {
     fn default() -> Self {
+        StateLimits::from(&registry::OrgLimits::default())
+    }
+}
+
+impl From<&registry::OrgLimits> for StateLimits {
+    fn from(l: &registry::OrgLimits) -> StateLimits {
         StateLimits {
-            max_retained_messages: 10_000,
-            max_retained_bytes: 64 * 1024 * 1024,
-            max_queued_messages: 1_000,
+            max_retained_messages: l.max_retained_messages as usize,
+            max_retained_bytes: l.max_retained_bytes,
+            max_queued_messages: l.max_queued_messages_per_session as usize,
         }
     }
 }
