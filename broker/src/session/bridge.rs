@@ -447,7 +447,7 @@ impl Bridge {
                             extra = p.record_inbound(pkid);
                         }
                     }
-                    let limits = crate::state::StateLimits::from(&*self.quota.limits.get());
+                    let limits = crate::state::StateLimits::from(self.quota.limits.get());
                     let ticket = match self.ctx.state.publish(
                         &self.org_state,
                         &publish,
