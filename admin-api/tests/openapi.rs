@@ -58,6 +58,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/orgs/{org}/authz/check"),
     ("GET", "/api/v1/orgs/{org}/security-policy"),
     ("PUT", "/api/v1/orgs/{org}/security-policy"),
+    ("GET", "/api/v1/orgs/{org}/retained"),
+    ("DELETE", "/api/v1/orgs/{org}/retained"),
     ("GET", "/api/v1/orgs/{org}/limits"),
     ("PUT", "/api/v1/orgs/{org}/limits"),
     ("POST", "/api/v1/orgs/{org}/device-tokens"),
@@ -743,6 +745,15 @@ async fn answers_are_as_documented() {
     // Broker-backed: without a broker, no sessions and no dry run.
     s.get(200, "/orgs/{org}/connections", "").await;
     s.delete(404, "/orgs/{org}/connections/{id}", "d:acme:sensor:dev1")
+        .await;
+    s.get(200, "/orgs/{org}/retained", "").await;
+    s.delete(
+        404,
+        "/orgs/{org}/retained?topic=iot-2/type/t/id/d/evt/e/fmt/f",
+        "",
+    )
+    .await;
+    s.delete(400, "/orgs/{org}/retained?topic=iot-2/type/%2B/id/d", "")
         .await;
     let check = json(json!({"certificate": leaf}));
     s.send(500, "POST /orgs/{org}/authz/check", "", check).await;
