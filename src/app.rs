@@ -101,11 +101,7 @@ impl admin_api::ConnectionsView for BrokerView {
     }
 
     fn delete_retained(&self, org: &OrgId, topic: &str) -> bool {
-        let broker = self.0.clone();
-        let (org, topic) = (org.clone(), topic.to_owned());
-        // Called from a blocking thread (see `ConnectionsView`).
-        tokio::runtime::Handle::current()
-            .block_on(async move { broker.delete_retained(&org, &topic).await })
+        self.0.delete_retained(org, topic)
     }
 
     fn authz_check(

@@ -1,14 +1,13 @@
 //! Flow control between publishers and subscribers of one org: a window per subscriber.
 //!
-//! rumqttd acknowledges a publish as soon as it is in its commit log, whatever the
-//! subscribers' pace; its logs are bounded, so a subscriber that falls far enough behind
-//! silently skips messages. The backlog that matters sits in the router, where no
-//! signal of the subscriber's session can see it (its client may acknowledge everything
-//! it was sent while thousands wait in the log). So certmq counts it itself:
+//! A publish is acknowledged once it is in its subscribers' queues (and on disk where it
+//! must be), whatever the subscribers' pace; a subscriber's client may acknowledge
+//! everything it was sent while thousands wait in its queue. So certmq counts the
+//! backlog per subscriber:
 //!
 //! - Every live subscriber session of an org (or shared-subscription group) has an
 //!   *outstanding* count, kept beside its subscription filters in the org's index.
-//! - A PUBLISH sent into the engine adds one to every subscriber whose filters match its
+//! - A PUBLISH routed into the message state adds one to every subscriber whose filters match its
 //!   internal topic; a delivery that subscriber's client has — acknowledged for QoS 1/2,
 //!   written for QoS 0 — takes one off.
 //! - A subscriber with [`WINDOW`] or more outstanding is *over*. While any subscriber of
@@ -23,14 +22,12 @@
 //!   and the latency inside the broker is bounded by the window.
 //!
 //! Subscribers that are not live (a persistent session while offline) are not counted:
-//! the engine queues for them, bounded by its log. Messages no subscriber matches cost
-//! nothing. The router's own lag is the other signal: while its probe (see
-//! `engine/router.rs`) measures more than [`LAG_LIMIT`], publishers wait for the next
-//! measurement.
+//! their queues are bounded by the org's queue limit. Messages no subscriber matches
+//! cost nothing.
 
 use crate::lock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,10 +37,7 @@ use tokio::sync::Notify;
 /// Messages a subscriber may have outstanding (published for it, not yet delivered)
 /// before its org's publishers wait.
 pub const WINDOW: i64 = 1000;
-/// Router lag above which publishers wait.
-pub const LAG_LIMIT: Duration = Duration::from_millis(20);
-/// Longest wait before looking again (a safety net: the wake-ups come from deliveries
-/// and the probe).
+/// Longest wait before looking again (a safety net: the wake-ups come from deliveries).
 const RECHECK: Duration = Duration::from_millis(50);
 
 /// One subscriber's count: a session, or a shared-subscription group.
@@ -183,29 +177,20 @@ impl OrgFlow {
     }
 }
 
-/// The lag of the router an org lives on, and its notification after each
-/// measurement.
-pub type RouterLag = (Arc<AtomicU64>, Arc<Notify>);
-
-/// Flow state of every org, and how to find its router's lag.
+/// Flow state of every org.
+#[derive(Default)]
 pub struct Pressure {
     orgs: Mutex<HashMap<OrgId, Arc<OrgFlow>>>,
-    router_lag: Box<dyn Fn(&OrgId) -> RouterLag + Send + Sync>,
 }
 
 impl Pressure {
-    /// `router_lag` gives the lag of an org's router (see `Engine::lag`).
-    pub fn new(router_lag: impl Fn(&OrgId) -> RouterLag + Send + Sync + 'static) -> Pressure {
-        Pressure {
-            orgs: Mutex::default(),
-            router_lag: Box::new(router_lag),
-        }
+    pub fn new() -> Pressure {
+        Pressure::default()
     }
 
     /// The flow state of session `client_id` of `org`. A persistent session keeps its
     /// subscriber entry across connections (its subscriptions live on in the engine).
     pub fn flow(&self, org_id: &OrgId, client_id: &str, persistent: bool) -> Flow {
-        let (router_lag_us, router) = (self.router_lag)(org_id);
         let org = lock(&self.orgs).entry(org_id.clone()).or_default().clone();
         let sub = if persistent {
             lock(&org.named)
@@ -227,8 +212,6 @@ impl Pressure {
             filters: Vec::new(),
             persistent,
             client_id: client_id.to_owned(),
-            router_lag_us,
-            router,
         }
     }
 }
@@ -246,42 +229,32 @@ pub struct Flow {
     filters: Vec<(String, Arc<Sub>)>,
     persistent: bool,
     client_id: String,
-    router_lag_us: Arc<AtomicU64>,
-    router: Arc<Notify>,
 }
 
 impl Flow {
-    fn router_behind(&self) -> bool {
-        self.router_lag_us.load(Ordering::Relaxed) > LAG_LIMIT.as_micros() as u64
-    }
-
-    /// Whether this session may send a PUBLISH into the engine now: no subscriber of
-    /// its org is over the window (or this session is one of them: its acknowledgements
-    /// queue behind its own publishes), and the router keeps up.
+    /// Whether this session may route a PUBLISH now: no subscriber of its org is over
+    /// the window (or this session is one of them: its acknowledgements queue behind
+    /// its own publishes).
     pub fn may_publish(&self) -> bool {
-        !self.router_behind()
-            && (self.org.over.load(Ordering::Acquire) == 0 || self.sub.over.load(Ordering::Acquire))
+        self.org.over.load(Ordering::Acquire) == 0 || self.sub.over.load(Ordering::Acquire)
     }
 
     /// Waits until publishing may be allowed again: a delivery brought a subscriber
-    /// back under the window, or the router was measured again.
+    /// back under the window.
     pub async fn wait(&self) {
         let window = self.org.waiters.notified();
-        let router = self.router.notified();
-        tokio::pin!(window, router);
+        tokio::pin!(window);
         window.as_mut().enable();
-        router.as_mut().enable();
         if self.may_publish() {
             return;
         }
         tokio::select! {
             _ = window => {}
-            _ = router => {}
             _ = tokio::time::sleep(RECHECK) => {}
         }
     }
 
-    /// Counts a PUBLISH sent into the engine on `topic` (internal) for every live
+    /// Counts a PUBLISH routed on `topic` (internal) for every live
     /// subscriber it reaches.
     pub fn published(&self, topic: &str) {
         let index = self.org.index.read().unwrap_or_else(|e| e.into_inner());
@@ -358,7 +331,8 @@ fn shared(filter: &str) -> Option<(&str, &str)> {
 impl Drop for Flow {
     fn drop(&mut self) {
         // The session's count goes; a persistent session's filters stay indexed (its
-        // subscriptions live on in the engine) but are not counted until it is back.
+        // subscriptions live on in the message state) but are not counted until it is
+        // back.
         self.sub.live.store(false, Ordering::Release);
         self.org.clear(&self.sub);
         if !self.persistent {
@@ -379,10 +353,8 @@ mod tests {
     const APP_FILTER: &str = "/tenants/acme/iot-2/type/+/id/+/evt/+/fmt/+";
     const EVENT: &str = "/tenants/acme/iot-2/type/s/id/d1/evt/e/fmt/json";
 
-    fn pressure() -> (Pressure, Arc<AtomicU64>) {
-        let lag = Arc::new(AtomicU64::new(0));
-        let probe = lag.clone();
-        (Pressure::new(move |_| (probe.clone(), Arc::default())), lag)
+    fn pressure() -> (Pressure, ()) {
+        (Pressure::new(), ())
     }
 
     fn acme() -> OrgId {
@@ -511,15 +483,5 @@ mod tests {
             publisher.published(EVENT);
         }
         assert!(back.over());
-    }
-
-    #[tokio::test]
-    async fn a_lagging_router_holds_publishers() {
-        let (p, lag) = pressure();
-        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
-        lag.store(LAG_LIMIT.as_micros() as u64 + 1, Ordering::Relaxed);
-        assert!(!publisher.may_publish());
-        lag.store(0, Ordering::Relaxed);
-        assert!(publisher.may_publish());
     }
 }

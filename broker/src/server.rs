@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::{self, Facts};
-use crate::engine::{Engine, EngineConfig};
 use crate::guard::{Guard, GuardConfig, Pending};
 use crate::session::{self, Peer, SessionCtx, SessionLimits};
 use crate::sessions::{CloseReason, Sessions};
@@ -35,7 +34,6 @@ pub struct BrokerConfig {
     /// Open connections (handshaking or in session); more are closed at once.
     pub max_connections: usize,
     pub limits: SessionLimits,
-    pub engine: EngineConfig,
     /// Per-source limits on unauthenticated connections and token guesses.
     pub guard: GuardConfig,
 }
@@ -46,7 +44,6 @@ impl Default for BrokerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             limits: SessionLimits::default(),
-            engine: EngineConfig::default(),
             guard: GuardConfig::default(),
         }
     }
@@ -79,15 +76,10 @@ impl Broker {
         let tls = OrgTlsCache::new(registry.clone());
         let sessions = Arc::new(Sessions::default());
         let state = MessageState::open(registry.store())?;
-        let engine = Engine::start(&config.engine);
         let ctx = Arc::new(SessionCtx {
             registry: registry.clone(),
             tls: tls.clone(),
-            pressure: {
-                let engine = engine.clone();
-                crate::flow::Pressure::new(move |org| engine.lag(org))
-            },
-            engine,
+            pressure: crate::flow::Pressure::new(),
             sessions: sessions.clone(),
             limits: config.limits.clone(),
             guard: Guard::new(config.guard.clone()),
@@ -110,20 +102,12 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Replays the stored retained messages into the engine (clean subscribers get
-    /// them from there) and starts the sweep of expired persistent sessions.
+    /// Starts the sweep of expired persistent sessions.
     fn restore(&self) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            warn!("no runtime: retained messages are not replayed into the engine");
+            warn!("no runtime: expired persistent sessions are ended only at reconnect");
             return;
         };
-        let retained = self.ctx.state.all_retained();
-        let engine = self.ctx.engine.clone();
-        rt.spawn(async move {
-            for m in retained {
-                engine.publish(m.publish.clone(), m.qos).await;
-            }
-        });
         let state = Arc::downgrade(&self.ctx.state);
         rt.spawn(async move {
             let mut every = tokio::time::interval(SESSION_SWEEP_EVERY);
@@ -159,12 +143,9 @@ impl Broker {
 
     /// Removes the retained message at `topic` (the org's own topic name) from the
     /// org; whether there was one.
-    pub async fn delete_retained(&self, org: &OrgId, topic: &str) -> bool {
+    pub fn delete_retained(&self, org: &OrgId, topic: &str) -> bool {
         let internal = format!("{}{topic}", crate::acl::tenant_prefix(org));
-        let removed = self.ctx.state.remove_retained(org, &internal);
-        // The engine's copy too (a clean subscriber would get it from there).
-        self.ctx.engine.clear_retained(org, internal).await;
-        removed
+        self.ctx.state.remove_retained(org, &internal)
     }
 
     /// Waits (at most `limit`) for message state written so far to reach the disk.
@@ -202,7 +183,7 @@ impl Broker {
     /// whose CA is gone or inactive, whose serial is revoked, whose identity is blocked,
     /// whose token was replaced or deleted, or whose credentials the security level no
     /// longer admits is closed. When the org is gone every session is closed and the
-    /// org's state in the engine (retained messages, persistent sessions) is purged.
+    /// org's message state (retained messages, persistent sessions) is purged.
     fn reconcile(&self, org: &OrgId) {
         // Who to judge first, then the store: no store read under the sessions lock.
         let live = self.sessions.of_org(org);
@@ -244,23 +225,20 @@ impl Broker {
         }
     }
 
-    /// Purges `org` from the engine once `sessions` (its last live ones) have released
-    /// their links.
+    /// Purges `org`'s message state once `sessions` (its last live ones) have ended.
     fn purge_when_closed(&self, org: OrgId, sessions: Vec<Arc<crate::sessions::KillSwitch>>) {
-        let engine = self.ctx.engine.clone();
         let state = self.ctx.state.clone();
         let purge = async move {
             for s in sessions {
                 let _ = tokio::time::timeout(Duration::from_secs(5), s.finished()).await;
             }
-            engine.purge(&org).await;
             state.purge(&org).await;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(purge);
             }
-            Err(_) => warn!("no runtime to purge a deleted org's engine state"),
+            Err(_) => warn!("no runtime to purge a deleted org's message state"),
         }
     }
 

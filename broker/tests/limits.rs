@@ -426,7 +426,14 @@ async fn receive_maximum_is_advertised_and_enforced() {
     }
 
     // A 3.1.1 client that sends three QoS 1 PUBLISHes before any PUBACK is closed.
-    // (Raw packets in one write: a real client library would wait for acks.)
+    // (Raw packets in one write: a real client library would wait for acks.) A PUBACK
+    // that needs nothing on disk is written before the next PUBLISH is read, so the
+    // messages go to a persistent subscriber: their PUBACKs wait for the disk.
+    let app_cert = acme.cert("a:keeper");
+    let mut app_opts = acme.options("a:acme:keeper", Some(&app_cert));
+    app_opts.set_clean_session(false);
+    let mut app = harness::connect(app_opts).await.expect("app");
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
     let dev = acme.cert("d:sensor:raw");
     let config = device_sim::client::tls_config(&acme.target, Some(&dev)).unwrap();
     let tcp = tokio::net::TcpStream::connect(h.mqtt).await.unwrap();

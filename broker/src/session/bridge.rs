@@ -1,9 +1,11 @@
 //! The running half of a session: packets from the client's socket are authorized,
-//! rewritten to internal topics and sent to the engine; the engine's deliveries are
-//! rewritten back to the client's view and written to the socket. Flow control
-//! (`flow.rs`) paces the reads; the kill switch closes the session from outside.
+//! rewritten to internal topics and routed through the org's message state
+//! (`state`), which matches them against every session's subscriptions and queues
+//! them; the session's own queue is delivered to its socket, rewritten back to the
+//! client's view. Flow control (`flow.rs`) paces the reads; the kill switch closes the
+//! session from outside.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,22 +18,19 @@ use super::{SessionCtx, SessionError, SessionLimits};
 use crate::acl::Principal;
 use crate::engine::codec::{publish_meta, CodecError, Version};
 use crate::engine::packet::{
-    DisconnectReasonCode, Filter, Packet, PingResp, PubComp, PubCompReason, PubRec, PubRecReason,
-    PubRel, PubRelReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, PubRel, PubRelReason, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
-use crate::engine::{Link, Outbound};
 use crate::flow::Flow;
 use crate::sessions::{CloseReason, KillSwitch};
-use crate::state::{Acked, OrgMessages, PersistentSession, Ticket};
-
-/// Deliveries of a persistent session written to its client and not yet acknowledged
-/// (the engine bounds clean sessions' own).
-const MAX_INFLIGHT: usize = 1000;
+use crate::state::{Acked, OrgMessages, SessionHandle, StateLimits, Ticket};
 
 /// Most bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
 /// Free space below which the read buffer gets a new chunk.
 const MIN_READ: usize = 4 * 1024;
+/// Deliveries written to a client and not yet acknowledged by it.
+const MAX_INFLIGHT: usize = 1000;
 
 /// How a session ended without an I/O or protocol error.
 pub(super) enum Ending {
@@ -41,42 +40,21 @@ pub(super) enum Ending {
     Closed(CloseReason),
 }
 
-/// The next engine delivery, or never when there is no link yet.
-async fn next_notification(link: &mut Option<Link>) -> Result<Option<Outbound>, SessionError> {
-    match link {
-        Some(l) => l
-            .next()
-            .await
-            .map_err(|e| SessionError::Link(e.to_string())),
-        None => std::future::pending().await,
-    }
-}
-
-/// The running half of a session: socket on one side, engine link on the other.
+/// The running half of a session: socket on one side, message state on the other.
 pub(super) struct Bridge {
     pub(super) version: Version,
     pub(super) principal: Principal,
     pub(super) ctx: Arc<SessionCtx>,
-    pub(super) client_id: String,
-    /// The engine link (always clean), opened on first need.
-    pub(super) link: Option<Link>,
-    /// The persistent session, when this is one: its deliveries come from the message
-    /// state, not the engine.
-    pub(super) persistent: Option<PersistentSession>,
-    /// The org's message state (retained, persistent sessions).
+    /// The session in the message state: its subscriptions and its queue.
+    pub(super) session: SessionHandle,
+    /// The org's message state.
     pub(super) org_state: Arc<OrgMessages>,
     /// The last durable ticket of the message state.
     pub(super) committed: tokio::sync::watch::Receiver<Ticket>,
-    /// Packet id of a PUBLISH from the client → the ticket its PUBACK/PUBREC waits for.
-    pub(super) gates: HashMap<u16, Ticket>,
     /// Acknowledgements waiting for their ticket, in the order they are due.
     pub(super) held: Vec<(Ticket, Packet)>,
     /// QoS 2 packet ids from the client not yet released (a resend is a duplicate).
     pub(super) inbound_qos2: HashSet<u16>,
-    /// Those of them the engine link has (it answers their PUBREL itself).
-    pub(super) engine_qos2: HashSet<u16>,
-    /// SUBSCRIBE packet id → per-filter refusal code (None = forwarded to the engine).
-    pub(super) pending_subs: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     pub(super) wbuf: BytesMut,
     pub(super) limits: SessionLimits,
     pub(super) flow: Flow,
@@ -102,17 +80,15 @@ impl Bridge {
         switch: &KillSwitch,
     ) -> Result<Ending, SessionError> {
         self.version.write(connack, &mut self.wbuf)?;
-        if let Some(p) = &self.persistent {
-            self.inbound_qos2 = p.inbound_qos2();
-            // PUBRELs owed from before the reconnect, then the queue.
-            for pkid in p.pending_releases() {
-                let rel = PubRel {
-                    pkid,
-                    reason: PubRelReason::Success,
-                };
-                self.version
-                    .write(Packet::PubRel(rel, None), &mut self.wbuf)?;
-            }
+        self.inbound_qos2 = self.session.inbound_qos2();
+        // PUBRELs owed from before the reconnect, then the queue.
+        for pkid in self.session.pending_releases() {
+            let rel = PubRel {
+                pkid,
+                reason: PubRelReason::Success,
+            };
+            self.version
+                .write(Packet::PubRel(rel, None), &mut self.wbuf)?;
         }
         self.flush(stream).await?;
         // MQTT: the server closes after 1.5 × keep-alive without a packet; 0 disables.
@@ -122,19 +98,13 @@ impl Bridge {
         if let Some(end) = self.inbound(rbuf, stream).await? {
             return Ok(end);
         }
+        self.flush_timed(stream).await?;
         loop {
-            let engine_behind = self
-                .link
-                .as_ref()
-                .is_some_and(|l| l.queued() >= self.limits.max_queued_packets);
-            // A PUBLISH waits for credit (a subscriber of the org is behind, see
-            // flow.rs, or the router is): the socket waits behind it.
-            let paused = engine_behind || self.held_read;
             // Read straight into the packet buffer (no per-session scratch: idle sessions
             // stay small), into the space left in its current allocation. Decoded
-            // payloads are slices of that allocation and the engine keeps them in its
-            // log, so asking for a full chunk of free space on every read would start a
-            // new allocation per read: a client sending one small message per read then
+            // payloads are slices of that allocation and queues keep them, so asking
+            // for a full chunk of free space on every read would start a new
+            // allocation per read: a client sending one small message per read then
             // pinned a whole chunk per message (RSS grew to ~1 GB at 20k msgs/s).
             let slice = READ_CHUNK;
             if rbuf.capacity() - rbuf.len() < MIN_READ {
@@ -155,10 +125,12 @@ impl Bridge {
                     }
                     return Ok(Ending::Closed(reason));
                 }
+                // A PUBLISH waiting for credit (a subscriber of the org is behind, see
+                // flow.rs) leaves the socket unread behind it.
                 n = async {
                     let mut limited = bytes::BufMut::limit(&mut *rbuf, slice);
                     stream.read_buf(&mut limited).await
-                }, if !paused => {
+                }, if !self.held_read => {
                     let n = n?;
                     if n == 0 {
                         return Err(SessionError::Eof);
@@ -167,22 +139,15 @@ impl Bridge {
                     if let Some(end) = self.inbound(rbuf, stream).await? {
                         return Ok(end);
                     }
+                    self.flush_timed(stream).await?;
                 }
-                // The engine has not taken this session's packets yet (look again in a
-                // moment), or the org's window is spent (woken by the next delivery).
-                _ = async {
-                    if engine_behind {
-                        tokio::time::sleep(Duration::from_millis(1)).await
-                    } else {
-                        self.flow.wait().await
+                // The org's window is spent: woken by the delivery that frees it.
+                _ = self.flow.wait(), if self.held_read => {
+                    self.held_read = false;
+                    if let Some(end) = self.inbound(rbuf, stream).await? {
+                        return Ok(end);
                     }
-                }, if paused => {
-                    if self.held_read {
-                        self.held_read = false;
-                        if let Some(end) = self.inbound(rbuf, stream).await? {
-                            return Ok(end);
-                        }
-                    }
+                    self.flush_timed(stream).await?;
                 }
                 _ = sleep_until_opt(stuck_deadline) => return Err(SessionError::SlowConsumer),
                 // Acknowledgements waiting for their messages to reach the disk.
@@ -193,37 +158,10 @@ impl Bridge {
                     self.release_held()?;
                     self.flush_timed(stream).await?;
                 }
-                // The persistent session has deliveries.
-                _ = notified(&self.persistent) => {
+                // The session's queue has deliveries.
+                _ = self.session.notify().notified() => {
                     self.pull()?;
                     self.flush_timed(stream).await?;
-                }
-                n = next_notification(&mut self.link) => {
-                    let n = n?;
-                    let mut wake = false;
-                    if let Some(n) = n {
-                        wake |= self.outbound(n)?;
-                    }
-                    // Drain whatever else is already queued, then write once.
-                    loop {
-                        tokio::select! {
-                            biased;
-                            n = next_notification(&mut self.link) => match n? {
-                                Some(n) => wake |= self.outbound(n)?,
-                                None => break,
-                            },
-                            _ = std::future::ready(()) => break,
-                        }
-                        if self.wbuf.len() > 64 * 1024 {
-                            break;
-                        }
-                    }
-                    self.flush_timed(stream).await?;
-                    if wake {
-                        if let Some(l) = &self.link {
-                            l.wake().await.map_err(|e| SessionError::Link(e.to_string()))?;
-                        }
-                    }
                 }
                 _ = sleep_until_opt(ka_deadline) => return Err(SessionError::KeepAlive),
             }
@@ -243,9 +181,12 @@ impl Bridge {
 
     /// Writes an acknowledgement to the client once `ticket` is durable, keeping the
     /// order of acknowledgements.
+    /// (A PUBLISH counts against the in-flight limit until its acknowledgement is
+    /// written.)
     fn ack_when(&mut self, ticket: Ticket, packet: Packet) -> Result<(), SessionError> {
         let due = self.held.last().map_or(ticket, |(t, _)| ticket.max(*t));
         if self.held.is_empty() && due <= *self.committed.borrow() {
+            self.quota.acknowledged(&packet);
             self.version.write(packet, &mut self.wbuf)?;
         } else {
             self.held.push((due, packet));
@@ -262,24 +203,23 @@ impl Bridge {
             .take_while(|(t, _)| *t <= committed)
             .count();
         for (_, p) in self.held.drain(..ready) {
+            self.quota.acknowledged(&p);
             self.version.write(p, &mut self.wbuf)?;
         }
         Ok(())
     }
 
-    /// Writes the persistent session's next deliveries, as many as its window allows.
+    /// Writes the session's next deliveries, as many as its window allows.
     fn pull(&mut self) -> Result<(), SessionError> {
-        let Some(p) = &self.persistent else {
-            return Ok(());
-        };
         let room = MAX_INFLIGHT.saturating_sub(self.out_inflight);
         if room == 0 {
             return Ok(());
         }
-        for d in p.take(room) {
+        for d in self.session.take(room) {
             let mut publish = d.publish;
             let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
             let Some(t) = self.principal.outbound_topic(topic) else {
+                // Cannot happen: subscriptions only reach the client's own org.
                 warn!(topic, "dropping a message outside the client's topic space");
                 continue;
             };
@@ -291,6 +231,7 @@ impl Bridge {
             if self.wbuf.get(start).is_some_and(|b| b & 0b0110 != 0) {
                 self.out_inflight += 1;
             } else {
+                // QoS 0 has no acknowledgement: delivered once written.
                 self.flow.delivered();
             }
         }
@@ -306,85 +247,28 @@ impl Bridge {
         Ok(())
     }
 
-    /// Encodes one engine delivery for the client. Returns true when the engine
-    /// paused this session and must be woken after the write.
-    fn outbound(&mut self, n: Outbound) -> Result<bool, SessionError> {
-        let packet = match n {
-            Outbound::Paused => return Ok(true),
-            Outbound::Publish(mut publish, properties) => {
-                let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
-                match self.principal.outbound_topic(topic) {
-                    Some(t) => publish.topic = Bytes::from(t),
-                    None => {
-                        // Cannot happen: subscriptions only reach the client's own org.
-                        warn!(topic, "dropping a message outside the client's topic space");
-                        return Ok(false);
-                    }
-                }
-                self.counters.deliveries.increment(1);
-                let start = self.wbuf.len();
-                self.version
-                    .write(Packet::Publish(publish, properties), &mut self.wbuf)?;
-                // rumqttd keeps a publish's QoS private; the fixed header has it.
-                if self.wbuf.get(start).is_some_and(|b| b & 0b0110 != 0) {
-                    self.out_inflight += 1;
-                } else {
-                    // QoS 0 has no acknowledgement: delivered once written.
-                    self.flow.delivered();
-                }
-                return Ok(false);
-            }
-            Outbound::Ack(Packet::SubAck(ack, props)) => {
-                Packet::SubAck(self.merge_suback(ack), props)
-            }
-            // A PUBACK/PUBREC waits until what the message must leave on disk is there.
-            Outbound::Ack(p @ Packet::PubAck(..)) | Outbound::Ack(p @ Packet::PubRec(..)) => {
-                let pkid = match &p {
-                    Packet::PubAck(a, _) => a.pkid,
-                    Packet::PubRec(a, _) => a.pkid,
-                    _ => 0,
-                };
-                self.quota.acknowledged(&p);
-                let ticket = self.gates.remove(&pkid).unwrap_or(0);
-                self.ack_when(ticket, p)?;
-                return Ok(false);
-            }
-            Outbound::Ack(p @ Packet::PubComp(..)) => {
-                self.quota.acknowledged(&p);
-                self.ack_when(0, p)?;
-                return Ok(false);
-            }
-            Outbound::Ack(p) => {
-                self.quota.acknowledged(&p);
-                p
-            }
-            Outbound::Disconnect(code) => {
-                match self.version.disconnect(code, "disconnected by the broker") {
-                    Some(p) => p,
-                    None => return Ok(false),
-                }
-            }
-        };
-        self.version.write(packet, &mut self.wbuf)?;
-        Ok(false)
-    }
-
-    /// Puts the refusal codes of filters the broker did not forward back in place.
-    fn merge_suback(&mut self, mut ack: SubAck) -> SubAck {
-        if let Some(slots) = self.pending_subs.remove(&ack.pkid) {
-            let mut granted = ack.return_codes.into_iter();
-            ack.return_codes = slots
-                .into_iter()
-                .map(|slot| match slot {
-                    Some(refused) => refused,
-                    None => granted.next().unwrap_or(SubscribeReasonCode::Failure),
-                })
-                .collect();
+    /// Closes the session over an org limit the message state enforces (retained
+    /// messages): MQTT 5 DISCONNECT 0x97 first.
+    async fn over_limit<S: AsyncWrite + Unpin>(
+        &mut self,
+        limit: &'static str,
+        stream: &mut S,
+    ) -> Result<Option<Ending>, SessionError> {
+        crate::metrics::limit_refused(self.principal.org.as_str(), limit);
+        let text = format!("over the org's {limit} limit");
+        info!(org = %self.principal.org, limit, "closing: over a limit");
+        if let Some(p) = self
+            .version
+            .disconnect(DisconnectReasonCode::QuotaExceeded, &text)
+        {
+            self.version.write(p, &mut self.wbuf)?;
+            self.flush(stream).await?;
         }
-        ack
+        Err(SessionError::OverLimit { limit, text })
     }
 
-    /// Decodes and handles every complete packet in `rbuf`.
+    /// Decodes and handles every complete packet in `rbuf`; the answers are left in
+    /// the write buffer for the caller to flush.
     async fn inbound<S: AsyncWrite + Unpin>(
         &mut self,
         rbuf: &mut BytesMut,
@@ -431,123 +315,91 @@ impl Bridge {
                     if qos == 2 && self.inbound_qos2.contains(&pkid) {
                         // A resend of a QoS 2 message already taken: acknowledge it
                         // again, route it once.
+                        self.quota.released_one();
                         let rec = PubRec {
                             pkid,
                             reason: PubRecReason::Success,
                         };
-                        self.quota.released_one();
-                        self.ack_when(0, Packet::PubRec(rec, None))?;
-                        self.flush(stream).await?;
+                        self.held_ack(Packet::PubRec(rec, None))?;
                         continue;
                     }
-                    let mut extra = Vec::new();
-                    if qos == 2 {
+                    let extra = if qos == 2 {
                         self.inbound_qos2.insert(pkid);
-                        if let Some(p) = &self.persistent {
-                            extra = p.record_inbound(pkid);
-                        }
-                    }
-                    let limits = crate::state::StateLimits::from(self.quota.limits.get());
-                    let ticket = match self.ctx.state.publish(
+                        self.session.record_inbound(pkid)
+                    } else {
+                        Vec::new()
+                    };
+                    self.flow
+                        .published(std::str::from_utf8(&publish.topic).unwrap_or_default());
+                    let limits = StateLimits::from(self.quota.limits.get());
+                    let routed = self.ctx.state.publish(
                         &self.org_state,
                         &publish,
                         qos,
                         props.as_ref(),
                         &limits,
                         extra,
-                    ) {
+                    );
+                    let ticket = match routed {
                         Ok(t) => t,
-                        Err(refused) => {
-                            crate::metrics::limit_refused(
-                                self.principal.org.as_str(),
-                                refused.limit(),
-                            );
-                            let why = format!("over the org's {} limit", refused.limit());
-                            info!(org = %self.principal.org, limit = refused.limit(), "closing: over a limit");
-                            if let Some(p) = self
-                                .version
-                                .disconnect(DisconnectReasonCode::QuotaExceeded, &why)
-                            {
-                                self.version.write(p, &mut self.wbuf)?;
-                                self.flush(stream).await?;
-                            }
-                            return Err(SessionError::OverLimit {
-                                limit: refused.limit(),
-                                text: why,
-                            });
-                        }
+                        Err(refused) => return self.over_limit(refused.limit(), stream).await,
                     };
-                    if qos > 0 && ticket > 0 {
-                        self.gates.insert(pkid, ticket);
+                    // The acknowledgement waits until the message is on disk where it
+                    // must be (a persistent subscriber, a retained message).
+                    match qos {
+                        1 => {
+                            let ack = PubAck {
+                                pkid,
+                                reason: PubAckReason::Success,
+                            };
+                            self.ack_when(ticket, Packet::PubAck(ack, None))?;
+                        }
+                        2 => {
+                            let rec = PubRec {
+                                pkid,
+                                reason: PubRecReason::Success,
+                            };
+                            self.ack_when(ticket, Packet::PubRec(rec, None))?;
+                        }
+                        _ => {}
                     }
-                    if qos == 2 {
-                        self.engine_qos2.insert(pkid);
-                    }
-                    self.flow
-                        .published(std::str::from_utf8(&publish.topic).unwrap_or_default());
-                    self.send_to_engine(Packet::Publish(publish, props)).await?;
                 }
-                Packet::Subscribe(sub, props) => {
-                    let mut slots = Vec::with_capacity(sub.filters.len());
-                    let mut allowed = Vec::new();
+                Packet::Subscribe(sub, _props) => {
+                    let mut codes = Vec::with_capacity(sub.filters.len());
+                    let mut granted = Vec::new();
                     for f in sub.filters {
                         match self.principal.subscribe_filter(&f.path) {
                             Ok(internal) => {
                                 if let Some(refused) = self.quota.subscribe(&internal) {
-                                    slots.push(Some(refused));
+                                    codes.push(refused);
                                     continue;
                                 }
-                                slots.push(None);
                                 self.flow.subscribed(&internal);
-                                allowed.push(Filter {
-                                    path: internal,
-                                    ..f
-                                });
+                                let qos = f.qos as u8;
+                                codes.push(granted_code(qos));
+                                granted.push((internal, qos));
                             }
                             Err(denied) => {
                                 debug!(cause = %denied, "subscription refused");
-                                slots.push(Some(self.version.sub_refused()));
+                                codes.push(self.version.sub_refused());
                             }
                         }
                     }
-                    if let Some(p) = &self.persistent {
-                        // A persistent session's subscriptions are certmq's: durable
-                        // before the SUBACK, retained messages queued after it.
-                        let granted: Vec<(String, u8)> = allowed
-                            .iter()
-                            .map(|f| (f.path.clone(), f.qos as u8))
-                            .collect();
-                        let codes: Vec<SubscribeReasonCode> =
-                            allowed.iter().map(|f| granted_code(f.qos as u8)).collect();
-                        let ticket = p.subscribe(&granted);
-                        self.ctx.state.durable(ticket).await;
-                        self.pending_subs.insert(sub.pkid, slots);
-                        let ack = self.merge_suback(SubAck {
-                            pkid: sub.pkid,
-                            return_codes: codes,
-                        });
-                        self.ack_when(0, Packet::SubAck(ack, None))?;
-                        self.flush(stream).await?;
-                    } else if allowed.is_empty() {
-                        let ack = SubAck {
-                            pkid: sub.pkid,
-                            return_codes: slots.into_iter().flatten().collect(),
-                        };
-                        self.version
-                            .write(Packet::SubAck(ack, None), &mut self.wbuf)?;
-                        self.flush(stream).await?;
-                    } else {
-                        self.pending_subs.insert(sub.pkid, slots);
-                        let sub = Subscribe {
-                            pkid: sub.pkid,
-                            filters: allowed,
-                        };
-                        self.send_to_engine(Packet::Subscribe(sub, props)).await?;
-                    }
+                    // Durable (for a persistent session) before the SUBACK; retained
+                    // messages are queued after it.
+                    let ticket = self.session.subscribe(&granted);
+                    self.ctx.state.durable(ticket).await;
+                    let ack = SubAck {
+                        pkid: sub.pkid,
+                        return_codes: codes,
+                    };
+                    self.held_ack(Packet::SubAck(ack, None))?;
+                    self.flush(stream).await?;
+                    self.pull()?;
                 }
-                Packet::Unsubscribe(mut unsub, props) => {
+                Packet::Unsubscribe(mut unsub, _props) => {
                     // A filter this client could never have subscribed maps to one that
-                    // matches nothing, so the engine still answers with an UNSUBACK.
+                    // matches nothing.
                     for f in &mut unsub.filters {
                         *f = self.principal.subscribe_filter(f).unwrap_or_else(|_| {
                             format!("{}$none", crate::acl::tenant_prefix(&self.principal.org))
@@ -555,19 +407,13 @@ impl Bridge {
                         self.flow.unsubscribed(f);
                         self.quota.unsubscribed(f);
                     }
-                    if let Some(p) = &self.persistent {
-                        let ticket = p.unsubscribe(&unsub.filters);
-                        self.ctx.state.durable(ticket).await;
-                        let ack = UnsubAck {
-                            pkid: unsub.pkid,
-                            reasons: vec![UnsubAckReason::Success; unsub.filters.len()],
-                        };
-                        self.ack_when(0, Packet::UnsubAck(ack, None))?;
-                        self.flush(stream).await?;
-                    } else {
-                        self.send_to_engine(Packet::Unsubscribe(unsub, props))
-                            .await?;
-                    }
+                    let ticket = self.session.unsubscribe(&unsub.filters);
+                    self.ctx.state.durable(ticket).await;
+                    let ack = UnsubAck {
+                        pkid: unsub.pkid,
+                        reasons: vec![UnsubAckReason::Success; unsub.filters.len()],
+                    };
+                    self.held_ack(Packet::UnsubAck(ack, None))?;
                 }
                 Packet::Disconnect(d, _) => {
                     let with_will =
@@ -581,14 +427,12 @@ impl Bridge {
                     self.flow.delivered();
                     self.last_ack = Instant::now();
                     self.out_inflight = self.out_inflight.saturating_sub(1);
-                    match (&self.persistent, p) {
-                        (Some(session), Packet::PubAck(a, _)) => {
-                            session.acked(a.pkid, false);
-                            self.pull()?;
-                            self.flush(stream).await?;
+                    match p {
+                        Packet::PubAck(a, _) => {
+                            self.session.acked(a.pkid, false);
                         }
-                        (Some(session), Packet::PubRec(a, _)) => {
-                            if session.acked(a.pkid, true) == Acked::Release {
+                        Packet::PubRec(a, _) => {
+                            if self.session.acked(a.pkid, true) == Acked::Release {
                                 let rel = PubRel {
                                     pkid: a.pkid,
                                     reason: PubRelReason::Success,
@@ -596,43 +440,28 @@ impl Bridge {
                                 self.version
                                     .write(Packet::PubRel(rel, None), &mut self.wbuf)?;
                             }
-                            self.pull()?;
-                            self.flush(stream).await?;
                         }
-                        (_, p) => self.send_to_engine(p).await?,
+                        _ => {}
                     }
+                    self.pull()?;
                 }
-                Packet::PubComp(c, props) => match &self.persistent {
-                    Some(session) => {
-                        session.completed(c.pkid);
-                    }
-                    None => self.send_to_engine(Packet::PubComp(c, props)).await?,
-                },
-                Packet::PubRel(r, props) => {
-                    // The client releases a QoS 2 message it sent: the engine completes
-                    // those it has; one taken before a reconnect is completed here.
+                Packet::PubComp(c, _) => {
+                    self.session.completed(c.pkid);
+                }
+                Packet::PubRel(r, _) => {
+                    // The client releases a QoS 2 message it sent (routed when it
+                    // arrived, so delivered once however often it was resent).
                     self.inbound_qos2.remove(&r.pkid);
-                    if let Some(session) = &self.persistent {
-                        session.released_inbound(r.pkid);
-                    }
-                    if self.engine_qos2.remove(&r.pkid) {
-                        self.send_to_engine(Packet::PubRel(r, props)).await?;
-                    } else {
-                        let comp = PubComp {
-                            pkid: r.pkid,
-                            reason: PubCompReason::Success,
-                        };
-                        self.quota
-                            .acknowledged(&Packet::PubComp(comp.clone(), None));
-                        self.ack_when(0, Packet::PubComp(comp, None))?;
-                        self.flush(stream).await?;
-                    }
+                    self.session.released_inbound(r.pkid);
+                    let comp = PubComp {
+                        pkid: r.pkid,
+                        reason: PubCompReason::Success,
+                    };
+                    self.held_ack(Packet::PubComp(comp, None))?;
                 }
-                // Answered here: keep-alive needs no engine (nor an engine link).
                 Packet::PingReq(_) => {
                     self.version
                         .write(Packet::PingResp(PingResp), &mut self.wbuf)?;
-                    self.flush(stream).await?;
                 }
                 _ => {
                     return Err(SessionError::Protocol(
@@ -643,31 +472,10 @@ impl Bridge {
         }
     }
 
-    /// Forwards a packet to the engine, opening the session's link on first use.
-    async fn send_to_engine(&mut self, p: Packet) -> Result<(), SessionError> {
-        let link = match &mut self.link {
-            Some(link) => link,
-            None => {
-                let link = self
-                    .ctx
-                    .engine
-                    .link(&self.client_id)
-                    .await
-                    .map_err(|e| SessionError::Link(e.to_string()))?;
-                self.link.insert(link)
-            }
-        };
-        link.send(p)
-            .await
-            .map_err(|e| SessionError::Link(e.to_string()))
-    }
-}
-
-/// Woken when a persistent session has deliveries; never for a clean one.
-async fn notified(session: &Option<PersistentSession>) {
-    match session {
-        Some(s) => s.notify().notified().await,
-        None => std::future::pending().await,
+    /// An answer that needs nothing on disk itself, but keeps its place behind the
+    /// acknowledgements still waiting for theirs.
+    fn held_ack(&mut self, packet: Packet) -> Result<(), SessionError> {
+        self.ack_when(0, packet)
     }
 }
 

@@ -1,9 +1,10 @@
 //! One MQTT session over an authenticated stream, from CONNECT to teardown: read the
 //! CONNECT, admit it (`admission::decide`), register the session (taking over an older
 //! one with the same client id), answer CONNACK, announce it, run the [`bridge`], and on
-//! every exit publish the will and the status event and release the engine link.
+//! every exit publish the will and the status event and detach from the session's
+//! message state.
 //!
-//! - `bridge.rs`: the packet bridge between the socket and the engine;
+//! - `bridge.rs`: the packet bridge between the socket and the message state;
 //! - `status.rs`: Watson status events on the `mon` topic;
 //! - `limits.rs`: the org's limits (`crate::limits`) at CONNECT and per packet.
 
@@ -11,7 +12,6 @@ mod bridge;
 mod limits;
 mod status;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,6 @@ use crate::engine::packet::{
     self, ConnAck, ConnectProperties, ConnectReturnCode, LastWill, LastWillProperties, Login,
     Packet, PublishProperties,
 };
-use crate::engine::Engine;
 use crate::flow::Pressure;
 use crate::guard::{Guard, Pending};
 use crate::sessions::{CloseReason, KillSwitch, Sessions};
@@ -49,9 +48,6 @@ pub struct SessionLimits {
     pub connect_timeout: Duration,
     /// Largest MQTT packet accepted, bytes.
     pub max_packet_size: usize,
-    /// Packets a session may have queued at the engine before the broker stops reading
-    /// its socket (TCP backpressure slows a publisher that outruns the engine).
-    pub max_queued_packets: usize,
     /// A client that accepts no bytes for this long is closed as a slow consumer.
     pub write_timeout: Duration,
 }
@@ -61,7 +57,6 @@ impl Default for SessionLimits {
         SessionLimits {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
-            max_queued_packets: 512,
             write_timeout: Duration::from_secs(30),
         }
     }
@@ -87,7 +82,6 @@ pub(crate) struct Peer {
 pub(crate) struct SessionCtx {
     pub registry: Arc<registry::Registry>,
     pub tls: Arc<OrgTlsCache>,
-    pub engine: Engine,
     pub pressure: Pressure,
     pub sessions: Arc<Sessions>,
     pub limits: SessionLimits,
@@ -106,8 +100,8 @@ impl SessionCtx {
     }
 
     /// Publishes on the broker's own behalf (status events, wills): into the message
-    /// state (retained, persistent sessions) and the engine (live clean sessions).
-    pub(crate) async fn publish_own(
+    /// state, which delivers them like any other publish.
+    pub(crate) fn publish_own(
         &self,
         org: &OrgMessages,
         org_id: &registry::OrgId,
@@ -129,7 +123,6 @@ impl SessionCtx {
             &self.state_limits(org_id),
             Vec::new(),
         )?;
-        self.engine.publish(publish, message.qos).await;
         Ok(ticket)
     }
 }
@@ -170,7 +163,7 @@ pub(crate) enum SessionError {
     SlowConsumer,
     #[error("client closed the connection")]
     Eof,
-    #[error("engine link: {0}")]
+    #[error("message state: {0}")]
     Link(String),
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
@@ -338,9 +331,8 @@ where
     }
 
     tracing::Span::current().record("client_id", client_id.as_str());
-    // A persistent session is certmq's own (see `state`): its queue, subscriptions and
-    // session-present come from there. Every session opens its engine link (always a
-    // clean one) when it first publishes, so an idle device holds no engine state.
+    // Every session lives in the org's message state (see `state`): its subscriptions,
+    // its queue and, for a persistent one, session-present come from there.
     let org_state = ctx.state.org(&org);
     let expiry = session_expiry(version, connect.clean_session, props.as_ref());
     let attached = ctx
@@ -372,16 +364,11 @@ where
         version,
         principal,
         ctx: ctx.clone(),
-        client_id: client_id.clone(),
-        link: None,
-        persistent: attached.session,
+        session: attached.session,
         org_state: org_state.clone(),
         committed: ctx.state.committed(),
-        gates: HashMap::new(),
         held: Vec::new(),
         inbound_qos2: Default::default(),
-        engine_qos2: Default::default(),
-        pending_subs: HashMap::new(),
         wbuf: BytesMut::new(),
         limits: ctx.limits.clone(),
         flow: ctx.pressure.flow(&org, &client_id, !connect.clean_session),
@@ -392,9 +379,7 @@ where
         last_ack: tokio::time::Instant::now(),
     };
     if let Some(event) = status.connect() {
-        let _ = ctx
-            .publish_own(&org_state, &org, OwnMessage::event(event))
-            .await;
+        let _ = ctx.publish_own(&org_state, &org, OwnMessage::event(event));
     }
     let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
     let result = bridge
@@ -412,7 +397,7 @@ where
     }
     if send_will {
         if let Some(w) = will {
-            if let Err(refused) = ctx.publish_own(&org_state, &org, w).await {
+            if let Err(refused) = ctx.publish_own(&org_state, &org, w) {
                 crate::metrics::limit_refused(org.as_str(), refused.limit());
                 info!(
                     limit = refused.limit(),
@@ -423,16 +408,9 @@ where
     }
     let (code, reason) = close_code(&result);
     if let Some(event) = status.disconnect(code, &reason) {
-        let _ = ctx
-            .publish_own(&org_state, &org, OwnMessage::event(event))
-            .await;
+        let _ = ctx.publish_own(&org_state, &org, OwnMessage::event(event));
     }
-    if let Some(link) = &mut bridge.link {
-        link.disconnect().await;
-    }
-    if let Some(p) = bridge.persistent.take() {
-        p.detach();
-    }
+    bridge.session.detach();
     let _ = stream.shutdown().await;
     ctx.sessions.remove(&client_id, seq);
     switch.finish();

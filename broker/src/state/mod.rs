@@ -119,10 +119,13 @@ struct OrgInner {
     round_robin: usize,
 }
 
-/// A persistent session.
+/// A session: persistent ones are stored, ephemeral (clean) ones live only while
+/// their connection does.
 #[derive(Default)]
 struct Session {
     record: SessionRecord,
+    /// A clean session: nothing of it is stored, it ends with its connection.
+    ephemeral: bool,
     queue: VecDeque<Queued>,
     next_seq: u64,
     /// Packet id → seq of deliveries written to the client and not acknowledged.
@@ -148,6 +151,11 @@ struct Queued {
     durable: bool,
 }
 
+/// The least a connected session's queue holds before its oldest messages are dropped:
+/// flow control keeps a connected subscriber within its window (1,000 outstanding),
+/// so this is never reached by clients that acknowledge.
+const ONLINE_QUEUE_FLOOR: usize = 4 * 1024;
+
 /// The packet id of the delivery with `seq`: fixed by the seq, so a delivery resent
 /// after a restart keeps its packet id (MQTT requires it).
 fn pkid_of(seq: u64) -> u16 {
@@ -160,11 +168,10 @@ pub(crate) struct Delivery {
     pub props: Option<PublishProperties>,
 }
 
-/// The outcome of attaching a connection to its persistent session.
+/// The outcome of attaching a connection to its session.
 pub(crate) struct Attached {
     pub session_present: bool,
-    /// The handle when the session is (or stays) persistent; `None` for a clean one.
-    pub session: Option<PersistentSession>,
+    pub session: SessionHandle,
 }
 
 impl MessageState {
@@ -337,28 +344,6 @@ impl MessageState {
         self.committer.failing()
     }
 
-    /// Every retained message, for replay into the engine on start.
-    pub(crate) fn all_retained(&self) -> Vec<Arc<Message>> {
-        let orgs: Vec<Arc<OrgMessages>> = self
-            .orgs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let now = record::now();
-        orgs.iter()
-            .flat_map(|o| {
-                lock(&o.inner)
-                    .retained
-                    .values()
-                    .filter(|m| !m.expired(now))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
     /// Routes one publish of `org` (internal topic) into the message state: the
     /// retained store when it is retained, the queues of matching persistent sessions.
     /// `extra` are writes to commit with it (a QoS 2 exchange's record). The ticket is
@@ -401,6 +386,7 @@ impl MessageState {
                 if qos == 0 && s.online.is_none() {
                     continue; // QoS 0 is not kept for an offline session.
                 }
+                let durable = qos > 0 && !s.ephemeral;
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 // Delivered copies keep retain = 0 (MQTT 3.3.1.3): only a retained
@@ -412,7 +398,7 @@ impl MessageState {
                 } else {
                     msg.clone()
                 };
-                if qos > 0 {
+                if durable {
                     let mut m = (*msg).clone();
                     m.qos = qos;
                     ops.push(Op::Put(record::queued(&org.org, &client, seq), m.encode()));
@@ -423,9 +409,17 @@ impl MessageState {
                     msg,
                     sent: false,
                     resend: false,
-                    durable: qos > 0,
+                    durable,
                 });
-                dropped += trim(s, &org.org, &client, limits.max_queued_messages, &mut ops);
+                // Online, flow control bounds the queue (a publisher waits while a
+                // subscriber has a window's worth outstanding); the limit is for the
+                // queue of an offline session, and a floor for an online one.
+                let max = if s.online.is_some() {
+                    limits.max_queued_messages.max(ONLINE_QUEUE_FLOOR)
+                } else {
+                    limits.max_queued_messages
+                };
+                dropped += trim(s, &org.org, &client, max, &mut ops);
                 if let Some((_, n)) = &s.online {
                     n.notify_one();
                 }
@@ -437,9 +431,10 @@ impl MessageState {
         Ok(self.committer.submit(ops))
     }
 
-    /// Attaches a connection of `client` to its persistent session (`expiry`: seconds
-    /// it outlives the connection, `Some(0)` for none, `None` for never).
-    /// `clean_start` discards an existing session first.
+    /// Attaches a connection of `client` to its session (`expiry`: seconds it outlives
+    /// the connection, `Some(0)` for none, `None` for never). `clean_start` discards an
+    /// existing session first. A clean session that resumes nothing is ephemeral:
+    /// nothing of it is ever written to the store.
     pub(crate) fn attach(
         self: &Arc<Self>,
         org: &Arc<OrgMessages>,
@@ -464,17 +459,12 @@ impl MessageState {
         }
         let present = existed && !clean_start;
         org.subscriptions.store(g.tree.len(), Ordering::Relaxed);
-        if !present && expiry == Some(0) || org.deleted.load(Ordering::Relaxed) {
-            drop(g);
-            self.committer.submit(ops);
-            return Attached {
-                session_present: false,
-                session: None,
-            };
-        }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let notify = Arc::new(Notify::new());
+        let deleted = org.deleted.load(Ordering::Relaxed);
         let s = g.sessions.entry(client.to_owned()).or_default();
+        // A clean session that does not resume a stored one is never stored.
+        s.ephemeral = !present && expiry == Some(0) || deleted;
         s.record.expiry = expiry;
         s.record.offline_since = None;
         s.online = Some((generation, notify.clone()));
@@ -483,24 +473,28 @@ impl MessageState {
             q.resend |= q.sent;
             q.sent = false;
         }
-        ops.push(Op::Put(
-            record::session(&org.org, client),
-            serde_json::to_vec(&s.record).unwrap_or_default(),
-        ));
+        if !s.ephemeral {
+            ops.push(Op::Put(
+                record::session(&org.org, client),
+                serde_json::to_vec(&s.record).unwrap_or_default(),
+            ));
+        }
         if !s.queue.is_empty() {
             notify.notify_one();
         }
         drop(g);
-        self.committer.submit(ops);
+        if !ops.is_empty() {
+            self.committer.submit(ops);
+        }
         Attached {
             session_present: present,
-            session: Some(PersistentSession {
+            session: SessionHandle {
                 state: self.clone(),
                 org: org.clone(),
                 client: client.to_owned(),
                 generation,
                 notify,
-            }),
+            },
         }
     }
 
@@ -611,7 +605,7 @@ impl MessageState {
         orgs.iter().fold((0, 0), |(s, q), o| {
             let g = lock(&o.inner);
             (
-                s + g.sessions.len(),
+                s + g.sessions.values().filter(|s| !s.ephemeral).count(),
                 q + g.sessions.values().map(|s| s.queue.len()).sum::<usize>(),
             )
         })
@@ -708,6 +702,9 @@ fn discard(g: &mut OrgInner, org: &OrgId, client: &str, ops: &mut Vec<Op>) {
     for (filter, _) in &s.record.subs {
         g.tree.remove(filter, client);
     }
+    if s.ephemeral {
+        return; // nothing of it was stored
+    }
     ops.push(Op::Delete(record::session(org, client)));
     ops.extend(
         s.queue
@@ -737,7 +734,7 @@ pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
 }
 
 /// A connection's handle on its persistent session.
-pub(crate) struct PersistentSession {
+pub(crate) struct SessionHandle {
     state: Arc<MessageState>,
     org: Arc<OrgMessages>,
     client: String,
@@ -756,7 +753,7 @@ pub(crate) enum Acked {
     Unknown,
 }
 
-impl PersistentSession {
+impl SessionHandle {
     /// Woken when the session has something to deliver.
     pub(crate) fn notify(&self) -> &Notify {
         &self.notify
@@ -774,7 +771,9 @@ impl PersistentSession {
         let mut ops = Vec::new();
         let out = f(s, &mut ops);
         drop(g);
-        self.state.committer.submit(ops);
+        if !ops.is_empty() {
+            self.state.committer.submit(ops);
+        }
         Some(out)
     }
 
@@ -808,7 +807,7 @@ impl PersistentSession {
     pub(crate) fn released_inbound(&self, pkid: u16) {
         let key = record::inbound(&self.org.org, &self.client, pkid);
         self.with(|s, ops| {
-            if s.inbound.remove(&pkid) {
+            if s.inbound.remove(&pkid) && !s.ephemeral {
                 ops.push(Op::Delete(key));
             }
         });
@@ -878,7 +877,9 @@ impl PersistentSession {
             }
             if rec {
                 s.releases.insert(pkid);
-                ops.push(Op::Put(record::release(org, client, pkid), Vec::new()));
+                if !s.ephemeral {
+                    ops.push(Op::Put(record::release(org, client, pkid), Vec::new()));
+                }
                 Acked::Release
             } else {
                 Acked::Done
@@ -892,7 +893,9 @@ impl PersistentSession {
         let key = record::release(&self.org.org, &self.client, pkid);
         self.with(|s, ops| {
             if s.releases.remove(&pkid) {
-                ops.push(Op::Delete(key));
+                if !s.ephemeral {
+                    ops.push(Op::Delete(key));
+                }
                 Acked::Done
             } else {
                 Acked::Unknown
@@ -950,6 +953,9 @@ impl PersistentSession {
         if !s.queue.is_empty() {
             self.notify.notify_one();
         }
+        if s.ephemeral {
+            return 0;
+        }
         let op = Op::Put(
             record::session(&self.org.org, &self.client),
             serde_json::to_vec(&s.record).unwrap_or_default(),
@@ -974,6 +980,9 @@ impl PersistentSession {
             return 0;
         };
         s.record.subs.retain(|(f, _)| !filters.contains(f));
+        if s.ephemeral {
+            return 0;
+        }
         let op = Op::Put(
             record::session(&self.org.org, &self.client),
             serde_json::to_vec(&s.record).unwrap_or_default(),
@@ -998,7 +1007,7 @@ impl PersistentSession {
             return; // a newer connection has it
         }
         s.online = None;
-        if s.record.expiry == Some(0) {
+        if s.record.expiry == Some(0) || s.ephemeral {
             discard(&mut g, &self.org.org, &self.client, &mut ops);
             self.org
                 .subscriptions
@@ -1018,6 +1027,8 @@ impl PersistentSession {
             ));
         }
         drop(g);
-        self.state.committer.submit(ops);
+        if !ops.is_empty() {
+            self.state.committer.submit(ops);
+        }
     }
 }
