@@ -417,3 +417,114 @@ async fn a_qos2_message_in_flight_across_sigkill_is_delivered_exactly_once() {
         "exactly once"
     );
 }
+
+/// The broker's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stays_bounded_when_clients_try_to_exceed_the_limits() {
+    let server = Server::start();
+    let org = Org::create(&server, "acme").await;
+    let before = rss_kib(server.pid());
+
+    // 200 × 1 MB retained, twice: the 64 MiB default takes 67, refuses the rest.
+    let payload = vec![b'x'; 1_000_000];
+    let mut dev = connect(&org, "d:sensor:s1", "d:acme:sensor:s1", true).await;
+    let mut flood = |dev: Session, round: usize| {
+        let payload = payload.clone();
+        let org = &org;
+        async move {
+            let mut dev = dev;
+            let (mut stored, mut refused) = (0, 0);
+            for i in 0..200 {
+                dev.client
+                    .publish(
+                        format!("iot-2/evt/r{round}e{i}/fmt/bin"),
+                        QoS::AtLeastOnce,
+                        true,
+                        payload.clone(),
+                    )
+                    .await
+                    .expect("publish");
+                let acked = dev
+                    .next(Duration::from_secs(5), |p| match p {
+                        Packet::PubAck(_) => Some(true),
+                        Packet::Disconnect => Some(false),
+                        _ => None,
+                    })
+                    .await
+                    .unwrap_or(false);
+                if acked {
+                    stored += 1;
+                } else {
+                    refused += 1;
+                    dev = connect(org, "d:sensor:s1", "d:acme:sensor:s1", true).await;
+                }
+            }
+            (dev, stored, refused)
+        }
+    };
+    let (d, stored, refused) = flood(dev, 0).await;
+    assert_eq!((stored, refused), (67, 133));
+    let after_first = rss_kib(server.pid());
+    let (_d, stored, refused) = flood(d, 1).await;
+    assert_eq!((stored, refused), (0, 200), "the org is at its limit");
+    let after_retained = rss_kib(server.pid());
+
+    // 20,000 distinct subscriptions made and dropped, 50 at a time.
+    let mut app = connect(&org, "a:churn", "a:acme:churn", true).await;
+    for round in 0..400 {
+        let filters: Vec<String> = (0..50)
+            .map(|i| format!("iot-2/type/t/id/d{}/evt/+/fmt/+", round * 50 + i))
+            .collect();
+        app.client
+            .subscribe_many(
+                filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+            )
+            .await
+            .expect("subscribe");
+        app.next(Duration::from_secs(5), |p| {
+            matches!(p, Packet::SubAck(_)).then_some(())
+        })
+        .await
+        .expect("SUBACK");
+        for f in &filters {
+            app.client.unsubscribe(f).await.expect("unsubscribe");
+        }
+        for _ in &filters {
+            app.next(Duration::from_secs(5), |p| {
+                matches!(p, Packet::UnsubAck(_)).then_some(())
+            })
+            .await
+            .expect("UNSUBACK");
+        }
+    }
+    let after_churn = rss_kib(server.pid());
+    eprintln!(
+        "RSS: {before} KiB at start, {after_first} KiB after a 200 MB retained flood, \
+         {after_retained} KiB after a second one, {after_churn} KiB after 20,000 \
+         subscriptions churned"
+    );
+    // 67 MB of retained payloads are held (and cached by the store): bounded by the
+    // limit, not by what the client sent — a second 200 MB flood adds nothing.
+    assert!(
+        after_retained.saturating_sub(after_first) < 32 * 1024,
+        "a refused flood grew RSS by {} KiB",
+        after_retained - after_first
+    );
+    // Churned subscriptions leave nothing behind (rumqttd kept ~6.5 KiB per filter).
+    assert!(
+        after_churn.saturating_sub(after_retained) < 16 * 1024,
+        "20,000 churned subscriptions grew RSS by {} KiB",
+        after_churn - after_retained
+    );
+}

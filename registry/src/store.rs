@@ -33,6 +33,10 @@ pub struct SledStore {
     db: sled::Db,
 }
 
+/// Memory sled may use to cache pages (its default, 1 GiB, would let a burst of
+/// retained or queued messages keep that much resident long after).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
     /// Opens (or creates) the store under `dir`. The store is locked by one process at a
     /// time; a store just dropped in this process may still be held for a moment by
@@ -40,7 +44,10 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            match sled::Config::new().path(dir.join("store")).open() {
+            let config = sled::Config::new()
+                .path(dir.join("store"))
+                .cache_capacity(CACHE_BYTES);
+            match config.open() {
                 Ok(db) => return Ok(SledStore { db }),
                 // sled reports the lock conflict as an `Other` I/O error with this text.
                 Err(sled::Error::Io(e))
