@@ -75,7 +75,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Serve { .. } => "info,rumqttd=warn",
+        Command::Serve { .. } => "info",
         Command::Demo { .. } => "warn",
     };
     tracing_subscriber::fmt()

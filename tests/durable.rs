@@ -436,8 +436,8 @@ async fn memory_stays_bounded_when_clients_try_to_exceed_the_limits() {
 
     // 200 × 1 MB retained, twice: the 64 MiB default takes 67, refuses the rest.
     let payload = vec![b'x'; 1_000_000];
-    let mut dev = connect(&org, "d:sensor:s1", "d:acme:sensor:s1", true).await;
-    let mut flood = |dev: Session, round: usize| {
+    let dev = connect(&org, "d:sensor:s1", "d:acme:sensor:s1", true).await;
+    let flood = |dev: Session, round: usize| {
         let payload = payload.clone();
         let org = &org;
         async move {

@@ -427,21 +427,18 @@ impl Bridge {
                     self.flow.delivered();
                     self.last_ack = Instant::now();
                     self.out_inflight = self.out_inflight.saturating_sub(1);
-                    match p {
-                        Packet::PubAck(a, _) => {
-                            self.session.acked(a.pkid, false);
-                        }
-                        Packet::PubRec(a, _) => {
-                            if self.session.acked(a.pkid, true) == Acked::Release {
-                                let rel = PubRel {
-                                    pkid: a.pkid,
-                                    reason: PubRelReason::Success,
-                                };
-                                self.version
-                                    .write(Packet::PubRel(rel, None), &mut self.wbuf)?;
-                            }
-                        }
-                        _ => {}
+                    let (pkid, rec) = match p {
+                        Packet::PubRec(a, _) => (a.pkid, true),
+                        Packet::PubAck(a, _) => (a.pkid, false),
+                        _ => (0, false),
+                    };
+                    if self.session.acked(pkid, rec) == Acked::Release {
+                        let rel = PubRel {
+                            pkid,
+                            reason: PubRelReason::Success,
+                        };
+                        self.version
+                            .write(Packet::PubRel(rel, None), &mut self.wbuf)?;
                     }
                     self.pull()?;
                 }
