@@ -362,7 +362,7 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
 
     let mut idle = opts.idle.clone();
     let fd_room = usize::try_from(nofile_limit().saturating_sub(200)).unwrap_or(usize::MAX);
-    if idle.connections > fd_room {
+    if wants("idle") && idle.connections > fd_room {
         eprintln!(
             "idle: {} connections do not fit the open-file limit ({}); using {fd_room}",
             idle.connections,
