@@ -2,8 +2,8 @@
 # mosquitto and certmq side by side on this machine, same CA and server certificate;
 # writes the table into docs/benchmarks.md. Extra arguments go to `certmq-sim compare`
 # (e.g. --scenarios connect,throughput --idle-connections 10000).
-# Scenarios: connect, throughput, idle, resume, flood, reload, inflight, overload (all by
-# default); `--scenarios inflight,overload --no-doc` measures PUBACK-driven publishers
+# Scenarios: connect, throughput, idle, resume, flood, reload, inflight, durable, overload,
+# offline (all by default); `--scenarios inflight,overload --no-doc` measures PUBACK-driven publishers
 # and the delivered-vs-offered curve without touching the document.
 # Honours CARGO_TARGET_DIR (the build and the binaries run come from there).
 set -euo pipefail

@@ -157,7 +157,11 @@ struct BenchTargetArgs {
     /// Topic filter of the application (e.g. `iot-2/#` on brokers without Watson rules).
     #[arg(long, default_value = certmq_device_sim::fleet::APP_EVENT_FILTER)]
     app_filter: String,
-    /// Broker process id, for RSS figures (idle, flood).
+    /// offline: devices subscribe to `iot-2/type/<t>/id/<d>/cmd/+/fmt/+` (brokers without
+    /// Watson topic rewriting) instead of `iot-2/cmd/+/fmt/+`.
+    #[arg(long)]
+    plain_command_topics: bool,
+    /// Broker process id, for RSS figures (idle, flood, offline).
     #[arg(long)]
     broker_pid: Option<u32>,
     /// Broker label in reports and file names.
@@ -204,6 +208,10 @@ enum BenchCommand {
         /// PUBACKs allow).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// puback: the application connects with clean session 0 (a persistent session:
+        /// certmq fsyncs each message before its PUBACK), the `durable` scenario.
+        #[arg(long)]
+        persistent_subscriber: bool,
         #[arg(long, default_value_t = 1_000)]
         warmup_ms: u64,
         #[arg(long, default_value_t = 10_000)]
@@ -248,6 +256,32 @@ enum BenchCommand {
         flood_ms: u64,
         #[arg(long, default_value_t = 60_000)]
         drain_ms: u64,
+    },
+    /// Offline persistent sessions with queued QoS 1 messages: broker RSS per session and
+    /// per message (--broker-pid); a sample reconnects and counts its messages.
+    Offline {
+        #[command(flatten)]
+        target: BenchTargetArgs,
+        /// Devices with a persistent session (clean session 0), offline while queued to.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// QoS 1 commands queued per device (at most 1,000, the brokers' queue bound).
+        #[arg(long, default_value_t = 100)]
+        messages_per_device: usize,
+        #[arg(long, default_value_t = 64)]
+        payload_bytes: usize,
+        /// PUBLISHes the application may have unacknowledged (certmq allows 1,000).
+        #[arg(long, default_value_t = 500)]
+        inflight: usize,
+        /// Devices that reconnect afterwards and count their messages.
+        #[arg(long, default_value_t = 100)]
+        sample: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2_000)]
+        settle_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        receive_timeout_ms: u64,
     },
     /// certmq only: admin API change → first handshake that sees it.
     Reload {
@@ -298,7 +332,7 @@ struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,throughput,idle,resume,flood,reload,inflight,overload"
+        default_value = "connect,throughput,idle,resume,flood,reload,inflight,durable,overload,offline"
     )]
     scenarios: Vec<String>,
     #[arg(long, default_value_t = 5_000)]
@@ -338,6 +372,25 @@ struct CompareArgs {
     /// overload: offered rates in % of each broker's unpaced delivered rate.
     #[arg(long, value_delimiter = ',', default_value = "25,50,100,150,200,400")]
     overload_percents: Vec<u32>,
+    /// durable: window of the PUBACK-driven publishers (persistent-session application,
+    /// and the clean-session run beside it).
+    #[arg(long, default_value_t = 100)]
+    durable_inflight: usize,
+    /// durable: the paced runs offer this % of certmq's unpaced durable delivered rate.
+    #[arg(long, default_value_t = 80)]
+    durable_percent: u32,
+    /// offline: devices with an offline persistent session.
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// offline: QoS 1 commands queued per device (at most 1,000).
+    #[arg(long, default_value_t = 100)]
+    offline_messages: usize,
+    /// offline: PUBLISHes the application may have unacknowledged.
+    #[arg(long, default_value_t = 500)]
+    offline_inflight: usize,
+    /// offline: devices that reconnect and count their messages.
+    #[arg(long, default_value_t = 100)]
+    offline_sample: usize,
 }
 
 #[derive(Args)]
@@ -526,6 +579,7 @@ fn bench_target(args: &BenchTargetArgs) -> Result<(BenchTarget, TestCa, PathBuf)
     target.device_type = args.device_type.clone();
     target.app_filter = args.app_filter.clone();
     target.broker_pid = args.broker_pid;
+    target.watson_topics = !args.plain_command_topics;
     Ok((target, ca, args.out.clone()))
 }
 
@@ -572,6 +626,7 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
             driver: Driver::Puback,
             inflight,
             rate,
+            persistent_subscriber,
             warmup_ms,
             measure_ms,
             ..
@@ -588,6 +643,7 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
                     rate,
                     warmup_ms,
                     measure_ms,
+                    persistent_subscriber,
                 }),
             )
         }
@@ -634,6 +690,29 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
                 subscriber_rate,
                 flood_ms,
                 drain_ms,
+            }),
+        ),
+        BenchCommand::Offline {
+            target,
+            devices,
+            messages_per_device,
+            payload_bytes,
+            inflight,
+            sample,
+            concurrency,
+            settle_ms,
+            receive_timeout_ms,
+        } => (
+            target,
+            Scenario::Offline(bench::OfflineConfig {
+                devices,
+                messages_per_device,
+                payload_bytes,
+                inflight,
+                sample,
+                concurrency,
+                settle_ms,
+                receive_timeout_ms,
             }),
         ),
         BenchCommand::Reload {
@@ -712,6 +791,15 @@ async fn compare_cmd(args: CompareArgs) -> Result<()> {
         inflight_windows: args.inflight_windows,
         overload_inflight: args.overload_inflight,
         overload_percents: args.overload_percents,
+        durable_inflight: args.durable_inflight,
+        durable_percent: args.durable_percent,
+        offline: bench::OfflineConfig {
+            devices: args.devices,
+            messages_per_device: args.offline_messages,
+            inflight: args.offline_inflight,
+            sample: args.offline_sample,
+            ..Default::default()
+        },
         reload_iterations: args.reload_iterations,
         command_line: std::env::args()
             .map(|a| a.rsplit('/').next().unwrap_or(&a).to_owned())

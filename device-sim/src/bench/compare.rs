@@ -9,6 +9,10 @@
 //!   certificate for `<org>.messaging.localhost` signed by that CA.
 //! * certmq (`certmq serve` on free ports, a temp data dir) gets the org, the same CA
 //!   and the same server certificate + key through its admin API.
+//! * Scenarios with persistent sessions (`durable`, `offline`) run mosquitto with
+//!   `persistence true` in its temp dir (default `autosave_interval`): a periodic
+//!   snapshot, not an fsync per message as certmq does — the comparison favours
+//!   mosquitto there.
 //! * With at least two CPUs and `taskset` available, the broker runs on CPU 0
 //!   (`taskset -c 0`); run the simulator itself on CPU 1 (`taskset -c 1 certmq-sim
 //!   compare`, as `bench/compare.sh` does).
@@ -25,7 +29,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::overload::{self, OverloadCurve, OverloadPoint};
 use super::{
     nofile_limit, BenchReport, BenchTarget, ConnectConfig, FloodConfig, IdleConfig, LatencySummary,
-    PubackConfig, PubackResult, ReloadConfig, Results, ResumeConfig, Scenario, ThroughputConfig,
+    OfflineConfig, OfflineResult, PubackConfig, PubackResult, ReloadConfig, Results, ResumeConfig,
+    Scenario, ThroughputConfig,
 };
 use crate::admin::AdminClient;
 use crate::certs::TestCa;
@@ -69,13 +74,21 @@ pub struct CompareOptions {
     pub overload_inflight: usize,
     /// `overload`: offered rates in % of the broker's own capacity.
     pub overload_percents: Vec<u32>,
+    /// `durable`: the publishers' window (the plain run with a clean-session
+    /// application uses it too).
+    pub durable_inflight: usize,
+    /// `durable`: the paced runs offer this % of certmq's unpaced durable delivered rate,
+    /// to both brokers.
+    pub durable_percent: u32,
+    /// `offline`: sessions, messages per session, sample.
+    pub offline: OfflineConfig,
     pub reload_iterations: usize,
     /// The command line, quoted in the document.
     pub command_line: String,
 }
 
 /// All scenario names, in the order they run.
-pub const ALL_SCENARIOS: [&str; 8] = [
+pub const ALL_SCENARIOS: [&str; 10] = [
     "connect",
     "throughput",
     "idle",
@@ -83,7 +96,9 @@ pub const ALL_SCENARIOS: [&str; 8] = [
     "flood",
     "reload",
     "inflight",
+    "durable",
     "overload",
+    "offline",
 ];
 
 /// A broker process started for one scenario.
@@ -140,14 +155,38 @@ fn command(opts: &CompareOptions, program: &Path) -> Command {
     }
 }
 
-fn start_mosquitto(opts: &CompareOptions, m: &Material) -> Result<Running> {
+/// The `persistence` lines of mosquitto's config: off, or on in `dir` with the default
+/// `autosave_interval` (a snapshot of the in-memory state every 1,800 s and at a clean
+/// shutdown; no fsync per message).
+fn mosquitto_persistence(persistent: bool, dir: &Path) -> String {
+    if persistent {
+        format!(
+            "persistence true\npersistence_location {}/\n",
+            dir.display()
+        )
+    } else {
+        "persistence false\n".to_owned()
+    }
+}
+
+/// Whether `scenario` needs a broker that keeps persistent sessions (mosquitto then
+/// runs with persistence on).
+fn wants_persistence(scenario: &Scenario) -> bool {
+    match scenario {
+        Scenario::Puback(c) => c.persistent_subscriber,
+        Scenario::Offline(_) => true,
+        _ => false,
+    }
+}
+
+fn start_mosquitto(opts: &CompareOptions, m: &Material, persistent: bool) -> Result<Running> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let conf = dir.path().join("mosquitto.conf");
     let text = format!(
         "# written by certmq-sim compare\n\
          per_listener_settings false\n\
-         persistence false\n\
+         {}\
          user root\n\
          log_dest stderr\n\
          log_type error\n\
@@ -160,6 +199,7 @@ fn start_mosquitto(opts: &CompareOptions, m: &Material) -> Result<Running> {
          use_identity_as_username true\n\
          set_tcp_nodelay true\n\
          allow_anonymous false\n",
+        mosquitto_persistence(persistent, dir.path()),
         m.ca_path.display(),
         m.server_path.display(),
         m.server_key_path.display()
@@ -295,6 +335,13 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
             );
         }
     }
+    let wants = |s: &str| opts.scenarios.iter().any(|x| x == s);
+    if wants("durable") && !(1..=1_000).contains(&opts.durable_percent) {
+        bail!("durable: the paced share must be in 1..=1000 % of certmq's unpaced rate");
+    }
+    if wants("offline") {
+        opts.offline.validate()?;
+    }
     std::fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
     let ca = TestCa::new("certmq-sim compare CA")?;
@@ -315,7 +362,7 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
 
     let mut idle = opts.idle.clone();
     let fd_room = usize::try_from(nofile_limit().saturating_sub(200)).unwrap_or(usize::MAX);
-    if idle.connections > fd_room {
+    if wants("idle") && idle.connections > fd_room {
         eprintln!(
             "idle: {} connections do not fit the open-file limit ({}); using {fd_room}",
             idle.connections,
@@ -323,7 +370,6 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
         );
         idle.connections = fd_room;
     }
-    let wants = |s: &str| opts.scenarios.iter().any(|x| x == s);
     let mut plan: Vec<(Scenario, Vec<Broker>)> = Vec::new();
     let both = vec![Broker::Mosquitto, Broker::Certmq];
     if wants("connect") {
@@ -369,6 +415,9 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
             reports.push(run_on(opts, &m, &out, broker, &scenario).await?);
         }
     }
+    if wants("durable") {
+        durable_runs(opts, &m, &out, &mut reports).await?;
+    }
     let mut curves = Vec::new();
     if wants("overload") {
         for broker in both {
@@ -377,6 +426,12 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
         overload::write(&out, &reports, &curves)?;
     } else if wants("inflight") {
         overload::write(&out, &reports, &curves)?;
+    }
+    if wants("offline") {
+        for broker in [Broker::Mosquitto, Broker::Certmq] {
+            let scenario = Scenario::Offline(opts.offline.clone());
+            reports.push(run_on(opts, &m, &out, broker, &scenario).await?);
+        }
     }
     if let Some(doc) = &opts.doc {
         let section = markdown(&reports, &curves, &environment(opts), &opts.command_line);
@@ -395,7 +450,7 @@ async fn run_on(
     scenario: &Scenario,
 ) -> Result<BenchReport> {
     let running = match broker {
-        Broker::Mosquitto => start_mosquitto(opts, m)?,
+        Broker::Mosquitto => start_mosquitto(opts, m, wants_persistence(scenario))?,
         Broker::Certmq => start_certmq(opts, m).await?,
     };
     let sni = format!("{}.{DOMAIN}", opts.org);
@@ -408,8 +463,10 @@ async fn run_on(
     );
     target.broker_pid = Some(running.child.id());
     if broker == Broker::Mosquitto {
-        // No Watson topic rewriting there: the application takes everything.
+        // No Watson topic rewriting there: the application takes everything, and a
+        // device subscribes to the application's command topic itself.
         target.app_filter = "iot-2/#".into();
+        target.watson_topics = false;
     }
     let mut scenario = scenario.clone();
     if let (Scenario::Reload(r), Some(url)) = (&mut scenario, &running.admin_url) {
@@ -481,6 +538,60 @@ async fn overload_curve(
     })
 }
 
+/// `durable`: for each broker an unpaced PUBACK-driven run with a clean-session
+/// application (reused from `inflight` when it ran with the same parameters) and one with
+/// a persistent-session application; then both again, paced at `durable_percent` % of
+/// certmq's unpaced durable delivered rate (the same rate for both brokers).
+async fn durable_runs(
+    opts: &CompareOptions,
+    m: &Material,
+    out: &Path,
+    reports: &mut Vec<BenchReport>,
+) -> Result<()> {
+    let plain = PubackConfig {
+        inflight: opts.durable_inflight,
+        rate: 0,
+        persistent_subscriber: false,
+        ..opts.puback.clone()
+    };
+    let durable = PubackConfig {
+        persistent_subscriber: true,
+        ..plain.clone()
+    };
+    let brokers = [Broker::Mosquitto, Broker::Certmq];
+    for broker in brokers {
+        for c in [&plain, &durable] {
+            let ran = reports
+                .iter()
+                .any(|r| r.broker == broker.name() && r.config == config_json(c));
+            if !ran {
+                reports.push(run_on(opts, m, out, broker, &Scenario::Puback(c.clone())).await?);
+            }
+        }
+    }
+    let capacity = reports.iter().rev().find_map(|r| match &r.results {
+        Results::Puback(p) if r.broker == "certmq" && r.config == config_json(&durable) => {
+            Some(p.delivered_per_s)
+        }
+        _ => None,
+    });
+    let Some(&(_, rate)) = capacity
+        .map(|c| overload::rates(c, &[opts.durable_percent]))
+        .unwrap_or_default()
+        .first()
+    else {
+        eprintln!("durable: certmq delivered nothing unpaced; no paced runs");
+        return Ok(());
+    };
+    for c in [&durable, &plain] {
+        let paced = PubackConfig { rate, ..c.clone() };
+        for broker in brokers {
+            reports.push(run_on(opts, m, out, broker, &Scenario::Puback(paced.clone())).await?);
+        }
+    }
+    Ok(())
+}
+
 fn config_json(c: &PubackConfig) -> serde_json::Value {
     serde_json::to_value(c).unwrap_or_default()
 }
@@ -493,7 +604,9 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::Resume(_) => "resume",
         Scenario::Reload(_) => "reload",
         Scenario::Flood(_) => "flood",
+        Scenario::Puback(c) if c.persistent_subscriber => "durable",
         Scenario::Puback(_) => "puback",
+        Scenario::Offline(_) => "offline",
     }
 }
 
@@ -553,6 +666,7 @@ pub fn headline(r: &BenchReport) -> String {
             num(f.peak_rss_kib.map(|k| k as f64 / 1024.0))
         ),
         Results::Puback(p) => puback_headline(p),
+        Results::Offline(o) => offline_headline(o),
     };
     format!("{} {}: {body}{errors}", r.broker, r.results.name())
 }
@@ -560,14 +674,36 @@ pub fn headline(r: &BenchReport) -> String {
 /// `offered … acked … delivered msgs/s, p50 … ms, … lost` of a PUBACK-driven run.
 fn puback_headline(p: &PubackResult) -> String {
     format!(
-        "offered {:.0}, acked {:.0}, delivered {:.0} msgs/s, {} max {} ms, {} lost, peak RSS {} MiB",
+        "offered {:.0}, acked {:.0}, delivered {:.0} msgs/s, {} max {} ms, {} lost, {} duplicates, peak RSS {} MiB",
         p.offered_per_s,
         p.acked_per_s,
         p.delivered_per_s,
         percentiles(p.latency.as_ref()),
         num(p.latency.as_ref().map(|l| l.max_ms)),
         p.lost,
+        p.duplicates,
         num(p.peak_rss_kib.map(|k| k as f64 / 1024.0))
+    )
+}
+
+/// What an `offline` run found: memory, queueing time, the sample's count.
+fn offline_headline(o: &OfflineResult) -> String {
+    format!(
+        "{} sessions ({} failed), {} KiB RSS each; {} queued in {} s ({:.0}/s), {} B RSS each; \
+         sample {}/{} complete, {} of {} received, {} duplicates, {} session present",
+        o.sessions,
+        o.session_failed,
+        num(o.rss_per_session_kib),
+        o.queued,
+        num(Some(o.queue_s)),
+        o.queue_rate_per_s,
+        num(o.rss_per_message_bytes),
+        o.complete,
+        o.sample,
+        o.sample_received,
+        o.sample_expected,
+        o.duplicates,
+        o.sessions_present
     )
 }
 
@@ -942,6 +1078,8 @@ pub fn markdown(
             );
         }
     }
+    durable_rows(reports, &mut row);
+    offline_rows(reports, &mut row);
 
     let mut md = String::new();
     let _ = writeln!(md, "{BEGIN_MARK}");
@@ -1005,6 +1143,277 @@ pub fn markdown(
     }
     let _ = writeln!(md, "\n{END_MARK}");
     md
+}
+
+/// A table row: metric, mosquitto, certmq, ratio, target, verdict.
+type Row<'a> = dyn FnMut(&str, String, String, String, &str, Option<bool>) + 'a;
+
+/// `p50 / p99 / p99.9` in ms, `–` without a summary.
+fn pct_cell(l: Option<&LatencySummary>) -> String {
+    l.map_or_else(
+        || "–".to_owned(),
+        |l| {
+            format!(
+                "{} / {} / {}",
+                num(Some(l.p50_ms)),
+                num(Some(l.p99_ms)),
+                num(Some(l.p999_ms))
+            )
+        },
+    )
+}
+
+/// The PUBACK-driven run of `broker` with a persistent-session application (`durable`)
+/// or a clean-session one, at window `inflight` and `rate` (0: unpaced).
+fn find_puback<'a>(
+    reports: &'a [BenchReport],
+    broker: &str,
+    durable: bool,
+    inflight: usize,
+    rate: u64,
+) -> Option<&'a PubackResult> {
+    reports.iter().rev().find_map(|r| match &r.results {
+        Results::Puback(p)
+            if r.broker == broker
+                && p.persistent_subscriber == durable
+                && p.inflight == inflight
+                && p.rate == rate =>
+        {
+            Some(p)
+        }
+        _ => None,
+    })
+}
+
+/// Rows of `durable`: persistent-session application vs clean-session one, unpaced and
+/// paced at a share of certmq's unpaced durable rate.
+fn durable_rows(reports: &[BenchReport], row: &mut Row<'_>) {
+    let Some(cd) = reports.iter().rev().find_map(|r| match &r.results {
+        Results::Puback(p) if r.broker == "certmq" && p.persistent_subscriber && p.rate == 0 => {
+            Some(p)
+        }
+        _ => None,
+    }) else {
+        return;
+    };
+    let w = cd.inflight;
+    let Some(md) = find_puback(reports, "mosquitto", true, w, 0) else {
+        return;
+    };
+    let lat_p99 = |p: Option<&PubackResult>| p.and_then(|p| p.latency.as_ref()).map(|l| l.p99_ms);
+    let losses = |p: &PubackResult| {
+        format!(
+            "{} / {} / {} of {}",
+            p.lost, p.duplicates, p.missing, p.acked
+        )
+    };
+    row(
+        &format!(
+            "durable QoS 1 fan-in, delivered msgs/s ({} PUBACK-driven publishers, inflight {w}, unpaced → 1 application with a persistent session, {} B)",
+            cd.publishers, cd.payload_bytes
+        ),
+        num(Some(md.delivered_per_s)),
+        num(Some(cd.delivered_per_s)),
+        ratio(Some(cd.delivered_per_s), Some(md.delivered_per_s)),
+        "≥ mosquitto",
+        Some(cd.delivered_per_s >= md.delivered_per_s),
+    );
+    let (mp, cp) = (
+        find_puback(reports, "mosquitto", false, w, 0),
+        find_puback(reports, "certmq", false, w, 0),
+    );
+    if mp.is_some() || cp.is_some() {
+        row(
+            "the same with a clean-session application (nothing written to disk), delivered msgs/s",
+            num(mp.map(|p| p.delivered_per_s)),
+            num(cp.map(|p| p.delivered_per_s)),
+            ratio(cp.map(|p| p.delivered_per_s), mp.map(|p| p.delivered_per_s)),
+            "",
+            None,
+        );
+    }
+    row(
+        "durable, unpaced: end-to-end p50 / p99 / p99.9, ms",
+        pct_cell(md.latency.as_ref()),
+        pct_cell(cd.latency.as_ref()),
+        ratio(lat_p99(Some(cd)), lat_p99(Some(md))),
+        "",
+        None,
+    );
+    row(
+        "durable, unpaced: lost / duplicates / missing after the drain, of acknowledged",
+        losses(md),
+        losses(cd),
+        String::new(),
+        "0 lost, 0 missing",
+        Some(cd.lost == 0 && cd.missing == 0),
+    );
+    let Some(cpd) = reports.iter().rev().find_map(|r| match &r.results {
+        Results::Puback(p)
+            if r.broker == "certmq" && p.persistent_subscriber && p.inflight == w && p.rate > 0 =>
+        {
+            Some(p)
+        }
+        _ => None,
+    }) else {
+        return;
+    };
+    let rate = cpd.rate;
+    let percent = (rate as f64 * 100.0 / cd.delivered_per_s.max(1e-9)).round();
+    let mpd = find_puback(reports, "mosquitto", true, w, rate);
+    row(
+        &format!(
+            "durable at {percent:.0} % of certmq's unpaced durable rate ({} msgs/s offered to both): delivered msgs/s",
+            num(Some(rate as f64))
+        ),
+        num(mpd.map(|p| p.delivered_per_s)),
+        num(Some(cpd.delivered_per_s)),
+        ratio(Some(cpd.delivered_per_s), mpd.map(|p| p.delivered_per_s)),
+        "",
+        None,
+    );
+    row(
+        &format!("durable at {percent:.0} %: end-to-end p50 / p99 / p99.9, ms"),
+        pct_cell(mpd.and_then(|p| p.latency.as_ref())),
+        pct_cell(cpd.latency.as_ref()),
+        ratio(lat_p99(Some(cpd)), lat_p99(mpd)),
+        "p99 < 10 ms",
+        Some(lat_p99(Some(cpd)).is_some_and(|p| p < 10.0)),
+    );
+    row(
+        &format!("durable at {percent:.0} %: lost / duplicates / missing, of acknowledged"),
+        mpd.map_or_else(|| "–".to_owned(), losses),
+        losses(cpd),
+        String::new(),
+        "0 lost, 0 missing",
+        Some(cpd.lost == 0 && cpd.missing == 0),
+    );
+    let (mpp, cpp) = (
+        find_puback(reports, "mosquitto", false, w, rate),
+        find_puback(reports, "certmq", false, w, rate),
+    );
+    if mpp.is_some() || cpp.is_some() {
+        row(
+            "clean-session application at the same rate: end-to-end p50 / p99 / p99.9, ms",
+            pct_cell(mpp.and_then(|p| p.latency.as_ref())),
+            pct_cell(cpp.and_then(|p| p.latency.as_ref())),
+            ratio(lat_p99(cpp), lat_p99(mpp)),
+            "",
+            None,
+        );
+    }
+}
+
+/// Rows of `offline`: memory of offline persistent sessions and their queues, and what
+/// the reconnected sample received.
+fn offline_rows(reports: &[BenchReport], row: &mut Row<'_>) {
+    let find = |broker: &str| {
+        reports.iter().rev().find_map(|r| match &r.results {
+            Results::Offline(o) if r.broker == broker => Some(o),
+            _ => None,
+        })
+    };
+    let (Some(m), Some(c)) = (find("mosquitto"), find("certmq")) else {
+        return;
+    };
+    let mib = |k: Option<u64>| num(k.map(|k| k as f64 / 1024.0));
+    let rss = |o: &OfflineResult| {
+        format!(
+            "{} / {} / {}",
+            mib(o.rss_start_kib),
+            mib(o.rss_before_kib),
+            mib(o.rss_after_kib)
+        )
+    };
+    row(
+        &format!(
+            "offline persistent sessions: broker RSS per empty session, KiB ({} devices, clean session 0, one QoS 1 subscription each)",
+            c.devices
+        ),
+        num(m.rss_per_session_kib),
+        num(c.rss_per_session_kib),
+        ratio(c.rss_per_session_kib, m.rss_per_session_kib),
+        "",
+        None,
+    );
+    row(
+        &format!(
+            "offline: broker RSS per queued QoS 1 message, bytes ({} per session, {} B payload)",
+            c.messages_per_device, c.payload_bytes
+        ),
+        num(m.rss_per_message_bytes),
+        num(c.rss_per_message_bytes),
+        ratio(c.rss_per_message_bytes, m.rss_per_message_bytes),
+        "",
+        None,
+    );
+    row(
+        "offline: broker RSS at start / with empty sessions / all queued, MiB",
+        rss(m),
+        rss(c),
+        ratio(
+            c.rss_after_kib.map(|k| k as f64),
+            m.rss_after_kib.map(|k| k as f64),
+        ),
+        "",
+        None,
+    );
+    let queue = |o: &OfflineResult| {
+        format!(
+            "{} s ({} msgs/s)",
+            num(Some(o.queue_s)),
+            num(Some(o.queue_rate_per_s))
+        )
+    };
+    row(
+        &format!(
+            "offline: time to queue {} commands (one application, inflight {}; first PUBLISH → last PUBACK)",
+            c.queued, c.inflight
+        ),
+        queue(m),
+        queue(c),
+        ratio(Some(c.queue_rate_per_s), Some(m.queue_rate_per_s)),
+        "",
+        None,
+    );
+    let sample = |o: &OfflineResult| {
+        format!(
+            "{} of {} ({} duplicates, {} foreign; {}/{} session present)",
+            o.sample_received,
+            o.sample_expected,
+            o.duplicates,
+            o.foreign,
+            o.sessions_present,
+            o.sample
+        )
+    };
+    row(
+        &format!(
+            "offline: {} devices reconnect (clean session 0): commands received of queued",
+            c.sample
+        ),
+        sample(m),
+        sample(c),
+        String::new(),
+        "all, once",
+        Some(
+            c.shortfall == 0
+                && c.duplicates == 0
+                && c.foreign == 0
+                && c.sessions_present == c.sample,
+        ),
+    );
+    row(
+        "offline: reconnect → all of a device's commands, p50 / p99 / p99.9, ms",
+        pct_cell(m.drain.as_ref()),
+        pct_cell(c.drain.as_ref()),
+        ratio(
+            c.drain.as_ref().map(|l| l.p99_ms),
+            m.drain.as_ref().map(|l| l.p99_ms),
+        ),
+        "",
+        None,
+    );
 }
 
 /// Replaces the generated section of `doc` (between [`BEGIN_MARK`] and [`END_MARK`]) with
@@ -1109,6 +1518,160 @@ mod tests {
             missed, 2,
             "1.24× is under 1.5× and p99 25 ms is over 20 ms: {md}"
         );
+    }
+
+    fn report(broker: &str, results: Results) -> BenchReport {
+        BenchReport {
+            results,
+            ..connect(broker, 1.0, 1.0)
+        }
+    }
+
+    fn puback(durable: bool, rate: u64, delivered: f64, p99: f64) -> Results {
+        Results::Puback(PubackResult {
+            publishers: 8,
+            payload_bytes: 64,
+            inflight: 100,
+            rate,
+            persistent_subscriber: durable,
+            measure_s: 4.0,
+            sent: 1000,
+            acked: 1000,
+            received: 1000,
+            lost: 0,
+            duplicates: 0,
+            missing: 0,
+            offered_per_s: delivered,
+            acked_per_s: delivered,
+            delivered_per_s: delivered,
+            latency: lat(p99),
+            latency_curve: vec![],
+            rss_before_kib: None,
+            peak_rss_kib: None,
+            acked_series: vec![],
+            delivered_series: vec![],
+        })
+    }
+
+    #[test]
+    fn durable_rows_compare_unpaced_and_paced() {
+        let reports = vec![
+            report("mosquitto", puback(false, 0, 9_000.0, 15.0)),
+            report("mosquitto", puback(true, 0, 8_000.0, 20.0)),
+            report("certmq", puback(false, 0, 80_000.0, 30.0)),
+            report("certmq", puback(true, 0, 40_000.0, 25.0)),
+            report("mosquitto", puback(true, 32_000, 7_900.0, 900.0)),
+            report("certmq", puback(true, 32_000, 32_000.0, 6.5)),
+            report("mosquitto", puback(false, 32_000, 8_800.0, 800.0)),
+            report("certmq", puback(false, 32_000, 32_000.0, 2.5)),
+        ];
+        assert_eq!(reports[3].results.name(), "durable-w100");
+        assert_eq!(reports[5].results.name(), "durable-w100-r32000");
+        let md = markdown(&reports, &[], &Environment::default(), "x");
+        let line = |needle: &str| {
+            md.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no row {needle:?} in {md}"))
+                .to_owned()
+        };
+        let l = line("durable QoS 1 fan-in");
+        assert!(
+            l.contains("| 8,000 | 40,000 | 5.00× | ≥ mosquitto | met |"),
+            "{l}"
+        );
+        let l = line("clean-session application (nothing written");
+        assert!(l.contains("| 9,000 | 80,000 | 8.89× |"), "{l}");
+        let l = line("durable at 80 % of certmq's unpaced durable rate (32,000 msgs/s");
+        assert!(l.contains("| 7,900 | 32,000 |"), "{l}");
+        let l = line("durable at 80 %: end-to-end");
+        assert!(l.contains("1.00 / 6.50 / 13.0"), "{l}");
+        assert!(l.ends_with("| p99 < 10 ms | met |"), "{l}");
+        let l = line("durable at 80 %: lost");
+        assert!(l.contains("| 0 / 0 / 0 of 1000 |"), "{l}");
+        let l = line("clean-session application at the same rate");
+        assert!(l.contains("1.00 / 2.50 / 5.00"), "{l}");
+        // The durable runs stay out of the inflight table.
+        let inflight_rows = md.lines().filter(|l| l.starts_with("| 100 |")).count();
+        assert_eq!(inflight_rows, 1, "{md}");
+    }
+
+    fn offline(rss_after_kib: u64, shortfall: u64) -> Results {
+        Results::Offline(OfflineResult {
+            devices: 10_000,
+            messages_per_device: 100,
+            payload_bytes: 64,
+            inflight: 500,
+            sessions: 10_000,
+            session_failed: 0,
+            sessions_per_s: 1_000.0,
+            queued: 1_000_000,
+            queue_s: 20.0,
+            queue_rate_per_s: 50_000.0,
+            rss_start_kib: Some(10_240),
+            rss_before_kib: Some(20_480),
+            rss_after_kib: Some(rss_after_kib),
+            rss_per_session_kib: Some(1.024),
+            rss_per_message_bytes: Some((rss_after_kib - 20_480) as f64 * 1024.0 / 1e6),
+            sample: 100,
+            sample_connected: 100,
+            sessions_present: 100,
+            sample_expected: 10_000,
+            sample_received: 10_000 - shortfall,
+            complete: 100 - usize::from(shortfall > 0),
+            shortfall,
+            duplicates: 0,
+            foreign: 0,
+            drain: lat(4.0),
+            rss_series: vec![],
+        })
+    }
+
+    #[test]
+    fn offline_rows_and_headline() {
+        let reports = vec![
+            report("mosquitto", offline(20_480 + 195_313, 0)),
+            report("certmq", offline(20_480 + 390_625, 3)),
+        ];
+        let md = markdown(&reports, &[], &Environment::default(), "x");
+        let l = md
+            .lines()
+            .find(|l| l.contains("RSS per queued QoS 1 message"))
+            .expect("row");
+        assert!(l.contains("| 200 | 400 | 2.00× |"), "{l}");
+        let l = md
+            .lines()
+            .find(|l| l.contains("devices reconnect"))
+            .expect("row");
+        assert!(l.contains("9997 of 10000"), "{l}");
+        assert!(l.ends_with("| all, once | **missed** |"), "{l}");
+        let h = headline(&reports[1]);
+        assert!(
+            h.starts_with("certmq offline: 10000 sessions (0 failed)"),
+            "{h}"
+        );
+        assert!(h.contains("sample 99/100 complete"), "{h}");
+    }
+
+    #[test]
+    fn persistence_only_for_persistent_sessions() {
+        let dir = Path::new("/tmp/m");
+        assert_eq!(mosquitto_persistence(false, dir), "persistence false\n");
+        assert_eq!(
+            mosquitto_persistence(true, dir),
+            "persistence true\npersistence_location /tmp/m/\n"
+        );
+        let durable = PubackConfig {
+            persistent_subscriber: true,
+            ..Default::default()
+        };
+        assert!(wants_persistence(&Scenario::Puback(durable)));
+        assert!(!wants_persistence(&Scenario::Puback(
+            PubackConfig::default()
+        )));
+        assert!(wants_persistence(&Scenario::Offline(
+            OfflineConfig::default()
+        )));
+        assert!(ALL_SCENARIOS.contains(&"durable") && ALL_SCENARIOS.contains(&"offline"));
     }
 
     #[test]

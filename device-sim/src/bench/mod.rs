@@ -10,7 +10,8 @@
 //! | [`resume`](ResumeConfig) | reconnect storm with TLS session resumption, resumed vs full handshakes |
 //! | [`reload`](ReloadConfig) | certmq only: admin API change → first handshake that sees it |
 //! | [`flood`](FloodConfig) | QoS 1 publishers flooding one slow subscriber: in/out rates, loss, broker peak RSS |
-//! | [`puback`](PubackConfig) | fan-in with PUBACK-driven publishers (`inflight` each, optionally paced): offered/acknowledged/delivered rates, latency |
+//! | [`puback`](PubackConfig) | fan-in with PUBACK-driven publishers (`inflight` each, optionally paced): offered/acknowledged/delivered rates, latency; with `persistent_subscriber`, the application has a persistent session (`durable`) |
+//! | [`offline`](OfflineConfig) | N offline persistent sessions with M queued QoS 1 messages each: broker RSS per session and per message, a sample reconnects and counts |
 //!
 //! Clients are the hand-written minimal MQTT 3.1.1 client of this module over
 //! tokio-rustls (see `mqtt.rs` for why not rumqttc), with `TCP_NODELAY`, the SNI name
@@ -28,6 +29,7 @@ mod idle;
 mod latency;
 mod mqtt;
 mod net;
+mod offline;
 mod overload;
 mod plot;
 mod proc;
@@ -50,19 +52,20 @@ pub use connect::ConnectConfig;
 pub use idle::IdleConfig;
 pub use latency::{Latency, LatencySummary};
 pub use net::SourceAddrs;
+pub use offline::OfflineConfig;
 pub use overload::{OverloadCurve, OverloadPoint};
 pub use plot::{render_svg, Plot};
 pub use proc::{cpu_seconds, peak_rss_kib, rss_kib};
 pub use reload::ReloadConfig;
 pub use report::{
-    BenchReport, ConnectResult, FloodResult, IdleResult, PubackResult, ReloadResult, ReloadStat,
-    Results, ResumeResult, ThroughputResult,
+    BenchReport, ConnectResult, FloodResult, IdleResult, OfflineResult, PubackResult, ReloadResult,
+    ReloadStat, Results, ResumeResult, ThroughputResult,
 };
 pub use resume::ResumeConfig;
 pub use throughput::{FloodConfig, PubackConfig, ThroughputConfig, EVENT_TOPIC};
 
 use crate::certs::{ClientCertOptions, TestCa};
-use crate::fleet::APP_EVENT_FILTER;
+use crate::fleet::{APP_EVENT_FILTER, DEVICE_COMMAND_FILTER};
 use report::ErrorLog;
 
 /// How long one connection may take from TCP connect to CONNACK.
@@ -93,8 +96,12 @@ pub struct BenchTarget {
     /// Filter the application subscribes to: certmq's `iot-2/type/+/id/+/evt/+/fmt/+`,
     /// or e.g. `iot-2/#` on a broker without Watson topic rewriting.
     pub app_filter: String,
-    /// The broker's process id, for RSS figures (`idle`, `flood`).
+    /// The broker's process id, for RSS figures (`idle`, `flood`, `offline`).
     pub broker_pid: Option<u32>,
+    /// The broker rewrites topics the Watson way (certmq): a device subscribes to its
+    /// commands as `iot-2/cmd/+/fmt/+`. false (e.g. mosquitto): it subscribes to the
+    /// application's topic itself, `iot-2/type/<t>/id/<d>/cmd/+/fmt/+`.
+    pub watson_topics: bool,
 }
 
 impl BenchTarget {
@@ -111,6 +118,27 @@ impl BenchTarget {
             verify_server: false,
             app_filter: APP_EVENT_FILTER.to_owned(),
             broker_pid: None,
+            watson_topics: true,
+        }
+    }
+
+    /// The topic an application publishes command `command` (format `bin`) to device
+    /// `device_id` on: `iot-2/type/<t>/id/<d>/cmd/<command>/fmt/bin`, on every broker.
+    pub fn command_topic(&self, device_id: &str, command: &str) -> String {
+        format!(
+            "iot-2/type/{}/id/{device_id}/cmd/{command}/fmt/bin",
+            self.device_type
+        )
+    }
+
+    /// The filter device `device_id` subscribes to for its commands: certmq's
+    /// `iot-2/cmd/+/fmt/+`, or the application's topic with wildcards on a broker
+    /// without Watson topic rewriting.
+    pub fn device_command_filter(&self, device_id: &str) -> String {
+        if self.watson_topics {
+            DEVICE_COMMAND_FILTER.to_owned()
+        } else {
+            format!("iot-2/type/{}/id/{device_id}/cmd/+/fmt/+", self.device_type)
         }
     }
 
@@ -143,10 +171,13 @@ impl BenchTarget {
     }
 }
 
-/// A simulated client: its MQTT client id and its TLS configuration (certificate).
+/// A simulated client: its MQTT client id, its TLS configuration (certificate), and
+/// whether it connects with a clean session (the default) or a persistent one.
 pub(crate) struct SimClient {
     pub(crate) client_id: String,
     pub(crate) tls: Arc<ClientConfig>,
+    /// CONNECT with clean session 1; false: clean session 0, a persistent session.
+    pub(crate) clean_session: bool,
 }
 
 impl SimClient {
@@ -169,6 +200,7 @@ impl SimClient {
             self.tls.clone(),
             &self.client_id,
             KEEP_ALIVE_SECS,
+            self.clean_session,
             timeout,
         )
         .await
@@ -214,6 +246,7 @@ pub(crate) fn mint_devices(
                     target.verify_server,
                     resumption,
                 )?,
+                clean_session: true,
             })
         })
         .collect()
@@ -225,6 +258,7 @@ pub(crate) fn mint_app(target: &BenchTarget, ca: &TestCa, app_id: &str) -> Resul
     Ok(SimClient {
         client_id: format!("a:{}:{app_id}", target.org),
         tls: net::client_config(&cert, &target.server_ca_pem, target.verify_server, false)?,
+        clean_session: true,
     })
 }
 
@@ -239,6 +273,7 @@ pub enum Scenario {
     Flood(FloodConfig),
     /// `throughput --driver puback`.
     Puback(PubackConfig),
+    Offline(OfflineConfig),
 }
 
 impl Scenario {
@@ -252,6 +287,7 @@ impl Scenario {
             Scenario::Reload(c) => c.validate(),
             Scenario::Flood(c) => c.validate(),
             Scenario::Puback(c) => c.validate(),
+            Scenario::Offline(c) => c.validate(),
         }
     }
 
@@ -267,6 +303,7 @@ impl Scenario {
             Scenario::Reload(c) => json(c),
             Scenario::Flood(c) => json(c),
             Scenario::Puback(c) => json(c),
+            Scenario::Offline(c) => json(c),
         }
     }
 }
@@ -299,6 +336,7 @@ pub async fn run(target: &BenchTarget, ca: &TestCa, scenario: &Scenario) -> Resu
         Scenario::Puback(c) => {
             Results::Puback(throughput::run_puback(target, ca, c, &mut errors).await?)
         }
+        Scenario::Offline(c) => Results::Offline(offline::run(target, ca, c, &mut errors).await?),
     };
     let (errors, error_count) = errors.into_parts();
     let used = |before: Option<f64>, pid: Option<u32>| Some(pid.and_then(cpu_seconds)? - before?);

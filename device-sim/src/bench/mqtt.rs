@@ -59,14 +59,16 @@ fn push_str(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(s);
 }
 
-/// CONNECT, protocol level 4 (3.1.1), clean session, no will, no credentials.
-pub(crate) fn connect(client_id: &str, keep_alive_secs: u16) -> Vec<u8> {
+/// CONNECT, protocol level 4 (3.1.1), no will, no credentials; clean session unless
+/// `clean_session` is false (a persistent session: the broker keeps its subscriptions
+/// and queues QoS 1/2 messages while it is offline).
+pub(crate) fn connect(client_id: &str, keep_alive_secs: u16, clean_session: bool) -> Vec<u8> {
     let mut buf = Vec::with_capacity(16 + client_id.len());
     buf.push(0x10);
     push_len(&mut buf, 10 + 2 + client_id.len());
     push_str(&mut buf, b"MQTT");
     buf.push(4); // protocol level
-    buf.push(0x02); // clean session
+    buf.push(if clean_session { 0x02 } else { 0x00 }); // connect flags
     buf.extend_from_slice(&keep_alive_secs.to_be_bytes());
     push_str(&mut buf, client_id.as_bytes());
     buf
@@ -187,12 +189,15 @@ mod tests {
 
     #[test]
     fn connect_bytes() {
-        let c = connect("d:acme:sensor:dev1", 60);
+        let c = connect("d:acme:sensor:dev1", 60, true);
         assert_eq!(c[0], 0x10);
         assert_eq!(usize::from(c[1]), c.len() - 2);
         assert_eq!(&c[2..10], b"\x00\x04MQTT\x04\x02");
         assert_eq!(&c[10..12], &[0, 60]);
         assert_eq!(&c[14..], b"d:acme:sensor:dev1");
+        let p = connect("d:acme:sensor:dev1", 60, false);
+        assert_eq!(&p[2..10], b"\x00\x04MQTT\x04\x00", "clean session 0");
+        assert_eq!(&p[10..], &c[10..], "the rest is the same");
     }
 
     #[test]

@@ -218,25 +218,30 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 }
 
-/// Sends CONNECT (3.1.1, clean session) as `client_id` and waits for an accepting
-/// CONNACK.
+/// Sends CONNECT (3.1.1; clean session unless `clean_session` is false) as `client_id`
+/// and waits for an accepting CONNACK; returns its session-present flag.
 pub(crate) async fn mqtt_connect<S>(
     reader: &mut PacketReader<S>,
     client_id: &str,
     keep_alive_secs: u16,
-) -> Result<()>
+    clean_session: bool,
+) -> Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let io = reader.get_mut();
-    io.write_all(&mqtt::connect(client_id, keep_alive_secs))
+    io.write_all(&mqtt::connect(client_id, keep_alive_secs, clean_session))
         .await?;
     io.flush().await?;
     loop {
         while let Some(packet) = reader.next_packet()? {
-            if let Packet::ConnAck { code, .. } = packet {
+            if let Packet::ConnAck {
+                code,
+                session_present,
+            } = packet
+            {
                 if code == 0 {
-                    return Ok(());
+                    return Ok(session_present);
                 }
                 bail!("CONNACK refused with return code {code}");
             }
@@ -285,16 +290,19 @@ pub(crate) struct Opened {
     pub(crate) connack: Duration,
     /// Whether the TLS session was resumed.
     pub(crate) resumed: bool,
+    /// The CONNACK's session-present flag (an earlier persistent session was found).
+    pub(crate) session_present: bool,
 }
 
-/// Dials connection `index`, does the TLS handshake with `config` and the MQTT CONNECT,
-/// all within `timeout`.
+/// Dials connection `index`, does the TLS handshake with `config` and the MQTT CONNECT
+/// (clean session unless `clean_session` is false), all within `timeout`.
 pub(crate) async fn open(
     dialer: &Dialer,
     index: usize,
     config: Arc<ClientConfig>,
     client_id: &str,
     keep_alive_secs: u16,
+    clean_session: bool,
     timeout: Duration,
 ) -> Result<Opened> {
     let work = async {
@@ -304,12 +312,14 @@ pub(crate) async fn open(
         let handshake = started.elapsed();
         let mut reader = PacketReader::new(tls, 256);
         let sent = Instant::now();
-        mqtt_connect(&mut reader, client_id, keep_alive_secs).await?;
+        let session_present =
+            mqtt_connect(&mut reader, client_id, keep_alive_secs, clean_session).await?;
         Ok(Opened {
             reader,
             handshake,
             connack: sent.elapsed(),
             resumed,
+            session_present,
         })
     };
     tokio::time::timeout(timeout, work)

@@ -82,13 +82,14 @@ pub(super) fn rates(capacity_per_s: f64, percents: &[u32]) -> Vec<(u32, u64)> {
         .collect()
 }
 
-/// Unpaced PUBACK-driven results of `broker`, by inflight window.
+/// Unpaced PUBACK-driven results of `broker` with a clean-session application (the
+/// `durable` runs have their own rows), by inflight window.
 fn unpaced<'a>(reports: &'a [BenchReport], broker: &str) -> Vec<&'a PubackResult> {
     let mut v: Vec<&PubackResult> = reports
         .iter()
         .filter(|r| r.broker == broker)
         .filter_map(|r| match &r.results {
-            Results::Puback(p) if p.rate == 0 => Some(p),
+            Results::Puback(p) if p.rate == 0 && !p.persistent_subscriber => Some(p),
             _ => None,
         })
         .collect();
@@ -330,11 +331,13 @@ mod tests {
                 payload_bytes: 64,
                 inflight,
                 rate,
+                persistent_subscriber: false,
                 measure_s: 4.0,
                 sent: 100,
                 acked: 100,
                 received: 98,
                 lost: 2,
+                duplicates: 0,
                 missing: 2,
                 offered_per_s: delivered,
                 acked_per_s: delivered,

@@ -106,6 +106,7 @@ pub(crate) async fn run(
     let ca_device = SimClient {
         client_id: format!("d:{org}:{}:reload-ca", target.device_type),
         tls: net::client_config(&cert, &target.server_ca_pem, false, false)?,
+        clean_session: true,
     };
     let (mut off, mut on) = (Stat::default(), Stat::default());
     let admitted = |index: usize| {

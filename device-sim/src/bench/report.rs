@@ -46,6 +46,7 @@ pub enum Results {
     Reload(ReloadResult),
     Flood(FloodResult),
     Puback(PubackResult),
+    Offline(OfflineResult),
 }
 
 /// `connect`: full mTLS handshakes + CONNECT → CONNACK, then DISCONNECT.
@@ -198,6 +199,9 @@ pub struct PubackResult {
     pub inflight: usize,
     /// Configured total rate, msgs/s (0: unpaced, as fast as PUBACKs allow).
     pub rate: u64,
+    /// The application had a persistent session (clean session 0): `durable`.
+    #[serde(default)]
+    pub persistent_subscriber: bool,
     pub measure_s: f64,
     /// PUBLISHes written / acknowledged by the broker in the whole run.
     pub sent: u64,
@@ -206,6 +210,9 @@ pub struct PubackResult {
     pub received: u64,
     /// Sequence gaps in what the application got: acknowledged, then skipped.
     pub lost: u64,
+    /// Messages the application got more than once (QoS 1 redelivery).
+    #[serde(default)]
+    pub duplicates: u64,
     /// Acknowledged but not received when the drain ended (lost included).
     pub missing: u64,
     /// PUBLISHes written per second in the measurement window: what the publishers
@@ -226,13 +233,71 @@ pub struct PubackResult {
     pub delivered_series: Vec<(f64, f64)>,
 }
 
+/// `offline`: persistent sessions offline while QoS 1 messages are queued for them;
+/// broker memory, and what a sample of them gets on reconnecting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfflineResult {
+    pub devices: usize,
+    pub messages_per_device: usize,
+    pub payload_bytes: usize,
+    /// PUBLISHes the application had unacknowledged at most.
+    pub inflight: usize,
+    /// Persistent sessions created (CONNECT clean session 0, SUBACK, DISCONNECT).
+    pub sessions: usize,
+    pub session_failed: usize,
+    /// Sessions created per second.
+    pub sessions_per_s: f64,
+    /// Commands acknowledged by the broker (PUBACK): queued for an offline session.
+    pub queued: u64,
+    /// First PUBLISH → last PUBACK, seconds.
+    pub queue_s: f64,
+    /// Commands queued per second.
+    pub queue_rate_per_s: f64,
+    /// Broker RSS at the start, with the empty offline sessions, with every command
+    /// queued (each after the settle time).
+    pub rss_start_kib: Option<u64>,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    /// (before − start) / sessions, KiB.
+    pub rss_per_session_kib: Option<f64>,
+    /// (after − before) / queued, bytes.
+    pub rss_per_message_bytes: Option<f64>,
+    /// Devices that reconnected (clean session 0) to count their messages.
+    pub sample: usize,
+    pub sample_connected: usize,
+    /// Reconnects whose CONNACK had session present set.
+    pub sessions_present: usize,
+    /// messages_per_device × sample.
+    pub sample_expected: u64,
+    /// Distinct commands the sample received.
+    pub sample_received: u64,
+    /// Sampled devices that received every one of their commands.
+    pub complete: usize,
+    /// Commands the sample did not receive.
+    pub shortfall: u64,
+    /// Commands received more than once.
+    pub duplicates: u64,
+    /// Messages that were not one of the device's own commands.
+    pub foreign: u64,
+    /// Reconnect (TCP connect) → last of the device's commands, complete devices only.
+    pub drain: Option<LatencySummary>,
+    /// `(commands queued, broker RSS MiB)` while queueing.
+    pub rss_series: Vec<(f64, f64)>,
+}
+
 impl PubackResult {
-    /// `puback-w<inflight>`, or `puback-w<inflight>-r<rate>` when paced.
+    /// `puback-w<inflight>`, or `puback-w<inflight>-r<rate>` when paced; `durable-…`
+    /// instead of `puback-…` when the application had a persistent session.
     pub fn name(&self) -> String {
-        if self.rate == 0 {
-            format!("puback-w{}", self.inflight)
+        let kind = if self.persistent_subscriber {
+            "durable"
         } else {
-            format!("puback-w{}-r{}", self.inflight, self.rate)
+            "puback"
+        };
+        if self.rate == 0 {
+            format!("{kind}-w{}", self.inflight)
+        } else {
+            format!("{kind}-w{}-r{}", self.inflight, self.rate)
         }
     }
 }
@@ -248,6 +313,7 @@ impl Results {
             Results::Reload(_) => "reload".into(),
             Results::Flood(_) => "flood".into(),
             Results::Puback(p) => p.name(),
+            Results::Offline(_) => "offline".into(),
         }
     }
 }
@@ -300,6 +366,16 @@ impl BenchReport {
                 series: vec![(who.clone(), i.rss_series.clone())],
             }],
             Results::Resume(_) => Vec::new(),
+            Results::Offline(o) => vec![Plot {
+                name: "rss".into(),
+                title: format!(
+                    "{who}: broker RSS while queueing {} QoS 1 messages for {} offline sessions",
+                    o.messages_per_device, o.sessions
+                ),
+                x_label: "messages queued".into(),
+                y_label: "RSS, MiB".into(),
+                series: vec![(who.clone(), o.rss_series.clone())],
+            }],
             Results::Reload(r) => {
                 let series = |s: &ReloadStat| {
                     s.samples_ms

@@ -35,7 +35,7 @@ use crate::certs::TestCa;
 /// `iot-2/type/<t>/id/<d>/evt/bench/fmt/bin`).
 pub const EVENT_TOPIC: &str = "iot-2/evt/bench/fmt/bin";
 /// Publisher index (u32), sequence number (u64), send time in µs (u64).
-const HEADER: usize = 20;
+pub(super) const HEADER: usize = 20;
 /// PUBLISH packets a publisher writes in one go when its window allows.
 const BATCH: usize = 32;
 /// Rates are sampled this often.
@@ -106,6 +106,11 @@ pub struct PubackConfig {
     pub warmup_ms: u64,
     /// Measurement window, ms.
     pub measure_ms: u64,
+    /// The application connects with clean session 0 (`durable`): a persistent session,
+    /// so a broker that keeps sessions durable writes every message to disk before its
+    /// PUBACK.
+    #[serde(default)]
+    pub persistent_subscriber: bool,
 }
 
 impl Default for PubackConfig {
@@ -117,6 +122,7 @@ impl Default for PubackConfig {
             rate: 0,
             warmup_ms: 1_000,
             measure_ms: 4_000,
+            persistent_subscriber: false,
         }
     }
 }
@@ -237,7 +243,7 @@ fn check_common(publishers: usize, payload_bytes: usize) -> Result<()> {
 
 /// PUBACK-driven publishers number their PUBLISHes with 16-bit packet ids: the
 /// unacknowledged ones must stay distinct.
-fn check_inflight(inflight: usize) -> Result<()> {
+pub(super) fn check_inflight(inflight: usize) -> Result<()> {
     if !(1..=65_000).contains(&inflight) {
         bail!("inflight must be in 1..=65000");
     }
@@ -245,14 +251,14 @@ fn check_inflight(inflight: usize) -> Result<()> {
 }
 
 /// Writes the payload header; the rest of `payload` stays as it is.
-fn encode_header(payload: &mut [u8], publisher: u32, seq: u64, sent_us: u64) {
+pub(super) fn encode_header(payload: &mut [u8], publisher: u32, seq: u64, sent_us: u64) {
     payload[0..4].copy_from_slice(&publisher.to_le_bytes());
     payload[4..12].copy_from_slice(&seq.to_le_bytes());
     payload[12..20].copy_from_slice(&sent_us.to_le_bytes());
 }
 
 /// `(publisher, seq, sent_us)` of a payload written by [`encode_header`].
-fn decode_header(payload: &[u8]) -> Option<(u32, u64, u64)> {
+pub(super) fn decode_header(payload: &[u8]) -> Option<(u32, u64, u64)> {
     let publisher = u32::from_le_bytes(payload.get(0..4)?.try_into().ok()?);
     let seq = u64::from_le_bytes(payload.get(4..12)?.try_into().ok()?);
     let sent_us = u64::from_le_bytes(payload.get(12..20)?.try_into().ok()?);
@@ -566,8 +572,10 @@ async fn connect_clients(
     ca: &TestCa,
     publishers: usize,
     qos: u8,
+    persistent_app: bool,
 ) -> Result<Clients> {
-    let app = mint_app(target, ca, "bench-app")?;
+    let mut app = mint_app(target, ca, "bench-app")?;
+    app.clean_session = !persistent_app;
     let devices = mint_devices(target, ca, "pub", publishers, false)?;
     let dialer = target.dialer(SourceAddrs::kernel())?;
     let mut app_conn = app
@@ -627,6 +635,8 @@ struct RunSpec {
     subscriber_rate: Option<u64>,
     /// Longest wait for the application to catch up after the publishers stopped.
     drain: Duration,
+    /// The application has a persistent session (clean session 0).
+    persistent_app: bool,
 }
 
 /// What a [`RunSpec`] measured.
@@ -655,7 +665,8 @@ async fn run_publishers(
     spec: &RunSpec,
     errors: &mut ErrorLog,
 ) -> Result<RunOutcome> {
-    let clients = connect_clients(target, ca, spec.publishers, spec.qos).await?;
+    let clients =
+        connect_clients(target, ca, spec.publishers, spec.qos, spec.persistent_app).await?;
     let pid = target.broker_pid;
     let rss_before_kib = pid.and_then(rss_kib);
     let windows: Vec<Arc<Semaphore>> = (0..spec.publishers)
@@ -751,6 +762,7 @@ pub(crate) async fn run_fan_in(
         measure: Duration::from_millis(cfg.measure_ms),
         subscriber_rate: None,
         drain: Duration::from_secs(10),
+        persistent_app: false,
     };
     let run = run_publishers(target, ca, &spec, errors).await?;
     Ok(ThroughputResult {
@@ -787,6 +799,7 @@ pub(crate) async fn run_puback(
         measure: Duration::from_millis(cfg.measure_ms),
         subscriber_rate: None,
         drain: Duration::from_secs(10),
+        persistent_app: cfg.persistent_subscriber,
     };
     let run = run_publishers(target, ca, &spec, errors).await?;
     let seqs = &run.sub.seqs;
@@ -795,11 +808,13 @@ pub(crate) async fn run_puback(
         payload_bytes: cfg.payload_bytes,
         inflight: cfg.inflight,
         rate: cfg.rate,
+        persistent_subscriber: cfg.persistent_subscriber,
         measure_s: spec.measure.as_secs_f64(),
         sent: run.sent,
         acked: run.acked,
         received: seqs.received,
         lost: seqs.lost,
+        duplicates: seqs.duplicates,
         missing: run.acked.saturating_sub(seqs.received),
         offered_per_s: per_second(run.sent_measured, spec.measure),
         acked_per_s: per_second(run.acked_measured, spec.measure),
@@ -831,6 +846,7 @@ pub(crate) async fn run_flood(
         measure: Duration::from_millis(cfg.flood_ms),
         subscriber_rate: Some(cfg.subscriber_rate),
         drain: Duration::from_millis(cfg.drain_ms),
+        persistent_app: false,
     };
     let run = run_publishers(target, ca, &spec, errors).await?;
     let seqs = &run.sub.seqs;
