@@ -312,3 +312,86 @@ async fn the_org_limits_bound_its_queues_and_retained_messages() {
     );
     assert_eq!(h.broker.retained(&org.id).len(), 1);
 }
+
+#[tokio::test]
+async fn mqtt5_subscription_options_are_honoured() {
+    use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
+    let h = Harness::start().await;
+    let org = h.org("acme");
+    let mut dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;
+    dev.client
+        .publish("iot-2/evt/state/fmt/txt", QoS::AtLeastOnce, true, "on")
+        .await
+        .unwrap();
+    while !matches!(
+        tokio::time::timeout(WAIT, dev.rx.recv()).await,
+        Ok(Some(Packet::PubAck(_)))
+    ) {}
+
+    // An application: no-local on one filter, retain-as-published and "retained only
+    // on a new subscription" on another, "never" on a third.
+    let (app, mut el, _) = v5_connect(&org, "a:dash", "a:acme:dash", 0).await;
+    let events = "iot-2/type/+/id/+/evt/+/fmt/+";
+    let mut keep = Filter::new(events, Q5::AtLeastOnce);
+    keep.preserve_retain = true;
+    keep.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+    let mut mine = Filter::new("iot-2/type/sensor/id/s1/evt/+/fmt/+", Q5::AtLeastOnce);
+    mine.retain_forward_rule = RetainForwardRule::Never;
+    app.subscribe_many([keep.clone(), mine]).await.unwrap();
+    let mut retained = 0;
+    loop {
+        match v5_event(&mut el).await {
+            Ok(P5::Publish(p)) => {
+                assert!(p.retain, "a retained message for a new subscription");
+                retained += 1;
+            }
+            Ok(P5::SubAck(_)) => {}
+            Err(_) => break,
+            Ok(_) => {}
+        }
+        if retained > 1 {
+            panic!("the `never` filter got the retained message too");
+        }
+        if retained == 1 {
+            // Anything else would arrive within the same burst.
+            match tokio::time::timeout(Duration::from_millis(300), el.poll()).await {
+                Ok(Ok(rumqttc::v5::Event::Incoming(P5::Publish(_)))) => {
+                    panic!("a second retained copy")
+                }
+                _ => break,
+            }
+        }
+    }
+    assert_eq!(retained, 1);
+    // Subscribing again to a filter it holds: no retained message this time.
+    app.subscribe_many([keep]).await.unwrap();
+    loop {
+        match v5_event(&mut el).await {
+            Ok(P5::SubAck(_)) => break,
+            Ok(P5::Publish(_)) => panic!("retained message sent for a held filter"),
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        !matches!(
+            tokio::time::timeout(Duration::from_millis(300), el.poll()).await,
+            Ok(Ok(rumqttc::v5::Event::Incoming(P5::Publish(_))))
+        ),
+        "no retained message for a filter already held"
+    );
+    // A live retained publish keeps its retain flag under retain-as-published.
+    dev.client
+        .publish("iot-2/evt/state/fmt/txt", QoS::AtLeastOnce, true, "off")
+        .await
+        .unwrap();
+    let p = loop {
+        match v5_event(&mut el).await {
+            Ok(P5::Publish(p)) => break p,
+            Ok(_) => {}
+            Err(e) => panic!("no live message: {e}"),
+        }
+    };
+    assert_eq!(&p.payload[..], b"off");
+    assert!(p.retain, "retain as published");
+}

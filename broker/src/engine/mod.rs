@@ -15,7 +15,7 @@ pub mod packet {
         ConnAck, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter,
         LastWill, LastWillProperties, Login, Packet, PingResp, PubAck, PubAckReason, PubComp,
         PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS,
-        SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+        RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
     };
 
     /// A PUBLISH with the given QoS, packet id and DUP flag (rumqttd keeps those fields

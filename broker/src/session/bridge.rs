@@ -19,11 +19,12 @@ use crate::acl::Principal;
 use crate::engine::codec::{publish_meta, CodecError, Version};
 use crate::engine::packet::{
     DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, PubRel, PubRelReason, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PubRecReason, PubRel, PubRelReason, RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use crate::flow::Flow;
 use crate::sessions::{CloseReason, KillSwitch};
-use crate::state::{Acked, OrgMessages, SessionHandle, StateLimits, Ticket};
+use crate::state::{opts, Acked, OrgMessages, SendRetained, SessionHandle, StateLimits, Ticket};
 
 /// Most bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -334,6 +335,7 @@ impl Bridge {
                     let limits = StateLimits::from(self.quota.limits.get());
                     let routed = self.ctx.state.publish(
                         &self.org_state,
+                        self.session.client(),
                         &publish,
                         qos,
                         props.as_ref(),
@@ -377,7 +379,19 @@ impl Bridge {
                                 self.flow.subscribed(&internal);
                                 let qos = f.qos as u8;
                                 codes.push(granted_code(qos));
-                                granted.push((internal, qos));
+                                let mut sub = qos;
+                                if f.nolocal {
+                                    sub |= opts::NO_LOCAL;
+                                }
+                                if f.preserve_retain {
+                                    sub |= opts::RETAIN_AS_PUBLISHED;
+                                }
+                                let send = match f.retain_forward_rule {
+                                    RetainForwardRule::OnEverySubscribe => SendRetained::Always,
+                                    RetainForwardRule::OnNewSubscribe => SendRetained::IfNew,
+                                    RetainForwardRule::Never => SendRetained::Never,
+                                };
+                                granted.push((internal, sub, send));
                             }
                             Err(denied) => {
                                 debug!(cause = %denied, "subscription refused");

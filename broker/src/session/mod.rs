@@ -117,6 +117,7 @@ impl SessionCtx {
         );
         let ticket = self.state.publish(
             org,
+            "",
             &publish,
             message.qos,
             message.props.as_ref(),

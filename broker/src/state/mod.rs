@@ -38,6 +38,25 @@ use tree::FilterTree;
 use crate::engine::packet::{self, Publish, PublishProperties};
 use crate::lock;
 
+/// A subscription's options, in one byte (as stored with the session): the maximum
+/// QoS in the low two bits, then MQTT 5's flags.
+pub(crate) mod opts {
+    pub(crate) const QOS: u8 = 0b11;
+    /// Not delivered to the session that published it.
+    pub(crate) const NO_LOCAL: u8 = 0b100;
+    /// Delivered with the retain flag it was published with.
+    pub(crate) const RETAIN_AS_PUBLISHED: u8 = 0b1000;
+}
+
+/// Which retained messages a SUBSCRIBE gets (MQTT 5 retain handling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendRetained {
+    Always,
+    /// Only when the session did not hold the filter already.
+    IfNew,
+    Never,
+}
+
 /// The bounds on one org's message state (from the org's limits).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StateLimits {
@@ -348,9 +367,12 @@ impl MessageState {
     /// retained store when it is retained, the queues of matching persistent sessions.
     /// `extra` are writes to commit with it (a QoS 2 exchange's record). The ticket is
     /// durable once everything this publish must keep is on disk.
+    /// `from` is the publishing session's client id (`""` for the broker's own).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn publish(
         &self,
         org: &OrgMessages,
+        from: &str,
         publish: &Publish,
         qos: u8,
         props: Option<&PublishProperties>,
@@ -376,13 +398,13 @@ impl MessageState {
             retain(&mut g, &org.org, topic, &msg, limits, &mut ops)?;
         }
         if subscribed {
-            let targets = match_sessions(&mut g, topic);
+            let targets = match_sessions(&mut g, topic, from);
             let mut dropped = 0;
-            for (client, sub_qos) in targets {
+            for (client, sub) in targets {
                 let Some(s) = g.sessions.get_mut(&client) else {
                     continue;
                 };
-                let qos = qos.min(sub_qos);
+                let qos = qos.min(sub & opts::QOS);
                 if qos == 0 && s.online.is_none() {
                     continue; // QoS 0 is not kept for an offline session.
                 }
@@ -390,8 +412,9 @@ impl MessageState {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 // Delivered copies keep retain = 0 (MQTT 3.3.1.3): only a retained
-                // message sent because of a new subscription carries the flag.
-                let msg = if publish.retain {
+                // message sent because of a new subscription carries the flag — unless
+                // the subscription asked for it as published (MQTT 5).
+                let msg = if publish.retain && sub & opts::RETAIN_AS_PUBLISHED == 0 {
                     let mut m = (*msg).clone();
                     m.publish.retain = false;
                     Arc::new(m)
@@ -646,17 +669,20 @@ fn retain(
 /// The persistent sessions a publish on `topic` goes to, with their subscription QoS
 /// (the highest when several of a session's filters match; one member per shared
 /// group, an online one first).
-fn match_sessions(g: &mut OrgInner, topic: &str) -> Vec<(String, u8)> {
+fn match_sessions(g: &mut OrgInner, topic: &str, from: &str) -> Vec<(String, u8)> {
     let mut plain: HashMap<&str, u8> = HashMap::new();
     let mut groups: BTreeMap<&str, Vec<(&str, u8)>> = BTreeMap::new();
     g.tree.matches(topic, |e| match &e.group {
+        // No-local: not back to the session that published it.
+        None if e.opts & opts::NO_LOCAL != 0 && e.client == from => {}
         None => {
-            let q = plain.entry(&e.client).or_insert(0);
-            *q = (*q).max(e.qos);
+            let o = plain.entry(&e.client).or_insert(0);
+            let qos = (*o & opts::QOS).max(e.opts & opts::QOS);
+            *o = qos | ((*o | e.opts) & opts::RETAIN_AS_PUBLISHED);
         }
-        Some(group) => groups.entry(group).or_default().push((&e.client, e.qos)),
+        Some(group) => groups.entry(group).or_default().push((&e.client, e.opts)),
     });
-    let mut out: Vec<(String, u8)> = plain.into_iter().map(|(c, q)| (c.to_owned(), q)).collect();
+    let mut out: Vec<(String, u8)> = plain.into_iter().map(|(c, o)| (c.to_owned(), o)).collect();
     if !groups.is_empty() {
         g.round_robin = g.round_robin.wrapping_add(1);
         for members in groups.values() {
@@ -669,8 +695,8 @@ fn match_sessions(g: &mut OrgInner, topic: &str) -> Vec<(String, u8)> {
             } else {
                 online.get(g.round_robin % online.len()).copied()
             };
-            if let Some((c, q)) = pick {
-                out.push(((*c).to_owned(), *q));
+            if let Some((c, o)) = pick {
+                out.push(((*c).to_owned(), *o));
             }
         }
     }
@@ -754,6 +780,11 @@ pub(crate) enum Acked {
 }
 
 impl SessionHandle {
+    /// The session's client id.
+    pub(crate) fn client(&self) -> &str {
+        &self.client
+    }
+
     /// Woken when the session has something to deliver.
     pub(crate) fn notify(&self) -> &Notify {
         &self.notify
@@ -907,21 +938,30 @@ impl SessionHandle {
     /// Adds (or updates) subscriptions (internal filters) and queues the retained
     /// messages they match (not for shared ones). The ticket is durable once the
     /// subscriptions are.
-    pub(crate) fn subscribe(&self, filters: &[(String, u8)]) -> Ticket {
+    pub(crate) fn subscribe(&self, filters: &[(String, u8, SendRetained)]) -> Ticket {
         let mut g = lock(&self.org.inner);
         if self.org.deleted.load(Ordering::Relaxed) {
             return 0;
         }
         let now = record::now();
         let mut retained = Vec::new();
-        for (filter, qos) in filters {
-            g.tree.insert(filter, &self.client, *qos);
-            if tree::split_shared(filter).0.is_none() {
+        for (filter, sub, send) in filters {
+            let held = g
+                .sessions
+                .get(&self.client)
+                .is_some_and(|s| s.record.subs.iter().any(|(f, _)| f == filter));
+            g.tree.insert(filter, &self.client, *sub);
+            let send = match send {
+                SendRetained::Always => true,
+                SendRetained::IfNew => !held,
+                SendRetained::Never => false,
+            };
+            if send && tree::split_shared(filter).0.is_none() {
                 retained.extend(
                     g.retained
                         .iter()
                         .filter(|(t, m)| !m.expired(now) && filter_matches(filter, t))
-                        .map(|(_, m)| (m.clone(), *qos)),
+                        .map(|(_, m)| (m.clone(), *sub & opts::QOS)),
                 );
             }
         }
@@ -932,10 +972,10 @@ impl SessionHandle {
         let Some(s) = sessions.get_mut(&self.client) else {
             return 0;
         };
-        for (filter, qos) in filters {
+        for (filter, sub, _) in filters {
             match s.record.subs.iter_mut().find(|(f, _)| f == filter) {
-                Some(sub) => sub.1 = *qos,
-                None => s.record.subs.push((filter.clone(), *qos)),
+                Some(held) => held.1 = *sub,
+                None => s.record.subs.push((filter.clone(), *sub)),
             }
         }
         for (m, sub_qos) in retained {
@@ -1030,5 +1070,47 @@ impl SessionHandle {
         if !ops.is_empty() {
             self.state.committer.submit(ops);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_honours_no_local_and_takes_the_highest_qos() {
+        let mut g = OrgInner::default();
+        g.tree.insert("a/+", "echo", 1 | opts::NO_LOCAL);
+        g.tree.insert("a/b", "other", 0);
+        g.tree.insert("a/#", "other", 2 | opts::RETAIN_AS_PUBLISHED);
+        let mut got = match_sessions(&mut g, "a/b", "echo");
+        got.sort();
+        assert_eq!(got, [("other".to_string(), 2 | opts::RETAIN_AS_PUBLISHED)]);
+        let mut got = match_sessions(&mut g, "a/b", "someone");
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("echo".to_string(), 1),
+                ("other".to_string(), 2 | opts::RETAIN_AS_PUBLISHED)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shared_group_gets_each_message_once() {
+        let mut g = OrgInner::default();
+        for member in ["w1", "w2", "w3"] {
+            g.tree.insert("$share/workers/jobs/+", member, 1);
+        }
+        let picks: Vec<String> = (0..6)
+            .map(|_| {
+                let got = match_sessions(&mut g, "jobs/1", "");
+                assert_eq!(got.len(), 1, "one member per message");
+                got[0].0.clone()
+            })
+            .collect();
+        let distinct: std::collections::HashSet<&String> = picks.iter().collect();
+        assert_eq!(distinct.len(), 3, "in turn: {picks:?}");
     }
 }

@@ -110,7 +110,7 @@ impl Message {
 /// A persistent session's record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct SessionRecord {
-    /// Filters (internal form) and their QoS.
+    /// Filters (internal form) and their options (QoS and flags, `state::opts`).
     pub subs: Vec<(String, u8)>,
     /// Seconds the session outlives its connection; `None`: never expires.
     pub expiry: Option<u32>,

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 pub(crate) struct Entry {
     /// The subscriber (a persistent session's client id).
     pub client: String,
-    /// The subscription's maximum QoS.
-    pub qos: u8,
+    /// The subscription's options: maximum QoS and flags (see `state::opts`).
+    pub opts: u8,
     /// The shared-subscription group (`$share/<group>/…`), if any.
     pub group: Option<String>,
 }
@@ -61,11 +61,11 @@ impl FilterTree {
 
     /// Adds (or replaces) `client`'s subscription with `filter`
     /// (`$share/<group>/<filter>` for a shared one).
-    pub(crate) fn insert(&mut self, filter: &str, client: &str, qos: u8) {
+    pub(crate) fn insert(&mut self, filter: &str, client: &str, opts: u8) {
         let (group, path) = split_shared(filter);
         let entry = Entry {
             client: client.to_owned(),
-            qos,
+            opts,
             group: group.map(str::to_owned),
         };
         let mut node = &mut self.root;
@@ -74,7 +74,7 @@ impl FilterTree {
             if level == "#" && levels.peek().is_none() {
                 let list = &mut node.hash;
                 if let Some(e) = list.iter_mut().find(|e| same(e, &entry)) {
-                    e.qos = qos;
+                    e.opts = opts;
                 } else {
                     list.push(entry);
                     self.len += 1;
@@ -88,7 +88,7 @@ impl FilterTree {
             };
         }
         if let Some(e) = node.here.iter_mut().find(|e| same(e, &entry)) {
-            e.qos = qos;
+            e.opts = opts;
         } else {
             node.here.push(entry);
             self.len += 1;
@@ -213,7 +213,7 @@ mod tests {
         t.insert("a/+/c", "x", 1);
         assert_eq!(t.len(), 1, "a second subscribe replaces");
         let mut qos = 9;
-        t.matches("a/b/c", |e| qos = e.qos);
+        t.matches("a/b/c", |e| qos = e.opts);
         assert_eq!(qos, 1);
         assert!(!t.remove("a/+/c", "y"));
         assert!(t.remove("a/+/c", "x"));
