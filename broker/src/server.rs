@@ -148,6 +148,11 @@ impl Broker {
         self.ctx.state.remove_retained(org, &internal)
     }
 
+    /// Persistent sessions held, and messages queued for sessions, over all orgs.
+    pub fn state_counts(&self) -> (usize, usize) {
+        self.ctx.state.counts()
+    }
+
     /// Waits (at most `limit`) for message state written so far to reach the disk.
     pub fn sync_state(&self, limit: Duration) {
         self.ctx.state.sync(limit)

@@ -395,3 +395,55 @@ async fn mqtt5_subscription_options_are_honoured() {
     assert_eq!(&p.payload[..], b"off");
     assert!(p.retain, "retain as published");
 }
+
+#[tokio::test]
+async fn unreadable_records_are_skipped_and_the_rest_loads() {
+    use registry::store::{Op, Store};
+    let h = Harness::start().await;
+    let org = h.org("acme");
+    let mut door = persistent(&org, "d:lock:door1", "d:acme:lock:door1").await;
+    door.subscribe("iot-2/cmd/+/fmt/+").await;
+    door.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut app = clean(&org, "a:ops", "a:acme:ops").await;
+    publish_acked(&mut app, CMD, (0..3).map(|i| i.to_string().into_bytes())).await;
+    let mut dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;
+    dev.client
+        .publish("iot-2/evt/state/fmt/txt", QoS::AtLeastOnce, true, "on")
+        .await
+        .unwrap();
+    while !matches!(
+        tokio::time::timeout(WAIT, dev.rx.recv()).await,
+        Ok(Some(Packet::PubAck(_)))
+    ) {}
+    h.broker.sync_state(Duration::from_secs(5));
+
+    // Damage: a truncated queued message, a retained record of garbage, a session
+    // record that is not JSON, and a key of no known kind.
+    let queued = h.store.scan("msg/acme/q/").unwrap();
+    assert_eq!(queued.len(), 3, "three commands queued on disk");
+    let (first_key, first) = &queued[0];
+    h.store
+        .apply(vec![
+            Op::Put(first_key.clone(), first[..first.len() / 2].to_vec()),
+            Op::Put("msg/acme/r//tenants/acme/x".into(), b"garbage".to_vec()),
+            Op::Put("msg/acme/s/d:acme:lock:ghost".into(), b"{not json".to_vec()),
+            Op::Put("msg/acme/zz/what".into(), b"?".to_vec()),
+        ])
+        .unwrap();
+
+    // A broker started over this store loads everything else.
+    let restarted = certmq_broker::Broker::new(h.registry.clone(), Default::default())
+        .expect("starts despite damaged records");
+    let retained = restarted.retained(&org.id);
+    assert_eq!(retained.len(), 1, "the good retained message: {retained:?}");
+    assert_eq!(
+        retained[0].topic,
+        "iot-2/type/sensor/id/s1/evt/state/fmt/txt"
+    );
+    assert_eq!(
+        restarted.state_counts(),
+        (1, 2),
+        "one persistent session (not the ghost), its two intact commands"
+    );
+}
