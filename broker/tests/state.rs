@@ -29,6 +29,14 @@ async fn clean(org: &TestOrg, identity: &str, client_id: &str) -> Client {
         .expect("connect")
 }
 
+/// The door subscribes to its commands with a persistent session, then goes offline.
+async fn door_offline(org: &TestOrg) {
+    let mut door = persistent(org, "d:lock:door1", "d:acme:lock:door1").await;
+    door.subscribe("iot-2/cmd/+/fmt/+").await;
+    door.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 /// Publishes QoS 1 messages and waits for every PUBACK.
 async fn publish_acked(c: &mut Client, topic: &str, payloads: impl Iterator<Item = Vec<u8>>) {
     let mut n = 0;
@@ -124,10 +132,7 @@ async fn an_mqtt5_session_lives_for_its_expiry_interval_and_no_longer() {
 async fn a_full_queue_drops_its_oldest_messages_and_counts_them() {
     let h = Harness::start().await;
     let org = h.org("acme");
-    let mut door = persistent(&org, "d:lock:door1", "d:acme:lock:door1").await;
-    door.subscribe("iot-2/cmd/+/fmt/+").await;
-    door.client.disconnect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    door_offline(&org).await;
 
     let mut app = clean(&org, "a:ops", "a:acme:ops").await;
     publish_acked(&mut app, CMD, (0..1005).map(|i| i.to_string().into_bytes())).await;
@@ -284,10 +289,7 @@ async fn the_org_limits_bound_its_queues_and_retained_messages() {
     h.registry
         .set_org_limits(&org.id, limits, true)
         .expect("limits");
-    let mut door = persistent(&org, "d:lock:door1", "d:acme:lock:door1").await;
-    door.subscribe("iot-2/cmd/+/fmt/+").await;
-    door.client.disconnect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    door_offline(&org).await;
     let mut app = clean(&org, "a:ops", "a:acme:ops").await;
     publish_acked(&mut app, CMD, (0..10).map(|i| i.to_string().into_bytes())).await;
     let mut door = persistent(&org, "d:lock:door1", "d:acme:lock:door1").await;
@@ -401,10 +403,7 @@ async fn unreadable_records_are_skipped_and_the_rest_loads() {
     use registry::store::{Op, Store};
     let h = Harness::start().await;
     let org = h.org("acme");
-    let mut door = persistent(&org, "d:lock:door1", "d:acme:lock:door1").await;
-    door.subscribe("iot-2/cmd/+/fmt/+").await;
-    door.client.disconnect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    door_offline(&org).await;
     let mut app = clean(&org, "a:ops", "a:acme:ops").await;
     publish_acked(&mut app, CMD, (0..3).map(|i| i.to_string().into_bytes())).await;
     let mut dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;

@@ -993,15 +993,19 @@ impl SessionHandle {
         if !s.queue.is_empty() {
             self.notify.notify_one();
         }
-        if s.ephemeral {
-            return 0;
-        }
-        let op = Op::Put(
-            record::session(&self.org.org, &self.client),
-            serde_json::to_vec(&s.record).unwrap_or_default(),
-        );
+        let op = self.save(s);
         drop(g);
-        self.state.committer.submit(vec![op])
+        op.map_or(0, |op| self.state.committer.submit(vec![op]))
+    }
+
+    /// The write that stores the session's record (none for an ephemeral session).
+    fn save(&self, s: &Session) -> Option<Op> {
+        (!s.ephemeral).then(|| {
+            Op::Put(
+                record::session(&self.org.org, &self.client),
+                serde_json::to_vec(&s.record).unwrap_or_default(),
+            )
+        })
     }
 
     /// Removes subscriptions (internal filters).
@@ -1020,15 +1024,9 @@ impl SessionHandle {
             return 0;
         };
         s.record.subs.retain(|(f, _)| !filters.contains(f));
-        if s.ephemeral {
-            return 0;
-        }
-        let op = Op::Put(
-            record::session(&self.org.org, &self.client),
-            serde_json::to_vec(&s.record).unwrap_or_default(),
-        );
+        let op = self.save(s);
         drop(g);
-        self.state.committer.submit(vec![op])
+        op.map_or(0, |op| self.state.committer.submit(vec![op]))
     }
 
     /// The connection ended. A session that outlives it keeps its queue (deliveries
