@@ -333,7 +333,23 @@ impl Broker {
         session::run(tcp, peer, self.ctx.clone()).await;
     }
 
+    /// Serves one TLS connection: the handshake (boxed: its state is large and is
+    /// freed once it is done, so a long-lived session does not carry it), then the
+    /// session.
     async fn connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {
+        if let Some((stream, peer)) = Box::pin(self.handshake(tcp, addr, pending)).await {
+            session::run(stream, peer, self.ctx.clone()).await;
+        }
+    }
+
+    /// The TLS handshake and the checks after it; the stream and what it established
+    /// about the peer, or `None` when the connection ended there.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        pending: Pending,
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
         let deadline = Instant::now() + self.config.handshake_timeout;
         let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or_default();
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
@@ -342,12 +358,12 @@ impl Broker {
             Ok(Err(e)) => {
                 debug!(cause = %e, "not a TLS ClientHello");
                 crate::metrics::handshake(None, "not_tls");
-                return;
+                return None;
             }
             Err(_) => {
                 debug!("no ClientHello before the handshake timeout");
                 crate::metrics::handshake(None, "timeout");
-                return;
+                return None;
             }
         };
         let sni = start.client_hello().server_name().map(str::to_owned);
@@ -359,7 +375,7 @@ impl Broker {
                 crate::metrics::handshake(org.as_ref().map(|o| o.as_str()), "internal_error");
                 let mut io = start.io;
                 let _ = io.write_all(&ALERT_INTERNAL_ERROR).await;
-                return;
+                return None;
             }
             _ => {
                 debug!(sni = ?sni, "no org for this server name");
@@ -367,7 +383,7 @@ impl Broker {
                 let mut io = start.io;
                 let _ = io.write_all(&ALERT_UNRECOGNIZED_NAME).await;
                 let _ = io.shutdown().await;
-                return;
+                return None;
             }
         };
         tracing::Span::current().record("org", org_tls.org.as_str());
@@ -382,12 +398,12 @@ impl Broker {
                 info!(cause = %e, "TLS handshake failed");
                 let reason = crate::metrics::handshake_reason(&e);
                 crate::metrics::handshake(Some(org_tls.org.as_str()), reason);
-                return;
+                return None;
             }
             Err(_) => {
                 debug!("TLS handshake timed out");
                 crate::metrics::handshake(Some(org_tls.org.as_str()), "timeout");
-                return;
+                return None;
             }
         };
         let (_, conn) = stream.get_ref();
@@ -402,7 +418,7 @@ impl Broker {
             .is_some_and(|c| c.not_after < time::OffsetDateTime::now_utc())
         {
             crate::metrics::handshake(Some(org_tls.org.as_str()), "certificate_expired");
-            return;
+            return None;
         }
         crate::metrics::handshake(Some(org_tls.org.as_str()), "ok");
         let peer = Peer {
@@ -413,6 +429,6 @@ impl Broker {
             local_port,
             pending: Some(pending),
         };
-        session::run(stream, peer, self.ctx.clone()).await;
+        Some((stream, peer))
     }
 }

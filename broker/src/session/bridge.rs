@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{SessionCtx, SessionError, SessionLimits};
+use super::{SessionCtx, SessionError, SessionLimits, WaitReadable};
 use crate::acl::Principal;
 use crate::engine::codec::{publish_meta, CodecError, Version};
 use crate::engine::packet::{
@@ -72,7 +72,7 @@ pub(super) struct Bridge {
 }
 
 impl Bridge {
-    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    pub(super) async fn run<S: AsyncRead + AsyncWrite + WaitReadable + Unpin>(
         &mut self,
         stream: &mut S,
         rbuf: &mut BytesMut,
@@ -96,20 +96,22 @@ impl Bridge {
         let ka_limit = (!keep_alive.is_zero()).then(|| keep_alive + keep_alive / 2);
         let mut last_rx = Instant::now();
         // Packets may already be buffered behind the CONNECT.
-        if let Some(end) = self.inbound(rbuf, stream).await? {
+        if let Some(end) = Box::pin(self.inbound(rbuf, stream)).await? {
             return Ok(end);
         }
-        self.flush_timed(stream).await?;
+        Box::pin(self.flush_timed(stream)).await?;
         loop {
-            // Read straight into the packet buffer (no per-session scratch: idle sessions
-            // stay small), into the space left in its current allocation. Decoded
-            // payloads are slices of that allocation and queues keep them, so asking
-            // for a full chunk of free space on every read would start a new
-            // allocation per read: a client sending one small message per read then
-            // pinned a whole chunk per message (RSS grew to ~1 GB at 20k msgs/s).
+            // Read straight into the packet buffer (no per-session scratch), into the
+            // space left in its current allocation. Decoded payloads are slices of
+            // that allocation and queues keep them, so asking for a full chunk of free
+            // space on every read would start a new allocation per read: a client
+            // sending one small message per read then pinned a whole chunk per message
+            // (RSS grew to ~1 GB at 20k msgs/s). With nothing left to decode the
+            // buffer is let go, and the next one is taken only when bytes arrive: an
+            // idle session holds no read buffer.
             let slice = READ_CHUNK;
-            if rbuf.capacity() - rbuf.len() < MIN_READ {
-                rbuf.reserve(slice);
+            if rbuf.is_empty() && rbuf.capacity() > 0 {
+                *rbuf = BytesMut::new();
             }
             // A subscriber over its window that acknowledges nothing holds its org's
             // publishers: after the write timeout it is closed as a slow consumer.
@@ -118,6 +120,8 @@ impl Bridge {
                 .over()
                 .then(|| self.last_ack + self.limits.write_timeout);
             let ka_deadline = ka_limit.map(|l| last_rx + l);
+            // The arms' work is boxed: its futures are large and live only while it
+            // runs, and everything inline here is carried by every idle session.
             tokio::select! {
                 reason = switch.closed() => {
                     if let Some(p) = self.version.disconnect(reason.code(), reason.text()) {
@@ -129,6 +133,12 @@ impl Bridge {
                 // A PUBLISH waiting for credit (a subscriber of the org is behind, see
                 // flow.rs) leaves the socket unread behind it.
                 n = async {
+                    if rbuf.capacity() == 0 {
+                        stream.readable().await;
+                    }
+                    if rbuf.capacity() - rbuf.len() < MIN_READ {
+                        rbuf.reserve(slice);
+                    }
                     let mut limited = bytes::BufMut::limit(&mut *rbuf, slice);
                     stream.read_buf(&mut limited).await
                 }, if !self.held_read => {
@@ -137,18 +147,18 @@ impl Bridge {
                         return Err(SessionError::Eof);
                     }
                     last_rx = Instant::now();
-                    if let Some(end) = self.inbound(rbuf, stream).await? {
+                    if let Some(end) = Box::pin(self.inbound(rbuf, stream)).await? {
                         return Ok(end);
                     }
-                    self.flush_timed(stream).await?;
+                    Box::pin(self.flush_timed(stream)).await?;
                 }
                 // The org's window is spent: woken by the delivery that frees it.
                 _ = self.flow.wait(), if self.held_read => {
                     self.held_read = false;
-                    if let Some(end) = self.inbound(rbuf, stream).await? {
+                    if let Some(end) = Box::pin(self.inbound(rbuf, stream)).await? {
                         return Ok(end);
                     }
-                    self.flush_timed(stream).await?;
+                    Box::pin(self.flush_timed(stream)).await?;
                 }
                 _ = sleep_until_opt(stuck_deadline) => return Err(SessionError::SlowConsumer),
                 // Acknowledgements waiting for their messages to reach the disk.
@@ -157,12 +167,12 @@ impl Bridge {
                         return Err(SessionError::Link("the message-state writer stopped".into()));
                     }
                     self.release_held()?;
-                    self.flush_timed(stream).await?;
+                    Box::pin(self.flush_timed(stream)).await?;
                 }
                 // The session's queue has deliveries.
                 _ = self.session.notify().notified() => {
                     self.pull()?;
-                    self.flush_timed(stream).await?;
+                    Box::pin(self.flush_timed(stream)).await?;
                 }
                 _ = sleep_until_opt(ka_deadline) => return Err(SessionError::KeepAlive),
             }
