@@ -76,11 +76,10 @@ impl Bridge {
         &mut self,
         stream: &mut S,
         rbuf: &mut BytesMut,
-        connack: Packet,
         keep_alive: Duration,
         switch: &KillSwitch,
     ) -> Result<Ending, SessionError> {
-        self.version.write(connack, &mut self.wbuf)?;
+        // The CONNACK is already in the write buffer.
         self.inbound_qos2 = self.session.inbound_qos2();
         // PUBRELs owed from before the reconnect, then the queue.
         for pkid in self.session.pending_releases() {

@@ -252,17 +252,92 @@ fn admit(
 }
 
 /// Runs a session to its end. Never panics on client input; every exit path releases
-/// the engine link and the session registry entry.
-pub(crate) async fn run<S>(mut stream: S, mut peer: Peer, ctx: Arc<SessionCtx>)
+/// the session's message state and its registry entry.
+pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: Arc<SessionCtx>)
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send,
 {
     let mut rbuf = BytesMut::with_capacity(1024);
+    // The CONNECT and all that is decided from it, boxed: its locals (the decoded
+    // CONNECT, the session record) are gone once it returns instead of riding along
+    // in the task of every idle session.
+    let Some(opened) = Box::pin(open(&mut stream, &mut rbuf, peer, &ctx)).await else {
+        return;
+    };
+    let Opened {
+        mut bridge,
+        keep_alive,
+        switch,
+        will,
+        status,
+        client_id,
+        seq,
+    } = opened;
+    let result = bridge
+        .run(&mut stream, &mut rbuf, keep_alive, &switch)
+        .await;
+
+    let send_will = match &result {
+        Ok(Ending::Client { with_will }) => *with_will,
+        _ => true,
+    };
+    match &result {
+        Ok(Ending::Client { .. }) => info!("disconnected by client"),
+        Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
+        Err(e) => info!(cause = %e, "connection ended"),
+    }
+    let org = bridge.principal.org.clone();
+    if send_will {
+        if let Some(w) = will {
+            if let Err(refused) = ctx.publish_own(&bridge.org_state, &org, *w) {
+                crate::metrics::limit_refused(org.as_str(), refused.limit());
+                info!(
+                    limit = refused.limit(),
+                    "will not published: over the org's limit"
+                );
+            }
+        }
+    }
+    let (code, reason) = close_code(&result);
+    if let Some(event) = status.disconnect(code, &reason) {
+        let _ = ctx.publish_own(&bridge.org_state, &org, OwnMessage::event(event));
+    }
+    bridge.session.detach();
+    let _ = stream.shutdown().await;
+    ctx.sessions.remove(&client_id, seq);
+    switch.finish();
+}
+
+/// A session past its CONNECT: what its bridge and its teardown need.
+struct Opened {
+    /// With the CONNACK (and any PUBRELs owed) waiting in its write buffer.
+    bridge: Bridge,
+    keep_alive: Duration,
+    switch: Arc<KillSwitch>,
+    will: Option<Box<OwnMessage>>,
+    status: Box<StatusEvents>,
+    client_id: String,
+    /// The session's place in the session registry.
+    seq: u64,
+}
+
+/// Reads the CONNECT, admits it, registers the session (taking over an older one),
+/// attaches it to its message state and announces it. `None` when the connection
+/// ends here (refused, or no valid CONNECT in time); the refusal has been written.
+async fn open<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    mut peer: Peer,
+    ctx: &Arc<SessionCtx>,
+) -> Option<Opened>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let (version, packet) = match tokio::time::timeout(
         ctx.limits.connect_timeout,
         read_connect(
-            &mut stream,
-            &mut rbuf,
+            &mut *stream,
+            &mut *rbuf,
             ctx.limits.max_packet_size.min(MAX_CONNECT_BYTES),
         ),
     )
@@ -271,18 +346,18 @@ where
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             debug!(remote = %peer.remote_addr, cause = %e, "no valid CONNECT");
-            return;
+            return None;
         }
         Err(_) => {
             debug!(remote = %peer.remote_addr, cause = %SessionError::ConnectTimeout, "closing");
-            return;
+            return None;
         }
     };
     let Packet::Connect(connect, props, will, will_props, login) = packet else {
-        return;
+        return None;
     };
     let client_id = connect.client_id.clone();
-    let decision = admit(&ctx, &peer, &client_id, login.as_ref());
+    let decision = admit(ctx, &peer, &client_id, login.as_ref());
     peer.pending = None;
     let admitted = match decision {
         Ok(a) => a,
@@ -294,8 +369,8 @@ where
             };
             crate::metrics::refused(refusal.stage);
             info!(client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "CONNECT refused");
-            let _ = write_packets(&mut stream, version, [packet]).await;
-            return;
+            let _ = write_packets(&mut *stream, version, [packet]).await;
+            return None;
         }
     };
     let principal = admitted.principal;
@@ -308,8 +383,8 @@ where
         Ok(w) => w,
         Err(e) => {
             info!(%org, client_id, cause = %e, "refused: will topic not allowed");
-            let _ = write_packets(&mut stream, version, [version.not_authorized()]).await;
-            return;
+            let _ = write_packets(&mut *stream, version, [version.not_authorized()]).await;
+            return None;
         }
     };
 
@@ -344,8 +419,8 @@ where
                 crate::metrics::limit_refused(org.as_str(), crate::limits::MAX_CONNECTIONS);
                 info!(%org, client_id, max = over.max, "CONNECT refused: max_connections");
                 let _ =
-                    write_packets(&mut stream, version, [limits::over_connections(version)]).await;
-                return;
+                    write_packets(&mut *stream, version, [limits::over_connections(version)]).await;
+                return None;
             }
         };
     if let Some(prev) = previous {
@@ -406,39 +481,16 @@ where
     if let Some(event) = status.connect() {
         let _ = ctx.publish_own(&org_state, &org, OwnMessage::event(event));
     }
-    let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
-    let result = bridge
-        .run(&mut stream, &mut rbuf, connack, keep_alive, &switch)
-        .await;
-
-    let send_will = match &result {
-        Ok(Ending::Client { with_will }) => *with_will,
-        _ => true,
-    };
-    match &result {
-        Ok(Ending::Client { .. }) => info!("disconnected by client"),
-        Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
-        Err(e) => info!(cause = %e, "connection ended"),
-    }
-    if send_will {
-        if let Some(w) = will {
-            if let Err(refused) = ctx.publish_own(&org_state, &org, w) {
-                crate::metrics::limit_refused(org.as_str(), refused.limit());
-                info!(
-                    limit = refused.limit(),
-                    "will not published: over the org's limit"
-                );
-            }
-        }
-    }
-    let (code, reason) = close_code(&result);
-    if let Some(event) = status.disconnect(code, &reason) {
-        let _ = ctx.publish_own(&org_state, &org, OwnMessage::event(event));
-    }
-    bridge.session.detach();
-    let _ = stream.shutdown().await;
-    ctx.sessions.remove(&client_id, seq);
-    switch.finish();
+    bridge.version.write(connack, &mut bridge.wbuf).ok()?;
+    Some(Opened {
+        bridge,
+        keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+        switch,
+        will: will.map(Box::new),
+        status: Box::new(status),
+        client_id,
+        seq,
+    })
 }
 
 /// The status event's CloseCode (an MQTT v5 reason code) and reason text.
