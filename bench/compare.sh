@@ -4,7 +4,9 @@
 # (e.g. --scenarios connect,throughput --idle-connections 10000).
 # Scenarios: connect, throughput, idle, resume, flood, reload, inflight, durable, overload,
 # offline (all by default); `--scenarios inflight,overload --no-doc` measures PUBACK-driven publishers
-# and the delivered-vs-offered curve without touching the document.
+# and the delivered-vs-offered curve without touching the document;
+# `--scenarios throughput --orgs 8 --publishers 16 --no-pin --no-doc` adds QoS 1 fan-in over
+# 8 orgs (one application each) next to the single-org run.
 # Honours CARGO_TARGET_DIR (the build and the binaries run come from there).
 set -euo pipefail
 cd "$(dirname "$0")/.."

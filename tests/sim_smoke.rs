@@ -75,6 +75,7 @@ async fn every_scenario_runs_against_certmq() {
             window: 4,
             warmup_ms: 100,
             measure_ms: 500,
+            orgs: 1,
         };
         let r = run(&target, &org, Scenario::Throughput(cfg), out).await;
         let Results::Throughput(t) = r.results else {

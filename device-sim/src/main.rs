@@ -212,6 +212,15 @@ enum BenchCommand {
         /// certmq fsyncs each message before its PUBACK), the `durable` scenario.
         #[arg(long)]
         persistent_subscriber: bool,
+        /// e2e: split the publishers over this many orgs, one application each: --org,
+        /// then org2, …, orgN (each must exist on the broker and trust --ca-cert; the SNI
+        /// name is `<org>.<domain>`).
+        #[arg(long, default_value_t = 1)]
+        orgs: usize,
+        /// With --orgs above 1, on a broker without org namespaces (mosquitto): publish
+        /// under `<org>/iot-2/…` and subscribe each application to `<org>/<app-filter>`.
+        #[arg(long)]
+        prefix_org_topics: bool,
         #[arg(long, default_value_t = 1_000)]
         warmup_ms: u64,
         #[arg(long, default_value_t = 10_000)]
@@ -345,6 +354,10 @@ struct CompareArgs {
     window: usize,
     #[arg(long, default_value_t = 10_000)]
     measure_ms: u64,
+    /// throughput: also run QoS 1 fan-in with the publishers split over this many orgs
+    /// (--org, then org2, …), one application each (1: single-org fan-in only).
+    #[arg(long, default_value_t = 1)]
+    orgs: usize,
     /// Idle connections (capped by the open-file limit).
     #[arg(long, default_value_t = 50_000)]
     idle_connections: usize,
@@ -585,6 +598,7 @@ fn bench_target(args: &BenchTargetArgs) -> Result<(BenchTarget, TestCa, PathBuf)
 
 async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
     let limit = bench::raise_nofile_limit()?;
+    let mut prefix_org_topics = false;
     let (args, scenario) = match cmd {
         BenchCommand::Connect {
             target,
@@ -604,20 +618,26 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
             payload_bytes,
             driver: Driver::E2e,
             window,
+            orgs,
+            prefix_org_topics: prefix,
             warmup_ms,
             measure_ms,
             ..
-        } => (
-            target,
-            Scenario::Throughput(bench::ThroughputConfig {
-                publishers,
-                qos,
-                payload_bytes,
-                window,
-                warmup_ms,
-                measure_ms,
-            }),
-        ),
+        } => {
+            prefix_org_topics = prefix;
+            (
+                target,
+                Scenario::Throughput(bench::ThroughputConfig {
+                    publishers,
+                    qos,
+                    payload_bytes,
+                    window,
+                    warmup_ms,
+                    measure_ms,
+                    orgs,
+                }),
+            )
+        }
         BenchCommand::Throughput {
             target,
             publishers,
@@ -627,12 +647,16 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
             inflight,
             rate,
             persistent_subscriber,
+            orgs,
             warmup_ms,
             measure_ms,
             ..
         } => {
             if qos != 1 {
                 bail!("--driver puback publishes QoS 1 (PUBACKs drive it); drop --qos {qos}");
+            }
+            if orgs != 1 {
+                bail!("--orgs is for the e2e driver only");
             }
             (
                 target,
@@ -725,7 +749,8 @@ async fn bench_cmd(cmd: BenchCommand) -> Result<()> {
             Scenario::Reload(bench::ReloadConfig::new(&admin, &token, iterations)),
         ),
     };
-    let (target, ca, out) = bench_target(&args)?;
+    let (mut target, ca, out) = bench_target(&args)?;
+    target.prefix_org_topics = prefix_org_topics;
     tracing::debug!(open_file_limit = limit, "benchmark starting");
     let report = bench::run(&target, &ca, &scenario).await?;
     for path in report.write(&out)? {
@@ -758,6 +783,7 @@ async fn compare_cmd(args: CompareArgs) -> Result<()> {
         out: args.out,
         doc: (!args.no_doc).then_some(args.doc),
         org: args.org,
+        orgs: args.orgs,
         pin,
         scenarios: args.scenarios,
         connect: bench::ConnectConfig {

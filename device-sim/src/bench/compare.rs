@@ -13,6 +13,11 @@
 //!   `persistence true` in its temp dir (default `autosave_interval`): a periodic
 //!   snapshot, not an fsync per message as certmq does — the comparison favours
 //!   mosquitto there.
+//! * With `orgs` > 1, QoS 1 fan-in also runs with the publishers split over that many
+//!   orgs, one application each: certmq gets orgs `<org>`, `org2`, …, each with the same
+//!   CA and its own server certificate for `<org>.messaging.localhost` from that CA;
+//!   mosquitto, which has no orgs, gets one topic tree per org (`<org>/iot-2/…`, each
+//!   application subscribed to `<org>/iot-2/#`).
 //! * With at least two CPUs and `taskset` available, the broker runs on CPU 0
 //!   (`taskset -c 0`); run the simulator itself on CPU 1 (`taskset -c 1 certmq-sim
 //!   compare`, as `bench/compare.sh` does).
@@ -30,7 +35,7 @@ use super::overload::{self, OverloadCurve, OverloadPoint};
 use super::{
     nofile_limit, BenchReport, BenchTarget, ConnectConfig, FloodConfig, IdleConfig, LatencySummary,
     OfflineConfig, OfflineResult, PubackConfig, PubackResult, ReloadConfig, Results, ResumeConfig,
-    Scenario, ThroughputConfig,
+    Scenario, ThroughputConfig, ThroughputResult,
 };
 use crate::admin::AdminClient;
 use crate::certs::TestCa;
@@ -55,12 +60,16 @@ pub struct CompareOptions {
     /// The markdown document to update (its generated section), if any.
     pub doc: Option<PathBuf>,
     pub org: String,
+    /// `throughput`: with more than 1, QoS 1 fan-in runs once more with the publishers
+    /// split over this many orgs (`org`, then `org2`, …).
+    pub orgs: usize,
     /// Run the brokers under `taskset -c 0`.
     pub pin: bool,
     /// Scenarios to run, out of [`ALL_SCENARIOS`].
     pub scenarios: Vec<String>,
     pub connect: ConnectConfig,
-    /// Its `qos` is ignored: fan-in runs at QoS 0 and at QoS 1.
+    /// Its `qos` and `orgs` are ignored: fan-in runs at QoS 0 and at QoS 1 with one org,
+    /// and at QoS 1 with [`CompareOptions::orgs`] orgs when that is above 1.
     pub throughput: ThroughputConfig,
     pub idle: IdleConfig,
     pub resume: ResumeConfig,
@@ -240,7 +249,9 @@ fn start_mosquitto(opts: &CompareOptions, m: &Material, persistent: bool) -> Res
     bail!("mosquitto did not listen on {addr} within 5 s")
 }
 
-async fn start_certmq(opts: &CompareOptions, m: &Material) -> Result<Running> {
+/// Starts certmq with `orgs` orgs: `opts.org` with the shared server certificate, then
+/// `org2`, … with the same CA and a server certificate of their own from it.
+async fn start_certmq(opts: &CompareOptions, m: &Material, orgs: usize) -> Result<Running> {
     let dir = tempfile::tempdir()?;
     let log = std::fs::File::create(opts.out.join("certmq.log"))?;
     let mut child = command(opts, &opts.certmq_bin)
@@ -306,12 +317,19 @@ async fn start_certmq(opts: &CompareOptions, m: &Material) -> Result<Running> {
         _dir: dir,
     };
     let admin = AdminClient::new(running.admin_url.as_deref().unwrap_or_default(), TOKEN);
-    admin.ensure_org(&opts.org).await?;
-    admin.ensure_ca(&opts.org, &m.ca.pem()).await?;
-    let id = admin
-        .upload_server_cert(&opts.org, &m.server_chain, &m.server_key)
-        .await?;
-    admin.activate_server_cert(&opts.org, &id).await?;
+    for (k, org) in super::org_ids(&opts.org, orgs)?.iter().enumerate() {
+        let own;
+        let (chain, key) = if k == 0 {
+            (&m.server_chain, &m.server_key)
+        } else {
+            own = m.ca.issue_server(&[format!("{org}.{DOMAIN}")])?;
+            (&own.chain_pem, &own.key_pem)
+        };
+        admin.ensure_org(org).await?;
+        admin.ensure_ca(org, &m.ca.pem()).await?;
+        let id = admin.upload_server_cert(org, chain, key).await?;
+        admin.activate_server_cert(org, &id).await?;
+    }
     Ok(running)
 }
 
@@ -341,6 +359,10 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
     }
     if wants("offline") {
         opts.offline.validate()?;
+    }
+    if wants("throughput") && opts.orgs > 1 {
+        super::org_ids(&opts.org, opts.orgs)?;
+        multi_org(&opts.throughput, opts.orgs).validate()?;
     }
     std::fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
@@ -376,11 +398,7 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
         plan.push((Scenario::Connect(opts.connect.clone()), both.clone()));
     }
     if wants("throughput") {
-        for qos in [0, 1] {
-            let t = ThroughputConfig {
-                qos,
-                ..opts.throughput.clone()
-            };
+        for t in throughput_runs(&opts.throughput, opts.orgs) {
             plan.push((Scenario::Throughput(t), both.clone()));
         }
     }
@@ -441,6 +459,39 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
     Ok(reports)
 }
 
+/// The fan-in runs of `throughput`: QoS 0 and QoS 1 with one org, then QoS 1 over
+/// `orgs` orgs when that is above 1.
+fn throughput_runs(base: &ThroughputConfig, orgs: usize) -> Vec<ThroughputConfig> {
+    let mut runs: Vec<ThroughputConfig> = [0, 1]
+        .map(|qos| ThroughputConfig {
+            qos,
+            orgs: 1,
+            ..base.clone()
+        })
+        .into();
+    if orgs > 1 {
+        runs.push(multi_org(base, orgs));
+    }
+    runs
+}
+
+/// The QoS 1 fan-in of `base` over `orgs` orgs.
+fn multi_org(base: &ThroughputConfig, orgs: usize) -> ThroughputConfig {
+    ThroughputConfig {
+        qos: 1,
+        orgs,
+        ..base.clone()
+    }
+}
+
+/// Orgs `scenario` needs on the broker.
+fn scenario_orgs(scenario: &Scenario) -> usize {
+    match scenario {
+        Scenario::Throughput(t) => t.orgs,
+        _ => 1,
+    }
+}
+
 /// Starts a fresh `broker`, runs `scenario` against it, stops it; writes the report.
 async fn run_on(
     opts: &CompareOptions,
@@ -451,7 +502,7 @@ async fn run_on(
 ) -> Result<BenchReport> {
     let running = match broker {
         Broker::Mosquitto => start_mosquitto(opts, m, wants_persistence(scenario))?,
-        Broker::Certmq => start_certmq(opts, m).await?,
+        Broker::Certmq => start_certmq(opts, m, scenario_orgs(scenario)).await?,
     };
     let sni = format!("{}.{DOMAIN}", opts.org);
     let mut target = BenchTarget::new(
@@ -467,6 +518,8 @@ async fn run_on(
         // device subscribes to the application's command topic itself.
         target.app_filter = "iot-2/#".into();
         target.watson_topics = false;
+        // No orgs either: several orgs get a topic tree each.
+        target.prefix_org_topics = true;
     }
     let mut scenario = scenario.clone();
     if let (Scenario::Reload(r), Some(url)) = (&mut scenario, &running.admin_url) {
@@ -628,13 +681,7 @@ pub fn headline(r: &BenchReport) -> String {
             percentiles(c.connect.as_ref()),
             c.failed
         ),
-        Results::Throughput(t) => format!(
-            "QoS {}: {:.0} msgs/s, {}, {} missing",
-            t.qos,
-            t.rate_per_s,
-            percentiles(t.latency.as_ref()),
-            t.missing
-        ),
+        Results::Throughput(t) => throughput_headline(t),
         Results::Idle(i) => format!(
             "{} idle connections ({} alive), {} KiB RSS each",
             i.connected,
@@ -669,6 +716,35 @@ pub fn headline(r: &BenchReport) -> String {
         Results::Offline(o) => offline_headline(o),
     };
     format!("{} {}: {body}{errors}", r.broker, r.results.name())
+}
+
+/// `QoS 1: … msgs/s, p50 … ms, … missing` of a fan-in; over several orgs also each
+/// org's rate, foreign messages and the broker's CPU.
+fn throughput_headline(t: &ThroughputResult) -> String {
+    let mut s = format!(
+        "QoS {}: {:.0} msgs/s, {}, {} missing",
+        t.qos,
+        t.rate_per_s,
+        percentiles(t.latency.as_ref()),
+        t.missing
+    );
+    if t.orgs > 1 {
+        let each: Vec<String> = t
+            .per_org
+            .iter()
+            .map(|o| format!("{} {:.0}", o.org, o.rate_per_s))
+            .collect();
+        let _ = write!(
+            s,
+            ", {} foreign; {} orgs: {}; CPU broker {} %, load generator {} %",
+            t.foreign,
+            t.orgs,
+            each.join(", "),
+            num(t.broker_cpu_pct),
+            num(t.sim_cpu_pct)
+        );
+    }
+    s
 }
 
 /// `offered … acked … delivered msgs/s, p50 … ms, … lost` of a PUBACK-driven run.
@@ -957,6 +1033,7 @@ pub fn markdown(
             );
         }
     }
+    multi_org_rows(reports, env.pinned, &mut row);
     if let (Some(Results::Idle(m)), Some(Results::Idle(c))) =
         (find("mosquitto", "idle"), find("certmq", "idle"))
     {
@@ -1161,6 +1238,140 @@ fn pct_cell(l: Option<&LatencySummary>) -> String {
             )
         },
     )
+}
+
+/// The fan-in of `broker` at `qos` over several orgs (`multi`) or one.
+fn find_throughput<'a>(
+    reports: &'a [BenchReport],
+    broker: &str,
+    qos: u8,
+    multi: bool,
+) -> Option<&'a ThroughputResult> {
+    reports.iter().rev().find_map(|r| match &r.results {
+        Results::Throughput(t) if r.broker == broker && t.qos == qos && (t.orgs > 1) == multi => {
+            Some(t)
+        }
+        _ => None,
+    })
+}
+
+/// Rows of the QoS 1 fan-in over several orgs, next to the single-org one: total and
+/// per-org delivered rates, the gain over one org, latency, missing/foreign messages and
+/// the broker's CPU (which shows whether it used more than one core).
+fn multi_org_rows(reports: &[BenchReport], pinned: bool, row: &mut Row<'_>) {
+    let (Some(m), Some(c)) = (
+        find_throughput(reports, "mosquitto", 1, true),
+        find_throughput(reports, "certmq", 1, true),
+    ) else {
+        return;
+    };
+    let n = c.orgs;
+    let share = if c.publishers.is_multiple_of(n) {
+        format!("{} each", c.publishers / n)
+    } else {
+        format!("{}–{} each", c.publishers / n, c.publishers / n + 1)
+    };
+    row(
+        &format!(
+            "QoS 1 fan-in, {n} orgs, msgs/s over all orgs ({} publishers → {n} apps, one per org, {share}; window {} each, {} B; mosquitto: one topic tree per org)",
+            c.publishers, c.window, c.payload_bytes
+        ),
+        num(Some(m.rate_per_s)),
+        num(Some(c.rate_per_s)),
+        ratio(Some(c.rate_per_s), Some(m.rate_per_s)),
+        "",
+        None,
+    );
+    let (m1, c1) = (
+        find_throughput(reports, "mosquitto", 1, false),
+        find_throughput(reports, "certmq", 1, false),
+    );
+    let gain = |multi: &ThroughputResult, one: Option<&ThroughputResult>| {
+        one.map(|o| multi.rate_per_s / o.rate_per_s.max(1e-9))
+    };
+    let times = |g: Option<f64>| g.map_or_else(|| "–".to_owned(), |g| format!("{g:.2}×"));
+    if m1.is_some() || c1.is_some() {
+        row(
+            &format!("QoS 1 fan-in, {n} orgs ÷ 1 org, msgs/s"),
+            times(gain(m, m1)),
+            times(gain(c, c1)),
+            String::new(),
+            "",
+            None,
+        );
+    }
+    let spread = |t: &ThroughputResult| {
+        let rates = t.per_org.iter().map(|o| o.rate_per_s);
+        match (rates.clone().reduce(f64::min), rates.reduce(f64::max)) {
+            (Some(lo), Some(hi)) => format!("{} / {}", num(Some(lo)), num(Some(hi))),
+            _ => "–".to_owned(),
+        }
+    };
+    row(
+        &format!("QoS 1 fan-in, {n} orgs: slowest / fastest org, msgs/s"),
+        spread(m),
+        spread(c),
+        String::new(),
+        "",
+        None,
+    );
+    row(
+        &format!("QoS 1 fan-in, {n} orgs: end-to-end latency p50 / p99 / p99.9, ms"),
+        pct_cell(m.latency.as_ref()),
+        pct_cell(c.latency.as_ref()),
+        ratio(
+            c.latency.as_ref().map(|l| l.p99_ms),
+            m.latency.as_ref().map(|l| l.p99_ms),
+        ),
+        "p99 < 10 ms",
+        Some(c.latency.as_ref().is_some_and(|l| l.p99_ms < 10.0)),
+    );
+    let lost = |t: &ThroughputResult| format!("{} / {} of {}", t.missing, t.foreign, t.sent);
+    row(
+        &format!("QoS 1 fan-in, {n} orgs: missing / from another org (of sent)"),
+        lost(m),
+        lost(c),
+        String::new(),
+        "0 / 0",
+        Some(c.missing == 0 && c.foreign == 0),
+    );
+    let cpu = |multi: &ThroughputResult, one: Option<&ThroughputResult>| {
+        format!(
+            "{} / {}",
+            num(one.and_then(|o| o.broker_cpu_pct)),
+            num(multi.broker_cpu_pct)
+        )
+    };
+    let sim_cpu = |multi: &ThroughputResult, one: Option<&ThroughputResult>| {
+        format!(
+            "{} / {}",
+            num(one.and_then(|o| o.sim_cpu_pct)),
+            num(multi.sim_cpu_pct)
+        )
+    };
+    let limit = if pinned {
+        "; the broker is pinned to one CPU, so at most 100 %"
+    } else {
+        ""
+    };
+    row(
+        &format!("QoS 1 fan-in: broker CPU in the measured window, % of one core, 1 org / {n} orgs{limit}"),
+        cpu(m, m1),
+        cpu(c, c1),
+        String::new(),
+        "",
+        None,
+    );
+    row(
+        &format!(
+            "QoS 1 fan-in: load generator CPU in the same window, % of one core, 1 org / {n} orgs"
+        ),
+        sim_cpu(m, m1),
+        sim_cpu(c, c1),
+        String::new(),
+        "",
+        None,
+    );
 }
 
 /// The PUBACK-driven run of `broker` with a persistent-session application (`durable`)
@@ -1650,6 +1861,108 @@ mod tests {
             "{h}"
         );
         assert!(h.contains("sample 99/100 complete"), "{h}");
+    }
+
+    fn fan_in(orgs: usize, rate: f64, cpu: f64) -> Results {
+        Results::Throughput(ThroughputResult {
+            qos: 1,
+            publishers: 10,
+            payload_bytes: 64,
+            window: 10,
+            measure_s: 10.0,
+            sent: 1000,
+            received: 1000,
+            missing: 0,
+            rate_per_s: rate,
+            latency: lat(4.0),
+            latency_curve: vec![],
+            rate_series: vec![],
+            orgs,
+            foreign: 0,
+            per_org: (0..orgs)
+                .filter(|_| orgs > 1)
+                .map(|k| crate::bench::OrgThroughput {
+                    org: format!("org{}", k + 1),
+                    publishers: 10 / orgs,
+                    sent: 1000 / orgs as u64,
+                    received: 1000 / orgs as u64,
+                    missing: 0,
+                    rate_per_s: rate / orgs as f64 + k as f64 * 10.0,
+                    p99_ms: Some(4.0),
+                })
+                .collect(),
+            broker_cpu_pct: Some(cpu),
+            sim_cpu_pct: Some(90.0),
+        })
+    }
+
+    #[test]
+    fn multi_org_rows_sit_beside_the_single_org_fan_in() {
+        let reports = vec![
+            report("mosquitto", fan_in(1, 10_000.0, 99.0)),
+            report("certmq", fan_in(1, 40_000.0, 98.0)),
+            report("mosquitto", fan_in(4, 10_000.0, 99.0)),
+            report("certmq", fan_in(4, 72_000.0, 185.0)),
+        ];
+        assert_eq!(reports[3].results.name(), "throughput-qos1-orgs4");
+        let env = Environment::default();
+        let md = markdown(&reports, &[], &env, "x");
+        let lines: Vec<&str> = md.lines().collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no row {needle:?} in {md}"))
+        };
+        let single = at("QoS 1 fan-in msgs/s (10 publishers");
+        let multi = at("QoS 1 fan-in, 4 orgs, msgs/s over all orgs");
+        assert!(single < multi, "{md}");
+        assert!(
+            lines[single].contains("| 10,000 | 40,000 | 4.00× |"),
+            "the single-org row is unchanged: {}",
+            lines[single]
+        );
+        let l = lines[multi];
+        assert!(
+            l.contains("10 publishers → 4 apps, one per org, 2–3 each"),
+            "{l}"
+        );
+        assert!(l.contains("| 10,000 | 72,000 | 7.20× |"), "{l}");
+        assert!(lines[at("4 orgs ÷ 1 org")].contains("| 1.00× | 1.80× |"));
+        let l = lines[at("slowest / fastest org")];
+        assert!(l.contains("| 18,000 / 18,030 |"), "{l}");
+        let l = lines[at("4 orgs: missing / from another org")];
+        assert!(l.ends_with("| 0 / 0 of 1000 |  | 0 / 0 | met |"), "{l}");
+        let l = lines[at("broker CPU in the measured window")];
+        assert!(l.contains("| 99.0 / 99.0 | 98.0 / 185 |"), "{l}");
+        assert!(!l.contains("pinned"), "{l}");
+        let pinned = Environment {
+            pinned: true,
+            ..Environment::default()
+        };
+        let md = markdown(&reports, &[], &pinned, "x");
+        assert!(md.contains("pinned to one CPU, so at most 100 %"), "{md}");
+        // Without a multi-org run the table keeps its shape.
+        let md = markdown(&reports[..2], &[], &env, "x");
+        assert!(!md.contains("orgs"), "{md}");
+        assert!(headline(&reports[3]).contains("4 orgs: org1 18000, org2 18010"));
+    }
+
+    #[test]
+    fn throughput_runs_add_the_multi_org_run_only_when_asked() {
+        let base = ThroughputConfig::default();
+        let one = throughput_runs(&base, 1);
+        assert_eq!(
+            one.iter().map(|t| (t.qos, t.orgs)).collect::<Vec<_>>(),
+            vec![(0, 1), (1, 1)]
+        );
+        let eight = throughput_runs(&base, 8);
+        assert_eq!(
+            eight.iter().map(|t| (t.qos, t.orgs)).collect::<Vec<_>>(),
+            vec![(0, 1), (1, 1), (1, 8)]
+        );
+        assert_eq!(scenario_orgs(&Scenario::Throughput(eight[2].clone())), 8);
+        assert_eq!(scenario_orgs(&Scenario::Flood(FloodConfig::default())), 1);
     }
 
     #[test]

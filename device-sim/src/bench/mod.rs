@@ -5,7 +5,7 @@
 //! | scenario | measures |
 //! | --- | --- |
 //! | [`connect`](ConnectConfig) | full mTLS handshakes + CONNECT → CONNACK per second, latency percentiles |
-//! | [`throughput`](ThroughputConfig) | fan-in: N devices → one application, QoS 0 or 1, msgs/s and end-to-end latency |
+//! | [`throughput`](ThroughputConfig) | fan-in: N devices → one application, QoS 0 or 1, msgs/s and end-to-end latency; with `orgs` > 1 the devices are split over several orgs, one application each |
 //! | [`idle`](IdleConfig) | N idle mTLS connections, broker RSS per connection |
 //! | [`resume`](ResumeConfig) | reconnect storm with TLS session resumption, resumed vs full handshakes |
 //! | [`reload`](ReloadConfig) | certmq only: admin API change → first handshake that sees it |
@@ -58,11 +58,11 @@ pub use plot::{render_svg, Plot};
 pub use proc::{cpu_seconds, peak_rss_kib, rss_kib};
 pub use reload::ReloadConfig;
 pub use report::{
-    BenchReport, ConnectResult, FloodResult, IdleResult, OfflineResult, PubackResult, ReloadResult,
-    ReloadStat, Results, ResumeResult, ThroughputResult,
+    BenchReport, ConnectResult, FloodResult, IdleResult, OfflineResult, OrgThroughput,
+    PubackResult, ReloadResult, ReloadStat, Results, ResumeResult, ThroughputResult,
 };
 pub use resume::ResumeConfig;
-pub use throughput::{FloodConfig, PubackConfig, ThroughputConfig, EVENT_TOPIC};
+pub use throughput::{FloodConfig, PubackConfig, ThroughputConfig, EVENT_TOPIC, MAX_ORGS};
 
 use crate::certs::{ClientCertOptions, TestCa};
 use crate::fleet::{APP_EVENT_FILTER, DEVICE_COMMAND_FILTER};
@@ -102,6 +102,13 @@ pub struct BenchTarget {
     /// commands as `iot-2/cmd/+/fmt/+`. false (e.g. mosquitto): it subscribes to the
     /// application's topic itself, `iot-2/type/<t>/id/<d>/cmd/+/fmt/+`.
     pub watson_topics: bool,
+    /// The broker keeps no org namespaces (e.g. mosquitto): with several orgs
+    /// ([`BenchTarget::for_org`]) each org's topics and application filter are prefixed
+    /// by `<org>/`, so that the orgs' trees stay apart as they do on certmq.
+    pub prefix_org_topics: bool,
+    /// Prefix of every topic the devices publish on (`""`, or `<org>/` from
+    /// [`BenchTarget::for_org`] when `prefix_org_topics`).
+    pub topic_prefix: String,
 }
 
 impl BenchTarget {
@@ -119,7 +126,30 @@ impl BenchTarget {
             app_filter: APP_EVENT_FILTER.to_owned(),
             broker_pid: None,
             watson_topics: true,
+            prefix_org_topics: false,
+            topic_prefix: String::new(),
         }
+    }
+
+    /// This target as seen by org `org` in a run over several orgs: client ids
+    /// `…:<org>:…`; the SNI name's first label replaced by `org` when it is this
+    /// target's org (`acme.messaging.localhost` → `org2.messaging.localhost`), otherwise
+    /// kept; with `prefix_org_topics`, topics and the application filter under `<org>/`.
+    pub fn for_org(&self, org: &str) -> BenchTarget {
+        let sni = match self.sni.strip_prefix(&format!("{}.", self.org)) {
+            Some(rest) => format!("{org}.{rest}"),
+            None => self.sni.clone(),
+        };
+        let mut t = BenchTarget {
+            org: org.to_owned(),
+            sni,
+            ..self.clone()
+        };
+        if self.prefix_org_topics {
+            t.topic_prefix = format!("{org}/");
+            t.app_filter = format!("{org}/{}", self.app_filter);
+        }
+        t
     }
 
     /// The topic an application publishes command `command` (format `bin`) to device
@@ -169,6 +199,23 @@ impl BenchTarget {
             source,
         })
     }
+}
+
+/// The org ids of a run over `n` orgs: `first`, then `org2`, …, `org<n>`. Fails when
+/// `first` is one of the generated ids or `n` is 0.
+pub fn org_ids(first: &str, n: usize) -> Result<Vec<String>> {
+    if n == 0 {
+        bail!("orgs must be at least 1");
+    }
+    let ids: Vec<String> = std::iter::once(first.to_owned())
+        .chain((2..=n).map(|k| format!("org{k}")))
+        .collect();
+    if ids[1..].iter().any(|id| id == first) {
+        bail!(
+            "org {first:?} is also one of the generated org ids org2..org{n}: pick another --org"
+        );
+    }
+    Ok(ids)
 }
 
 /// A simulated client: its MQTT client id, its TLS configuration (certificate), and
@@ -365,4 +412,49 @@ fn nofile_limit() -> u64 {
         .get()
         .map(|(soft, _)| soft)
         .unwrap_or(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_ids_start_with_the_given_org() {
+        assert_eq!(org_ids("acme", 1).expect("ids"), vec!["acme"]);
+        assert_eq!(
+            org_ids("acme", 4).expect("ids"),
+            vec!["acme", "org2", "org3", "org4"]
+        );
+        assert!(org_ids("acme", 0).is_err());
+        assert!(org_ids("org3", 4).is_err(), "collides with a generated id");
+        assert!(org_ids("org3", 2).is_ok());
+    }
+
+    #[test]
+    fn a_target_per_org() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 8883).into();
+        let certmq = BenchTarget::new("certmq", addr, "acme", "acme.messaging.localhost", "");
+        let t = certmq.for_org("org2");
+        assert_eq!(
+            (t.org.as_str(), t.sni.as_str()),
+            ("org2", "org2.messaging.localhost")
+        );
+        assert_eq!(
+            t.app_filter, APP_EVENT_FILTER,
+            "certmq keeps orgs apart itself"
+        );
+        assert_eq!(t.topic_prefix, "");
+        let mut mosquitto = certmq.clone();
+        mosquitto.app_filter = "iot-2/#".into();
+        mosquitto.prefix_org_topics = true;
+        mosquitto.sni = "broker.example".into();
+        let t = mosquitto.for_org("org2");
+        assert_eq!(
+            t.sni, "broker.example",
+            "an SNI name not of the org is kept"
+        );
+        assert_eq!(t.app_filter, "org2/iot-2/#");
+        assert_eq!(t.topic_prefix, "org2/");
+        assert_eq!(mosquitto.for_org("acme").topic_prefix, "acme/");
+    }
 }

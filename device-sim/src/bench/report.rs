@@ -91,6 +91,41 @@ pub struct ThroughputResult {
     pub latency_curve: Vec<(f64, f64)>,
     /// Messages received per second, sampled every 250 ms over the whole run.
     pub rate_series: Vec<(f64, f64)>,
+    /// Orgs the publishers were split over, one application each (1: the single-org
+    /// fan-in). The figures above are totals over all orgs.
+    #[serde(default = "one_org")]
+    pub orgs: usize,
+    /// Messages an application received from another org's publishers (0 on a broker
+    /// that keeps orgs apart; always 0 with one org).
+    #[serde(default)]
+    pub foreign: u64,
+    /// Each org's share when `orgs` > 1 (empty otherwise).
+    #[serde(default)]
+    pub per_org: Vec<OrgThroughput>,
+    /// CPU time (user + system) the broker used during the measurement window, % of one
+    /// core (above 100: more than one core busy); `None` without its pid.
+    #[serde(default)]
+    pub broker_cpu_pct: Option<f64>,
+    /// The same for the load generator (this process).
+    #[serde(default)]
+    pub sim_cpu_pct: Option<f64>,
+}
+
+fn one_org() -> usize {
+    1
+}
+
+/// One org's part of a multi-org fan-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgThroughput {
+    pub org: String,
+    pub publishers: usize,
+    pub sent: u64,
+    pub received: u64,
+    pub missing: u64,
+    /// Messages its application received in the measurement window, per second.
+    pub rate_per_s: f64,
+    pub p99_ms: Option<f64>,
 }
 
 /// `idle`: N idle connections held open.
@@ -303,10 +338,14 @@ impl PubackResult {
 }
 
 impl Results {
-    /// A short name for files and tables: `connect`, `throughput-qos1`, …
+    /// A short name for files and tables: `connect`, `throughput-qos1`,
+    /// `throughput-qos1-orgs8` (fan-in over 8 orgs), …
     pub fn name(&self) -> String {
         match self {
             Results::Connect(_) => "connect".into(),
+            Results::Throughput(t) if t.orgs > 1 => {
+                format!("throughput-qos{}-orgs{}", t.qos, t.orgs)
+            }
             Results::Throughput(t) => format!("throughput-qos{}", t.qos),
             Results::Idle(_) => "idle".into(),
             Results::Resume(_) => "resume".into(),
@@ -315,6 +354,15 @@ impl Results {
             Results::Puback(p) => p.name(),
             Results::Offline(_) => "offline".into(),
         }
+    }
+}
+
+/// `, 8 orgs` for a run over several orgs, nothing for one.
+fn orgs_note(orgs: usize) -> String {
+    if orgs > 1 {
+        format!(", {orgs} orgs")
+    } else {
+        String::new()
     }
 }
 
@@ -342,14 +390,20 @@ impl BenchReport {
                 latency(
                     "latency",
                     format!(
-                        "{who}: QoS {} fan-in latency, {} publishers",
-                        t.qos, t.publishers
+                        "{who}: QoS {} fan-in latency, {} publishers{}",
+                        t.qos,
+                        t.publishers,
+                        orgs_note(t.orgs)
                     ),
                     vec![(who.clone(), t.latency_curve.clone())],
                 ),
                 Plot {
                     name: "rate".into(),
-                    title: format!("{who}: QoS {} fan-in, received msgs/s", t.qos),
+                    title: format!(
+                        "{who}: QoS {} fan-in{}, received msgs/s",
+                        t.qos,
+                        orgs_note(t.orgs)
+                    ),
                     x_label: "time, s".into(),
                     y_label: "msgs/s".into(),
                     series: vec![(who.clone(), t.rate_series.clone())],
@@ -589,9 +643,32 @@ mod tests {
             latency: None,
             latency_curve: vec![],
             rate_series: vec![],
+            orgs: 1,
+            foreign: 0,
+            per_org: vec![],
+            broker_cpu_pct: None,
+            sim_cpu_pct: None,
         });
         assert_eq!(t.results.name(), "throughput-qos1");
         assert_eq!(t.plots().len(), 2);
+        if let Results::Throughput(x) = &mut t.results {
+            x.orgs = 8;
+        }
+        assert_eq!(t.results.name(), "throughput-qos1-orgs8");
+        assert!(t.plots()[0].title.ends_with("2 publishers, 8 orgs"));
+        // Reports written before multi-org runs read as one org.
+        let mut v = serde_json::to_value(&t).expect("json");
+        for k in [
+            "orgs",
+            "foreign",
+            "per_org",
+            "broker_cpu_pct",
+            "sim_cpu_pct",
+        ] {
+            v.as_object_mut().expect("object").remove(k);
+        }
+        let old: BenchReport = serde_json::from_value(v).expect("old report");
+        assert_eq!(old.results.name(), "throughput-qos1");
     }
 
     #[test]

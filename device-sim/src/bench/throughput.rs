@@ -12,6 +12,7 @@
 //!   PUBACKs (`inflight` each), while the application reads at a fixed, slow pace. A
 //!   broker then has to slow publishers down, buffer, or drop.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +27,9 @@ use tokio::time::Instant;
 use super::latency::Latency;
 use super::mqtt::{self, Packet};
 use super::net::{self, PacketReader, SourceAddrs, Tls};
-use super::proc::rss_kib;
-use super::report::{ErrorLog, FloodResult, PubackResult, ThroughputResult};
-use super::{mint_app, mint_devices, BenchTarget};
+use super::proc::{cpu_seconds, rss_kib};
+use super::report::{ErrorLog, FloodResult, OrgThroughput, PubackResult, ThroughputResult};
+use super::{mint_app, mint_devices, org_ids, BenchTarget};
 use crate::certs::TestCa;
 
 /// Topic the devices publish on (certmq shows it to applications as
@@ -42,6 +43,24 @@ const BATCH: usize = 32;
 const SAMPLE: Duration = Duration::from_millis(250);
 /// The drain ends when nothing arrived for this long.
 const QUIET: Duration = Duration::from_secs(3);
+/// Most orgs a fan-in run spreads over.
+pub const MAX_ORGS: usize = 100;
+
+/// Publishers `0..publishers` split over `orgs` orgs in contiguous, equal shares; the
+/// first `publishers % orgs` orgs get one more.
+pub(super) fn org_shares(publishers: usize, orgs: usize) -> Vec<Range<usize>> {
+    let orgs = orgs.max(1);
+    let (each, extra) = (publishers / orgs, publishers % orgs);
+    let mut start = 0;
+    (0..orgs)
+        .map(|k| {
+            let end = start + each + usize::from(k < extra);
+            let r = start..end;
+            start = end;
+            r
+        })
+        .collect()
+}
 
 /// Parameters of `throughput`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +77,15 @@ pub struct ThroughputConfig {
     pub warmup_ms: u64,
     /// Measurement window, ms.
     pub measure_ms: u64,
+    /// Orgs the publishers are split over (the target's org, then `org2`, …): each org
+    /// has its own application and an equal share of the publishers (see
+    /// [`org_shares`]). 1: the single-org fan-in.
+    #[serde(default = "one")]
+    pub orgs: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for ThroughputConfig {
@@ -69,6 +97,7 @@ impl Default for ThroughputConfig {
             window: 10,
             warmup_ms: 1_000,
             measure_ms: 10_000,
+            orgs: 1,
         }
     }
 }
@@ -84,6 +113,9 @@ impl ThroughputConfig {
         }
         if self.measure_ms == 0 {
             bail!("throughput: measure_ms must be above 0");
+        }
+        if !(1..=MAX_ORGS).contains(&self.orgs) || self.orgs > self.publishers {
+            bail!("throughput: orgs must be in 1..={MAX_ORGS} and at most the publishers");
         }
         Ok(())
     }
@@ -307,6 +339,29 @@ struct SubOutcome {
     seqs: SeqTracker,
     latency: Latency,
     in_window: u64,
+    /// Messages from publishers of another org (a broker that mixes orgs' topics).
+    foreign: u64,
+}
+
+impl SubOutcome {
+    /// The outcomes of several applications as one: counts added, latencies merged.
+    fn merge(outcomes: &[SubOutcome]) -> SubOutcome {
+        let mut all = SubOutcome {
+            seqs: SeqTracker::default(),
+            latency: Latency::new(),
+            in_window: 0,
+            foreign: 0,
+        };
+        for o in outcomes {
+            all.seqs.received += o.seqs.received;
+            all.seqs.lost += o.seqs.lost;
+            all.seqs.duplicates += o.seqs.duplicates;
+            all.latency.merge(&o.latency);
+            all.in_window += o.in_window;
+            all.foreign += o.foreign;
+        }
+        all
+    }
 }
 
 /// How the application task behaves.
@@ -318,9 +373,12 @@ struct SubParams {
     release: Option<Vec<Arc<Semaphore>>>,
     /// Messages per second at most (flood's slow subscriber).
     rate_limit: Option<u64>,
+    /// The publishers (indices) of this application's org; others' messages are foreign.
+    expected: Range<usize>,
 }
 
 /// The application's receive loop: counts, measures, acknowledges QoS 1, until `stop`.
+/// `received` is shared by every application of a run: each adds its new messages.
 async fn subscriber(
     mut reader: PacketReader<Tls>,
     params: SubParams,
@@ -332,7 +390,9 @@ async fn subscriber(
         seqs: SeqTracker::new(publishers),
         latency: Latency::new(),
         in_window: 0,
+        foreign: 0,
     };
+    let mut reported = 0u64;
     let mut acks = Vec::with_capacity(4096);
     let started = Instant::now();
     loop {
@@ -353,6 +413,10 @@ async fn subscriber(
             let Some((publisher, seq, sent_us)) = decode_header(payload) else {
                 continue;
             };
+            if !params.expected.contains(&(publisher as usize)) {
+                out.foreign += 1;
+                continue;
+            }
             let freed = out.seqs.record(publisher as usize, seq);
             if freed == 0 {
                 continue;
@@ -367,7 +431,8 @@ async fn subscriber(
                 out.latency.record_us(now_us.saturating_sub(sent_us));
             }
         }
-        received.store(out.seqs.received, Ordering::Relaxed);
+        received.fetch_add(out.seqs.received - reported, Ordering::Relaxed);
+        reported = out.seqs.received;
         if !acks.is_empty() {
             let io = reader.get_mut();
             io.write_all(&acks).await?;
@@ -397,6 +462,8 @@ struct PublisherHandle {
 /// How one publisher sends.
 struct PublisherParams {
     index: u32,
+    /// Topic of every PUBLISH (the org's prefix + [`EVENT_TOPIC`]).
+    topic: String,
     qos: u8,
     payload_bytes: usize,
     /// Permits to send: the messages this publisher may have on the way.
@@ -475,7 +542,7 @@ fn start_publisher(
             for _ in 0..n {
                 encode_header(&mut payload, p.index, seq, sent_us);
                 pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
-                mqtt::publish(&mut buf, EVENT_TOPIC, p.qos, pkid, &payload);
+                mqtt::publish(&mut buf, &p.topic, p.qos, pkid, &payload);
                 seq += 1;
             }
             let write = async {
@@ -561,43 +628,65 @@ async fn drain(received: &AtomicU64, target: impl Fn() -> u64, limit: Duration) 
     }
 }
 
-/// The application and the publishers, connected and subscribed.
-struct Clients {
+/// One org of a run: its application and its publishers' indices.
+struct OrgClients {
+    org: String,
     app: PacketReader<Tls>,
-    publishers: Vec<PacketReader<Tls>>,
+    publishers: Range<usize>,
 }
 
-async fn connect_clients(
-    target: &BenchTarget,
-    ca: &TestCa,
-    publishers: usize,
-    qos: u8,
-    persistent_app: bool,
-) -> Result<Clients> {
-    let mut app = mint_app(target, ca, "bench-app")?;
-    app.clean_session = !persistent_app;
-    let devices = mint_devices(target, ca, "pub", publishers, false)?;
-    let dialer = target.dialer(SourceAddrs::kernel())?;
-    let mut app_conn = app
-        .open(&dialer, 0)
-        .await
-        .with_context(|| format!("application {}", app.client_id))?
-        .reader;
-    net::mqtt_subscribe(&mut app_conn, &target.app_filter, qos)
-        .await
-        .with_context(|| format!("application {}", app.client_id))?;
-    let mut conns = Vec::with_capacity(publishers);
-    for (i, d) in devices.iter().enumerate() {
-        let opened = d
-            .open(&dialer, i + 1)
+/// The applications (one per org) and the publishers, connected and subscribed.
+struct Clients {
+    orgs: Vec<OrgClients>,
+    /// Every org's publishers in index order, each with the topic it publishes on.
+    publishers: Vec<(PacketReader<Tls>, String)>,
+}
+
+/// Connects one application per org (subscribed to its org's events at `qos`), then the
+/// publishers, split over the orgs by [`org_shares`]. One org: the target as it is.
+async fn connect_clients(target: &BenchTarget, ca: &TestCa, spec: &RunSpec) -> Result<Clients> {
+    let orgs = org_ids(&target.org, spec.orgs)?;
+    let targets: Vec<BenchTarget> = if orgs.len() == 1 {
+        vec![target.clone()]
+    } else {
+        orgs.iter().map(|o| target.for_org(o)).collect()
+    };
+    let shares = org_shares(spec.publishers, targets.len());
+    let mut out = Clients {
+        orgs: Vec::with_capacity(targets.len()),
+        publishers: Vec::with_capacity(spec.publishers),
+    };
+    for (t, share) in targets.iter().zip(&shares) {
+        let mut app = mint_app(t, ca, "bench-app")?;
+        app.clean_session = !spec.persistent_app;
+        let dialer = t.dialer(SourceAddrs::kernel())?;
+        let mut app_conn = app
+            .open(&dialer, 0)
             .await
-            .with_context(|| format!("publisher {}", d.client_id))?;
-        conns.push(opened.reader);
+            .with_context(|| format!("application {}", app.client_id))?
+            .reader;
+        net::mqtt_subscribe(&mut app_conn, &t.app_filter, spec.qos)
+            .await
+            .with_context(|| format!("application {}", app.client_id))?;
+        out.orgs.push(OrgClients {
+            org: t.org.clone(),
+            app: app_conn,
+            publishers: share.clone(),
+        });
     }
-    Ok(Clients {
-        app: app_conn,
-        publishers: conns,
-    })
+    for (t, share) in targets.iter().zip(&shares) {
+        let devices = mint_devices(t, ca, "pub", share.len(), false)?;
+        let dialer = t.dialer(SourceAddrs::kernel())?;
+        let topic = format!("{}{EVENT_TOPIC}", t.topic_prefix);
+        for (d, i) in devices.iter().zip(share.clone()) {
+            let opened = d
+                .open(&dialer, i + 1)
+                .await
+                .with_context(|| format!("publisher {}", d.client_id))?;
+            out.publishers.push((opened.reader, topic.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// Stops the publishers' tasks and closes their connections.
@@ -637,6 +726,8 @@ struct RunSpec {
     drain: Duration,
     /// The application has a persistent session (clean session 0).
     persistent_app: bool,
+    /// Orgs the publishers are split over, one application each.
+    orgs: usize,
 }
 
 /// What a [`RunSpec`] measured.
@@ -650,6 +741,19 @@ struct RunOutcome {
     acked_measured: u64,
     rss_before_kib: Option<u64>,
     samples: Samples,
+    /// Per org: its id, its publishers, what they wrote, what its application saw.
+    per_org: Vec<OrgOutcome>,
+    /// CPU time of the broker / of this process during the measured part, % of one core.
+    broker_cpu_pct: Option<f64>,
+    sim_cpu_pct: Option<f64>,
+}
+
+/// One org's part of a [`RunOutcome`].
+struct OrgOutcome {
+    org: String,
+    publishers: usize,
+    sent: u64,
+    sub: SubOutcome,
 }
 
 /// `count` events over `window`, per second.
@@ -665,8 +769,7 @@ async fn run_publishers(
     spec: &RunSpec,
     errors: &mut ErrorLog,
 ) -> Result<RunOutcome> {
-    let clients =
-        connect_clients(target, ca, spec.publishers, spec.qos, spec.persistent_app).await?;
+    let clients = connect_clients(target, ca, spec).await?;
     let pid = target.broker_pid;
     let rss_before_kib = pid.and_then(rss_kib);
     let windows: Vec<Arc<Semaphore>> = (0..spec.publishers)
@@ -674,31 +777,44 @@ async fn run_publishers(
         .collect();
     let (acked, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sent: Vec<Arc<AtomicU64>> = (0..spec.publishers).map(|_| Arc::default()).collect();
-    let total_sent = || sent.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>();
+    let sent_by = |r: Range<usize>| {
+        sent[r]
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let total_sent = || sent_by(0..spec.publishers);
     let (stop_pub_tx, stop_pub) = watch::channel(false);
     let (stop_sub_tx, stop_sub) = watch::channel(false);
     let epoch = Instant::now();
     let end = spec.warmup + spec.measure;
-    let sub = tokio::spawn(subscriber(
-        clients.app,
-        SubParams {
-            epoch,
-            window: (spec.warmup, end),
-            release: (!spec.release_on_puback).then(|| windows.clone()),
-            rate_limit: spec.subscriber_rate,
-        },
-        spec.publishers,
-        received.clone(),
-        stop_sub.clone(),
-    ));
+    let mut orgs = Vec::with_capacity(clients.orgs.len());
+    let mut subs = Vec::with_capacity(clients.orgs.len());
+    for o in clients.orgs {
+        subs.push(tokio::spawn(subscriber(
+            o.app,
+            SubParams {
+                epoch,
+                window: (spec.warmup, end),
+                release: (!spec.release_on_puback).then(|| windows.clone()),
+                rate_limit: spec.subscriber_rate,
+                expected: o.publishers.clone(),
+            },
+            spec.publishers,
+            received.clone(),
+            stop_sub.clone(),
+        )));
+        orgs.push((o.org, o.publishers));
+    }
     let sampler = start_sampler(epoch, acked.clone(), received.clone(), pid, stop_sub);
     let handles: Vec<PublisherHandle> = clients
         .publishers
         .into_iter()
         .enumerate()
-        .map(|(i, reader)| {
+        .map(|(i, (reader, topic))| {
             let params = PublisherParams {
                 index: i as u32,
+                topic,
                 qos: spec.qos,
                 payload_bytes: spec.payload_bytes,
                 window: windows[i].clone(),
@@ -711,10 +827,13 @@ async fn run_publishers(
             start_publisher(reader, params, stop_pub.clone())
         })
         .collect();
+    let cpu = || (pid.and_then(cpu_seconds), cpu_seconds(std::process::id()));
     tokio::time::sleep_until(epoch + spec.warmup).await;
     let (sent_before, acked_before) = (total_sent(), acked.load(Ordering::Relaxed));
+    let cpu_before = cpu();
     tokio::time::sleep_until(epoch + end).await;
     let (sent_after, acked_after) = (total_sent(), acked.load(Ordering::Relaxed));
+    let cpu_after = cpu();
     let _ = stop_pub_tx.send(true);
     if spec.release_on_puback {
         // Only what the broker acknowledged is owed to the application; PUBACKs of what
@@ -725,14 +844,34 @@ async fn run_publishers(
         drain(&received, total_sent, spec.drain).await;
     }
     let _ = stop_sub_tx.send(true);
-    let outcome = sub.await.context("application task")?;
+    let mut outcomes = Vec::with_capacity(subs.len());
+    let mut failed = None;
+    for sub in subs {
+        match sub.await.context("application task")? {
+            Ok(o) => outcomes.push(o),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
     let samples = sampler.await.unwrap_or_default();
     let acked_total = acked.load(Ordering::Relaxed);
     close_publishers(handles, errors).await;
-    let sub = match outcome {
-        Ok(o) => o,
-        Err(e) => bail!("application: {e:#}"),
+    if let Some(e) = failed {
+        bail!("application: {e:#}");
+    }
+    let pct = |before: Option<f64>, after: Option<f64>| {
+        Some((after? - before?) * 100.0 / spec.measure.as_secs_f64().max(1e-9))
     };
+    let sub = SubOutcome::merge(&outcomes);
+    let per_org = orgs
+        .into_iter()
+        .zip(outcomes)
+        .map(|((org, publishers), sub)| OrgOutcome {
+            org,
+            publishers: publishers.len(),
+            sent: sent_by(publishers),
+            sub,
+        })
+        .collect();
     Ok(RunOutcome {
         sub,
         sent: total_sent(),
@@ -741,6 +880,9 @@ async fn run_publishers(
         acked_measured: acked_after.saturating_sub(acked_before),
         rss_before_kib,
         samples,
+        per_org,
+        broker_cpu_pct: pct(cpu_before.0, cpu_after.0),
+        sim_cpu_pct: pct(cpu_before.1, cpu_after.1),
     })
 }
 
@@ -763,8 +905,25 @@ pub(crate) async fn run_fan_in(
         subscriber_rate: None,
         drain: Duration::from_secs(10),
         persistent_app: false,
+        orgs: cfg.orgs,
     };
     let run = run_publishers(target, ca, &spec, errors).await?;
+    let per_org = if cfg.orgs > 1 {
+        run.per_org
+            .iter()
+            .map(|o| OrgThroughput {
+                org: o.org.clone(),
+                publishers: o.publishers,
+                sent: o.sent,
+                received: o.sub.seqs.received,
+                missing: o.sent.saturating_sub(o.sub.seqs.received),
+                rate_per_s: per_second(o.sub.in_window, spec.measure),
+                p99_ms: o.sub.latency.summary().map(|l| l.p99_ms),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(ThroughputResult {
         qos: cfg.qos,
         publishers: cfg.publishers,
@@ -778,6 +937,11 @@ pub(crate) async fn run_fan_in(
         latency: run.sub.latency.summary(),
         latency_curve: run.sub.latency.curve(),
         rate_series: run.samples.received,
+        orgs: cfg.orgs,
+        foreign: run.sub.foreign,
+        per_org,
+        broker_cpu_pct: run.broker_cpu_pct,
+        sim_cpu_pct: run.sim_cpu_pct,
     })
 }
 
@@ -800,6 +964,7 @@ pub(crate) async fn run_puback(
         subscriber_rate: None,
         drain: Duration::from_secs(10),
         persistent_app: cfg.persistent_subscriber,
+        orgs: 1,
     };
     let run = run_publishers(target, ca, &spec, errors).await?;
     let seqs = &run.sub.seqs;
@@ -847,6 +1012,7 @@ pub(crate) async fn run_flood(
         subscriber_rate: Some(cfg.subscriber_rate),
         drain: Duration::from_millis(cfg.drain_ms),
         persistent_app: false,
+        orgs: 1,
     };
     let run = run_publishers(target, ca, &spec, errors).await?;
     let seqs = &run.sub.seqs;
@@ -943,6 +1109,37 @@ mod tests {
     }
 
     #[test]
+    fn publishers_split_evenly_over_orgs() {
+        assert_eq!(org_shares(10, 1), vec![0..10]);
+        assert_eq!(org_shares(8, 4), vec![0..2, 2..4, 4..6, 6..8]);
+        assert_eq!(org_shares(10, 4), vec![0..3, 3..6, 6..8, 8..10]);
+        let shares = org_shares(1000, 8);
+        assert_eq!(shares.iter().map(|r| r.len()).sum::<usize>(), 1000);
+        assert!(shares.iter().all(|r| r.len() == 125));
+    }
+
+    #[test]
+    fn outcomes_of_several_applications_add_up() {
+        let outcome = |received: u64, lost: u64, foreign: u64, ms: u64| {
+            let mut o = SubOutcome {
+                seqs: SeqTracker::new(2),
+                latency: Latency::new(),
+                in_window: received,
+                foreign,
+            };
+            (o.seqs.received, o.seqs.lost) = (received, lost);
+            o.latency.record(Duration::from_millis(ms));
+            o
+        };
+        let all = SubOutcome::merge(&[outcome(10, 1, 0, 1), outcome(5, 0, 2, 3)]);
+        assert_eq!(
+            (all.seqs.received, all.seqs.lost, all.in_window, all.foreign),
+            (15, 1, 15, 2)
+        );
+        assert_eq!(all.latency.count(), 2);
+    }
+
+    #[test]
     fn rates_per_second() {
         assert_eq!(per_second(8_000, Duration::from_secs(4)), 2_000.0);
         assert_eq!(per_second(0, Duration::from_millis(500)), 0.0);
@@ -952,6 +1149,12 @@ mod tests {
     #[test]
     fn validation() {
         assert!(ThroughputConfig::default().validate().is_ok());
+        assert!(ThroughputConfig {
+            orgs: 10,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
         assert!(FloodConfig::default().validate().is_ok());
         let t = ThroughputConfig::default();
         for bad in [
@@ -973,6 +1176,15 @@ mod tests {
             },
             ThroughputConfig {
                 measure_ms: 0,
+                ..t.clone()
+            },
+            ThroughputConfig {
+                orgs: 0,
+                ..t.clone()
+            },
+            ThroughputConfig {
+                orgs: 11,
+                publishers: 10,
                 ..t.clone()
             },
         ] {
