@@ -1042,8 +1042,8 @@ pub fn markdown(
             num(m.rss_per_connection_kib),
             num(c.rss_per_connection_kib),
             ratio(c.rss_per_connection_kib, m.rss_per_connection_kib),
-            "≤ 16 KiB at 50,000",
-            c.rss_per_connection_kib.map(|k| k <= 16.0),
+            "≤ 12 KiB",
+            c.rss_per_connection_kib.map(|k| k <= 12.0),
         );
         row(
             "idle: connections opened per second (concurrency, with RSS sampling)",
