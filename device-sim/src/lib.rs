@@ -25,6 +25,7 @@ pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod fleet;
+pub mod provision;
 pub mod report;
 mod sni_relay;
 mod verifier;

@@ -9,15 +9,14 @@
 //! * `compare` runs the scenarios against mosquitto and certmq side by side and writes
 //!   the table into docs/benchmarks.md.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use certmq_device_sim::bench::compare::{self, CompareOptions};
 use certmq_device_sim::bench::{self, BenchTarget, Scenario};
-use certmq_device_sim::{
-    run_fleet, AdminClient, BrokerTarget, ClientCertOptions, FleetConfig, TestCa,
-};
+use certmq_device_sim::provision::{self, read};
+use certmq_device_sim::{run_fleet, BrokerTarget, FleetConfig, TestCa};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -100,6 +99,11 @@ struct ProvisionArgs {
     /// Admin API bearer token.
     #[arg(long, env = "CERTMQ_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Mint a new CA even when the output directory already has one (its ca.pem and
+    /// ca-key.pem are replaced: certificates it issued stop being trusted where the
+    /// new CA replaces it).
+    #[arg(long)]
+    force: bool,
 }
 
 /// The broker port and the org a client addresses (`--port`, `--org`, `--domain`,
@@ -453,7 +457,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Provision(args) => provision(args).await,
+        Command::Provision(args) => provision_cmd(args).await,
         Command::Fleet(args) => fleet(args).await,
         Command::Bench { scenario } => bench_cmd(scenario).await,
         Command::Compare(args) => compare_cmd(args).await,
@@ -467,108 +471,36 @@ async fn main() {
 /// Loads the CA given by `--ca-cert/--ca-key`, if any.
 fn load_ca(args: &CaArgs) -> Result<Option<TestCa>> {
     match (&args.ca_cert, &args.ca_key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = read(cert)?;
-            let key_pem = read(key)?;
-            Ok(Some(TestCa::from_pem(&cert_pem, &key_pem).with_context(
-                || format!("load CA from {} / {}", cert.display(), key.display()),
-            )?))
-        }
+        (Some(cert), Some(key)) => Ok(Some(provision::load_ca(cert, key)?)),
         _ => Ok(None),
     }
 }
 
-async fn provision(args: ProvisionArgs) -> Result<()> {
-    std::fs::create_dir_all(args.out.join("devices"))
-        .with_context(|| format!("create {}", args.out.display()))?;
-    let ca = match load_ca(&args.ca)? {
-        Some(ca) => ca,
-        None => {
-            let ca = TestCa::new(&args.ca_cn)?;
-            write_file(&args.out.join("ca.pem"), &ca.pem(), false)?;
-            write_file(&args.out.join("ca-key.pem"), &ca.key_pem(), true)?;
-            println!(
-                "minted CA {:?} -> {}",
-                ca.common_name(),
-                args.out.join("ca.pem").display()
-            );
-            ca
-        }
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let opts = ClientCertOptions {
-        not_after: now + time::Duration::days(args.days),
-        ..Default::default()
-    };
-    for n in 1..=args.devices {
-        let identity = format!("d:{}:dev{n}", args.device_type);
-        let cert = ca.issue_client(&identity, opts.clone())?;
-        let dir = args.out.join("devices");
-        let base = format!("{}-dev{n}", args.device_type);
-        write_file(&dir.join(format!("{base}.pem")), &cert.chain_pem, false)?;
-        write_file(&dir.join(format!("{base}.key.pem")), &cert.key_pem, true)?;
-    }
-    println!(
-        "issued {} device certificates (d:{}:dev1 …) -> {}",
-        args.devices,
-        args.device_type,
-        args.out.join("devices").display()
-    );
-    if !args.app_id.is_empty() {
-        let identity = format!("a:{}", args.app_id);
-        let cert = ca.issue_client(&identity, opts)?;
-        let cert_path = args.out.join(format!("app-{}.pem", args.app_id));
-        write_file(&cert_path, &cert.chain_pem, false)?;
-        write_file(
-            &args.out.join(format!("app-{}.key.pem", args.app_id)),
-            &cert.key_pem,
-            true,
-        )?;
-        println!(
-            "issued application certificate {identity} -> {}",
-            cert_path.display()
-        );
-    }
-    let server = match (&args.org, args.server_cert) {
-        (Some(org), true) => {
-            let name = format!("{org}.{}", args.domain);
-            let cert = ca.issue_server(std::slice::from_ref(&name))?;
-            write_file(&args.out.join("server.pem"), &cert.chain_pem, false)?;
-            write_file(&args.out.join("server-key.pem"), &cert.key_pem, true)?;
-            println!(
-                "issued server certificate for {name} -> {}",
-                args.out.join("server.pem").display()
-            );
-            Some(cert)
-        }
+async fn provision_cmd(args: ProvisionArgs) -> Result<()> {
+    let admin = match (&args.admin, &args.token) {
+        (Some(url), Some(token)) => Some((url.clone(), token.clone())),
+        (Some(_), None) => bail!("--admin needs --token (or CERTMQ_ADMIN_TOKEN)"),
         _ => None,
     };
-    if let (Some(url), Some(org)) = (&args.admin, &args.org) {
-        let Some(token) = &args.token else {
-            bail!("--admin needs --token (or CERTMQ_ADMIN_TOKEN)");
-        };
-        let admin = AdminClient::new(url, token);
-        admin.ensure_org(org).await?;
-        let ca_id = admin.ensure_ca(org, &ca.pem()).await?;
-        println!("org {org}: CA registered (id {ca_id})");
-        match server {
-            Some(cert) => {
-                let id = admin
-                    .upload_server_cert(org, &cert.chain_pem, &cert.key_pem)
-                    .await?;
-                admin.activate_server_cert(org, &id).await?;
-                println!("org {org}: server certificate uploaded and activated (id {id})");
-            }
-            None => {
-                let cert = admin.self_signed_server_cert(org).await?;
-                write_file(&args.out.join("server.pem"), &cert.pem, false)?;
-                println!(
-                    "org {org}: self-signed server certificate generated (id {}) -> {}",
-                    cert.id,
-                    args.out.join("server.pem").display()
-                );
-            }
-        }
+    let opts = provision::Options {
+        out: args.out,
+        ca: match (args.ca.ca_cert, args.ca.ca_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        },
+        ca_cn: args.ca_cn,
+        device_type: args.device_type,
+        devices: args.devices,
+        app_id: args.app_id,
+        days: args.days,
+        org: args.org,
+        domain: args.domain,
+        server_cert: args.server_cert,
+        admin,
+        force: args.force,
+    };
+    for line in provision::run(&opts).await? {
+        println!("{line}");
     }
     Ok(())
 }
@@ -876,32 +808,4 @@ async fn fleet(args: FleetArgs) -> Result<()> {
         std::process::exit(2);
     }
     Ok(())
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
-}
-
-/// Writes `contents` to `path`; `private` files get mode 0600 (before any byte is written).
-fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    #[cfg(unix)]
-    if private {
-        // The file may have existed with a wider mode.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod {}", path.display()))?;
-    }
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("write {}", path.display()))
 }
