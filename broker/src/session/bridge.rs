@@ -266,7 +266,8 @@ impl Bridge {
     ) -> Result<Option<Ending>, SessionError> {
         crate::metrics::limit_refused(self.principal.org.as_str(), limit);
         let text = format!("over the org's {limit} limit");
-        info!(org = %self.principal.org, limit, "closing: over a limit");
+        // The connection span carries the org and client id.
+        info!(limit, "closing: over a limit");
         if let Some(p) = self
             .version
             .disconnect(DisconnectReasonCode::QuotaExceeded, &text)

@@ -72,7 +72,7 @@ impl Quota {
         let max = self.limits.get().max_subscriptions_per_session as usize;
         if self.filters.len() >= max {
             let org = self.limits.org();
-            info!(%org, max, "subscription refused: max_subscriptions_per_session");
+            info!(max, "subscription refused: max_subscriptions_per_session");
             crate::metrics::limit_refused(org.as_str(), limits::MAX_SUBSCRIPTIONS);
             return Some(SubscribeReasonCode::QuotaExceeded);
         }
@@ -144,7 +144,7 @@ impl Bridge {
             return Ok(());
         };
         let org = self.principal.org.as_str();
-        info!(org, limit, cause = %text, "closing: over a limit");
+        info!(limit, cause = %text, "closing: over a limit");
         crate::metrics::limit_refused(org, limit);
         if let Some(p) = self.version.disconnect(code, &text) {
             let mut buf = std::mem::take(&mut self.wbuf);

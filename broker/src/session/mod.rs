@@ -382,7 +382,7 @@ where
     {
         Ok(w) => w,
         Err(e) => {
-            info!(%org, client_id, cause = %e, "refused: will topic not allowed");
+            info!(client_id, cause = %e, "refused: will topic not allowed");
             let _ = write_packets(&mut *stream, version, [version.not_authorized()]).await;
             return None;
         }
@@ -417,7 +417,11 @@ where
             Ok(r) => r,
             Err(over) => {
                 crate::metrics::limit_refused(org.as_str(), crate::limits::MAX_CONNECTIONS);
-                info!(%org, client_id, max = over.max, "CONNECT refused: max_connections");
+                info!(
+                    client_id,
+                    max = over.max,
+                    "CONNECT refused: max_connections"
+                );
                 let _ =
                     write_packets(&mut *stream, version, [limits::over_connections(version)]).await;
                 return None;
