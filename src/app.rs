@@ -52,21 +52,54 @@ impl Running {
     }
 }
 
+/// Shortest platform admin token accepted (the same minimum as device tokens).
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// The admin token: `CERTMQ_ADMIN_TOKEN`, else `<data-dir>/admin-token`, else a new
-/// random one written there (0600). Returns the token and whether it is new.
+/// random one written there (0600). Returns the token and whether it is new. Says in the
+/// log which source it used; with the variable set, a token file holding another token
+/// is removed (reading it would only give a token that is refused).
 fn admin_token(data_dir: &Path) -> anyhow::Result<(String, bool)> {
+    let path = data_dir.join("admin-token");
+    let checked = |t: &str, source: &str| -> anyhow::Result<()> {
+        let n = t.chars().count();
+        if n < MIN_ADMIN_TOKEN_CHARS {
+            anyhow::bail!(
+                "the admin token from {source} has {n} characters; it needs at least \
+                 {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 24`)"
+            );
+        }
+        Ok(())
+    };
     if let Ok(t) = std::env::var("CERTMQ_ADMIN_TOKEN") {
-        if !t.trim().is_empty() {
-            return Ok((t.trim().to_owned(), false));
+        let t = t.trim();
+        if !t.is_empty() {
+            checked(t, "CERTMQ_ADMIN_TOKEN")?;
+            if let Ok(stale) = std::fs::read_to_string(&path) {
+                if stale.trim() != t {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("removing the stale {}", path.display()))?;
+                    tracing::warn!(
+                        file = %path.display(),
+                        "removed a token file holding another token than CERTMQ_ADMIN_TOKEN"
+                    );
+                }
+            }
+            tracing::info!("platform admin token: from CERTMQ_ADMIN_TOKEN");
+            return Ok((t.to_owned(), false));
         }
     }
-    let path = data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => Ok((t.trim().to_owned(), false)),
+        Ok(t) if !t.trim().is_empty() => {
+            checked(t.trim(), &path.display().to_string())?;
+            tracing::info!(file = %path.display(), "platform admin token: from the token file");
+            Ok((t.trim().to_owned(), false))
+        }
         _ => {
             let token = format!("cmq_{}", hex_encode(&random_bytes::<24>()));
             write_private_file(&path, token.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(file = %path.display(), "platform admin token: generated");
             Ok((token, true))
         }
     }

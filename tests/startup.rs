@@ -11,12 +11,20 @@ use support::*;
 /// and standard error, or panics when it is still running after `wait` (a server that
 /// started instead of refusing).
 fn serve_expecting_exit(dir: &std::path::Path, wait: Duration) -> (bool, String) {
+    serve_with_token_expecting_exit(dir, TOKEN, wait)
+}
+
+fn serve_with_token_expecting_exit(
+    dir: &std::path::Path,
+    token: &str,
+    wait: Duration,
+) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_certmq"))
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--mqtt", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--mqtt-plain", "off", "--domain", DOMAIN])
-        .env("CERTMQ_ADMIN_TOKEN", TOKEN)
+        .env("CERTMQ_ADMIN_TOKEN", token)
         .env_remove("CERTMQ_MASTER_KEY")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -30,7 +38,7 @@ fn serve_expecting_exit(dir: &std::path::Path, wait: Duration) -> (bool, String)
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("certmq kept running without its master key");
+            panic!("certmq kept running when it should have refused to start");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -83,5 +91,36 @@ async fn a_fresh_data_dir_gets_a_new_master_key() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start_in(tmp.path());
     assert!(tmp.path().join("master.key").exists());
+    drop(server);
+}
+
+/// Operator finding: a one-character `CERTMQ_ADMIN_TOKEN` was accepted.
+#[test]
+fn a_short_admin_token_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, stderr) = serve_with_token_expecting_exit(tmp.path(), "x", Duration::from_secs(20));
+    assert!(!ok, "started with a one-character admin token");
+    assert!(
+        stderr.contains("CERTMQ_ADMIN_TOKEN") && stderr.contains("at least 16"),
+        "{stderr}"
+    );
+}
+
+/// Operator finding: with `CERTMQ_ADMIN_TOKEN` set, a token file from an earlier start
+/// stayed on disk, and `$(cat admin-token)` got 401 with no hint.
+#[tokio::test]
+async fn a_stale_token_file_is_removed_when_the_variable_decides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("admin-token");
+    std::fs::write(&file, "cmq_an-older-generated-token-000000").unwrap();
+    let server = Server::start_in(tmp.path());
+    assert!(!file.exists(), "the stale token file is gone");
+    let (status, _) = server.api().call(reqwest::Method::GET, "/orgs", None).await;
+    assert_eq!(status, 200, "the variable's token works");
+    drop(server);
+    // A file holding the same token as the variable is left alone.
+    std::fs::write(&file, TOKEN).unwrap();
+    let server = Server::start_in(tmp.path());
+    assert!(file.exists());
     drop(server);
 }
