@@ -157,6 +157,15 @@ struct Session {
     online: Option<(u64, Arc<Notify>)>,
 }
 
+impl Session {
+    /// Whether the session is offline past its expiry (`now`: Unix seconds).
+    fn expired(&self, now: u64) -> bool {
+        self.online.is_none()
+            && matches!((self.record.expiry, self.record.offline_since),
+                (Some(e), Some(since)) if since + u64::from(e) <= now)
+    }
+}
+
 struct Queued {
     seq: u64,
     /// Delivery QoS (the lower of the message's and the subscription's).
@@ -469,10 +478,7 @@ impl MessageState {
         let mut ops = Vec::new();
         let now = record::now();
         // A session past its expiry is gone, even before the sweep ends it.
-        let expired = g.sessions.get(client).is_some_and(|s| {
-            matches!((s.record.expiry, s.record.offline_since),
-                (Some(e), Some(since)) if s.online.is_none() && since + u64::from(e) <= now)
-        });
+        let expired = g.sessions.get(client).is_some_and(|s| s.expired(now));
         if expired {
             discard(&mut g, &org.org, client, &mut ops);
         }
@@ -581,15 +587,19 @@ impl MessageState {
         }
     }
 
-    /// Ends persistent sessions whose expiry has passed while offline.
-    pub(crate) fn expire_sessions(&self) -> usize {
-        let orgs: Vec<Arc<OrgMessages>> = self
-            .orgs
+    /// Every org's state (a snapshot of the list).
+    fn all_orgs(&self) -> Vec<Arc<OrgMessages>> {
+        self.orgs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Ends persistent sessions whose expiry has passed while offline.
+    pub(crate) fn expire_sessions(&self) -> usize {
+        let orgs = self.all_orgs();
         let now = record::now();
         let mut ended = 0;
         for org in orgs {
@@ -597,11 +607,7 @@ impl MessageState {
             let expired: Vec<String> = g
                 .sessions
                 .iter()
-                .filter(|(_, s)| {
-                    s.online.is_none()
-                        && matches!((s.record.expiry, s.record.offline_since),
-                            (Some(e), Some(since)) if since + u64::from(e) <= now)
-                })
+                .filter(|(_, s)| s.expired(now))
                 .map(|(c, _)| c.clone())
                 .collect();
             let mut ops = Vec::new();
@@ -618,13 +624,7 @@ impl MessageState {
 
     /// Persistent sessions and queued messages held, over all orgs (metrics).
     pub(crate) fn counts(&self) -> (usize, usize) {
-        let orgs: Vec<Arc<OrgMessages>> = self
-            .orgs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let orgs = self.all_orgs();
         orgs.iter().fold((0, 0), |(s, q), o| {
             let g = lock(&o.inner);
             (
