@@ -129,6 +129,10 @@ impl admin_api::ConnectionsView for BrokerView {
         self.0.tls_error(org)
     }
 
+    fn ready(&self) -> Result<(), String> {
+        self.0.ready()
+    }
+
     fn retained(&self, org: &OrgId) -> Vec<RetainedMessage> {
         self.0.retained(org)
     }

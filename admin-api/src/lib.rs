@@ -8,7 +8,7 @@
 //! `certmq` binary serves [`router`] on its listener.
 //!
 //! Every route under `/api/v1` needs `Authorization: Bearer <token>`, as does
-//! `/metrics`; `/healthz` and the OpenAPI document `/api/v1/openapi.json` (see
+//! `/metrics`; `/healthz`, `/readyz` and the OpenAPI document `/api/v1/openapi.json` (see
 //! `openapi`) do not. The token is the platform admin token, which sees everything, or
 //! an org token (`POST /orgs/{org}/tokens`), which sees its org only: other orgs are
 //! 404, creating and deleting orgs is 403 (see `auth`). Every mutating request is
@@ -70,6 +70,10 @@ pub trait ConnectionsView: Send + Sync + 'static {
     /// keeps serving the org with its last good config).
     fn tls_error(&self, _org: &OrgId) -> Option<String> {
         None
+    }
+    /// Whether the broker can do its work (`GET /readyz`): `Err` says why not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
     }
     /// The retained messages of `org`, sorted by topic (the org's own names).
     fn retained(&self, _org: &OrgId) -> Vec<RetainedMessage> {
@@ -203,6 +207,7 @@ pub fn router(state: AppState) -> Router {
     // it wins over the /api/v1 fallback nested below.
     let (public, public_doc) = OpenApiRouter::<AppState>::default()
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .routes(routes!(openapi::serve))
         .split_for_parts();
 
@@ -222,11 +227,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `{"status":"ok"}` while the process serves.
+/// `{"status":"ok","version":"…"}` while the process serves.
 #[derive(Serialize, ToSchema)]
 struct Health {
     /// Always `ok`.
     status: &'static str,
+    /// certmq's version.
+    version: &'static str,
 }
 
 /// Liveness.
@@ -241,7 +248,72 @@ struct Health {
     responses((status = 200, description = "The process is up.", body = Health)),
 )]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Whether certmq can do its work: its store answers and its message state is being
+/// written.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    /// `ready`, or `not_ready` (then answered with 503).
+    status: &'static str,
+    /// `ok`, or why the store did not answer.
+    store: String,
+    /// `ok`, or why retained messages and persistent sessions are not being written
+    /// (acknowledgements are then held back).
+    message_state: String,
+}
+
+/// Readiness.
+///
+/// No token needed. 200 when the store answers a read and the message state is being
+/// written, else 503 with the reason: for a load balancer or an orchestrator deciding
+/// whether to send traffic.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    operation_id = "readyz",
+    security(()),
+    responses(
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "Not ready; the fields say why.", body = Readiness),
+    ),
+)]
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> (axum::http::StatusCode, Json<Readiness>) {
+    let checked = blocking(move || {
+        let store = match state.registry.store().get("org/") {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let message_state = match state.connections.ready() {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e,
+        };
+        (store, message_state)
+    })
+    .await;
+    let (store, message_state) =
+        checked.unwrap_or_else(|e| (format!("{e:?}"), "unknown".to_owned()));
+    let ready = store == "ok" && message_state == "ok";
+    let code = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(Readiness {
+            status: if ready { "ready" } else { "not_ready" },
+            store,
+            message_state,
+        }),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -74,7 +74,19 @@ async fn healthz_needs_no_token_and_the_api_does() {
         api.send(Method::GET, "/healthz", None, Req::Empty)
             .await
             .parts(),
-        (StatusCode::OK, json!({ "status": "ok" }))
+        (
+            StatusCode::OK,
+            json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })
+        )
+    );
+    assert_eq!(
+        api.send(Method::GET, "/readyz", None, Req::Empty)
+            .await
+            .parts(),
+        (
+            StatusCode::OK,
+            json!({ "status": "ready", "store": "ok", "message_state": "ok" })
+        )
     );
 
     for auth in [

@@ -148,6 +148,16 @@ impl Broker {
         self.ctx.state.remove_retained(org, &internal)
     }
 
+    /// Whether the broker can do its work: `Err` while writes of message state fail
+    /// (acknowledgements that need them are then held back).
+    pub fn ready(&self) -> Result<(), String> {
+        if self.ctx.state.failing() {
+            Err("writes of message state are failing; acknowledgements are held".into())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Persistent sessions held, and messages queued for sessions, over all orgs.
     pub fn state_counts(&self) -> (usize, usize) {
         self.ctx.state.counts()
