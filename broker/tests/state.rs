@@ -446,3 +446,32 @@ async fn unreadable_records_are_skipped_and_the_rest_loads() {
         "one persistent session (not the ghost), its two intact commands"
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_qos0_messages_larger_than_the_window_is_delivered_whole() {
+    let h = Harness::start().await;
+    let org = h.org("acme");
+    let mut app = clean(&org, "a:dash", "a:acme:dash").await;
+    app.client
+        .subscribe("iot-2/type/+/id/+/evt/+/fmt/+", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    while !matches!(
+        tokio::time::timeout(WAIT, app.rx.recv()).await,
+        Ok(Some(Packet::SubAck(_)))
+    ) {}
+    // 2,500 QoS 0 events, more than one delivery batch (1,000), then nothing more: the
+    // rest must not wait for a next publish.
+    let mut dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;
+    for i in 0..2500 {
+        dev.client
+            .publish("iot-2/evt/e/fmt/txt", QoS::AtMostOnce, false, i.to_string())
+            .await
+            .unwrap();
+    }
+    let mut got = 0;
+    while app.next_publish(Duration::from_secs(2)).await.is_some() {
+        got += 1;
+    }
+    assert_eq!(got, 2500);
+}

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{SessionCtx, SessionError, SessionLimits, WaitReadable};
+use super::{SessionCtx, SessionError, SessionLimits};
 use crate::acl::Principal;
 use crate::engine::codec::{publish_meta, CodecError, Version};
 use crate::engine::packet::{
@@ -30,6 +30,8 @@ use crate::state::{opts, Acked, OrgMessages, SendRetained, SessionHandle, StateL
 const READ_CHUNK: usize = 16 * 1024;
 /// Free space below which the read buffer gets a new chunk.
 const MIN_READ: usize = 4 * 1024;
+/// What an idle session reads into while it waits (it holds no read buffer).
+const IDLE_READ: usize = 256;
 /// Deliveries written to a client and not yet acknowledged by it.
 const MAX_INFLIGHT: usize = 1000;
 
@@ -72,7 +74,7 @@ pub(super) struct Bridge {
 }
 
 impl Bridge {
-    pub(super) async fn run<S: AsyncRead + AsyncWrite + WaitReadable + Unpin>(
+    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         stream: &mut S,
         rbuf: &mut BytesMut,
@@ -133,7 +135,15 @@ impl Bridge {
                 // flow.rs) leaves the socket unread behind it.
                 n = async {
                     if rbuf.capacity() == 0 {
-                        stream.readable().await;
+                        // Idle: wait in a small scratch, and take a buffer for what
+                        // follows only once bytes arrive. (Waiting for the socket to
+                        // become readable instead would miss records TLS has already
+                        // read from it and not yet decrypted.)
+                        let mut first = [0u8; IDLE_READ];
+                        let n = stream.read(&mut first).await?;
+                        rbuf.reserve(slice);
+                        rbuf.extend_from_slice(&first[..n]);
+                        return std::io::Result::Ok(n);
                     }
                     if rbuf.capacity() - rbuf.len() < MIN_READ {
                         rbuf.reserve(slice);
@@ -225,7 +235,13 @@ impl Bridge {
         if room == 0 {
             return Ok(());
         }
-        for d in self.session.take(room) {
+        let taken = self.session.take(room);
+        if taken.len() == room {
+            // The window may not be the limit (QoS 0 takes none of it): come back for
+            // the rest once this batch is written.
+            self.session.notify().notify_one();
+        }
+        for d in taken {
             let mut publish = d.publish;
             let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
             let Some(t) = self.principal.outbound_topic(topic) else {

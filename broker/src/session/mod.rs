@@ -128,30 +128,6 @@ impl SessionCtx {
     }
 }
 
-/// Waiting for input without holding a read buffer: an idle session keeps none (a
-/// read needs a buffer while it waits; most connections wait almost all the time).
-pub(crate) trait WaitReadable {
-    /// Returns once a read would find bytes, an end or an error (or at once when that
-    /// cannot be known).
-    fn readable(&self) -> impl std::future::Future<Output = ()> + Send;
-}
-
-impl WaitReadable for tokio::net::TcpStream {
-    async fn readable(&self) {
-        let _ = tokio::net::TcpStream::readable(self).await;
-    }
-}
-
-impl WaitReadable for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    async fn readable(&self) {
-        let (tcp, tls) = self.get_ref();
-        // Decrypted bytes may already wait inside rustls: then read at once.
-        if tls.wants_read() {
-            let _ = tcp.readable().await;
-        }
-    }
-}
-
 /// A message the broker publishes itself.
 pub(crate) struct OwnMessage {
     pub topic: Bytes,
@@ -255,7 +231,7 @@ fn admit(
 /// the session's message state and its registry entry.
 pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: Arc<SessionCtx>)
 where
-    S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut rbuf = BytesMut::with_capacity(1024);
     // The CONNECT and all that is decided from it, boxed: its locals (the decoded
