@@ -462,7 +462,7 @@ async fn a_burst_of_qos0_messages_larger_than_the_window_is_delivered_whole() {
     ) {}
     // 2,500 QoS 0 events, more than one delivery batch (1,000), then nothing more: the
     // rest must not wait for a next publish.
-    let mut dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;
+    let dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;
     for i in 0..2500 {
         dev.client
             .publish("iot-2/evt/e/fmt/txt", QoS::AtMostOnce, false, i.to_string())
