@@ -281,19 +281,27 @@ async fn drive(cfg: &FleetConfig, ca: &TestCa, ctx: &Ctx, expected: usize) -> Re
         }
     }
 
-    settle(ctx, expected).await;
+    settle(ctx, expected, cfg.devices).await;
     Ok(())
 }
 
 /// Waits until the application has every event and the devices every command, nothing
-/// moved for [`IDLE_GRACE`], or the deadline.
-async fn settle(ctx: &Ctx, expected: usize) {
+/// moved for [`IDLE_GRACE`], or the deadline. With every device connected everything
+/// expected is awaited; otherwise what was sent (the count of sent events follows the
+/// event loops, so it may lag behind a device's last publish: taken alone it could end
+/// the wait before the last event arrived).
+async fn settle(ctx: &Ctx, expected: usize, devices: usize) {
     let mut last = ctx.stats.progress();
     let mut last_change = Instant::now();
     loop {
         let now = ctx.stats.progress();
         let (sent, received, commands) = now;
-        let target = sent.min(expected);
+        let all_connected = ctx.stats.devices_connected.load(Ordering::Relaxed) >= devices;
+        let target = if all_connected {
+            expected
+        } else {
+            sent.min(expected)
+        };
         if received >= target && commands >= target {
             return;
         }
