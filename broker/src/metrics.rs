@@ -137,8 +137,16 @@ fn label(v: &str) -> String {
 
 /// The whole Prometheus text exposition; `conns` counts live sessions per org and kind
 /// (see `Sessions::counts`).
-pub fn render(conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) -> String {
+pub fn render(mut conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) -> String {
     let mut out = handle().map(|h| h.render()).unwrap_or_default();
+    let orgs = registry.list_orgs().unwrap_or_default();
+    // Every org and kind is reported, 0 included: a series that vanishes when the last
+    // device leaves cannot be told from a broker that stopped reporting it.
+    for org in &orgs {
+        for kind in [Kind::Device, Kind::Gateway, Kind::App] {
+            conns.entry((org.id.clone(), kind)).or_insert(0);
+        }
+    }
 
     out.push_str(
         "# HELP certmq_connections Live MQTT sessions.\n# TYPE certmq_connections gauge\n",
@@ -161,7 +169,7 @@ pub fn render(conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) -> Str
          # TYPE certmq_cert_days_to_expiry gauge\n",
     );
     let now = OffsetDateTime::now_utc();
-    for org in registry.list_orgs().unwrap_or_default() {
+    for org in orgs {
         let cas = registry.list_cas(&org.id).unwrap_or_default();
         let cas = cas
             .iter()

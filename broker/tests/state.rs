@@ -475,3 +475,34 @@ async fn a_burst_of_qos0_messages_larger_than_the_window_is_delivered_whole() {
     }
     assert_eq!(got, 2500);
 }
+
+#[tokio::test]
+async fn connection_gauges_report_zero_instead_of_vanishing() {
+    let h = Harness::start().await;
+    let org = h.org("acme");
+    let metrics = h.broker.metrics_text();
+    for kind in ["device", "gateway", "app"] {
+        assert!(
+            metrics.contains(&format!(
+                "certmq_connections{{org=\"acme\",kind=\"{kind}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+    let dev = clean(&org, "d:sensor:s1", "d:acme:sensor:s1").await;
+    let metrics = h.broker.metrics_text();
+    assert!(metrics.contains("certmq_connections{org=\"acme\",kind=\"device\"} 1"));
+    dev.client.disconnect().await.unwrap();
+    let mut zero = false;
+    for _ in 0..50 {
+        if h.broker
+            .metrics_text()
+            .contains("certmq_connections{org=\"acme\",kind=\"device\"} 0")
+        {
+            zero = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(zero, "back to 0, still reported");
+}
