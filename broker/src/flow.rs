@@ -26,6 +26,7 @@
 //! cost nothing.
 
 use crate::lock;
+use crate::state::tree::filter_matches as matches;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -71,21 +72,6 @@ fn device_key(topic: &str) -> Option<(&str, &str)> {
     let d = levels.nth(1)?;
     let literal = |s: &str| !s.is_empty() && s != "+" && s != "#";
     (literal(t) && literal(d)).then_some((t, d))
-}
-
-/// MQTT topic matching of an internal filter (`+`, `#`) against a topic.
-fn matches(filter: &str, topic: &str) -> bool {
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
 }
 
 impl Index {
@@ -325,7 +311,10 @@ impl Flow {
 
 /// `$share/<group>/<filter>` → (group, filter).
 fn shared(filter: &str) -> Option<(&str, &str)> {
-    filter.strip_prefix("$share/")?.split_once('/')
+    match crate::state::tree::split_shared(filter) {
+        (Some(group), inner) => Some((group, inner)),
+        (None, _) => None,
+    }
 }
 
 impl Drop for Flow {

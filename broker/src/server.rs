@@ -98,12 +98,12 @@ impl Broker {
                 b.reconcile(org);
             }
         });
-        broker.restore();
+        broker.start_session_sweep();
         Ok(broker)
     }
 
     /// Starts the sweep of expired persistent sessions.
-    fn restore(&self) {
+    fn start_session_sweep(&self) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             warn!("no runtime: expired persistent sessions are ended only at reconnect");
             return;

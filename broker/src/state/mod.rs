@@ -750,15 +750,6 @@ fn discard(g: &mut OrgInner, org: &OrgId, client: &str, ops: &mut Vec<Op>) {
     );
 }
 
-/// Whether MQTT filter `filter` matches `topic`.
-pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
-    let mut t = FilterTree::default();
-    t.insert(filter, "", 0);
-    let mut hit = false;
-    t.matches(topic, |_| hit = true);
-    hit
-}
-
 /// A connection's handle on its persistent session.
 pub(crate) struct SessionHandle {
     state: Arc<MessageState>,
@@ -960,7 +951,7 @@ impl SessionHandle {
                 retained.extend(
                     g.retained
                         .iter()
-                        .filter(|(t, m)| !m.expired(now) && filter_matches(filter, t))
+                        .filter(|(t, m)| !m.expired(now) && tree::filter_matches(filter, t))
                         .map(|(_, m)| (m.clone(), *sub & opts::QOS)),
                 );
             }

@@ -13,7 +13,7 @@
 //! properties survive too): version 1, QoS, expiry (Unix seconds, 0 = never), time
 //! stored (Unix seconds), then the packet.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use registry::OrgId;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,8 @@ use crate::engine::codec::Version;
 use crate::engine::packet::{self, Packet, Publish, PublishProperties};
 
 const VERSION: u8 = 1;
+/// Version, QoS, expiry, time stored.
+const HEADER: usize = 18;
 
 /// One message as certmq keeps it: retained, or queued for a persistent session.
 #[derive(Debug, Clone)]
@@ -81,10 +83,10 @@ impl Message {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Message, String> {
-        let mut b = Bytes::copy_from_slice(bytes);
-        if b.len() < 18 {
-            return Err(format!("truncated record ({} bytes)", b.len()));
+        if bytes.len() < HEADER {
+            return Err(format!("truncated record ({} bytes)", bytes.len()));
         }
+        let mut b = &bytes[..HEADER];
         let version = b.get_u8();
         if version != VERSION {
             return Err(format!("unknown record version {version}"));
@@ -92,7 +94,7 @@ impl Message {
         let qos = b.get_u8();
         let expires_at = Some(b.get_u64()).filter(|e| *e != 0);
         let at = b.get_u64();
-        let mut rest = BytesMut::from(&b[..]);
+        let mut rest = BytesMut::from(&bytes[HEADER..]);
         match Version::V5.read(&mut rest, usize::MAX) {
             Ok(Packet::Publish(p, props)) if rest.is_empty() => Ok(Message {
                 publish: packet::with_qos(&p, 0, 0, false),

@@ -53,6 +53,26 @@ pub(crate) fn split_shared(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// Whether MQTT filter `filter` (not a shared one) matches `topic`: `+` one level, `#`
+/// the rest (its parent level included); wildcards never match a first level that
+/// starts with `$` (MQTT 4.7.2).
+pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 impl FilterTree {
     /// Subscriptions held.
     pub(crate) fn len(&self) -> usize {
@@ -204,6 +224,27 @@ mod tests {
         assert_eq!(matching(&t, "/tenants/other/x"), ["all"]);
         // `$` topics are not matched by wildcards at the first level.
         assert_eq!(matching(&t, "$SYS/x"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn one_filter_matches_like_the_tree() {
+        for (filter, topic, hit) in [
+            ("a/+/c", "a/b/c", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("a/b", "a/b/c", false),
+            ("+/+", "a/b", true),
+            ("#", "$SYS/x", false),
+            ("/tenants/acme/#", "/tenants/acme/x", true),
+            ("/tenants/acme/#", "/tenants/other/x", false),
+        ] {
+            let mut t = FilterTree::default();
+            t.insert(filter, "c", 0);
+            let mut tree = false;
+            t.matches(topic, |_| tree = true);
+            assert_eq!(filter_matches(filter, topic), hit, "{filter} vs {topic}");
+            assert_eq!(tree, hit, "tree: {filter} vs {topic}");
+        }
     }
 
     #[test]
