@@ -17,7 +17,7 @@ use std::sync::Arc;
 use registry::live::Stage;
 use registry::{names, Identity, Level, OrgId, Registry, SecurityPolicy, Transport};
 
-use crate::chain::{Crls, Link};
+use crate::chain::{Crls, Link, Revoked};
 use time::OffsetDateTime;
 
 use crate::acl::Principal;
@@ -38,6 +38,8 @@ pub(crate) struct PeerCert {
     /// checked on every certificate of it.
     pub path: Vec<Link>,
     pub not_after: OffsetDateTime,
+    /// SHA-256 of the leaf's DER, lowercase hex.
+    pub fingerprint: String,
 }
 
 impl PeerCert {
@@ -59,6 +61,8 @@ pub(crate) struct OrgRules {
     pub crls: Arc<Crls>,
     /// Blocked identities.
     pub blocked: HashSet<Identity>,
+    /// Single certificates revoked (shared with the TLS verifier).
+    pub revoked: Arc<Revoked>,
 }
 
 /// What a token check found for the identity admission settled on.
@@ -164,6 +168,8 @@ pub(crate) fn decide(
             Some("the CA that admitted the certificate is no longer active in the org")
         } else if rules.crls.revokes(&c.path) {
             Some("a certificate of its chain is on its issuer's revocation list")
+        } else if rules.revoked.revokes(&c.fingerprint, &c.ca_id, c.serial()) {
+            Some("the certificate is revoked in the org (revoked-certs)")
         } else {
             None
         }
@@ -278,6 +284,7 @@ fn level_name(level: Level) -> &'static str {
         Level::TlsClientCertOrToken => "tls_client_cert_or_token",
         Level::TlsToken => "tls_token",
         Level::TlsOptional => "tls_optional",
+        Level::TlsClientCertAndToken => "tls_client_cert_and_token",
     }
 }
 
@@ -299,6 +306,7 @@ mod tests {
             active_cas: HashSet::from(["ca1".to_owned()]),
             crls: Arc::default(),
             blocked: HashSet::new(),
+            revoked: Arc::default(),
         }
     }
 
@@ -312,6 +320,7 @@ mod tests {
                 serial: "01".into(),
             }],
             not_after: OffsetDateTime::UNIX_EPOCH,
+            fingerprint: "fp1".into(),
         }
     }
 
@@ -482,6 +491,40 @@ mod tests {
         // A valid token still admits where the level accepts tokens.
         r.policy.level = Level::TlsClientCertOrToken;
         assert!(decide(&r, &tls(Some(&c), id), |_| TokenCheck::Valid(V)).is_ok());
+
+        // One certificate revoked, by fingerprint or by CA and serial.
+        for rec in [(Some("fp1"), "other", "99"), (None, "id1", "01")] {
+            let mut r = rules(Level::TlsClientCert);
+            r.revoked = Arc::new(Revoked::new(&[registry::revoked_certs::RevokedCert {
+                id: "r".into(),
+                fingerprint_sha256: rec.0.map(str::to_owned),
+                ca_id: rec.1.into(),
+                serial: rec.2.into(),
+                identity: None,
+                reason: String::new(),
+                created_at: V,
+            }]));
+            let e = decide(&r, &tls(Some(&c), id), |_| TokenCheck::NotPresented).unwrap_err();
+            assert_eq!(e.stage, Stage::Certificate);
+            assert!(e.reason.contains("revoked-certs"), "{}", e.reason);
+        }
+    }
+
+    #[test]
+    fn certificate_and_token_needs_both() {
+        let c = cert("d:sensor:dev1");
+        let id = "d:acme:sensor:dev1";
+        let r = rules(Level::TlsClientCertAndToken);
+        assert!(decide(&r, &tls(Some(&c), id), |_| TokenCheck::Valid(V)).is_ok());
+        let e = decide(&r, &tls(Some(&c), id), |_| TokenCheck::NotPresented).unwrap_err();
+        assert_eq!(e.stage, Stage::SecurityLevel);
+        assert!(
+            e.reason.contains("tls_client_cert_and_token"),
+            "{}",
+            e.reason
+        );
+        let e = decide(&r, &tls(None, id), |_| TokenCheck::Valid(V)).unwrap_err();
+        assert_eq!(e.stage, Stage::SecurityLevel);
     }
 
     #[test]

@@ -165,6 +165,39 @@ impl Crls {
     }
 }
 
+/// Single certificates the org revoked (`/orgs/{org}/revoked-certs`): by the leaf's
+/// SHA-256 fingerprint, or by the org CA the path ends at and the leaf's serial.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Revoked {
+    fingerprints: HashSet<String>,
+    by_ca: HashSet<(String, String)>,
+}
+
+impl Revoked {
+    pub(crate) fn new(list: &[registry::revoked_certs::RevokedCert]) -> Revoked {
+        let mut r = Revoked::default();
+        for c in list {
+            if let Some(fp) = &c.fingerprint_sha256 {
+                r.fingerprints.insert(fp.clone());
+            }
+            r.by_ca.insert((c.ca_id.clone(), c.serial.clone()));
+        }
+        r
+    }
+
+    /// Whether the leaf of `fingerprint`, admitted by the org CA `ca_id` with `serial`,
+    /// is revoked.
+    pub(crate) fn revokes(&self, fingerprint: &str, ca_id: &str, serial: &str) -> bool {
+        !self.is_empty()
+            && (self.fingerprints.contains(fingerprint)
+                || self.by_ca.contains(&(ca_id.to_owned(), serial.to_owned())))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.fingerprints.is_empty() && self.by_ca.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,15 @@ pub(crate) fn tls_config_error(org: &str) {
     metrics::counter!("certmq_tls_config_errors_total", "org" => org.to_owned()).increment(1);
 }
 
+/// A connection refused by the org's network policy
+/// (`certmq_network_refusals_total{org,reason}`, reason `denied` or `not_allowed`).
+pub(crate) fn network_refused(org: &str, reason: &'static str) {
+    metrics::counter!(
+        "certmq_network_refusals_total", "org" => org.to_owned(), "reason" => reason
+    )
+    .increment(1);
+}
+
 /// A CONNECT refused by admission, by the stage that refused it.
 pub(crate) fn refused(stage: registry::live::Stage) {
     metrics::counter!("certmq_connect_refusals_total", "stage" => stage.as_str()).increment(1);
@@ -197,5 +206,19 @@ pub fn render(mut conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) ->
         }
     }
     out.push_str(&days);
+    out.push_str(
+        "# HELP certmq_device_certs_expiring Devices whose current certificate expires within 30 days.\n\
+         # TYPE certmq_device_certs_expiring gauge\n",
+    );
+    for org in registry.list_orgs().unwrap_or_default() {
+        let n = registry
+            .devices_expiring(&org.id, registry::devices::EXPIRING_SOON_DAYS)
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "certmq_device_certs_expiring{{org=\"{}\"}} {n}",
+            label(org.id.as_str())
+        );
+    }
     out
 }

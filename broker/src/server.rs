@@ -54,6 +54,8 @@ impl Default for BrokerConfig {
 const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
 /// Fatal `internal_error` (80).
 const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
+/// Fatal `access_denied` (49): the org's network policy refuses the client's address.
+const ALERT_ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49];
 
 /// The broker: TLS front end, live sessions and the engine.
 pub struct Broker {
@@ -99,7 +101,32 @@ impl Broker {
             }
         });
         broker.start_session_sweep();
+        broker.start_inventory_flush();
         Ok(broker)
+    }
+
+    /// Starts the periodic merge of admissions into the device inventory
+    /// (`registry::devices`): one store batch every few seconds, whatever the connect rate.
+    fn start_inventory_flush(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            warn!("no runtime: the device inventory is written only when read");
+            return;
+        };
+        let registry = Arc::downgrade(&self.ctx.registry);
+        rt.spawn(async move {
+            let mut every = tokio::time::interval(registry::devices::FLUSH_EVERY);
+            loop {
+                every.tick().await;
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                let flushed =
+                    tokio::task::spawn_blocking(move || registry.flush_device_activity()).await;
+                if let Ok(Err(e)) = flushed {
+                    warn!(cause = %e, "device inventory flush failed; retrying");
+                }
+            }
+        });
     }
 
     /// Starts the sweep of expired persistent sessions.
@@ -222,6 +249,13 @@ impl Broker {
         let registry = &self.ctx.registry;
         let mut closed = 0;
         for s in &live {
+            if let Err(refusal) = tls.network.check(s.info.remote_addr.ip()) {
+                info!(%org, client_id = s.info.client_id, reason = refusal.label(), "closing a session from an address the network policy refuses");
+                crate::metrics::kick(org.as_str(), CloseReason::Revoked.label());
+                s.switch.close(CloseReason::Revoked);
+                closed += 1;
+                continue;
+            }
             let facts = Facts {
                 transport: s.info.transport,
                 cert: s.cert.as_ref(),
@@ -328,7 +362,14 @@ impl Broker {
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
         // What the ended sessions left (their queues, offline times) reaches the disk.
         let state = self.ctx.state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.sync(Duration::from_secs(5))).await;
+        let registry = self.ctx.registry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            state.sync(Duration::from_secs(5));
+            if let Err(e) = registry.flush_device_activity() {
+                warn!(cause = %e, "device inventory not written at shutdown");
+            }
+        })
+        .await;
     }
 
     async fn plain_connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {
@@ -397,6 +438,19 @@ impl Broker {
             }
         };
         tracing::Span::current().record("org", org_tls.org.as_str());
+        // The org's network policy, before any certificate work.
+        if let Err(refusal) = org_tls.network.check(addr.ip()) {
+            debug!(
+                reason = refusal.label(),
+                "address refused by the org's network policy"
+            );
+            crate::metrics::network_refused(org_tls.org.as_str(), refusal.label());
+            crate::metrics::handshake(Some(org_tls.org.as_str()), "access_denied");
+            let mut io = start.io;
+            let _ = io.write_all(&ALERT_ACCESS_DENIED).await;
+            let _ = io.shutdown().await;
+            return None;
+        }
         let stream = match tokio::time::timeout_at(
             deadline,
             start.into_stream(org_tls.config.clone()),

@@ -190,6 +190,20 @@ impl Sessions {
         }
     }
 
+    /// The leaf fingerprint (when a certificate admitted it) and remote address of the
+    /// live session `client_id`, if there is one.
+    pub(crate) fn cert_and_addr(
+        &self,
+        client_id: &str,
+    ) -> Option<(Option<String>, std::net::SocketAddr)> {
+        self.map().get(client_id).map(|e| {
+            (
+                e.cert.as_ref().map(|c| c.fingerprint.clone()),
+                e.info.remote_addr,
+            )
+        })
+    }
+
     /// Live sessions of `org`.
     pub fn count(&self, org: &OrgId) -> usize {
         self.map().per_org.get(org).copied().unwrap_or(0)

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::admission::{OrgRules, PeerCert};
-use crate::chain::{self, Crls};
+use crate::chain::{self, Crls, Revoked};
 use arc_swap::ArcSwap;
 use registry::{cert, OrgId, OrgLimits, Registry};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -53,6 +53,8 @@ pub struct OrgTls {
     /// The org's limits when the config was built (see `crate::limits`): a change
     /// rebuilds the config, so sessions see new limits through the cache.
     pub limits: OrgLimits,
+    /// The org's network policy: checked right after SNI, before any certificate work.
+    pub network: registry::network::NetworkRules,
 }
 
 impl OrgTls {
@@ -72,6 +74,7 @@ impl OrgTls {
             ca_fingerprint: ca.map(|c| c.fingerprint.clone()).unwrap_or_default(),
             path,
             not_after: summary.map_or(time::PrimitiveDateTime::MAX.assume_utc(), |s| s.not_after),
+            fingerprint: cert::fingerprint(chain.first()?),
         })
     }
 }
@@ -227,6 +230,8 @@ impl OrgTlsCache {
             Err(e) => return Err(e.into()),
         };
         let blocked = self.registry.blocked_identities(org)?;
+        let revoked = Arc::new(Revoked::new(&self.registry.revoked_cert_list(org)?));
+        let network = self.registry.network_rules(org)?;
         // Levels that admit tokens ask for a certificate without requiring one.
         let (cert_optional, _) = policy.loosest();
         let (chain, key) = match material.server {
@@ -279,6 +284,7 @@ impl OrgTlsCache {
                 inner,
                 cas: cas.clone(),
                 crls: crls.clone(),
+                revoked: revoked.clone(),
             })
         };
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
@@ -300,6 +306,7 @@ impl OrgTlsCache {
             active_cas: cas.iter().map(|c| c.fingerprint.clone()).collect(),
             crls,
             blocked,
+            revoked,
         };
         Ok(Some(OrgTls {
             org: org.clone(),
@@ -308,6 +315,7 @@ impl OrgTlsCache {
             verifier,
             rules,
             limits,
+            network,
         }))
     }
 }
@@ -334,6 +342,7 @@ struct Revoking {
     inner: Arc<dyn ClientCertVerifier>,
     cas: Arc<Vec<ActiveCa>>,
     crls: Arc<Crls>,
+    revoked: Arc<Revoked>,
 }
 
 impl ClientCertVerifier for Revoking {
@@ -363,6 +372,15 @@ impl ClientCertVerifier for Revoking {
             .collect();
         match chain::verified_path(&chain, &self.cas) {
             Some((path, _)) if self.crls.revokes(&path) => {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+            }
+            Some((path, i))
+                if self.revoked.revokes(
+                    &cert::fingerprint(end_entity),
+                    self.cas.get(i).map_or("", |c| c.id.as_str()),
+                    path.first().map_or("", |l| l.serial.as_str()),
+                ) =>
+            {
                 Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
             }
             Some(_) => Ok(verified),

@@ -117,11 +117,24 @@ impl Registry {
     /// Uploads a CA, active at once. 409 when the org has it already, 422 when it breaks
     /// a CA rule or the org's CA limits (`too_many_cas`, see the module docs).
     pub fn add_ca(&self, org: &OrgId, bytes: &[u8], description: &str) -> Result<CaView> {
+        self.add_ca_with_proof(org, bytes, description, None)
+    }
+
+    /// [`Registry::add_ca`] with a proof of possession of the CA's key (a verification
+    /// certificate, PEM or DER), which the org's policy may require (see `ca_proof`).
+    pub fn add_ca_with_proof(
+        &self,
+        org: &OrgId,
+        bytes: &[u8],
+        description: &str,
+        proof: Option<&[u8]>,
+    ) -> Result<CaView> {
         crate::text::check("description", description, MAX_DESCRIPTION_CHARS)?;
         let der = cert::read_single(bytes)?;
         let details = cert::check_ca(&der, OffsetDateTime::now_utc())?;
         let _g = self.lock();
         self.get_org(org)?;
+        let used_code = self.check_ca_proof(org, &der, proof)?;
         let existing: Vec<CaCert> = self.scan_json(&layout::cas(org))?;
         if let Some(dup) = existing.iter().find(|c| {
             cert::read_single(c.pem.as_bytes())
@@ -142,8 +155,10 @@ impl Registry {
             created_at: OffsetDateTime::now_utc(),
             pem: cert::to_pem(&der),
         };
-        self.store
-            .apply(vec![Self::put(layout::ca(org, &ca.id), &ca)])?;
+        let mut ops = vec![Self::put(layout::ca(org, &ca.id), &ca)];
+        // A code proves possession once.
+        ops.extend(used_code.map(Op::Delete));
+        self.store.apply(ops)?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
         Ok(CaView::from_record(ca, details))

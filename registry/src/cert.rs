@@ -65,13 +65,24 @@ pub enum Rule {
     TooManyCas,
     /// An org limit outside its allowed range (`crate::limits::OrgLimits::RANGES`).
     LimitOutOfRange,
+    /// A revocation names a certificate no device of the org connected with.
+    UnknownCertificate,
+    /// A network policy entry is not an IP network (`203.0.113.0/24`) or address.
+    InvalidCidr,
+    /// A network policy allows a network its deny list already covers.
+    CidrOverlap,
+    /// The org requires proof of possession and the CA upload carries none.
+    ProofOfPossessionRequired,
+    /// The verification certificate is not signed by the uploaded CA, or its CN is not
+    /// a valid verification code of the org.
+    ProofOfPossessionFailed,
 }
 
 impl Rule {
     /// Every rule, in declaration order: the API documents their codes as the possible
     /// 422 codes. (The `all_lists_every_rule` test fails to compile when a rule is added
     /// and not listed here.)
-    pub const ALL: [Rule; 21] = [
+    pub const ALL: [Rule; 26] = [
         Rule::NotPemOrDer,
         Rule::MultipleCertificates,
         Rule::UnexpectedPrivateKey,
@@ -93,6 +104,11 @@ impl Rule {
         Rule::CrlOutdated,
         Rule::TooManyCas,
         Rule::LimitOutOfRange,
+        Rule::UnknownCertificate,
+        Rule::InvalidCidr,
+        Rule::CidrOverlap,
+        Rule::ProofOfPossessionRequired,
+        Rule::ProofOfPossessionFailed,
     ];
 
     /// The machine code of the API's 422 answer, e.g. `not_a_ca`.
@@ -119,6 +135,11 @@ impl Rule {
             Rule::LeafIsCa => "leaf_is_ca",
             Rule::NotForServerAuth => "not_for_server_auth",
             Rule::UnsupportedKeyFormat => "unsupported_key_format",
+            Rule::UnknownCertificate => "unknown_certificate",
+            Rule::InvalidCidr => "invalid_cidr",
+            Rule::CidrOverlap => "cidr_overlap",
+            Rule::ProofOfPossessionRequired => "proof_of_possession_required",
+            Rule::ProofOfPossessionFailed => "proof_of_possession_failed",
         }
     }
 }
@@ -566,6 +587,11 @@ mod tests {
             Rule::CrlOutdated => 18,
             Rule::TooManyCas => 19,
             Rule::LimitOutOfRange => 20,
+            Rule::UnknownCertificate => 21,
+            Rule::InvalidCidr => 22,
+            Rule::CidrOverlap => 23,
+            Rule::ProofOfPossessionRequired => 24,
+            Rule::ProofOfPossessionFailed => 25,
         };
         for (i, r) in Rule::ALL.iter().enumerate() {
             assert_eq!(position(*r), i, "{r:?}");

@@ -137,6 +137,57 @@ pub(crate) fn domain_owner(domain: &str) -> String {
     format!("{DOMAIN_OWNERS}{domain}")
 }
 
+/// The org's device inventory: one record per identity that ever connected.
+pub(crate) fn devices(org: &OrgId) -> String {
+    format!("dev/{org}/")
+}
+
+pub(crate) fn device(org: &OrgId, identity: &Identity) -> String {
+    format!("{}{identity}", devices(org))
+}
+
+/// Every certificate the org's devices used, by SHA-256 fingerprint (→ who used it).
+pub(crate) fn device_certs(org: &OrgId) -> String {
+    format!("devcert/{org}/")
+}
+
+pub(crate) fn device_cert(org: &OrgId, fingerprint: &str) -> String {
+    format!("{}{fingerprint}", device_certs(org))
+}
+
+/// The org's identities by the expiry of the certificate they last connected with.
+pub(crate) fn device_expiries(org: &OrgId) -> String {
+    format!("devexp/{org}/")
+}
+
+/// Zero-padded Unix time first, so the entries scan in expiry order.
+pub(crate) fn device_expiry(org: &OrgId, not_after: u64, identity: &Identity) -> String {
+    format!("{}{not_after:020}/{identity}", device_expiries(org))
+}
+
+/// Single certificates the org revoked.
+pub(crate) fn revoked_certs(org: &OrgId) -> String {
+    format!("revoked/{org}/")
+}
+
+pub(crate) fn revoked_cert(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", revoked_certs(org))
+}
+
+/// The org's network policy (one record; absent: every address).
+pub(crate) fn network_policy(org: &OrgId) -> String {
+    format!("netpolicy/{org}")
+}
+
+/// The org's CA proof-of-possession codes.
+pub(crate) fn ca_proof_codes(org: &OrgId) -> String {
+    format!("ca-proof/{org}/")
+}
+
+pub(crate) fn ca_proof_code(org: &OrgId, code: &str) -> String {
+    format!("{}{code}", ca_proof_codes(org))
+}
+
 /// The org's message state, which the broker owns (retained messages, persistent
 /// sessions and their queues): the registry only deletes it with the org.
 pub fn messages(org: &OrgId) -> String {
@@ -194,6 +245,12 @@ pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
             index_keys: Some(domain_owner_keys),
         },
         at(Place::Prefix(messages(org))),
+        at(Place::Prefix(devices(org))),
+        at(Place::Prefix(device_certs(org))),
+        at(Place::Prefix(device_expiries(org))),
+        at(Place::Prefix(revoked_certs(org))),
+        at(Place::Key(network_policy(org))),
+        at(Place::Prefix(ca_proof_codes(org))),
     ]
 }
 
@@ -251,6 +308,12 @@ mod tests {
             audit_seq(acme.as_str()),
             audit_low(acme.as_str()),
             org_domains(&acme),
+            device(&acme, &id),
+            device_cert(&acme, "ab"),
+            device_expiry(&acme, 1, &id),
+            revoked_cert(&acme, "1"),
+            network_policy(&acme),
+            ca_proof_code(&acme, "c"),
         ] {
             assert!(covered(&key), "{key} is not deleted with its org");
         }
@@ -261,6 +324,8 @@ mod tests {
             limits(&acme2),
             ca(&acme2, "1"),
             audit_seq(acme2.as_str()),
+            device(&acme2, &id),
+            network_policy(&acme2),
             PLATFORM_CERT.to_owned(),
         ] {
             assert!(!covered(&key), "{key} would be deleted with acme");

@@ -11,10 +11,12 @@
 
 pub mod audit;
 mod ca_certs;
+pub mod ca_proof;
 pub mod cert;
 mod claims;
 mod csr;
 mod custom_domains;
+pub mod devices;
 pub mod domains;
 mod error;
 mod keys;
@@ -22,6 +24,7 @@ mod layout;
 pub mod limits;
 pub mod live;
 pub mod names;
+pub mod network;
 #[cfg(feature = "openapi")]
 mod openapi;
 mod orgs;
@@ -29,6 +32,7 @@ mod platform;
 pub mod policy;
 mod registry;
 mod revocation;
+pub mod revoked_certs;
 pub mod seal;
 mod server_certs;
 mod server_upload;
@@ -40,6 +44,7 @@ pub mod tokens;
 pub use audit::{Actor, AuditEntry, AuditEvent, AuditLog};
 pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
 pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
+pub use devices::{Device, DeviceCert};
 pub use domains::DomainName;
 pub use error::{Error, Result};
 pub use keys::KeyType;

@@ -77,6 +77,7 @@ impl Registry {
             }
         }
         self.store.apply(ops)?;
+        self.forget_device_activity(id);
         drop(_g);
         self.notify(Change::Org(id.clone()));
         Ok(())

@@ -30,7 +30,9 @@ use crate::store::Op;
         description = "How a connection must authenticate: `tls_client_cert` (TLS and a \
         valid client certificate; the default), `tls_client_cert_or_token` (TLS and a client \
         certificate or a token), `tls_token` (TLS and a token; a certificate alone is not \
-        enough), `tls_optional` (as `tls_client_cert_or_token`, and plain MQTT with a token)."
+        enough), `tls_optional` (as `tls_client_cert_or_token`, and plain MQTT with a token), \
+        `tls_client_cert_and_token` (TLS, a valid client certificate and the identity's \
+        token, both)."
     )
 )]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +46,8 @@ pub enum Level {
     TlsToken,
     /// As `TlsClientCertOrToken`, and also plain MQTT with a token.
     TlsOptional,
+    /// TLS, a client certificate and a token, both (Watson's "token and certificate").
+    TlsClientCertAndToken,
 }
 
 /// The transport a connection arrived on.
@@ -64,13 +68,14 @@ impl Level {
             (Level::TlsToken, Transport::Tls) => has_token,
             (Level::TlsOptional, Transport::Tls) => has_cert || has_token,
             (Level::TlsOptional, Transport::Plain) => has_token,
+            (Level::TlsClientCertAndToken, Transport::Tls) => has_cert && has_token,
             (_, Transport::Plain) => false,
         }
     }
 
     /// Whether this level lets a TLS client connect without a certificate.
     pub fn cert_optional(self) -> bool {
-        self != Level::TlsClientCert
+        !matches!(self, Level::TlsClientCert | Level::TlsClientCertAndToken)
     }
 }
 
@@ -87,6 +92,10 @@ pub struct SecurityPolicy {
     /// Gateway type → the device types its gateways may act for (absent: any).
     #[serde(default)]
     pub gateway_device_types: BTreeMap<String, Vec<String>>,
+    /// CA uploads must prove possession of the CA's key (a verification certificate
+    /// signed by it whose CN is a code from `POST /orgs/{org}/ca-certs/verification-code`).
+    #[serde(default)]
+    pub require_ca_proof: bool,
 }
 
 impl SecurityPolicy {
@@ -311,6 +320,11 @@ mod tests {
         assert!(!Level::TlsToken.admits(Plain, false, true));
         assert!(Level::TlsOptional.admits(Plain, false, true));
         assert!(!Level::TlsOptional.admits(Plain, false, false));
+        assert!(Level::TlsClientCertAndToken.admits(Tls, true, true));
+        assert!(!Level::TlsClientCertAndToken.admits(Tls, true, false));
+        assert!(!Level::TlsClientCertAndToken.admits(Tls, false, true));
+        assert!(!Level::TlsClientCertAndToken.admits(Plain, true, true));
+        assert!(!Level::TlsClientCertAndToken.cert_optional());
     }
 
     /// Security review finding: 8-character device tokens were accepted.

@@ -53,6 +53,8 @@ pub struct Registry {
     pub(crate) hosts: crate::domains::Hosts,
     /// How long audit entries are kept (see `audit`).
     pub(crate) audit_retention: time::Duration,
+    /// Device admissions not yet in the inventory (see `devices`).
+    pub(crate) activity: crate::devices::PendingActivity,
 }
 
 pub(crate) fn new_id() -> String {
@@ -73,6 +75,7 @@ impl Registry {
             audit_retention: time::Duration::days(
                 crate::audit::DEFAULT_AUDIT_RETENTION_DAYS.into(),
             ),
+            activity: Default::default(),
         };
         r.ensure_platform_cert()?;
         r.load_hosts()?;

@@ -26,6 +26,22 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Applies every op or none, and makes them durable before returning.
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+    /// Up to `limit` entries whose key starts with `prefix` and sorts after `after`, in
+    /// key order: one page of a large prefix (the device inventory) without reading the
+    /// rest. The default reads the whole prefix; a store with ordered ranges does better.
+    fn scan_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .scan(prefix)?
+            .into_iter()
+            .filter(|(k, _)| k.as_str() > after)
+            .take(limit)
+            .collect())
+    }
 }
 
 /// [`Store`] on an embedded sled database in the data directory.
@@ -93,6 +109,32 @@ impl Store for SledStore {
         self.db.flush().map_err(err)?;
         Ok(())
     }
+
+    fn scan_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let start = if after < prefix {
+            Bound::Included(prefix.as_bytes().to_vec())
+        } else {
+            Bound::Excluded(after.as_bytes().to_vec())
+        };
+        self.db
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(|kv| {
+                kv.as_ref()
+                    .map_or(true, |(k, _)| k.starts_with(prefix.as_bytes()))
+            })
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(err)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +169,10 @@ mod tests {
             s.apply(vec![Op::Delete("a/1".into())]).unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
+        let page = s.scan_after("a/", "", 10).unwrap();
+        assert_eq!(page, vec![("a/2".to_string(), b"y".to_vec())]);
+        assert!(s.scan_after("a/", "a/2", 10).unwrap().is_empty());
+        assert_eq!(s.scan_after("", "a/2", 1).unwrap()[0].0, "b/1");
         let a = s.scan("a/").unwrap();
         assert_eq!(a, vec![("a/2".to_string(), b"y".to_vec())]);
         assert_eq!(s.get("b/1").unwrap().unwrap(), b"z");

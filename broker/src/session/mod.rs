@@ -202,6 +202,21 @@ fn admit(
             }
         }
     };
+    // On the plain listener the org is known only now: its network policy applies here.
+    if peer.org_tls.is_none() {
+        if let Err(refusal) = org_tls.network.check(peer.remote_addr.ip()) {
+            crate::metrics::network_refused(org_tls.org.as_str(), refusal.label());
+            return Err(Refusal {
+                stage: registry::live::Stage::Identity,
+                reason: format!(
+                    "the org's network policy refuses {} ({})",
+                    peer.remote_addr.ip(),
+                    refusal.label()
+                ),
+                bad_credentials: false,
+            });
+        }
+    }
     let facts = Facts {
         transport: peer.transport,
         cert: peer.cert.as_ref(),
@@ -383,6 +398,29 @@ where
         protocol: version.label(transport).to_owned(),
         since: time::OffsetDateTime::now_utc(),
     };
+    // The same certificate from another address while its session is live: two
+    // devices may hold one key pair (the inventory flags it).
+    let took_over_from = cert.and_then(|c| {
+        ctx.sessions
+            .cert_and_addr(&client_id)
+            .filter(|(fp, addr)| {
+                fp.as_deref() == Some(c.fingerprint.as_str()) && addr.ip() != peer.remote_addr.ip()
+            })
+            .map(|(_, addr)| addr.ip())
+    });
+    let seen = registry::devices::Admission {
+        org: org.clone(),
+        identity: principal.identity.clone(),
+        client_id: client_id.clone(),
+        addr: peer.remote_addr.ip(),
+        cert: cert.map(|c| registry::devices::SeenCert {
+            fingerprint_sha256: c.fingerprint.clone(),
+            serial: c.serial().to_owned(),
+            not_after: c.not_after,
+            ca_id: c.ca_id.clone(),
+        }),
+        took_over_from,
+    };
     let mut org_limits = crate::limits::LiveLimits::new(ctx.tls.clone(), org.clone());
     let max_connections = org_limits.get().max_connections as usize;
     let (seq, previous) =
@@ -403,6 +441,7 @@ where
                 return None;
             }
         };
+    ctx.registry.record_admission(seen);
     if let Some(prev) = previous {
         // Takeover (docs/contract.md, 2.4): the old session closes and releases its link first.
         crate::metrics::kick(org.as_str(), CloseReason::TakenOver.label());

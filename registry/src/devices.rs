@@ -1,0 +1,600 @@
+//! The device inventory: every identity that ever connected to an org, with the
+//! certificates it used (docs/api.md, "Device inventory").
+//!
+//! **Cheap at admission.** The broker reports each admitted connection with
+//! [`Registry::record_admission`], which only updates an in-memory map of pending
+//! activity (one short lock, no store access). [`Registry::flush_device_activity`]
+//! merges everything pending into the stored records in one batch (one fsync) — the
+//! broker calls it every [`FLUSH_EVERY`], and every inventory read calls it first, so
+//! the API never shows a stale record. A device that reconnects ten times between two
+//! flushes costs one record write; a flush with nothing pending writes nothing.
+//!
+//! **Records.** `dev/<org>/<identity>` holds the identity's record; two indexes sit
+//! beside it: `devcert/<org>/<fingerprint>` (which identity used a certificate: a
+//! revocation by fingerprint and the clone check look there) and
+//! `devexp/<org>/<not_after>/<identity>` (identities by the expiry of the certificate
+//! they last connected with: the expiring-soon gauge scans only its front). All three
+//! are deleted with the org (see `layout::org_data`).
+//!
+//! **Cloned devices.** A certificate is flagged `clone_suspected` when it was seen on
+//! two identities, or when a connection from one address took over a live session
+//! from another address with the same certificate: two devices holding one key pair
+//! fight over the session. (A device that roams to a new address while its old TCP
+//! connection is still open is flagged too; the flag records both addresses and when,
+//! for the operator to judge.)
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::names::{Identity, OrgId};
+use crate::registry::Registry;
+use crate::store::Op;
+
+/// How often the broker merges pending admissions into the stored inventory.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// The most devices one inventory page may hold.
+pub const MAX_PAGE: usize = 1000;
+
+/// The window of the expiring-soon gauge, in days.
+pub const EXPIRING_SOON_DAYS: u32 = 30;
+
+/// One certificate a device connected with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceCert {
+    /// SHA-256 of the certificate's DER, lowercase hex.
+    pub fingerprint_sha256: String,
+    /// Lowercase hex with colons, as certificate details show serials.
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// The org CA that admitted it.
+    pub ca_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// Seen on two identities, or presented from two addresses at once (see
+    /// [`CloneSuspicion`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_suspected: Option<CloneSuspicion>,
+}
+
+/// Why a certificate looks cloned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CloneSuspicion {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What was seen, e.g. `live session from 10.0.0.5 taken over from 10.0.0.9`.
+    pub detail: String,
+}
+
+/// An identity of the org's inventory (the stored record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Device {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "d:sensor:dev1"))]
+    pub identity: Identity,
+    /// The client id of its last connection.
+    pub client_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen: OffsetDateTime,
+    /// Its last admission (updated at most every few seconds, see the API docs).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// The remote address (IP) of its last connection.
+    pub last_addr: String,
+    /// Every certificate it connected with, oldest first; the last is its current one.
+    /// Empty for an identity that only ever used a token.
+    pub certificates: Vec<DeviceCert>,
+}
+
+impl Device {
+    /// The certificate it last connected with.
+    pub fn current_cert(&self) -> Option<&DeviceCert> {
+        self.certificates.last()
+    }
+}
+
+/// A certificate as the broker saw it at admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenCert {
+    pub fingerprint_sha256: String,
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+    pub ca_id: String,
+}
+
+/// One admitted connection, as the broker reports it.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub org: OrgId,
+    pub identity: Identity,
+    pub client_id: String,
+    pub addr: std::net::IpAddr,
+    pub cert: Option<SeenCert>,
+    /// Set when this connection took over a live session that used the same
+    /// certificate from another address (that address).
+    pub took_over_from: Option<std::net::IpAddr>,
+}
+
+/// What happened to one identity since the last flush.
+#[derive(Debug, Clone)]
+struct Activity {
+    client_id: String,
+    first: OffsetDateTime,
+    last: OffsetDateTime,
+    addr: std::net::IpAddr,
+    /// Certificates in the order they were first seen since the last flush, each
+    /// with when it was last seen.
+    certs: Vec<(SeenCert, OffsetDateTime)>,
+    clone: Option<CloneSuspicion>,
+}
+
+/// Admissions not yet merged into the store, by org and identity.
+#[derive(Default)]
+pub(crate) struct PendingActivity(Mutex<HashMap<(OrgId, Identity), Activity>>);
+
+impl PendingActivity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(OrgId, Identity), Activity>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Filters and position of an inventory page.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceQuery {
+    /// Only identities starting with this (e.g. `d:sensor:`).
+    pub prefix: String,
+    /// Only identities whose current certificate expires within this many days (and
+    /// has not expired yet).
+    pub expiring_within_days: Option<u32>,
+    /// Only identities after this one (the last identity of the previous page).
+    pub after: Option<String>,
+    /// At most this many ([`MAX_PAGE`] at most).
+    pub limit: usize,
+}
+
+fn unix(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp()).unwrap_or(0)
+}
+
+/// Folds one flush's activity into the stored record (or a new one); the store writes
+/// this implies are pushed to `ops`.
+fn merge(
+    org: &OrgId,
+    identity: &Identity,
+    stored: Option<Device>,
+    act: Activity,
+    cert_owner: impl Fn(&str) -> Option<Identity>,
+    ops: &mut Vec<Op>,
+) -> Device {
+    let mut dev = stored.unwrap_or_else(|| Device {
+        identity: identity.clone(),
+        client_id: act.client_id.clone(),
+        first_seen: act.first,
+        last_seen: act.last,
+        last_addr: act.addr.to_string(),
+        certificates: Vec::new(),
+    });
+    let old_current = dev
+        .current_cert()
+        .map(|c| (c.fingerprint_sha256.clone(), c.not_after));
+    if act.last >= dev.last_seen {
+        dev.last_seen = act.last;
+        dev.client_id = act.client_id;
+        dev.last_addr = act.addr.to_string();
+    }
+    for (seen, at) in act.certs {
+        let owner = cert_owner(&seen.fingerprint_sha256);
+        let elsewhere = owner.as_ref().filter(|o| *o != identity).cloned();
+        let idx = dev
+            .certificates
+            .iter()
+            .position(|c| c.fingerprint_sha256 == seen.fingerprint_sha256);
+        let mut entry = match idx {
+            Some(i) => dev.certificates.remove(i),
+            None => {
+                // The index keeps the first identity that used the certificate.
+                if owner.is_none() {
+                    ops.push(Registry::put(
+                        layout::device_cert(org, &seen.fingerprint_sha256),
+                        identity,
+                    ));
+                }
+                DeviceCert {
+                    fingerprint_sha256: seen.fingerprint_sha256,
+                    serial: seen.serial,
+                    not_after: seen.not_after,
+                    ca_id: seen.ca_id,
+                    first_seen: at,
+                    last_seen: at,
+                    clone_suspected: None,
+                }
+            }
+        };
+        entry.last_seen = entry.last_seen.max(at);
+        if let Some(other) = elsewhere {
+            entry.clone_suspected = Some(CloneSuspicion {
+                at,
+                detail: format!("the certificate was also used by {other}"),
+            });
+        }
+        // The most recently used certificate goes last: it is the current one.
+        dev.certificates.push(entry);
+    }
+    if let Some(c) = act.clone {
+        if let Some(fp) = dev.current_cert().map(|c| c.fingerprint_sha256.clone()) {
+            flag(&mut dev, &fp, c.at, c.detail);
+        }
+    }
+    let new_current = dev
+        .current_cert()
+        .map(|c| (c.fingerprint_sha256.clone(), c.not_after));
+    if new_current != old_current {
+        if let Some((_, t)) = old_current {
+            ops.push(Op::Delete(layout::device_expiry(org, unix(t), identity)));
+        }
+        if let Some((_, t)) = new_current {
+            ops.push(Op::Put(
+                layout::device_expiry(org, unix(t), identity),
+                Vec::new(),
+            ));
+        }
+    }
+    dev
+}
+
+fn flag(dev: &mut Device, fingerprint: &str, at: OffsetDateTime, detail: String) {
+    if let Some(c) = dev
+        .certificates
+        .iter_mut()
+        .find(|c| c.fingerprint_sha256 == fingerprint)
+    {
+        c.clone_suspected = Some(CloneSuspicion { at, detail });
+    }
+}
+
+impl Registry {
+    /// Notes an admitted connection for the inventory: an in-memory update only (see the
+    /// module docs); [`Registry::flush_device_activity`] stores it.
+    pub fn record_admission(&self, a: Admission) {
+        let now = OffsetDateTime::now_utc();
+        let mut pending = self.activity.lock();
+        let act = pending
+            .entry((a.org, a.identity))
+            .or_insert_with(|| Activity {
+                client_id: String::new(),
+                first: now,
+                last: now,
+                addr: a.addr,
+                certs: Vec::new(),
+                clone: None,
+            });
+        act.client_id = a.client_id;
+        act.last = now;
+        act.addr = a.addr;
+        if let Some(cert) = a.cert {
+            if let Some(from) = a.took_over_from {
+                act.clone = Some(CloneSuspicion {
+                    at: now,
+                    detail: format!(
+                        "the certificate took over a live session from {from} while connecting from {}",
+                        a.addr
+                    ),
+                });
+            }
+            // The current certificate goes last (see `merge`).
+            if let Some(i) = act.certs.iter().position(|(c, _)| *c == cert) {
+                act.certs.remove(i);
+            }
+            act.certs.push((cert, now));
+        }
+    }
+
+    /// Merges every pending admission into the stored inventory, in one batch; how many
+    /// identities it wrote. Activity of an org deleted meanwhile is dropped.
+    pub fn flush_device_activity(&self) -> Result<usize> {
+        let pending = std::mem::take(&mut *self.activity.lock());
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // Under the write lock: an org is not deleted between the check and the write.
+        let _g = self.lock();
+        let mut exists: HashMap<OrgId, bool> = HashMap::new();
+        let mut ops = Vec::new();
+        let mut written = 0;
+        let mut failed = None;
+        let mut keep = Vec::new();
+        for ((org, identity), act) in pending {
+            let live = match exists.get(&org) {
+                Some(e) => *e,
+                None => {
+                    let e = self.store.get(&layout::org(&org)).map(|v| v.is_some());
+                    let e = match e {
+                        Ok(e) => e,
+                        Err(e) => {
+                            failed = Some(Error::from(e));
+                            keep.push(((org, identity), act));
+                            continue;
+                        }
+                    };
+                    exists.insert(org.clone(), e);
+                    e
+                }
+            };
+            if !live {
+                continue;
+            }
+            let stored = match self.get_json::<Device>(&layout::device(&org, &identity)) {
+                Ok(s) => s,
+                Err(e) => {
+                    failed = Some(e);
+                    keep.push(((org, identity), act));
+                    continue;
+                }
+            };
+            let owner = |fp: &str| {
+                self.get_json::<Identity>(&layout::device_cert(&org, fp))
+                    .ok()
+                    .flatten()
+            };
+            let dev = merge(&org, &identity, stored, act, owner, &mut ops);
+            ops.push(Self::put(layout::device(&org, &identity), &dev));
+            written += 1;
+        }
+        if let Err(e) = self.store.apply(ops) {
+            // Nothing was written: it all comes back next time (newer activity wins).
+            tracing::warn!(cause = %e, "device inventory flush failed; will retry");
+            return Err(e.into());
+        }
+        drop(_g);
+        if !keep.is_empty() {
+            let mut pending = self.activity.lock();
+            for (k, v) in keep {
+                pending.entry(k).or_insert(v);
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
+    }
+
+    /// One identity of the org's inventory.
+    pub fn device(&self, org: &OrgId, identity: &str) -> Result<Device> {
+        let identity = Identity::parse(identity)?;
+        self.get_org(org)?;
+        self.flush_device_activity()?;
+        self.get_json(&layout::device(org, &identity))?
+            .ok_or_else(|| Error::NotFound(format!("{identity} never connected to org {org}")))
+    }
+
+    /// A page of the org's inventory in identity order, filtered by `query` and by
+    /// `keep` (the API's `connected` filter, which needs the broker's live sessions).
+    pub fn list_devices(
+        &self,
+        org: &OrgId,
+        query: &DeviceQuery,
+        keep: impl Fn(&Device) -> bool,
+    ) -> Result<Vec<Device>> {
+        if query.limit == 0 || query.limit > MAX_PAGE {
+            return Err(Error::BadRequest(format!(
+                "limit must be 1-{MAX_PAGE}; got {}",
+                query.limit
+            )));
+        }
+        self.get_org(org)?;
+        self.flush_device_activity()?;
+        let base = layout::devices(org);
+        let prefix = format!("{base}{}", query.prefix);
+        let mut after = match &query.after {
+            Some(a) => format!("{base}{a}"),
+            None => String::new(),
+        };
+        let now = OffsetDateTime::now_utc();
+        let until = query
+            .expiring_within_days
+            .map(|d| now + time::Duration::days(i64::from(d)));
+        let mut out = Vec::new();
+        // Read in chunks, so a selective filter does not hold the whole inventory.
+        const CHUNK: usize = 1000;
+        loop {
+            let chunk = self.store.scan_after(&prefix, &after, CHUNK)?;
+            let done = chunk.len() < CHUNK;
+            for (k, v) in chunk {
+                let dev: Device =
+                    serde_json::from_slice(&v).map_err(|_| Error::Corrupt(k.clone()))?;
+                after = k;
+                let expiring = until.is_none_or(|u| {
+                    dev.current_cert()
+                        .is_some_and(|c| c.not_after >= now && c.not_after <= u)
+                });
+                if expiring && keep(&dev) {
+                    out.push(dev);
+                    if out.len() == query.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// How many identities of the org last connected with a certificate that expires
+    /// within `days` (and has not expired yet): a scan of the expiry index's front.
+    pub fn devices_expiring(&self, org: &OrgId, days: u32) -> Result<usize> {
+        let now = OffsetDateTime::now_utc();
+        let base = layout::device_expiries(org);
+        let from = format!("{base}{:020}", unix(now));
+        let until = format!(
+            "{base}{:020}~",
+            unix(now + time::Duration::days(i64::from(days)))
+        );
+        let mut after = from;
+        let mut n = 0;
+        loop {
+            let chunk = self.store.scan_after(&base, &after, 1000)?;
+            let done = chunk.len() < 1000;
+            for (k, _) in chunk {
+                if k > until {
+                    return Ok(n);
+                }
+                n += 1;
+                after = k;
+            }
+            if done {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// The identity that connected with the certificate of `fingerprint`, and that
+    /// certificate, if any did.
+    pub fn device_by_cert(
+        &self,
+        org: &OrgId,
+        fingerprint: &str,
+    ) -> Result<Option<(Identity, DeviceCert)>> {
+        self.flush_device_activity()?;
+        let Some(identity) = self.get_json::<Identity>(&layout::device_cert(org, fingerprint))?
+        else {
+            return Ok(None);
+        };
+        let dev: Option<Device> = self.get_json(&layout::device(org, &identity))?;
+        Ok(dev.and_then(|d| {
+            d.certificates
+                .into_iter()
+                .find(|c| c.fingerprint_sha256 == fingerprint)
+                .map(|c| (identity, c))
+        }))
+    }
+
+    /// Forgets the org's pending activity (the org is being deleted).
+    pub(crate) fn forget_device_activity(&self, org: &OrgId) {
+        self.activity.lock().retain(|(o, _), _| o != org);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(fp: &str, days: i64) -> SeenCert {
+        SeenCert {
+            fingerprint_sha256: fp.into(),
+            serial: "01".into(),
+            not_after: OffsetDateTime::now_utc() + time::Duration::days(days),
+            ca_id: "ca1".into(),
+        }
+    }
+
+    fn admit(r: &Registry, org: &OrgId, id: &str, cert: Option<SeenCert>) {
+        r.record_admission(Admission {
+            org: org.clone(),
+            identity: Identity::parse(id).unwrap(),
+            client_id: format!("{}:{org}:{}", &id[..1], &id[2..]),
+            addr: "10.0.0.1".parse().unwrap(),
+            cert,
+            took_over_from: None,
+        });
+    }
+
+    #[test]
+    fn admissions_are_batched_and_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = crate::registry::tests::registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        for _ in 0..10 {
+            admit(&r, &acme, "d:sensor:a", Some(seen("aa", 10)));
+        }
+        admit(&r, &acme, "d:sensor:b", Some(seen("bb", 100)));
+        assert_eq!(
+            r.flush_device_activity().unwrap(),
+            2,
+            "one write per identity"
+        );
+        assert_eq!(r.flush_device_activity().unwrap(), 0, "nothing pending");
+        // A renewed certificate becomes the current one; the old stays in the history.
+        admit(&r, &acme, "d:sensor:a", Some(seen("cc", 200)));
+        let a = r.device(&acme, "d:sensor:a").unwrap();
+        let fps: Vec<_> = a
+            .certificates
+            .iter()
+            .map(|c| c.fingerprint_sha256.as_str())
+            .collect();
+        assert_eq!(fps, ["aa", "cc"]);
+        assert_eq!(r.devices_expiring(&acme, 30).unwrap(), 0);
+        admit(&r, &acme, "d:sensor:c", Some(seen("dd", 5)));
+        r.flush_device_activity().unwrap();
+        assert_eq!(r.devices_expiring(&acme, 30).unwrap(), 1);
+        assert_eq!(
+            r.device_by_cert(&acme, "aa").unwrap().unwrap().0,
+            a.identity
+        );
+        assert!(r.device_by_cert(&acme, "zz").unwrap().is_none());
+
+        // Paging, prefix and expiry filters.
+        let q = |prefix: &str, after: Option<&str>, exp, limit| DeviceQuery {
+            prefix: prefix.into(),
+            after: after.map(str::to_owned),
+            expiring_within_days: exp,
+            limit,
+        };
+        let page = r
+            .list_devices(&acme, &q("", None, None, 2), |_| true)
+            .unwrap();
+        assert_eq!(page.len(), 2);
+        let rest = r
+            .list_devices(&acme, &q("", Some("d:sensor:b"), None, 2), |_| true)
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].identity.to_string(), "d:sensor:c");
+        let soon = r
+            .list_devices(&acme, &q("d:", None, Some(30), 10), |_| true)
+            .unwrap();
+        assert_eq!(soon.len(), 1);
+        assert!(r
+            .list_devices(&acme, &q("a:", None, None, 10), |_| true)
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            r.list_devices(&acme, &q("", None, None, MAX_PAGE + 1), |_| true),
+            Err(Error::BadRequest(_))
+        ));
+
+        // The inventory goes with the org, pending activity included.
+        admit(&r, &acme, "d:sensor:z", None);
+        r.delete_org(&acme).unwrap();
+        let acme = r.create_org("acme", "").unwrap().id;
+        assert!(r
+            .list_devices(&acme, &q("", None, None, 10), |_| true)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_certificate_on_two_identities_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = crate::registry::tests::registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        admit(&r, &acme, "d:sensor:a", Some(seen("aa", 10)));
+        r.flush_device_activity().unwrap();
+        admit(&r, &acme, "d:sensor:b", Some(seen("aa", 10)));
+        let b = r.device(&acme, "d:sensor:b").unwrap();
+        let flag = b.certificates[0].clone_suspected.as_ref().unwrap();
+        assert!(flag.detail.contains("d:sensor:a"), "{}", flag.detail);
+        let a = r.device(&acme, "d:sensor:a").unwrap();
+        assert!(a.certificates[0].clone_suspected.is_none());
+    }
+}
