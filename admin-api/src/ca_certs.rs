@@ -33,7 +33,7 @@ use crate::{ApiError, AppState, Json};
     responses(
         (status = 201, description = "Stored, active.", body = CaView),
         (status = 409, description = "`conflict`: the same certificate is already uploaded to this org.", body = ErrorBody),
-        (status = 422, description = "The certificate broke a rule; `code` names it: `not_pem_or_der`, `multiple_certificates`, `unexpected_private_key`, `not_a_ca`, `expired`, `not_yet_valid`, `weak_key`, `bad_signature`; `too_many_cas` when the org would have more than 64 active CAs or their subjects would take more than 60000 bytes in the TLS handshake.", body = ErrorBody),
+        (status = 422, description = "The certificate broke a rule; `code` names it: `not_pem_or_der`, `multiple_certificates`, `unexpected_private_key`, `not_a_ca`, `expired`, `not_yet_valid`, `weak_key`, `bad_signature`; `too_many_cas` when the org would have more than 64 active CAs or their subjects would take more than 60000 bytes in the TLS handshake; with `require_ca_proof`, `proof_of_possession_required` (no `verification_certificate`) or `proof_of_possession_failed` (not signed by this CA, or its CN is not an unexpired code of the org).", body = ErrorBody),
     ),
 )]
 pub(crate) async fn upload(
@@ -42,9 +42,42 @@ pub(crate) async fn upload(
     upload: CertUpload,
 ) -> Result<(StatusCode, Json<CaView>), ApiError> {
     let ca = state
-        .registry(move |r| r.add_ca(&org, &upload.bytes, &upload.description))
+        .registry(move |r| {
+            r.add_ca_with_proof(
+                &org,
+                &upload.bytes,
+                &upload.description,
+                upload.verification_certificate.as_deref(),
+            )
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(ca)))
+}
+
+/// Get a CA verification code.
+///
+/// For proof of possession (security policy `require_ca_proof`): issue a certificate
+/// with this code as its subject CN, signed by the CA to upload, and send it as the
+/// upload's `verification_certificate`. Valid for one hour and for one upload.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/ca-certs/verification-code",
+    tag = "ca-certs",
+    operation_id = "create_ca_verification_code",
+    params(OrgPath),
+    responses(
+        (status = 201, description = "A new code.", body = registry::ca_proof::VerificationCode),
+        (status = 409, description = "`conflict`: the org already has 100 unexpired codes.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn verification_code(
+    State(state): State<AppState>,
+    OrgPath(org): OrgPath,
+) -> Result<(StatusCode, Json<registry::ca_proof::VerificationCode>), ApiError> {
+    let code = state
+        .registry(move |r| r.create_ca_verification_code(&org))
+        .await?;
+    Ok((StatusCode::CREATED, Json(code)))
 }
 
 /// Check a CA certificate without storing it.

@@ -114,6 +114,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ItemPath {
 pub(crate) struct CertUpload {
     pub(crate) bytes: Vec<u8>,
     pub(crate) description: String,
+    /// A CA upload's proof of possession (JSON uploads only).
+    pub(crate) verification_certificate: Option<Vec<u8>>,
 }
 
 /// The JSON form of a certificate (or CRL) upload.
@@ -126,6 +128,11 @@ pub(crate) struct JsonUpload {
     /// Free text kept with a CA certificate (ignored by other uploads).
     #[serde(default)]
     description: String,
+    /// A CA upload's proof of possession, when the org's security policy has
+    /// `require_ca_proof`: PEM of a certificate signed by the uploaded CA whose subject
+    /// CN is a code from `POST /orgs/{org}/ca-certs/verification-code`.
+    #[serde(default)]
+    verification_certificate: Option<String>,
 }
 
 /// The query of a raw certificate upload.
@@ -146,6 +153,7 @@ impl<S: Send + Sync> FromRequest<S> for CertUpload {
             return Ok(CertUpload {
                 bytes: body.certificate.into_bytes(),
                 description: body.description,
+                verification_certificate: body.verification_certificate.map(String::into_bytes),
             });
         }
         let Query(query) =
@@ -156,6 +164,7 @@ impl<S: Send + Sync> FromRequest<S> for CertUpload {
         Ok(CertUpload {
             bytes: bytes.to_vec(),
             description: query.description,
+            verification_certificate: None,
         })
     }
 }

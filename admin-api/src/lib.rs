@@ -34,6 +34,7 @@ mod csrs;
 mod domains;
 mod error;
 mod extract;
+mod fleet;
 mod limits;
 mod openapi;
 mod ops;
@@ -179,6 +180,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(revocation::delete_crl))
         .routes(routes!(audit::list_platform))
         .routes(routes!(retained::list, retained::delete))
+        // Fleet operations (issue 15).
+        .routes(routes!(fleet::list))
+        .routes(routes!(fleet::show))
+        .routes(routes!(fleet::revoke, fleet::list_revoked))
+        .routes(routes!(fleet::unrevoke))
+        .routes(routes!(fleet::show_network, fleet::set_network))
+        .routes(routes!(ca_certs::verification_code))
         .split_for_parts();
     let api = api
         .method_not_allowed_fallback(method_not_allowed)

@@ -72,6 +72,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/orgs/{org}/crls"),
     ("GET", "/api/v1/orgs/{org}/crls"),
     ("DELETE", "/api/v1/orgs/{org}/crls/{id}"),
+    ("GET", "/api/v1/orgs/{org}/devices"),
+    ("GET", "/api/v1/orgs/{org}/devices/{id}"),
+    ("POST", "/api/v1/orgs/{org}/revoked-certs"),
+    ("GET", "/api/v1/orgs/{org}/revoked-certs"),
+    ("DELETE", "/api/v1/orgs/{org}/revoked-certs/{id}"),
+    ("GET", "/api/v1/orgs/{org}/network-policy"),
+    ("PUT", "/api/v1/orgs/{org}/network-policy"),
+    ("POST", "/api/v1/orgs/{org}/ca-certs/verification-code"),
 ];
 
 /// Documented paths that share another path's route (`{id}.pem` is the `{id}` route,
@@ -746,6 +754,66 @@ async fn answers_are_as_documented() {
     s.refused("crl_not_from_org_ca", upload, "", foreign).await;
     s.get(200, "/orgs/{org}/crls", "").await;
     s.delete(204, "/orgs/{org}/crls/{id}", &crl).await;
+
+    // Fleet operations: the inventory (an admission as the broker reports it), one
+    // certificate revoked, the network policy, a CA verification code.
+    let fp = "ab".repeat(32);
+    s.api
+        .registry
+        .record_admission(registry::devices::Admission {
+            org: registry::OrgId::try_from(ORG).unwrap(),
+            identity: registry::Identity::parse("d:sensor:dev1").unwrap(),
+            client_id: "d:acme:sensor:dev1".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+            cert: Some(registry::devices::SeenCert {
+                fingerprint_sha256: fp.clone(),
+                serial: "01".into(),
+                not_after: time::OffsetDateTime::now_utc() + Duration::days(10),
+                ca_id: ca_id.clone(),
+            }),
+            took_over_from: None,
+        });
+    let page = s
+        .get(
+            200,
+            "/orgs/{org}/devices?expiring_within_days=30&limit=10",
+            "",
+        )
+        .await;
+    assert_eq!(page[0]["identity"], "d:sensor:dev1");
+    assert_eq!(page[0]["connected"], false);
+    s.get(400, "/orgs/{org}/devices?limit=100000", "").await;
+    s.get(200, "/orgs/{org}/devices/{id}", "d:sensor:dev1")
+        .await;
+    s.get(404, "/orgs/{org}/devices/{id}", "d:sensor:nope")
+        .await;
+    s.get(400, "/orgs/{org}/devices/{id}", "nope").await;
+    let revoke = "POST /orgs/{org}/revoked-certs";
+    let unknown = json(json!({"fingerprint_sha256": "cd".repeat(32)}));
+    s.refused("unknown_certificate", revoke, "", unknown).await;
+    let by_fp = || json(json!({"fingerprint_sha256": fp, "reason": "key leaked"}));
+    let revoked = id_of(&s.send(201, revoke, "", by_fp()).await);
+    s.send(409, revoke, "", by_fp()).await;
+    s.refused("bad_request", revoke, "", json(json!({}))).await;
+    let by_serial = json(json!({"ca_id": "nope", "serial": "02"}));
+    s.send(404, revoke, "", by_serial).await;
+    s.get(200, "/orgs/{org}/revoked-certs", "").await;
+    s.delete(204, "/orgs/{org}/revoked-certs/{id}", &revoked)
+        .await;
+    s.delete(404, "/orgs/{org}/revoked-certs/{id}", &revoked)
+        .await;
+    let net = "PUT /orgs/{org}/network-policy";
+    let good = json(json!({"allow": ["10.0.0.0/8"], "deny": ["10.1.2.3"]}));
+    s.send(200, net, "", good).await;
+    let bad = json(json!({"allow": ["10.0.0.0/33"]}));
+    s.refused("invalid_cidr", net, "", bad).await;
+    let dead = json(json!({"allow": ["10.1.0.0/16"], "deny": ["10.0.0.0/8"]}));
+    s.refused("cidr_overlap", net, "", dead).await;
+    let policy = s.get(200, "/orgs/{org}/network-policy", "").await;
+    assert_eq!(policy["deny"], json!(["10.1.2.3/32"]));
+    let code = "POST /orgs/{org}/ca-certs/verification-code";
+    let c = s.send(201, code, "", Req::Empty).await;
+    assert_eq!(c["code"].as_str().unwrap().len(), 32);
 
     // Broker-backed: without a broker, no sessions and no dry run.
     s.get(200, "/orgs/{org}/connections", "").await;
