@@ -173,7 +173,7 @@ impl Registry {
     pub fn list_revoked_certs(&self, org: &OrgId) -> Result<Vec<RevokedCert>> {
         self.get_org(org)?;
         let mut v: Vec<RevokedCert> = self.scan_json(&layout::revoked_certs(org))?;
-        v.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        v.sort_by_key(|r| r.created_at);
         Ok(v)
     }
 
