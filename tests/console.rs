@@ -213,6 +213,52 @@ async fn console_in_a_real_browser() {
         "the kicked device is still connected"
     );
 
+    // The device inventory: search, expiring soon, the certificate history, and one
+    // certificate revoked after a confirmation — its session closes.
+    let mut device = connect_with(&target, "d:acme:sensor:dev1", &cert)
+        .await
+        .expect("the device connects again");
+    page.click_link("Devices").await;
+    let row = "tr[data-identity='d:sensor:dev1']";
+    page.wait_text(row, "connected").await;
+    page.fill("#dev-prefix", "d:sensor:").await;
+    page.click("#dev-expiring").await;
+    page.click("#dev-search").await;
+    page.wait_text(row, "d:acme:sensor:dev1").await;
+    page.click(&format!("{row} details summary")).await;
+    page.wait_text(&format!("{row} details"), "valid").await;
+    page.shot("devices").await;
+    page.click(&format!("{row} button.revoke")).await;
+    page.wait_text("#confirm-title", "Revoke this certificate")
+        .await;
+    page.click("#confirm-ok").await;
+    page.wait_text(&format!("{row} details"), "revoked").await;
+    assert!(
+        device.wait_closed(WAIT).await.is_some(),
+        "the revoked certificate's session is still open"
+    );
+    assert!(
+        connect_with(&target, "d:acme:sensor:dev1", &cert)
+            .await
+            .is_err(),
+        "the revoked certificate connects"
+    );
+    page.click(&format!("{row} button.lift")).await;
+    page.wait_text(&format!("{row} details"), "valid").await;
+
+    // The network policy: a malformed entry is refused, naming it; a good one is saved.
+    page.click_link("Network policy").await;
+    page.fill("#net-allow", "10.0.0.0/33").await;
+    page.click("#net-save").await;
+    let error = page.wait_text(".alert.error", "invalid_cidr").await;
+    assert!(error.contains("allow[0]"), "{error}");
+    page.fill("#net-allow", "127.0.0.0/8").await;
+    page.fill("#net-deny", "127.0.0.2").await;
+    page.click("#net-save").await;
+    page.wait_text(".alert.ok", "Saved").await;
+    assert_eq!(page.prop("#net-deny", "value").await, "127.0.0.2/32");
+    page.shot("network-policy").await;
+
     // Blocked devices and CRLs.
     page.click_link("Blocked devices").await;
     page.wait_text(".tab-body", "No identity is blocked").await;

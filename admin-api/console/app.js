@@ -146,6 +146,12 @@ function fingerprint(fp) {
   return h('code', { class: 'fp', title: 'SHA-256 fingerprint' }, fp || '');
 }
 
+/** The start of a long value (fingerprint, serial), the whole of it on hover. */
+function abbrev(value, n) {
+  const v = String(value || '');
+  return h('code', { title: v }, v.length > n ? `${v.slice(0, n)}…` : v);
+}
+
 function shortId(id) {
   return h('code', { title: id }, String(id).slice(0, 8));
 }
@@ -329,6 +335,8 @@ const ORG_TABS = [
   ['server-certs', 'Server certificates', tabServerCerts],
   ['csrs', 'CSR wizard', tabCsrs],
   ['connections', 'Connections', tabConnections],
+  ['devices', 'Devices', tabDevices],
+  ['network-policy', 'Network policy', tabNetwork],
   ['blocked-devices', 'Blocked devices', tabBlocked],
   ['crls', 'CRLs', tabCrls],
   ['audit', 'Audit log', tabAudit],
@@ -1238,6 +1246,178 @@ async function tabConnections(root, org) {
     else if (auto.checked && !document.hidden) load();
   }, CONNECTIONS_REFRESH_MS);
   await load();
+}
+
+/* ---------- device inventory */
+
+/** Devices per inventory page. */
+const DEVICES_PAGE = 50;
+
+async function tabDevices(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const prefix = h('input', { type: 'search', id: 'dev-prefix', placeholder: 'd:sensor:', autocomplete: 'off', spellcheck: 'false' });
+  const expiring = h('input', { type: 'checkbox', id: 'dev-expiring' });
+  const connected = h('select', { id: 'dev-connected' },
+    h('option', { value: '' }, 'any'), h('option', { value: 'true' }, 'connected'), h('option', { value: 'false' }, 'not connected'));
+  const search = h('button', { type: 'submit', id: 'dev-search' }, 'Search');
+  const more = h('button', { type: 'button', class: 'secondary', id: 'dev-next', hidden: true }, 'Next page');
+  const count = h('p', { class: 'muted', 'aria-live': 'polite' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  let devices = [];
+  let revoked = [];
+
+  root.append(h('section', { class: 'card' },
+    h('h2', {}, 'Device inventory'),
+    h('p', { class: 'muted' }, 'Every identity that ever connected, with the certificates it used. Revoking a certificate closes its sessions at once; the device can come back with another certificate.'),
+    h('form', { class: 'toolbar', onsubmit: (e) => { e.preventDefault(); busy(search, () => load(false)); } },
+      field('Identity starts with', prefix),
+      field('Connected', connected),
+      h('label', { class: 'check' }, expiring, ` Certificate expires within ${SOON_DAYS} days`),
+      search),
+    msg, count, list, h('div', { class: 'actions' }, more)));
+
+  const revocationOf = (c) => revoked.find((r) => r.fingerprint_sha256 === c.fingerprint_sha256
+    || (r.ca_id === c.ca_id && r.serial === c.serial));
+
+  function certRows(d) {
+    return table([
+      { label: 'Certificate', cell: (c) => [h('div', {}, 'SHA-256 ', abbrev(c.fingerprint_sha256, 16)),
+        h('div', { class: 'muted small' }, 'serial ', abbrev(c.serial, 17), ' · CA ', shortId(c.ca_id))] },
+      { label: 'Expires', cell: (c) => [fmtDate(c.not_after), h('div', {}, daysBadge(daysUntil(c.not_after)))] },
+      { label: 'Last used', cell: (c) => fmtTime(c.last_seen) },
+      { label: 'State', cell: (c) => [
+        revocationOf(c) ? h('span', { class: 'badge days expired revoked' }, 'revoked') : h('span', { class: 'badge on' }, 'valid'),
+        c.clone_suspected ? h('div', { class: 'alert error small clone' }, 'Possible clone: ', c.clone_suspected.detail) : null] },
+      { label: 'Actions', cell: (c) => {
+        const r = revocationOf(c);
+        return r
+          ? h('button', { type: 'button', class: 'secondary small lift', 'aria-label': `Lift the revocation of ${c.fingerprint_sha256}`,
+            onclick: (e) => busy(e.currentTarget, () => lift(d, r)) }, 'Lift revocation')
+          : h('button', { type: 'button', class: 'danger small revoke', 'aria-label': `Revoke ${c.fingerprint_sha256}`,
+            onclick: (e) => busy(e.currentTarget, () => revoke(d, c)) }, 'Revoke');
+      } },
+    ], d.certificates, { caption: `Certificates of ${d.identity}`, empty: 'Only ever connected with a token.',
+      rowAttrs: (c) => ({ 'data-fingerprint': c.fingerprint_sha256 }) });
+  }
+
+  function draw() {
+    count.textContent = plural(devices.length, 'device') + (more.hidden ? '' : ' (more on the next page)');
+    list.replaceChildren(table([
+      { label: 'Identity', cell: (d) => [h('code', {}, d.identity), h('div', { class: 'muted small' }, d.client_id)] },
+      { label: 'Connected', cell: (d) => h('span', { class: `badge ${d.connected ? 'on' : 'off'}` }, d.connected ? 'connected' : 'offline') },
+      { label: 'Last seen', cell: (d) => [fmtTime(d.last_seen), h('div', { class: 'muted small' }, d.last_addr)] },
+      { label: 'Current certificate', cell: (d) => {
+        const c = d.certificates[d.certificates.length - 1];
+        return c ? [abbrev(c.serial, 17), h('div', {}, daysBadge(daysUntil(c.not_after)))] : h('span', { class: 'muted' }, 'token');
+      } },
+      { label: 'Certificates', cell: (d) => h('details', { class: 'history' },
+        h('summary', {}, `${plural(d.certificates.length, 'certificate')}`), certRows(d)) },
+    ], devices, {
+      caption: 'Devices',
+      empty: 'No device matches.',
+      rowAttrs: (d) => ({ 'data-identity': d.identity }),
+    }));
+  }
+
+  async function load(next) {
+    const q = new URLSearchParams({ limit: String(DEVICES_PAGE) });
+    if (prefix.value.trim()) q.set('prefix', prefix.value.trim());
+    if (expiring.checked) q.set('expiring_within_days', String(SOON_DAYS));
+    if (connected.value) q.set('connected', connected.value);
+    if (next && devices.length) q.set('after', devices[devices.length - 1].identity);
+    try {
+      const [page, rev] = await Promise.all([
+        api('GET', `/orgs/${enc(org)}/devices?${q}`),
+        api('GET', `/orgs/${enc(org)}/revoked-certs`),
+      ]);
+      revoked = rev;
+      devices = page;
+      more.hidden = page.length < DEVICES_PAGE;
+      msg.replaceChildren();
+      draw();
+    } catch (e) {
+      list.replaceChildren();
+      showError(msg, e, 'Loading devices');
+    }
+  }
+
+  async function revoke(d, c) {
+    const ok = await confirmDialog({
+      title: `Revoke this certificate of ${d.identity}?`,
+      body: [`Serial ${c.serial}, SHA-256 ${c.fingerprint_sha256}.`,
+        'Its live sessions close now and it cannot connect again. The device can still connect with another certificate (block the identity to keep it out).'],
+      confirm: 'Revoke certificate',
+    });
+    if (!ok) return;
+    try {
+      await api('POST', `/orgs/${enc(org)}/revoked-certs`, { json: { fingerprint_sha256: c.fingerprint_sha256, reason: 'revoked in the console' } });
+      toast(`Revoked certificate ${c.serial} of ${d.identity}`);
+      await reloadKeepingPage(d);
+    } catch (e) {
+      showError(msg, e, 'Revoking failed');
+    }
+  }
+
+  async function lift(d, r) {
+    try {
+      await api('DELETE', `/orgs/${enc(org)}/revoked-certs/${enc(r.id)}`);
+      toast(`Lifted the revocation of ${r.serial}`);
+      await reloadKeepingPage(d);
+    } catch (e) {
+      showError(msg, e, 'Lifting the revocation failed');
+    }
+  }
+
+  /** Shows the revocations as they are now, with the history of `d` open again. */
+  async function reloadKeepingPage(d) {
+    revoked = await api('GET', `/orgs/${enc(org)}/revoked-certs`);
+    draw();
+    const row = list.querySelector(`tr[data-identity="${CSS.escape(d.identity)}"] details`);
+    if (row) row.open = true;
+  }
+
+  more.addEventListener('click', () => busy(more, () => load(true)));
+  await load(false);
+}
+
+/* ---------- network policy */
+
+async function tabNetwork(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const allow = h('textarea', { id: 'net-allow', rows: 5, spellcheck: 'false', placeholder: '203.0.113.0/24' });
+  const deny = h('textarea', { id: 'net-deny', rows: 5, spellcheck: 'false', placeholder: '198.51.100.7/32' });
+  const save = h('button', { type: 'submit', id: 'net-save' }, 'Save');
+  const lines = (t) => t.value.split(/[\n,]/).map((x) => x.trim()).filter(Boolean);
+
+  root.append(h('form', { class: 'card', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(save, async () => {
+      try {
+        const p = await api('PUT', `/orgs/${enc(org)}/network-policy`, { json: { allow: lines(allow), deny: lines(deny) } });
+        show(p);
+        showOk(msg, 'Saved. Sessions from addresses it refuses were closed.');
+      } catch (err) {
+        showError(msg, err, 'Not saved');
+      }
+    });
+  } },
+  h('h2', {}, 'Network policy'),
+  h('p', { class: 'muted' }, 'Which client addresses may reach this org, checked right after the TLS server name and before any certificate. A deny entry wins; an empty allow list admits every address not denied.'),
+  h('div', { class: 'grid' },
+    field('Allow (one network per line)', allow, 'CIDRs such as 203.0.113.0/24 or 2001:db8::/32, or single addresses.'),
+    field('Deny (one network per line)', deny)),
+  msg,
+  h('div', { class: 'actions' }, save)));
+
+  function show(p) {
+    allow.value = p.allow.join('\n');
+    deny.value = p.deny.join('\n');
+  }
+  try {
+    show(await api('GET', `/orgs/${enc(org)}/network-policy`));
+  } catch (e) {
+    showError(msg, e, 'Loading the network policy');
+  }
 }
 
 /* ---------- blocked devices */
