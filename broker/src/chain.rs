@@ -193,7 +193,8 @@ impl Revoked {
                 || self.by_ca.contains(&(ca_id.to_owned(), serial.to_owned())))
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether nothing is revoked (the handshake then skips the fingerprint).
+    pub(crate) fn is_empty(&self) -> bool {
         self.fingerprints.is_empty() && self.by_ca.is_empty()
     }
 }

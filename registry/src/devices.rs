@@ -39,6 +39,10 @@ use crate::store::Op;
 /// How often the broker merges pending admissions into the stored inventory.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
+/// The most identities one flush writes in one store batch (the registry's write lock
+/// is held for one batch at a time).
+pub const FLUSH_CHUNK: usize = 5000;
+
 /// The most devices one inventory page may hold.
 pub const MAX_PAGE: usize = 1000;
 
@@ -139,13 +143,35 @@ struct Activity {
     clone: Option<CloneSuspicion>,
 }
 
+impl Activity {
+    /// Folds in `older` activity of the same identity that could not be written.
+    fn absorb_older(&mut self, older: Activity) {
+        self.first = self.first.min(older.first);
+        let mut certs = older.certs;
+        certs.retain(|(c, _)| !self.certs.iter().any(|(n, _)| n == c));
+        certs.append(&mut self.certs);
+        self.certs = certs;
+        if self.clone.is_none() {
+            self.clone = older.clone;
+        }
+    }
+}
+
 /// Admissions not yet merged into the store, by org and identity.
 #[derive(Default)]
-pub(crate) struct PendingActivity(Mutex<HashMap<(OrgId, Identity), Activity>>);
+pub(crate) struct PendingActivity {
+    pending: Mutex<HashMap<(OrgId, Identity), Activity>>,
+    /// Held for a whole flush.
+    flush: Mutex<()>,
+}
 
 impl PendingActivity {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(OrgId, Identity), Activity>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flushing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.flush.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -300,73 +326,71 @@ impl Registry {
         }
     }
 
-    /// Merges every pending admission into the stored inventory, in one batch; how many
-    /// identities it wrote. Activity of an org deleted meanwhile is dropped.
+    /// Merges every pending admission into the stored inventory, a batch of at most
+    /// [`FLUSH_CHUNK`] identities at a time; how many identities it wrote. Activity of
+    /// an org deleted meanwhile is dropped; activity a failed write did not store is
+    /// pending again.
     pub fn flush_device_activity(&self) -> Result<usize> {
+        // One flush at a time, so activity reaches the store in the order it happened.
+        let _flushing = self.activity.flushing();
         let pending = std::mem::take(&mut *self.activity.lock());
-        if pending.is_empty() {
-            return Ok(0);
+        let mut pending = pending.into_iter();
+        let mut written = 0;
+        loop {
+            let chunk: Vec<_> = pending.by_ref().take(FLUSH_CHUNK).collect();
+            if chunk.is_empty() {
+                return Ok(written);
+            }
+            match self.flush_chunk(&chunk) {
+                Ok(n) => written += n,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "device inventory flush failed; will retry");
+                    let mut again = self.activity.lock();
+                    for (key, older) in chunk.into_iter().chain(pending) {
+                        match again.get_mut(&key) {
+                            Some(newer) => newer.absorb_older(older),
+                            None => {
+                                again.insert(key, older);
+                            }
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
-        // Under the write lock: an org is not deleted between the check and the write.
+    }
+
+    /// Writes one chunk of activity in one batch (under the write lock, so an org is not
+    /// deleted between the check and the write).
+    fn flush_chunk(&self, chunk: &[((OrgId, Identity), Activity)]) -> Result<usize> {
         let _g = self.lock();
-        let mut exists: HashMap<OrgId, bool> = HashMap::new();
+        let mut exists: HashMap<&OrgId, bool> = HashMap::new();
         let mut ops = Vec::new();
         let mut written = 0;
-        let mut failed = None;
-        let mut keep = Vec::new();
-        for ((org, identity), act) in pending {
-            let live = match exists.get(&org) {
+        for ((org, identity), act) in chunk {
+            let live = match exists.get(org) {
                 Some(e) => *e,
                 None => {
-                    let e = self.store.get(&layout::org(&org)).map(|v| v.is_some());
-                    let e = match e {
-                        Ok(e) => e,
-                        Err(e) => {
-                            failed = Some(Error::from(e));
-                            keep.push(((org, identity), act));
-                            continue;
-                        }
-                    };
-                    exists.insert(org.clone(), e);
+                    let e = self.store.get(&layout::org(org))?.is_some();
+                    exists.insert(org, e);
                     e
                 }
             };
             if !live {
                 continue;
             }
-            let stored = match self.get_json::<Device>(&layout::device(&org, &identity)) {
-                Ok(s) => s,
-                Err(e) => {
-                    failed = Some(e);
-                    keep.push(((org, identity), act));
-                    continue;
-                }
-            };
+            let stored = self.get_json::<Device>(&layout::device(org, identity))?;
             let owner = |fp: &str| {
-                self.get_json::<Identity>(&layout::device_cert(&org, fp))
+                self.get_json::<Identity>(&layout::device_cert(org, fp))
                     .ok()
                     .flatten()
             };
-            let dev = merge(&org, &identity, stored, act, owner, &mut ops);
-            ops.push(Self::put(layout::device(&org, &identity), &dev));
+            let dev = merge(org, identity, stored, act.clone(), owner, &mut ops);
+            ops.push(Self::put(layout::device(org, identity), &dev));
             written += 1;
         }
-        if let Err(e) = self.store.apply(ops) {
-            // Nothing was written: it all comes back next time (newer activity wins).
-            tracing::warn!(cause = %e, "device inventory flush failed; will retry");
-            return Err(e.into());
-        }
-        drop(_g);
-        if !keep.is_empty() {
-            let mut pending = self.activity.lock();
-            for (k, v) in keep {
-                pending.entry(k).or_insert(v);
-            }
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(written),
-        }
+        self.store.apply(ops)?;
+        Ok(written)
     }
 
     /// One identity of the org's inventory.
@@ -581,6 +605,80 @@ mod tests {
             .list_devices(&acme, &q("", None, None, 10), |_| true)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_takeover_from_another_address_flags_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = crate::registry::tests::registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        admit(&r, &acme, "d:sensor:a", Some(seen("aa", 10)));
+        r.record_admission(Admission {
+            org: acme.clone(),
+            identity: Identity::parse("d:sensor:a").unwrap(),
+            client_id: "d:acme:sensor:a".into(),
+            addr: "10.0.0.2".parse().unwrap(),
+            cert: Some(seen("aa", 10)),
+            took_over_from: Some("10.0.0.1".parse().unwrap()),
+        });
+        let a = r.device(&acme, "d:sensor:a").unwrap();
+        assert_eq!(a.last_addr, "10.0.0.2");
+        let flag = a.certificates[0].clone_suspected.as_ref().unwrap();
+        assert!(flag.detail.contains("10.0.0.1"), "{}", flag.detail);
+    }
+
+    /// A store whose batches fail while `failing` is set.
+    struct Flaky {
+        inner: crate::store::SledStore,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::store::Store for Flaky {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, crate::store::StoreError> {
+            self.inner.scan(prefix)
+        }
+        fn apply(&self, ops: Vec<Op>) -> Result<(), crate::store::StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::store::StoreError("disk full".into()));
+            }
+            self.inner.apply(ops)
+        }
+    }
+
+    #[test]
+    fn activity_a_failed_write_did_not_store_is_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Flaky {
+            inner: crate::store::SledStore::open(dir.path()).unwrap(),
+            failing: Default::default(),
+        });
+        let r = Registry::new(
+            store.clone(),
+            crate::seal::MasterKey::from_bytes(&[1; 32]),
+            "messaging.localhost",
+        )
+        .unwrap();
+        let acme = r.create_org("acme", "").unwrap().id;
+        admit(&r, &acme, "d:sensor:a", Some(seen("aa", 10)));
+        store
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(r.flush_device_activity().is_err());
+        // Newer activity meanwhile, with another certificate: both survive.
+        admit(&r, &acme, "d:sensor:a", Some(seen("bb", 10)));
+        store
+            .failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let a = r.device(&acme, "d:sensor:a").unwrap();
+        let fps: Vec<_> = a
+            .certificates
+            .iter()
+            .map(|c| c.fingerprint_sha256.as_str())
+            .collect();
+        assert_eq!(fps, ["aa", "bb"]);
     }
 
     #[test]
