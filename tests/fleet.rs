@@ -177,6 +177,20 @@ async fn revoking_one_certificate_closes_its_session_and_refuses_only_that_certi
             .is_err(),
         "the other revocation stands ({by_serial})"
     );
+    // Audited like every change.
+    let (_, audit) = api.call(Method::GET, "/orgs/acme/audit", None).await;
+    let summaries: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["summary"].as_str())
+        .collect();
+    assert!(
+        summaries
+            .iter()
+            .any(|s| s.starts_with("revoke certificate")),
+        "{summaries:?}"
+    );
     let text = api.0.metrics().await.unwrap();
     assert!(
         metric(
@@ -392,10 +406,44 @@ async fn a_network_policy_refuses_addresses_before_any_certificate_work() {
     }
     assert!(metric(&text, "certmq_network_refusals_total", &["org=\"beta\""]).is_none());
 
-    // Allowing it again admits it.
+    // The plain listener has no SNI: the policy applies once the CONNECT names the org.
+    let (s, _) = api
+        .call(
+            Method::PUT,
+            "/orgs/acme/security-policy",
+            Some(json!({"level": "tls_optional"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let token = api
+        .post(
+            "/orgs/acme/device-tokens",
+            json!({"identity": "d:legacy:dev7"}),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plain = |token: String| async move {
+        let mut opts =
+            rumqttc::MqttOptions::new("d:acme:legacy:dev7", "127.0.0.1", server.mqtt_plain.port());
+        opts.set_credentials("use-token-auth", token);
+        let (c, el) = rumqttc::AsyncClient::new(opts, 10);
+        start_loop(c, el).await
+    };
+    let err = plain(token.clone())
+        .await
+        .err()
+        .expect("plain MQTT from a refused address");
+    assert!(err.contains("NotAuthorized"), "{err}");
+
+    // Allowing it again admits it, on both listeners.
     let (s, _) = put(json!({"allow": ["127.0.0.0/8"]})).await;
     assert_eq!(s, 200);
     acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    plain(token)
+        .await
+        .expect("plain MQTT from an allowed address");
 }
 
 #[tokio::test]
