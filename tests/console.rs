@@ -259,6 +259,21 @@ async fn console_in_a_real_browser() {
     assert_eq!(page.prop("#net-deny", "value").await, "127.0.0.2/32");
     page.shot("network-policy").await;
 
+    // The security policy: proof of possession on, a verification code.
+    page.click_link("Security policy").await;
+    page.wait_for("#sec-level").await;
+    page.click("#sec-ca-proof").await;
+    page.click("#sec-save").await;
+    page.wait_text(".alert.ok", "Saved").await;
+    let (_, policy) = api
+        .call(reqwest::Method::GET, "/orgs/acme/security-policy", None)
+        .await;
+    assert_eq!(policy["require_ca_proof"], true, "{policy}");
+    page.click("#sec-code-new").await;
+    let code = page.wait_text("#sec-code", "valid until").await;
+    assert!(code.contains("openssl"), "{code}");
+    page.shot("security-policy").await;
+
     // Blocked devices and CRLs.
     page.click_link("Blocked devices").await;
     page.wait_text(".tab-body", "No identity is blocked").await;

@@ -337,6 +337,7 @@ const ORG_TABS = [
   ['connections', 'Connections', tabConnections],
   ['devices', 'Devices', tabDevices],
   ['network-policy', 'Network policy', tabNetwork],
+  ['security-policy', 'Security policy', tabSecurity],
   ['blocked-devices', 'Blocked devices', tabBlocked],
   ['crls', 'CRLs', tabCrls],
   ['audit', 'Audit log', tabAudit],
@@ -1417,6 +1418,79 @@ async function tabNetwork(root, org) {
     show(await api('GET', `/orgs/${enc(org)}/network-policy`));
   } catch (e) {
     showError(msg, e, 'Loading the network policy');
+  }
+}
+
+/* ---------- security policy */
+
+const LEVELS = [
+  ['tls_client_cert', 'Client certificate (default)'],
+  ['tls_client_cert_or_token', 'Client certificate or token'],
+  ['tls_token', 'Token (a certificate alone is not enough)'],
+  ['tls_client_cert_and_token', 'Client certificate and token'],
+  ['tls_optional', 'Certificate or token; plain MQTT with a token'],
+];
+
+async function tabSecurity(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const level = h('select', { id: 'sec-level' }, LEVELS.map(([v, label]) => h('option', { value: v }, label)));
+  const proof = h('input', { type: 'checkbox', id: 'sec-ca-proof' });
+  const overrides = h('div', {});
+  const save = h('button', { type: 'submit', id: 'sec-save' }, 'Save');
+  const codeMsg = h('div', { class: 'messages', id: 'sec-code' });
+  const getCode = h('button', { type: 'button', class: 'secondary', id: 'sec-code-new' }, 'Get a verification code');
+  let policy = null;
+
+  root.append(
+    h('form', { class: 'card', onsubmit: async (e) => {
+      e.preventDefault();
+      await busy(save, async () => {
+        try {
+          // PUT replaces the whole policy: keep what this page does not edit.
+          policy = await api('PUT', `/orgs/${enc(org)}/security-policy`, { json: { ...policy, level: level.value, require_ca_proof: proof.checked } });
+          show();
+          showOk(msg, 'Saved. Sessions the new policy no longer admits were closed.');
+        } catch (err) {
+          showError(msg, err, 'Not saved');
+        }
+      });
+    } },
+    h('h2', {}, 'Security policy'),
+    field('Security level', level, 'What a device must present to connect; device types can override it through the API.'),
+    overrides,
+    h('label', { class: 'check' }, proof, ' Require proof of possession for CA uploads'),
+    msg,
+    h('div', { class: 'actions' }, save)),
+    h('section', { class: 'card' },
+      h('h2', {}, 'CA verification code'),
+      h('p', { class: 'muted' }, 'With proof of possession on, a CA upload must carry a certificate signed by that CA whose CN is a code from here (valid one hour, for one upload).'),
+      codeMsg,
+      h('div', { class: 'actions' }, getCode)));
+
+  function show() {
+    level.value = policy.level;
+    proof.checked = !!policy.require_ca_proof;
+    const types = Object.entries(policy.device_types || {});
+    overrides.replaceChildren(types.length
+      ? details(types.map(([t, l]) => [`Device type ${t}`, l]))
+      : h('p', { class: 'muted small' }, 'No per-type overrides.'));
+  }
+
+  getCode.addEventListener('click', () => busy(getCode, async () => {
+    try {
+      const c = await api('POST', `/orgs/${enc(org)}/ca-certs/verification-code`);
+      showOk(codeMsg, h('p', {}, 'Code ', h('code', { id: 'sec-code-value' }, c.code), ', valid until ', fmtTime(c.expires_at), '.'),
+        h('pre', {}, `openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout verify.key -subj "/CN=${c.code}" -out verify.csr\nopenssl x509 -req -in verify.csr -CA ca.pem -CAkey ca.key -days 1 -out verify.pem`));
+    } catch (err) {
+      showError(codeMsg, err, 'No code');
+    }
+  }));
+
+  try {
+    policy = await api('GET', `/orgs/${enc(org)}/security-policy`);
+    show();
+  } catch (e) {
+    showError(msg, e, 'Loading the security policy');
   }
 }
 
