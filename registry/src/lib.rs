@@ -13,8 +13,10 @@ pub mod audit;
 mod ca_certs;
 pub mod cert;
 mod claims;
+mod client_certs;
 mod csr;
 mod custom_domains;
+pub mod destinations;
 pub mod domains;
 mod error;
 mod keys;
@@ -39,7 +41,11 @@ pub mod tokens;
 
 pub use audit::{Actor, AuditEntry, AuditEvent, AuditLog};
 pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
-pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
+pub use client_certs::{ClientCertView, NewClientCert, MAX_CLIENT_CERTS};
+pub use csr::{CsrCompletion, CsrPurpose, CsrRequest, CsrStatus, CsrSubject, CsrView};
+pub use destinations::{
+    BridgeRequest, Destination, DestinationKind, DestinationPatch, ForwardRule, WebhookRequest,
+};
 pub use domains::DomainName;
 pub use error::{Error, Result};
 pub use keys::KeyType;
