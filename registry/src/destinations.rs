@@ -121,6 +121,17 @@ impl Destination {
         Ok((host, u.port().unwrap_or(self.kind.default_port())))
     }
 
+    /// The path and query of the URL (`/` when it has none): what a webhook POSTs to.
+    pub fn request_target(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(u) => match u.query() {
+                Some(q) => format!("{}?{q}", u.path()),
+                None => u.path().to_owned(),
+            },
+            Err(_) => "/".into(),
+        }
+    }
+
     /// The name the remote's certificate is checked against (and sent as SNI).
     pub fn tls_server_name(&self) -> Result<String> {
         match &self.server_name {
