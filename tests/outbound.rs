@@ -76,7 +76,10 @@ impl Mosquitto {
             .expect("start mosquitto");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Mosquitto { child, log }
@@ -102,7 +105,10 @@ fn mosquitto_available() -> bool {
         .status()
         .is_ok();
     let required = std::env::var("CERTMQ_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
-    assert!(ok || !required, "CERTMQ_REQUIRE_INTEROP=1 but mosquitto is missing");
+    assert!(
+        ok || !required,
+        "CERTMQ_REQUIRE_INTEROP=1 but mosquitto is missing"
+    );
     if !ok {
         eprintln!("skipping: mosquitto not found");
     }
@@ -118,8 +124,16 @@ fn pkcs12(dir: &Path, name: &str, cert: &device_sim::certs::ClientCert, password
     openssl(
         dir,
         &[
-            "pkcs12", "-export", "-in", &format!("{name}.pem"), "-inkey",
-            &format!("{name}.key"), "-passout", &pass, "-out", &out,
+            "pkcs12",
+            "-export",
+            "-in",
+            &format!("{name}.pem"),
+            "-inkey",
+            &format!("{name}.key"),
+            "-passout",
+            &pass,
+            "-out",
+            &out,
         ],
     );
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(out)).unwrap())
@@ -147,15 +161,21 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
         sni: "localhost".into(),
         server_ca_pem: partner.pem(),
     };
-    let watcher_cert = partner.issue_client("watcher", ClientCertOptions::default()).unwrap();
-    let mut watcher = connect_with(&target, "watcher", &watcher_cert).await.unwrap();
+    let watcher_cert = partner
+        .issue_client("watcher", ClientCertOptions::default())
+        .unwrap();
+    let mut watcher = connect_with(&target, "watcher", &watcher_cert)
+        .await
+        .unwrap();
     watcher.subscribe("fleet/#").await;
 
     let server = Server::start();
     let acme = Org::create(&server, "acme").await;
     let api = server.api();
     // The identity certmq presents: a PKCS#12 file with a password.
-    let one = partner.issue_client("certmq-bridge-one", ClientCertOptions::default()).unwrap();
+    let one = partner
+        .issue_client("certmq-bridge-one", ClientCertOptions::default())
+        .unwrap();
     let (code, cc1) = api
         .call(
             Method::POST,
@@ -191,18 +211,31 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
         .await
         .unwrap();
     let got = watcher.next_publish(Duration::from_secs(10)).await;
-    assert_eq!(got, Some(("fleet/acme/sensor/d1/temp".into(), b"21.5".to_vec())));
+    assert_eq!(
+        got,
+        Some(("fleet/acme/sensor/d1/temp".into(), b"21.5".to_vec()))
+    );
     let b = wait_for(&api, &path, |b| b["forwarded"] == 1).await;
     assert_eq!(b["forwarded"], 1, "{b}");
 
     // A client certificate in use cannot be deleted.
     let (code, e) = api
-        .call(Method::DELETE, &format!("/orgs/acme/client-certs/{cc1}"), None)
+        .call(
+            Method::DELETE,
+            &format!("/orgs/acme/client-certs/{cc1}"),
+            None,
+        )
         .await;
-    assert_eq!((code, e["error"]["code"].as_str()), (409, Some("conflict")), "{e}");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
 
     // Another identity (PEM this time), swapped in while running.
-    let two = partner.issue_client("certmq-bridge-two", ClientCertOptions::default()).unwrap();
+    let two = partner
+        .issue_client("certmq-bridge-two", ClientCertOptions::default())
+        .unwrap();
     let cc2 = api
         .post(
             "/orgs/acme/client-certs",
@@ -210,12 +243,20 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
         )
         .await;
     let (code, v) = api
-        .call(Method::PATCH, &path, Some(json!({"client_cert": cc2["id"]})))
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"client_cert": cc2["id"]})),
+        )
         .await;
     assert_eq!(code, 200, "{v}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while !mosquitto.log().contains("u'certmq-bridge-two'") {
-        assert!(Instant::now() < deadline, "the bridge never reconnected as certmq-bridge-two:\n{}", mosquitto.log());
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never reconnected as certmq-bridge-two:\n{}",
+            mosquitto.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_for(&api, &path, |b| b["state"] == "connected").await;
@@ -225,16 +266,26 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
         .await
         .unwrap();
     let got = watcher.next_publish(Duration::from_secs(10)).await;
-    assert_eq!(got, Some(("fleet/acme/sensor/d1/temp".into(), b"22.0".to_vec())));
+    assert_eq!(
+        got,
+        Some(("fleet/acme/sensor/d1/temp".into(), b"22.0".to_vec()))
+    );
 
     // The wrong trust bundle: failed, with the reason in words.
     let other = TestCa::new("Some Other CA").unwrap();
-    api.call(Method::PATCH, &path, Some(json!({"ca_certificates": other.pem()})))
-        .await;
+    api.call(
+        Method::PATCH,
+        &path,
+        Some(json!({"ca_certificates": other.pem()})),
+    )
+    .await;
     let b = wait_for(&api, &path, |b| b["state"] == "failed").await;
     assert_eq!(b["state"], "failed", "{b}");
     assert!(
-        b["last_error"].as_str().unwrap_or_default().contains("unknown issuer"),
+        b["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown issuer"),
         "{b}"
     );
 
@@ -242,7 +293,12 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
     for i in 0..3 {
         device
             .client
-            .publish("iot-2/evt/queued/fmt/txt", QoS::AtLeastOnce, false, format!("q{i}"))
+            .publish(
+                "iot-2/evt/queued/fmt/txt",
+                QoS::AtLeastOnce,
+                false,
+                format!("q{i}"),
+            )
             .await
             .unwrap();
     }
@@ -258,21 +314,34 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
     let b = wait_for(&api, &path, |b| b["queued"] == 3).await;
     assert_eq!(b["queued"], 3, "queue survives the restart: {b}");
     let mosquitto = Mosquitto::start(dir, port);
-    let mut watcher = connect_with(&target, "watcher2", &watcher_cert).await.unwrap();
+    let mut watcher = connect_with(&target, "watcher2", &watcher_cert)
+        .await
+        .unwrap();
     watcher.subscribe("fleet/#").await;
-    api.call(Method::PATCH, &path, Some(json!({"ca_certificates": partner.pem()})))
-        .await;
+    api.call(
+        Method::PATCH,
+        &path,
+        Some(json!({"ca_certificates": partner.pem()})),
+    )
+    .await;
     for i in 0..3 {
         let got = watcher.next_publish(Duration::from_secs(15)).await;
         assert_eq!(
             got,
-            Some(("fleet/acme/sensor/d1/queued".into(), format!("q{i}").into_bytes())),
+            Some((
+                "fleet/acme/sensor/d1/queued".into(),
+                format!("q{i}").into_bytes()
+            )),
             "message {i}; mosquitto log:\n{}",
             mosquitto.log()
         );
     }
     let b = wait_for(&api, &path, |b| b["queued"] == 0).await;
-    assert_eq!((b["state"].as_str(), b["queued"].as_u64()), (Some("connected"), Some(0)), "{b}");
+    assert_eq!(
+        (b["state"].as_str(), b["queued"].as_u64()),
+        (Some("connected"), Some(0)),
+        "{b}"
+    );
 }
 
 /// An HTTPS endpoint requiring a client certificate from `ca`; answers 500 to the first
@@ -286,8 +355,7 @@ async fn https_endpoint(
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let cert = ca.issue_server(&["localhost".into()]).unwrap();
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile_certs(&cert.chain_pem);
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile_certs(&cert.chain_pem);
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile_certs(&ca.pem()) {
@@ -313,28 +381,35 @@ async fn https_endpoint(
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let (acceptor, tx, seen) = (acceptor.clone(), tx.clone(), seen.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (tx, seen) = (tx.clone(), seen.clone());
-                    async move {
-                        let path = req.uri().path().to_owned();
-                        let bytes = req.into_body().collect().await?.to_bytes();
-                        let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                        body["_path"] = json!(path);
-                        let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let _ = tx.send(body);
-                        let status = if n < fail_first { 500 } else { 204 };
-                        Ok::<_, hyper::Error>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .body(http_body_util::Full::new(hyper::body::Bytes::new()))
-                                .unwrap(),
-                        )
-                    }
-                });
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (tx, seen) = (tx.clone(), seen.clone());
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let bytes = req.into_body().collect().await?.to_bytes();
+                            let mut body: Value =
+                                serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                            body["_path"] = json!(path);
+                            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let _ = tx.send(body);
+                            let status = if n < fail_first { 500 } else { 204 };
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                     .await;
@@ -380,7 +455,10 @@ async fn webhook_posts_json_to_an_https_endpoint_that_requires_a_client_cert() {
         .pem();
     let (code, done) = api
         .post_raw(
-            &format!("/orgs/acme/csrs/{}/certificate", csr["id"].as_str().unwrap()),
+            &format!(
+                "/orgs/acme/csrs/{}/certificate",
+                csr["id"].as_str().unwrap()
+            ),
             Some("application/x-pem-file"),
             signed,
         )
@@ -421,7 +499,12 @@ async fn webhook_posts_json_to_an_https_endpoint_that_requires_a_client_cert() {
         assert_eq!(body["payload_encoding"], "utf8");
         assert_eq!(body["qos"], 1);
         assert_eq!(body["client_id"], "d:acme:sensor:d1");
-        assert!(body["received_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+        assert!(
+            body["received_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{body}"
+        );
     }
     let h = wait_for(&api, &path, |h| h["forwarded"] == 1).await;
     assert_eq!(h["forwarded"], 1, "{h}");
@@ -432,14 +515,22 @@ async fn webhook_posts_json_to_an_https_endpoint_that_requires_a_client_cert() {
     // A binary payload goes as base64.
     device
         .client
-        .publish("iot-2/evt/blob/fmt/bin", QoS::AtLeastOnce, false, vec![0xff, 0x00, 0xfe])
+        .publish(
+            "iot-2/evt/blob/fmt/bin",
+            QoS::AtLeastOnce,
+            false,
+            vec![0xff, 0x00, 0xfe],
+        )
         .await
         .unwrap();
     let body = tokio::time::timeout(Duration::from_secs(15), received.recv())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((body["payload"].as_str(), body["payload_encoding"].as_str()), (Some("/wD+"), Some("base64")));
+    assert_eq!(
+        (body["payload"].as_str(), body["payload_encoding"].as_str()),
+        (Some("/wD+"), Some("base64"))
+    );
 
     // Without a client certificate the endpoint refuses the handshake: told in words.
     let bare = api
@@ -461,7 +552,10 @@ async fn webhook_posts_json_to_an_https_endpoint_that_requires_a_client_cert() {
         .unwrap();
     let b = wait_for(&api, &bare_path, |b| b["state"] == "failed").await;
     let why = b["last_error"].as_str().unwrap_or_default();
-    assert!(why.contains("TLS alert") && why.contains("client certificate"), "{b}");
+    assert!(
+        why.contains("TLS alert") && why.contains("client certificate"),
+        "{b}"
+    );
 }
 
 #[tokio::test]
@@ -471,7 +565,9 @@ async fn destinations_refuse_bad_input_and_keep_orgs_apart() {
     Org::create(&server, "beta").await;
     let api = server.api();
     let partner = TestCa::new("Partner").unwrap();
-    let id = partner.issue_client("certmq-beta", ClientCertOptions::default()).unwrap();
+    let id = partner
+        .issue_client("certmq-beta", ClientCertOptions::default())
+        .unwrap();
     let beta_cert = api
         .post(
             "/orgs/beta/client-certs",
@@ -485,11 +581,22 @@ async fn destinations_refuse_bad_input_and_keep_orgs_apart() {
     let events = "iot-2/type/+/id/+/evt/+/fmt/+";
     for (body, needle) in [
         (bridge("mqtt://localhost:1883", events, None), "mqtts://"),
-        (bridge("mqtts://localhost", "iot-2/type/+/id/+/cmd/+/fmt/+", None), "may not subscribe"),
-        (bridge("mqtts://localhost", events, beta_cert["id"].as_str()), "not a client certificate of org acme"),
-        (bridge("mqtts://user:pw@localhost", events, None), "credentials"),
+        (
+            bridge("mqtts://localhost", "iot-2/type/+/id/+/cmd/+/fmt/+", None),
+            "may not subscribe",
+        ),
+        (
+            bridge("mqtts://localhost", events, beta_cert["id"].as_str()),
+            "not a client certificate of org acme",
+        ),
+        (
+            bridge("mqtts://user:pw@localhost", events, None),
+            "credentials",
+        ),
     ] {
-        let (code, e) = api.call(Method::POST, "/orgs/acme/bridges", Some(body)).await;
+        let (code, e) = api
+            .call(Method::POST, "/orgs/acme/bridges", Some(body))
+            .await;
         assert_eq!(code, 400, "{e}");
         let msg = e["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
@@ -512,7 +619,11 @@ async fn destinations_refuse_bad_input_and_keep_orgs_apart() {
             Some(json!({"certificate": srv.chain_pem, "private_key": srv.key_pem})),
         )
         .await;
-    assert_eq!((code, e["error"]["code"].as_str()), (422, Some("not_for_client_auth")), "{e}");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (422, Some("not_for_client_auth")),
+        "{e}"
+    );
     let (code, list) = api.call(Method::GET, "/orgs/acme/bridges", None).await;
     assert_eq!((code, list), (200, json!([])));
 }

@@ -156,7 +156,10 @@ impl Dest {
     fn route(&self, internal: &[u8]) -> Option<(String, &Rule)> {
         let topic = std::str::from_utf8(internal).ok()?;
         let app = topic.strip_prefix(&self.prefix)?.to_owned();
-        let rule = self.rules.iter().find(|r| filter_matches(&r.filter, &app))?;
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| filter_matches(&r.filter, &app))?;
         Some((app, rule))
     }
 
@@ -211,7 +214,10 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     /// The manager, with every stored destination started. `None` without a runtime.
-    pub(crate) fn start(registry: Arc<Registry>, state: Arc<MessageState>) -> Option<Arc<Outbound>> {
+    pub(crate) fn start(
+        registry: Arc<Registry>,
+        state: Arc<MessageState>,
+    ) -> Option<Arc<Outbound>> {
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let o = Arc::new(Outbound {
             registry,
@@ -241,14 +247,17 @@ impl Outbound {
             Vec::new()
         };
         let mut running = lock(&self.running);
-        let mine: Vec<(OrgId, String)> = running.keys().filter(|(o, _)| o == org).cloned().collect();
+        let mine: Vec<(OrgId, String)> =
+            running.keys().filter(|(o, _)| o == org).cloned().collect();
         let mut previous = HashMap::new();
         for key in mine {
             let still = desired.iter().find(|d| d.id == key.1);
             if still.is_some_and(|d| running.get(&key).is_some_and(|r| r.config == *d)) {
                 continue;
             }
-            let Some(r) = running.remove(&key) else { continue };
+            let Some(r) = running.remove(&key) else {
+                continue;
+            };
             r.stop.cancel();
             if still.is_some() {
                 previous.insert(key.1.clone(), (r.task, r.status));

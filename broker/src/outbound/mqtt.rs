@@ -142,8 +142,14 @@ async fn forward<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 };
                 let topic = registry::destinations::expand_topic(&rule.template, org, &app);
                 let qos = if delivery.pkid == 0 { 0 } else { 1 };
-                let publish =
-                    packet::publish(topic.as_bytes(), &p.payload, qos, false, delivery.pkid, delivery.dup);
+                let publish = packet::publish(
+                    topic.as_bytes(),
+                    &p.payload,
+                    qos,
+                    false,
+                    delivery.pkid,
+                    delivery.dup,
+                );
                 Version::V4
                     .write(Packet::Publish(publish, None), &mut out)
                     .map_err(|e| format!("PUBLISH: {e}"))?;

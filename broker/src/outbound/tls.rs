@@ -19,9 +19,12 @@ pub(super) fn client_config(
         .trust_anchors()
         .map_err(|e| format!("ca_certificates: {e}"))?;
     for (i, der) in anchors.into_iter().enumerate() {
-        roots
-            .add(CertificateDer::from(der))
-            .map_err(|e| format!("ca_certificates: certificate {} is no trust anchor: {e}", i + 1))?;
+        roots.add(CertificateDer::from(der)).map_err(|e| {
+            format!(
+                "ca_certificates: certificate {} is no trust anchor: {e}",
+                i + 1
+            )
+        })?;
     }
     if d.trust_system_roots {
         let native = rustls_native_certs::load_native_certs();
@@ -55,7 +58,8 @@ pub(super) fn client_config(
 /// The server name `d`'s remote certificate is checked against.
 pub(super) fn server_name(d: &Destination) -> Result<ServerName<'static>, String> {
     let name = d.tls_server_name().map_err(|e| e.to_string())?;
-    ServerName::try_from(name.clone()).map_err(|_| format!("server_name {name:?} is not a valid name"))
+    ServerName::try_from(name.clone())
+        .map_err(|_| format!("server_name {name:?} is not a valid name"))
 }
 
 /// `BadCertificate` → `bad_certificate`, as the TLS RFCs name alerts.
@@ -102,7 +106,10 @@ pub(super) fn describe_tls(e: &rustls::Error) -> String {
                 .into()
         }
         rustls::Error::InvalidCertificate(c) => {
-            format!("the remote's certificate was refused: {}", rustls::Error::InvalidCertificate(c.clone()))
+            format!(
+                "the remote's certificate was refused: {}",
+                rustls::Error::InvalidCertificate(c.clone())
+            )
         }
         other => format!("TLS: {other}"),
     }

@@ -48,7 +48,10 @@ fn body(app_topic: &str, d: &Delivery) -> Vec<u8> {
     };
     let received_at = time::OffsetDateTime::from_unix_timestamp(i64::try_from(d.at).unwrap_or(0))
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     let b = Body {
         topic: app_topic,
@@ -146,33 +149,64 @@ async fn deliver(
             pending.pop_front();
             continue;
         };
-        let s = match sender.as_mut() {
-            Some(s) if !s.is_closed() => s,
-            _ => sender.insert(open(dest, peer).await?),
+        let payload = Bytes::from(body(&app, next));
+        let request = || {
+            Request::post(target.as_str())
+                .header(hyper::header::HOST, authority.as_str())
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .header(
+                    hyper::header::USER_AGENT,
+                    concat!("certmq/", env!("CARGO_PKG_VERSION")),
+                )
+                .body(Full::new(payload.clone()))
+                .map_err(|e| format!("building the request: {e}"))
         };
-        let request = Request::post(target.as_str())
-            .header(hyper::header::HOST, authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, concat!("certmq/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(Bytes::from(body(&app, next))))
-            .map_err(|e| format!("building the request: {e}"))?;
-        let answer = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            a = tokio::time::timeout(TIMEOUT, s.send_request(request)) => a,
+        // A kept-alive connection the endpoint closed meanwhile fails before the request
+        // is sent: then once more on a new one.
+        let reused = sender.as_ref().is_some_and(|s| !s.is_closed());
+        let mut answer = None;
+        for fresh in [!reused, true] {
+            let s = match sender.as_mut() {
+                Some(s) if !fresh => s,
+                _ => sender.insert(open(dest, peer).await?),
+            };
+            let a = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                a = tokio::time::timeout(TIMEOUT, s.send_request(request()?)) => a,
+            };
+            match a {
+                Err(_) => return Err(format!("{peer} did not answer within {TIMEOUT:?}")),
+                Ok(Ok(a)) => {
+                    answer = Some(a);
+                    break;
+                }
+                Ok(Err(e))
+                    if fresh
+                        || !(e.is_canceled() || e.is_closed() || e.is_incomplete_message()) =>
+                {
+                    return Err(describe_http(&e, peer));
+                }
+                Ok(Err(_)) => sender = None,
+            }
+        }
+        let Some(answer) = answer else {
+            return Err(format!("{peer} closed every connection before answering"));
         };
-        let answer = answer
-            .map_err(|_| format!("{peer} did not answer within {TIMEOUT:?}"))?
-            .map_err(|e| describe_http(&e, peer))?;
         let code = answer.status();
         dest.status.http(code.as_u16());
         // Read the answer so the connection can carry the next request.
-        let _ = tokio::time::timeout(TIMEOUT, Limited::new(answer.into_body(), MAX_ANSWER).collect())
-            .await;
+        let _ = tokio::time::timeout(
+            TIMEOUT,
+            Limited::new(answer.into_body(), MAX_ANSWER).collect(),
+        )
+        .await;
         if !code.is_success() {
             return Err(format!(
                 "the endpoint answered HTTP {}{}",
                 code.as_u16(),
-                code.canonical_reason().map(|r| format!(" {r}")).unwrap_or_default()
+                code.canonical_reason()
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default()
             ));
         }
         if let Some(done) = pending.pop_front() {

@@ -536,7 +536,13 @@ impl MessageState {
 
     /// Messages queued for `client` of `org` (0 when it has no session).
     pub(crate) fn queued(&self, org: &OrgId, client: &str) -> usize {
-        let Some(o) = self.orgs.read().unwrap_or_else(|e| e.into_inner()).get(org).cloned() else {
+        let Some(o) = self
+            .orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(org)
+            .cloned()
+        else {
             return 0;
         };
         let g = lock(&o.inner);
@@ -546,7 +552,13 @@ impl MessageState {
     /// Ends the session of `client` in `org` with everything queued for it (its
     /// owner is gone: a deleted destination).
     pub(crate) fn discard_session(&self, org: &OrgId, client: &str) {
-        let Some(o) = self.orgs.read().unwrap_or_else(|e| e.into_inner()).get(org).cloned() else {
+        let Some(o) = self
+            .orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(org)
+            .cloned()
+        else {
             return;
         };
         let mut ops = Vec::new();
