@@ -342,6 +342,30 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
         (Some("connected"), Some(0)),
         "{b}"
     );
+
+    // Client certificates are in the expiry metrics.
+    let metrics = api.0.metrics().await.unwrap();
+    let used = format!(
+        "kind=\"client\",id=\"{}\",active=\"true\"",
+        cc2["id"].as_str().unwrap()
+    );
+    assert!(metrics.contains(&used), "{metrics}");
+    // Deleting the org stops its bridge.
+    let client_id = b["client_id"].as_str().unwrap().to_owned();
+    let (code, _) = api.call(Method::DELETE, "/orgs/acme", None).await;
+    assert_eq!(code, 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mosquitto
+        .log()
+        .contains(&format!("Client {client_id} disconnected"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge was not stopped:\n{}",
+            mosquitto.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An HTTPS endpoint requiring a client certificate from `ca`; answers 500 to the first
@@ -626,4 +650,149 @@ async fn destinations_refuse_bad_input_and_keep_orgs_apart() {
     );
     let (code, list) = api.call(Method::GET, "/orgs/acme/bridges", None).await;
     assert_eq!((code, list), (200, json!([])));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_destination_fills_only_its_own_bounded_queue() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let api = server.api();
+    let (code, v) = api
+        .call(
+            Method::PUT,
+            "/orgs/acme/limits",
+            Some(json!({"max_queued_messages_per_session": 5})),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let partner = TestCa::new("Partner").unwrap();
+    // Nothing listens there.
+    let bridge = api
+        .post(
+            "/orgs/acme/bridges",
+            json!({"name": "nowhere", "url": format!("mqtts://localhost:{}", free_port()),
+                   "ca_certificates": partner.pem(),
+                   "forward": [{"filter": "iot-2/type/+/id/+/evt/+/fmt/+"}]}),
+        )
+        .await;
+    let path = format!("/orgs/acme/bridges/{}", bridge["id"].as_str().unwrap());
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    let mut device = acme.connect("d:sensor:d1", "d:acme:sensor:d1").await;
+    const N: usize = 50;
+    for i in 0..N {
+        device
+            .client
+            .publish(
+                "iot-2/evt/e/fmt/txt",
+                QoS::AtLeastOnce,
+                false,
+                format!("m{i}"),
+            )
+            .await
+            .unwrap();
+    }
+    // Every message is acknowledged to the device and reaches the application: the
+    // destination slows nobody.
+    let mut acks = 0;
+    while acks < N {
+        match tokio::time::timeout(Duration::from_secs(10), device.rx.recv()).await {
+            Ok(Some(rumqttc::Packet::PubAck(_))) => acks += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("{acks} of {N} PUBACKs"),
+        }
+    }
+    for i in 0..N {
+        let got = app.next_publish(Duration::from_secs(10)).await;
+        assert_eq!(got.map(|g| g.1), Some(format!("m{i}").into_bytes()));
+    }
+    // The destination keeps its newest 5, the rest are dropped and counted.
+    let b = wait_for(&api, &path, |b| b["queued"] == 5).await;
+    assert_eq!(b["queued"], 5, "{b}");
+    assert_eq!(b["state"], "failed", "{b}");
+    assert!(
+        b["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused the connection"),
+        "{b}"
+    );
+    let metrics = api.0.metrics().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "certmq_dropped_total{{org=\"acme\",reason=\"queue_full\"}} {}",
+            N - 5
+        )),
+        "{metrics}"
+    );
+
+    // Deleting the bridge discards its queue; deleting the org removes the rest.
+    let (code, _) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(code, 204);
+    let (code, _) = api.call(Method::GET, &path, None).await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_that_never_answers_fails_with_a_timeout() {
+    let partner = TestCa::new("Partner").unwrap();
+    let cert = partner.issue_server(&["localhost".into()]).unwrap();
+    // TLS without a client certificate, then silence.
+    let config = {
+        use rustls::pki_types::pem::PemObject;
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(rustls_pemfile_certs(&cert.chain_pem), key)
+        .unwrap()
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                held.push(tls);
+            }
+        }
+    });
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let api = server.api();
+    let hook = api
+        .post(
+            "/orgs/acme/webhooks",
+            json!({"name": "silent", "url": format!("https://localhost:{port}/"),
+                   "ca_certificates": partner.pem(), "filter": "iot-2/type/+/id/+/evt/+/fmt/+"}),
+        )
+        .await;
+    let path = format!("/orgs/acme/webhooks/{}", hook["id"].as_str().unwrap());
+    let device = acme.connect("d:sensor:d1", "d:acme:sensor:d1").await;
+    device
+        .client
+        .publish("iot-2/evt/e/fmt/txt", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let b = loop {
+        let (_, b) = api.call(Method::GET, &path, None).await;
+        if b["state"] == "failed" || Instant::now() > deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        b["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not answer within"),
+        "{b}"
+    );
+    assert_eq!(b["queued"], 1, "kept for the next attempt: {b}");
 }
