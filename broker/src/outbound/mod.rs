@@ -360,8 +360,10 @@ async fn run(dest: Dest, stop: CancellationToken) {
     let mut backoff = FIRST_BACKOFF;
     let (org, id, kind) = (dest.config.org.clone(), dest.config.id.clone(), dest.kind());
     info!(%org, id, kind, url = dest.config.url, "destination starting");
+    // `connecting` until the first attempt ends; after a failure the state stays
+    // `failed` (with its reason) while retrying, until a connection comes up.
+    dest.status.set(DestinationState::Connecting);
     loop {
-        dest.status.set(DestinationState::Connecting);
         let started = Instant::now();
         let result = match dest.config.kind {
             DestinationKind::Bridge => mqtt::connection(&dest, &stop).await,
