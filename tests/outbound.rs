@@ -196,7 +196,9 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
                 "client_cert": cc1,
                 "ca_certificates": partner.pem(),
                 "forward": [{"filter": "iot-2/type/+/id/+/evt/+/fmt/+",
-                             "topic": "fleet/{org}/{type}/{id}/{event}", "qos": 1}]
+                             "topic": "fleet/{org}/{type}/{id}/{event}", "qos": 1}],
+                "receive": [{"filter": "partner/cmd/+/+",
+                             "topic": "iot-2/type/sensor/id/{1}/cmd/{2}/fmt/txt"}]
             }),
         )
         .await;
@@ -204,7 +206,7 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
     let b = wait_for(&api, &path, |b| b["state"] == "connected").await;
     assert_eq!(b["state"], "connected", "{b}");
 
-    let device = acme.connect("d:sensor:d1", "d:acme:sensor:d1").await;
+    let mut device = acme.connect("d:sensor:d1", "d:acme:sensor:d1").await;
     device
         .client
         .publish("iot-2/evt/temp/fmt/json", QoS::AtLeastOnce, false, "21.5")
@@ -217,6 +219,28 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
     );
     let b = wait_for(&api, &path, |b| b["forwarded"] == 1).await;
     assert_eq!(b["forwarded"], 1, "{b}");
+
+    // The reverse direction: the partner sends a command to the device.
+    device.subscribe("iot-2/cmd/+/fmt/+").await;
+    watcher
+        .client
+        .publish("partner/cmd/d1/reboot", QoS::AtLeastOnce, false, "now")
+        .await
+        .unwrap();
+    let got = device.next_publish(Duration::from_secs(10)).await;
+    assert_eq!(
+        got,
+        Some(("iot-2/cmd/reboot/fmt/txt".into(), b"now".to_vec()))
+    );
+    // A level the topic rules do not allow as a name: refused, nothing delivered.
+    watcher
+        .client
+        .publish("partner/cmd/d1/bad!name", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let b = wait_for(&api, &path, |b| b["received"] == 1).await;
+    assert_eq!(b["received"], 1, "{b}");
+    assert_eq!(device.next_publish(Duration::from_millis(500)).await, None);
 
     // A client certificate in use cannot be deleted.
     let (code, e) = api
@@ -616,6 +640,12 @@ async fn destinations_refuse_bad_input_and_keep_orgs_apart() {
         (
             bridge("mqtts://user:pw@localhost", events, None),
             "credentials",
+        ),
+        (
+            json!({"name": "r", "url": "mqtts://localhost", "ca_certificates": partner.pem(),
+                   "forward": [{"filter": events}],
+                   "receive": [{"filter": "p/+", "topic": "iot-2/type/s/id/{1}/evt/x/fmt/txt"}]}),
+            "must be a command topic",
         ),
     ] {
         let (code, e) = api

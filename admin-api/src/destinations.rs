@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use registry::live::{DestinationState, DestinationStatus};
 use registry::{
-    BridgeRequest, Destination, DestinationKind, DestinationPatch, ForwardRule, OrgId,
+    BridgeRequest, Destination, DestinationKind, DestinationPatch, ForwardRule, OrgId, ReceiveRule,
     WebhookRequest,
 };
 use serde::Serialize;
@@ -31,6 +31,7 @@ pub(crate) struct BridgeView {
     /// The MQTT client id used at the remote.
     client_id: String,
     forward: Vec<ForwardRule>,
+    receive: Vec<ReceiveRule>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -71,6 +72,7 @@ fn status_of(state: &AppState, d: &Destination) -> DestinationStatus {
             last_error_at: None,
             connected_since: None,
             forwarded: 0,
+            received: 0,
             queued: 0,
             failures: 0,
             last_http_status: None,
@@ -90,6 +92,7 @@ fn bridge_view(state: &AppState, d: Destination) -> BridgeView {
         ca_certificates: d.ca_certificates,
         trust_system_roots: d.trust_system_roots,
         forward: d.forward,
+        receive: d.receive,
         created_at: d.created_at,
         updated_at: d.updated_at,
     }

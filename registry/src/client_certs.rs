@@ -212,7 +212,7 @@ impl Registry {
     pub fn list_client_certs(&self, org: &OrgId) -> Result<Vec<ClientCertView>> {
         self.get_org(org)?;
         let mut all: Vec<ClientCert> = self.scan_json(&layout::client_certs(org))?;
-        all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        all.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         all.into_iter().map(|c| self.client_view(c)).collect()
     }
 
@@ -398,6 +398,7 @@ pub(crate) mod tests {
                         topic: "fleet/{type}/{id}/{event}".into(),
                         qos: 1,
                     }],
+                    receive: Vec::new(),
                 },
             )
             .unwrap();

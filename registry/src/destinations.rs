@@ -71,6 +71,23 @@ pub struct ForwardRule {
     pub qos: u8,
 }
 
+/// A reverse rule of a bridge: messages the remote broker publishes on `filter` come
+/// into the org as commands on `topic`, authorized as an application's publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveRule {
+    /// The remote filter subscribed to, e.g. `partner/cmd/+/+`.
+    pub filter: String,
+    /// The org's command topic, in the application's view:
+    /// `iot-2/type/<type>/id/<id>/cmd/<cmd>/fmt/<format>`, where a level may be `{1}`,
+    /// `{2}`, … — the remote topic's level matched by the filter's first, second, … `+`.
+    pub topic: String,
+    /// 0 or 1 (default 1): the QoS subscribed with at the remote.
+    #[serde(default = "qos_one")]
+    pub qos: u8,
+}
+
 fn same_topic() -> String {
     "{topic}".into()
 }
@@ -101,6 +118,9 @@ pub struct Destination {
     pub client_id: Option<String>,
     /// Bridges: the rules; webhooks: one rule (its topic unused).
     pub forward: Vec<ForwardRule>,
+    /// Bridges: what comes back from the remote into the org's command topics.
+    #[serde(default)]
+    pub receive: Vec<ReceiveRule>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -181,6 +201,9 @@ pub struct BridgeRequest {
     #[serde(default)]
     pub client_id: Option<String>,
     pub forward: Vec<ForwardRule>,
+    /// Remote topics brought into the org as commands (default none).
+    #[serde(default)]
+    pub receive: Vec<ReceiveRule>,
 }
 
 /// A new webhook: `POST /orgs/{org}/webhooks`.
@@ -239,6 +262,9 @@ pub struct DestinationPatch {
     /// Bridges only.
     #[serde(default)]
     pub forward: Option<Vec<ForwardRule>>,
+    /// Bridges only.
+    #[serde(default)]
+    pub receive: Option<Vec<ReceiveRule>>,
     /// Webhooks only.
     #[serde(default)]
     pub filter: Option<String>,
@@ -385,6 +411,77 @@ fn check_rule(org: &OrgId, rule: &ForwardRule, bridge: bool) -> Result<()> {
     Ok(())
 }
 
+/// `template` with `{1}`, `{2}`, … replaced by the levels of `topic` that the `+`
+/// levels of `filter` matched, in order; `None` when `topic` does not match `filter`
+/// or the template names a level the filter does not have.
+pub fn expand_received(filter: &str, template: &str, topic: &str) -> Option<String> {
+    let f: Vec<&str> = filter.split('/').collect();
+    let t: Vec<&str> = topic.split('/').collect();
+    let mut wild = Vec::new();
+    for (i, level) in f.iter().enumerate() {
+        match *level {
+            "#" => break,
+            "+" => wild.push(*t.get(i)?),
+            lit if t.get(i) != Some(&lit) => return None,
+            _ => {}
+        }
+    }
+    if !f.contains(&"#") && f.len() != t.len() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for level in template.split('/') {
+        match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+            Some(n) => out.push(*wild.get(n.parse::<usize>().ok()?.checked_sub(1)?)?),
+            None => out.push(level),
+        }
+    }
+    Some(out.join("/"))
+}
+
+/// Checks one reverse rule: a remote filter and a command-topic template whose
+/// placeholders name the filter's `+` levels.
+fn check_receive(rule: &ReceiveRule) -> Result<()> {
+    check_filter(&rule.filter).map_err(Error::BadRequest)?;
+    if rule.qos > 1 {
+        return Err(Error::BadRequest(format!(
+            "qos {} for {:?}: a bridge subscribes with QoS 0 or 1",
+            rule.qos, rule.filter
+        )));
+    }
+    let pluses = rule.filter.split('/').filter(|l| *l == "+").count();
+    let levels: Vec<&str> = rule.topic.split('/').collect();
+    let shape = ["iot-2", "type", "", "id", "", "cmd", "", "fmt", ""];
+    let wrong = || {
+        Error::BadRequest(format!(
+            "receive topic {:?} must be a command topic              iot-2/type/<type>/id/<id>/cmd/<cmd>/fmt/<format>, each variable level a name              or {{N}} (the filter's N-th `+`, 1 to {pluses})",
+            rule.topic
+        ))
+    };
+    if levels.len() != shape.len() {
+        return Err(wrong());
+    }
+    for (level, want) in levels.iter().zip(shape) {
+        if !want.is_empty() {
+            if *level != want {
+                return Err(wrong());
+            }
+            continue;
+        }
+        match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+            Some(n) => {
+                if !n.parse::<usize>().is_ok_and(|n| (1..=pluses).contains(&n)) {
+                    return Err(wrong());
+                }
+            }
+            None => {
+                crate::names::Name::try_from(*level).map_err(|_| wrong())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_name_field(field: &str, v: &str, max: usize) -> Result<()> {
     if v.trim().is_empty() {
         return Err(Error::BadRequest(format!("{field} must not be empty")));
@@ -488,6 +585,14 @@ impl Destination {
         for rule in &self.forward {
             check_rule(&self.org, rule, self.kind == DestinationKind::Bridge)?;
         }
+        if self.receive.len() > MAX_RULES {
+            return Err(Error::BadRequest(format!(
+                "receive holds at most {MAX_RULES} rules"
+            )));
+        }
+        for rule in &self.receive {
+            check_receive(rule)?;
+        }
         Ok(())
     }
 }
@@ -507,6 +612,7 @@ impl BridgeRequest {
             trust_system_roots: self.trust_system_roots,
             client_id: self.client_id,
             forward: self.forward,
+            receive: self.receive,
             created_at: now,
             updated_at: now,
         }
@@ -532,6 +638,7 @@ impl WebhookRequest {
                 topic: same_topic(),
                 qos: self.qos,
             }],
+            receive: Vec::new(),
             created_at: now,
             updated_at: now,
         }
@@ -648,8 +755,10 @@ impl Registry {
             DestinationKind::Bridge => {
                 (patch.filter.is_some() || patch.qos.is_some()).then_some("filter and qos")
             }
-            DestinationKind::Webhook => (patch.forward.is_some() || patch.client_id.is_some())
-                .then_some("forward and client_id"),
+            DestinationKind::Webhook => {
+                (patch.forward.is_some() || patch.client_id.is_some() || patch.receive.is_some())
+                    .then_some("forward, receive and client_id")
+            }
         };
         if let Some(fields) = wrong {
             return Err(Error::BadRequest(format!(
@@ -680,6 +789,9 @@ impl Registry {
         }
         if let Some(v) = patch.forward {
             d.forward = v;
+        }
+        if let Some(v) = patch.receive {
+            d.receive = v;
         }
         if let Some(rule) = d
             .forward
@@ -759,6 +871,31 @@ mod tests {
         assert!(check_rule(&o, &rule("iot-2/#/x", "t"), true).is_err());
         assert!(check_rule(&o, &rule("iot-2/a+/x", "t"), true).is_err());
         assert!(check_rule(&o, &rule("iot-2/type/+/id/+/evt/+/fmt/+", "out/+"), true).is_err());
+        let recv = |filter: &str, topic: &str| ReceiveRule {
+            filter: filter.into(),
+            topic: topic.into(),
+            qos: 1,
+        };
+        assert!(check_receive(&recv(
+            "p/cmd/+/+",
+            "iot-2/type/sensor/id/{1}/cmd/{2}/fmt/txt"
+        ))
+        .is_ok());
+        assert!(
+            check_receive(&recv("p/cmd/+", "iot-2/type/sensor/id/{1}/cmd/{2}/fmt/txt")).is_err()
+        );
+        assert!(check_receive(&recv("p/+", "iot-2/type/sensor/id/{1}/evt/x/fmt/txt")).is_err());
+        assert!(check_receive(&recv("p/+", "iot-2/type/sensor/id/{1}/cmd/x")).is_err());
+        assert_eq!(
+            expand_received(
+                "p/cmd/+/+",
+                "iot-2/type/s/id/{1}/cmd/{2}/fmt/txt",
+                "p/cmd/d1/reboot"
+            ),
+            Some("iot-2/type/s/id/d1/cmd/reboot/fmt/txt".into())
+        );
+        assert_eq!(expand_received("p/cmd/+/+", "{1}", "p/evt/d1/x"), None);
+        assert_eq!(expand_received("p/+/#", "{1}", "p/a/b/c"), Some("a".into()));
         let mut q2 = rule("iot-2/type/+/id/+/evt/+/fmt/+", "t");
         q2.qos = 2;
         assert!(check_rule(&o, &q2, true).is_err());

@@ -44,7 +44,8 @@ pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
 pub use client_certs::{ClientCertView, NewClientCert, MAX_CLIENT_CERTS};
 pub use csr::{CsrCompletion, CsrPurpose, CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use destinations::{
-    BridgeRequest, Destination, DestinationKind, DestinationPatch, ForwardRule, WebhookRequest,
+    BridgeRequest, Destination, DestinationKind, DestinationPatch, ForwardRule, ReceiveRule,
+    WebhookRequest,
 };
 pub use domains::DomainName;
 pub use error::{Error, Result};

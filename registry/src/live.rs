@@ -282,6 +282,8 @@ pub struct DestinationStatus {
     /// Messages delivered: acknowledged by the remote (QoS 1), written (QoS 0), or
     /// answered 2xx (webhooks).
     pub forwarded: u64,
+    /// Messages a bridge brought into the org from the remote (its `receive` rules).
+    pub received: u64,
     /// Messages waiting in the destination's queue (stored on disk for QoS 1).
     pub queued: usize,
     /// Connection or delivery attempts that failed since the broker started.

@@ -78,6 +78,8 @@ pub(crate) fn internal_filter(org: &OrgId, filter: &str) -> Result<String, Strin
 pub(crate) struct Status {
     inner: Mutex<StatusInner>,
     forwarded: AtomicU64,
+    /// Messages a bridge brought in from the remote (`receive` rules).
+    pub(crate) received: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -120,6 +122,7 @@ impl Status {
             last_error_at: g.last_error.as_ref().map(|(_, at)| *at),
             connected_since: g.connected_since,
             forwarded: self.forwarded.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
             queued,
             failures: self.failures.load(Ordering::Relaxed),
             last_http_status: g.last_http_status,
@@ -145,6 +148,8 @@ pub(crate) struct Dest {
     client: String,
     rules: Vec<Rule>,
     prefix: String,
+    /// The application principal `receive` rules publish as.
+    principal: Principal,
 }
 
 impl Dest {
@@ -324,7 +329,12 @@ impl Outbound {
                     }
                 }
             }
+            let Some(principal) = principal(&org) else {
+                status.failed("no application principal".into());
+                return;
+            };
             let dest = Dest {
+                principal,
                 client: session_client(&config.id),
                 prefix: tenant_prefix(&org),
                 config,

@@ -104,6 +104,9 @@ pub(super) async fn connection(dest: &Dest, stop: &CancellationToken) -> Result<
     if code != ConnectReturnCode::Success {
         return Err(refusal(&code));
     }
+    if !d.receive.is_empty() {
+        subscribe(dest, &mut stream, &mut buf, &peer).await?;
+    }
     dest.status.set(DestinationState::Connected);
     tracing::info!(org = %d.org, id = d.id, peer, "bridge connected");
 
@@ -111,6 +114,144 @@ pub(super) async fn connection(dest: &Dest, stop: &CancellationToken) -> Result<
     let result = forward(dest, &session, &mut stream, buf, stop, &peer).await;
     session.detach();
     result
+}
+
+/// Subscribes at the remote to the bridge's `receive` filters and waits for the
+/// SUBACK: a refused filter fails the connection, naming it.
+async fn subscribe<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    dest: &Dest,
+    stream: &mut S,
+    buf: &mut BytesMut,
+    peer: &str,
+) -> Result<(), String> {
+    use rumqttd::protocol::{Filter, QoS, RetainForwardRule, Subscribe, SubscribeReasonCode};
+    let rules = &dest.config.receive;
+    let filters = rules
+        .iter()
+        .map(|r| Filter {
+            path: r.filter.clone(),
+            qos: if r.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    Version::V4
+        .write(
+            Packet::Subscribe(Subscribe { pkid: 1, filters }, None),
+            &mut out,
+        )
+        .map_err(|e| format!("SUBSCRIBE: {e}"))?;
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| tls::describe_io(&e, peer))?;
+    let codes = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match Version::V4.read(buf, MAX_PACKET) {
+                Ok(Packet::SubAck(ack, _)) => return Ok(ack.return_codes),
+                Ok(_) => continue,
+                Err(crate::engine::codec::CodecError::Incomplete) => {}
+                Err(e) => return Err(format!("the remote sent a malformed packet: {e}")),
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) => return Err(format!("{peer} closed the connection after SUBSCRIBE")),
+                Ok(_) => {}
+                Err(e) => return Err(tls::describe_io(&e, peer)),
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("{peer} sent no SUBACK within {TIMEOUT:?}"))??;
+    for (rule, code) in rules.iter().zip(codes) {
+        let ok = matches!(
+            code,
+            SubscribeReasonCode::QoS0
+                | SubscribeReasonCode::QoS1
+                | SubscribeReasonCode::QoS2
+                | SubscribeReasonCode::Success(_)
+        );
+        if !ok {
+            return Err(format!(
+                "the remote refused the subscription to {:?} ({code:?})",
+                rule.filter
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A PUBLISH the remote sent (a `receive` rule's filter matched): into the org as a
+/// command, authorized as an application's publish. `Some(ticket)` when it must be on
+/// disk before it is acknowledged.
+fn receive(dest: &Dest, publish: &packet::Publish, qos: u8) -> Option<crate::state::Ticket> {
+    let d = &dest.config;
+    let topic = std::str::from_utf8(&publish.topic).ok()?;
+    let mapped = d
+        .receive
+        .iter()
+        .find_map(|r| registry::destinations::expand_received(&r.filter, &r.topic, topic));
+    let Some(mapped) = mapped else {
+        tracing::debug!(org = %d.org, id = d.id, topic, "remote message matches no receive rule");
+        return None;
+    };
+    let internal = match dest.principal.publish_topic(&mapped) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(org = %d.org, id = d.id, topic, cause = %e, "remote message refused");
+            crate::metrics::dropped(d.org.as_str(), "bridge_topic_refused", 1);
+            return None;
+        }
+    };
+    let limits = dest
+        .registry
+        .org_limits(&d.org)
+        .map(|l| crate::state::StateLimits::from(&l))
+        .unwrap_or_default();
+    let p = packet::publish(internal.as_bytes(), &publish.payload, qos, false, 0, false);
+    let org = dest.state.org(&d.org);
+    match dest
+        .state
+        .publish(&org, &dest.client, &p, qos, None, &limits, Vec::new())
+    {
+        Ok(ticket) => {
+            dest.status
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(ticket)
+        }
+        Err(refused) => {
+            crate::metrics::limit_refused(d.org.as_str(), refused.limit());
+            None
+        }
+    }
+}
+
+/// Writes the PUBACKs owed for everything durable up to ticket `done`, in order.
+fn acknowledge(
+    owed: &mut std::collections::VecDeque<(crate::state::Ticket, u16)>,
+    done: crate::state::Ticket,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    while let Some(&(ticket, pkid)) = owed.front() {
+        if ticket > done {
+            break;
+        }
+        owed.pop_front();
+        let ack = rumqttd::protocol::PubAck {
+            pkid,
+            reason: rumqttd::protocol::PubAckReason::Success,
+        };
+        Version::V4
+            .write(Packet::PubAck(ack, None), out)
+            .map_err(|e| format!("PUBACK: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Forwards the queue over `stream` until it fails or `stop`.
@@ -128,6 +269,9 @@ async fn forward<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let mut heard = Instant::now();
     let mut ping = tokio::time::interval(Duration::from_secs(u64::from(KEEP_ALIVE) / 2));
     ping.tick().await;
+    // PUBACKs owed to the remote for what it sent, each once its ticket is durable.
+    let mut owed: std::collections::VecDeque<(crate::state::Ticket, u16)> = Default::default();
+    let mut committed = dest.state.committed();
     loop {
         if inflight < WINDOW {
             let mut sent0 = 0u64;
@@ -178,6 +322,12 @@ async fn forward<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 return Ok(());
             }
             _ = session.notify().notified(), if inflight < WINDOW => {}
+            _ = committed.changed(), if !owed.is_empty() => {
+                let done = *committed.borrow_and_update();
+                acknowledge(&mut owed, done, &mut out)?;
+                stream.write_all(&out).await.map_err(|e| tls::describe_io(&e, peer))?;
+                out.clear();
+            }
             _ = ping.tick() => {
                 if heard.elapsed() > Duration::from_secs(u64::from(KEEP_ALIVE) * 2) {
                     return Err(format!("{peer} has not answered for {}s", KEEP_ALIVE * 2));
@@ -196,7 +346,17 @@ async fn forward<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 }
                 let mut acked = 0u64;
                 loop {
+                    let meta = crate::engine::codec::publish_meta(&buf);
                     match Version::V4.read(&mut buf, MAX_PACKET) {
+                        Ok(Packet::Publish(p, _)) => {
+                            let (qos, pkid) = meta.unwrap_or((0, 0));
+                            let ticket = receive(dest, &p, qos.min(1));
+                            if qos > 0 {
+                                // Acknowledged once on disk; a refused one at once (it
+                                // would be refused again).
+                                owed.push_back((ticket.unwrap_or(0), pkid));
+                            }
+                        }
                         Ok(Packet::PubAck(ack, _)) => {
                             if matches!(session.acked(ack.pkid, false), Acked::Done) {
                                 inflight = inflight.saturating_sub(1);
@@ -209,6 +369,14 @@ async fn forward<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                     }
                 }
                 dest.forwarded(acked);
+                if !owed.is_empty() {
+                    let done = *committed.borrow_and_update();
+                    acknowledge(&mut owed, done, &mut out)?;
+                    if !out.is_empty() {
+                        stream.write_all(&out).await.map_err(|e| tls::describe_io(&e, peer))?;
+                        out.clear();
+                    }
+                }
             }
         }
     }

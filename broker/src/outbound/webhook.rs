@@ -122,10 +122,17 @@ async fn deliver(
 ) -> Result<(), String> {
     let d = &dest.config;
     let target = d.request_target();
-    let authority = if d.host_port().is_ok_and(|(_, p)| p == 443) {
-        d.host_port().map(|(h, _)| h).unwrap_or_default()
+    // The Host header: the URL's host (IPv6 in brackets), with the port unless 443.
+    let (host, port) = d.host_port().map_err(|e| e.to_string())?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
     } else {
-        format!("{peer}")
+        host
+    };
+    let authority = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
     };
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     let mut pending: VecDeque<Delivery> = VecDeque::new();
