@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use registry::{ClientCertView, NewClientCert};
+use registry::{ClientCertPreview, ClientCertView, NewClientCert};
 
 use crate::audit::AuditNote;
 use crate::error::ErrorBody;
@@ -45,6 +45,39 @@ pub(crate) async fn upload(
         .await?;
     let note = AuditNote(format!("upload client-certs {}", cert.cert.id));
     Ok((StatusCode::CREATED, note, Json(cert)))
+}
+
+/// Check a client certificate upload without storing it.
+///
+/// The same body and the same checks as the upload; the answer is what would be stored
+/// (the leaf's details, the chain's length, what would be fixed), or the 422 of the rule
+/// it breaks. Nothing is kept, not even the key.
+#[utoipa::path(
+    post,
+    path = "/orgs/{org}/client-certs/preview",
+    tag = "client-certs",
+    operation_id = "preview_client_cert",
+    params(OrgPath),
+    request_body(content(
+        (ServerCertJson = "application/json"),
+        (ServerCertForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "It would be accepted.", body = ClientCertPreview),
+        (status = 415, description = "`unsupported_media_type`: neither JSON nor a form.", body = ErrorBody),
+        (status = 422, description = "A rule failed; `code` names it, as for the upload.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn preview(
+    State(state): State<AppState>,
+    OrgPath(org): OrgPath,
+    ServerCertUpload(upload): ServerCertUpload,
+) -> Result<Json<ClientCertPreview>, ApiError> {
+    Ok(Json(
+        state
+            .registry(move |r| r.preview_client_cert(&org, upload))
+            .await?,
+    ))
 }
 
 /// List the org's client certificates, newest first.

@@ -196,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(audit::list_platform))
         .routes(routes!(retained::list, retained::delete))
         .routes(routes!(client_certs::upload, client_certs::list))
+        .routes(routes!(client_certs::preview))
         .routes(routes!(client_certs::show, client_certs::delete))
         .routes(routes!(
             destinations::create_bridge,

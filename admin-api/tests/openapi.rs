@@ -74,6 +74,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/orgs/{org}/crls/{id}"),
     ("POST", "/api/v1/orgs/{org}/client-certs"),
     ("GET", "/api/v1/orgs/{org}/client-certs"),
+    ("POST", "/api/v1/orgs/{org}/client-certs/preview"),
     ("GET", "/api/v1/orgs/{org}/client-certs/{id}"),
     ("DELETE", "/api/v1/orgs/{org}/client-certs/{id}"),
     ("POST", "/api/v1/orgs/{org}/bridges"),
@@ -676,11 +677,24 @@ async fn answers_are_as_documented() {
     let (client, client_key) = ca.client_leaf("certmq-acme");
     let cc = "POST /orgs/{org}/client-certs";
     let body = || json(json!({"certificate": client, "private_key": client_key}));
+    let previewed = s
+        .send(200, "POST /orgs/{org}/client-certs/preview", "", body())
+        .await;
+    assert_eq!(previewed["chain_length"], 1, "{previewed}");
     let cc_id = id_of(&s.send(201, cc, "", body()).await);
     s.send(409, cc, "", body()).await;
     let (server_only, server_key) = ca.leaf();
     let wrong = json(json!({"certificate": server_only, "private_key": server_key}));
     s.refused("not_for_client_auth", cc, "", wrong).await;
+    let (server_only, server_key) = ca.leaf();
+    let wrong = json(json!({"certificate": server_only, "private_key": server_key}));
+    s.refused(
+        "not_for_client_auth",
+        "POST /orgs/{org}/client-certs/preview",
+        "",
+        wrong,
+    )
+    .await;
     s.get(200, "/orgs/{org}/client-certs", "").await;
     s.get(200, "/orgs/{org}/client-certs/{id}", &cc_id).await;
     let client_csr = json(json!({"subject": {"common_name": "certmq acme"}, "purpose": "client"}));

@@ -65,6 +65,18 @@ pub struct NewClientCert {
     pub notes: Vec<String>,
 }
 
+/// What a client certificate upload would store: the leaf's details, how many
+/// certificates the chain has, and what would be fixed on the way.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClientCertPreview {
+    #[serde(flatten)]
+    pub details: CertDetails,
+    pub chain_length: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 pub(crate) fn seal_context(org: &str, id: &str) -> Vec<u8> {
     format!("client-key/{org}/{id}").into_bytes()
 }
@@ -160,7 +172,38 @@ impl Registry {
         upload: UploadServerCert,
     ) -> Result<NewClientCert> {
         self.get_org(org)?;
-        let (key, certs) = match &upload {
+        let (key, chain, notes) = self.read_client_upload(&upload)?;
+        let rec = self.new_client_record(org, &chain, &key.pkcs8, "uploaded");
+        self.store_client_cert(org, &rec, Vec::new())?;
+        self.notify(Change::Org(org.clone()));
+        Ok(NewClientCert {
+            cert: self.client_view(rec)?,
+            notes,
+        })
+    }
+
+    /// Runs every check of [`Registry::upload_client_cert`] and stores nothing: what the
+    /// upload would be, or the rule it breaks. The key is read to check it, then dropped.
+    pub fn preview_client_cert(
+        &self,
+        org: &OrgId,
+        upload: UploadServerCert,
+    ) -> Result<ClientCertPreview> {
+        self.get_org(org)?;
+        let (_, chain, notes) = self.read_client_upload(&upload)?;
+        Ok(ClientCertPreview {
+            details: cert::details(&chain[0])?,
+            chain_length: chain.len(),
+            notes,
+        })
+    }
+
+    /// Reads an upload's key and chain and applies the client-certificate rules.
+    fn read_client_upload(
+        &self,
+        upload: &UploadServerCert,
+    ) -> Result<(PrivateKey, Vec<Vec<u8>>, Vec<String>)> {
+        let (key, certs) = match upload {
             UploadServerCert::Pem {
                 certificate,
                 private_key,
@@ -173,13 +216,7 @@ impl Registry {
             UploadServerCert::Pkcs12 { data, password } => keys::from_pkcs12(data, password)?,
         };
         let (chain, notes) = self.check_client_chain(certs, &key, "the private key")?;
-        let rec = self.new_client_record(org, &chain, &key.pkcs8, "uploaded");
-        self.store_client_cert(org, &rec, Vec::new())?;
-        self.notify(Change::Org(org.clone()));
-        Ok(NewClientCert {
-            cert: self.client_view(rec)?,
-            notes,
-        })
+        Ok((key, chain, notes))
     }
 
     pub(crate) fn client_record(&self, org: &OrgId, id: &str) -> Result<ClientCert> {

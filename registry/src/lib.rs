@@ -41,7 +41,7 @@ pub mod tokens;
 
 pub use audit::{Actor, AuditEntry, AuditEvent, AuditLog};
 pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
-pub use client_certs::{ClientCertView, NewClientCert, MAX_CLIENT_CERTS};
+pub use client_certs::{ClientCertPreview, ClientCertView, NewClientCert, MAX_CLIENT_CERTS};
 pub use csr::{CsrCompletion, CsrPurpose, CsrRequest, CsrStatus, CsrSubject, CsrView};
 pub use destinations::{
     BridgeRequest, Destination, DestinationKind, DestinationPatch, ForwardRule, ReceiveRule,
