@@ -133,6 +133,18 @@ impl admin_api::ConnectionsView for BrokerView {
         self.0.ready()
     }
 
+    fn destination_status(
+        &self,
+        org: &OrgId,
+        id: &str,
+    ) -> Option<registry::live::DestinationStatus> {
+        self.0.destination_status(org, id)
+    }
+
+    fn check_destination_filter(&self, org: &OrgId, filter: &str) -> Result<(), String> {
+        self.0.check_destination_filter(org, filter)
+    }
+
     fn retained(&self, org: &OrgId) -> Vec<RetainedMessage> {
         self.0.retained(org)
     }
@@ -255,6 +267,12 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
         tasks.spawn(broker.clone().serve_plain(plain, shutdown.child_token()));
     }
     tasks.spawn(prune_audit_logs(registry.clone(), shutdown.child_token()));
+    let outbound_stop = shutdown.child_token();
+    let outbound_broker = broker.clone();
+    tasks.spawn(async move {
+        outbound_stop.cancelled().await;
+        outbound_broker.stop_outbound();
+    });
     let app = admin_api::router(admin_api::AppState {
         registry: registry.clone(),
         admin_token: Arc::new(admin_token.clone()),

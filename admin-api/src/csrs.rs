@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use registry::{CsrRequest, CsrView, NewServerCert, OrgId};
+use registry::{CsrCompletion, CsrRequest, CsrView, OrgId};
 
 use crate::audit::AuditNote;
 use crate::error::ErrorBody;
@@ -148,23 +148,24 @@ pub(crate) async fn delete(
         (JsonUpload = "application/json"),
     )),
     responses(
-        (status = 201, description = "The new server certificate, inactive.", body = NewServerCert),
+        (status = 201, description = "The new server certificate, inactive (purpose `server`), or the new client certificate (purpose `client`).", body = CsrCompletion),
         (status = 409, description = "`conflict`: the CSR is already completed, or the leaf is already stored. `name_taken`: a DNS name of the leaf (or a name a wildcard covers) belongs to another org.", body = ErrorBody),
-        (status = 422, description = "The certificate broke a rule; `code` names it: `key_mismatch` (not the CSR's key), `not_pem_or_der`, `unexpected_private_key`, `chain_order`, `expired`, `not_yet_valid`, `weak_key`, `leaf_is_ca`, `not_for_server_auth`, `hostname_mismatch`.", body = ErrorBody),
+        (status = 422, description = "The certificate broke a rule; `code` names it: `key_mismatch` (not the CSR's key), `not_pem_or_der`, `unexpected_private_key`, `chain_order`, `expired`, `not_yet_valid`, `weak_key`, `leaf_is_ca`, `not_for_server_auth` (server), `hostname_mismatch` (server), `not_for_client_auth` (client).", body = ErrorBody),
     ),
 )]
 pub(crate) async fn complete(
     State(state): State<AppState>,
     ItemPath { org, id }: ItemPath,
     upload: CertUpload,
-) -> Result<(StatusCode, AuditNote, Json<NewServerCert>), ApiError> {
+) -> Result<(StatusCode, AuditNote, Json<CsrCompletion>), ApiError> {
     let csr_id = id.clone();
     let cert = state
         .registry(move |r| r.complete_csr(&org, &id, &upload.bytes))
         .await?;
-    let note = AuditNote(format!(
-        "complete csrs {csr_id} as server-certs {}",
-        cert.cert.id
-    ));
+    let made = match &cert {
+        CsrCompletion::Server(c) => format!("server-certs {}", c.cert.id),
+        CsrCompletion::Client(c) => format!("client-certs {}", c.cert.id),
+    };
+    let note = AuditNote(format!("complete csrs {csr_id} as {made}"));
     Ok((StatusCode::CREATED, note, Json(cert)))
 }

@@ -28,9 +28,11 @@ use utoipa_axum::routes;
 mod audit;
 mod auth;
 mod ca_certs;
+mod client_certs;
 mod connections;
 mod console;
 mod csrs;
+mod destinations;
 mod domains;
 mod error;
 mod extract;
@@ -84,6 +86,20 @@ pub trait ConnectionsView: Send + Sync + 'static {
     /// was one.
     fn delete_retained(&self, _org: &OrgId, _topic: &str) -> bool {
         false
+    }
+    /// What the broker reports about the outgoing destination `id` of `org`; `None`
+    /// before it has started it.
+    fn destination_status(
+        &self,
+        _org: &OrgId,
+        _id: &str,
+    ) -> Option<registry::live::DestinationStatus> {
+        None
+    }
+    /// Whether an application of `org` may subscribe to `filter` (a destination's
+    /// filter, in the application's view of topics); `Err` says why not.
+    fn check_destination_filter(&self, _org: &OrgId, _filter: &str) -> Result<(), String> {
+        Ok(())
     }
     /// The authorization dry run of `org` (`POST /orgs/{org}/authz/check`).
     fn authz_check(
@@ -180,6 +196,27 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(revocation::delete_crl))
         .routes(routes!(audit::list_platform))
         .routes(routes!(retained::list, retained::delete))
+        .routes(routes!(client_certs::upload, client_certs::list))
+        .routes(routes!(client_certs::preview))
+        .routes(routes!(client_certs::show, client_certs::delete))
+        .routes(routes!(
+            destinations::create_bridge,
+            destinations::list_bridges
+        ))
+        .routes(routes!(
+            destinations::show_bridge,
+            destinations::update_bridge,
+            destinations::delete_bridge
+        ))
+        .routes(routes!(
+            destinations::create_webhook,
+            destinations::list_webhooks
+        ))
+        .routes(routes!(
+            destinations::show_webhook,
+            destinations::update_webhook,
+            destinations::delete_webhook
+        ))
         // Fleet operations (issue 15).
         .routes(routes!(fleet::list))
         .routes(routes!(fleet::show))

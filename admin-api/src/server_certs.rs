@@ -93,7 +93,7 @@ pub(crate) fn pem_file(filename: &str, pem: String) -> impl IntoResponse {
 /// field names (`pkcs12` then being the file itself, not base64):
 /// `{"certificate":"<pem chain>","private_key":"<pem>","passphrase":".."}` or
 /// `{"pkcs12":"<base64>","password":".."}`.
-pub(crate) struct ServerCertUpload(UploadServerCert);
+pub(crate) struct ServerCertUpload(pub(crate) UploadServerCert);
 
 /// A server certificate upload as JSON: a PEM chain with its key, or a PKCS#12 file.
 // The documented shapes; [`UploadFields`] reads them (the tests below keep the two in

@@ -72,6 +72,21 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/orgs/{org}/crls"),
     ("GET", "/api/v1/orgs/{org}/crls"),
     ("DELETE", "/api/v1/orgs/{org}/crls/{id}"),
+    ("POST", "/api/v1/orgs/{org}/client-certs"),
+    ("GET", "/api/v1/orgs/{org}/client-certs"),
+    ("POST", "/api/v1/orgs/{org}/client-certs/preview"),
+    ("GET", "/api/v1/orgs/{org}/client-certs/{id}"),
+    ("DELETE", "/api/v1/orgs/{org}/client-certs/{id}"),
+    ("POST", "/api/v1/orgs/{org}/bridges"),
+    ("GET", "/api/v1/orgs/{org}/bridges"),
+    ("GET", "/api/v1/orgs/{org}/bridges/{id}"),
+    ("PATCH", "/api/v1/orgs/{org}/bridges/{id}"),
+    ("DELETE", "/api/v1/orgs/{org}/bridges/{id}"),
+    ("POST", "/api/v1/orgs/{org}/webhooks"),
+    ("GET", "/api/v1/orgs/{org}/webhooks"),
+    ("GET", "/api/v1/orgs/{org}/webhooks/{id}"),
+    ("PATCH", "/api/v1/orgs/{org}/webhooks/{id}"),
+    ("DELETE", "/api/v1/orgs/{org}/webhooks/{id}"),
     ("GET", "/api/v1/orgs/{org}/devices"),
     ("GET", "/api/v1/orgs/{org}/devices/{id}"),
     ("POST", "/api/v1/orgs/{org}/revoked-certs"),
@@ -665,6 +680,75 @@ async fn answers_are_as_documented() {
     let elsewhere = json(json!({"subject": {"common_name": "elsewhere.example"}}));
     s.refused("hostname_mismatch", "POST /orgs/{org}/csrs", "", elsewhere)
         .await;
+
+    // Client certificates and the destinations that use them; a client CSR.
+    let (client, client_key) = ca.client_leaf("certmq-acme");
+    let cc = "POST /orgs/{org}/client-certs";
+    let body = || json(json!({"certificate": client, "private_key": client_key}));
+    let previewed = s
+        .send(200, "POST /orgs/{org}/client-certs/preview", "", body())
+        .await;
+    assert_eq!(previewed["chain_length"], 1, "{previewed}");
+    let cc_id = id_of(&s.send(201, cc, "", body()).await);
+    s.send(409, cc, "", body()).await;
+    let (server_only, server_key) = ca.leaf();
+    let wrong = json(json!({"certificate": server_only, "private_key": server_key}));
+    s.refused("not_for_client_auth", cc, "", wrong).await;
+    let (server_only, server_key) = ca.leaf();
+    let wrong = json(json!({"certificate": server_only, "private_key": server_key}));
+    s.refused(
+        "not_for_client_auth",
+        "POST /orgs/{org}/client-certs/preview",
+        "",
+        wrong,
+    )
+    .await;
+    s.get(200, "/orgs/{org}/client-certs", "").await;
+    s.get(200, "/orgs/{org}/client-certs/{id}", &cc_id).await;
+    let client_csr = json(json!({"subject": {"common_name": "certmq acme"}, "purpose": "client"}));
+    let client_csr = id_of(&s.send(201, "POST /orgs/{org}/csrs", "", client_csr).await);
+    let a = s
+        .call_as(
+            Some(TOKEN),
+            "GET /orgs/{org}/csrs/{id}.pem",
+            &client_csr,
+            Req::Empty,
+        )
+        .await;
+    let signed = ca.sign_csr(std::str::from_utf8(&a.body).unwrap());
+    let made = s.send(201, complete, &client_csr, pem(&signed)).await;
+    assert_eq!(made["origin"], "csr", "{made}");
+    let bridge = json(json!({
+        "name": "upstream", "url": "mqtts://broker.example.com", "client_cert": cc_id,
+        "ca_certificates": ca.pem,
+        "forward": [{"filter": "iot-2/type/+/id/+/evt/+/fmt/+", "topic": "fleet/{type}/{id}"}]
+    }));
+    let bridge = id_of(&s.send(201, "POST /orgs/{org}/bridges", "", bridge).await);
+    let bad = json(
+        json!({"name": "x", "url": "mqtt://broker.example.com", "ca_certificates": ca.pem,
+        "forward": [{"filter": "iot-2/type/+/id/+/evt/+/fmt/+"}]}),
+    );
+    s.refused("bad_request", "POST /orgs/{org}/bridges", "", bad)
+        .await;
+    s.get(200, "/orgs/{org}/bridges", "").await;
+    s.get(200, "/orgs/{org}/bridges/{id}", &bridge).await;
+    let rename = json(json!({"name": "upstream-2", "client_id": null}));
+    s.send(200, "PATCH /orgs/{org}/bridges/{id}", &bridge, rename)
+        .await;
+    s.delete(409, "/orgs/{org}/client-certs/{id}", &cc_id).await;
+    let hook = json(
+        json!({"name": "archive", "url": "https://hooks.example.com/in",
+        "ca_certificates": ca.pem, "filter": "iot-2/type/+/id/+/evt/+/fmt/+"}),
+    );
+    let hook = id_of(&s.send(201, "POST /orgs/{org}/webhooks", "", hook).await);
+    s.get(200, "/orgs/{org}/webhooks", "").await;
+    s.get(200, "/orgs/{org}/webhooks/{id}", &hook).await;
+    let qos0 = json(json!({"qos": 0}));
+    s.send(200, "PATCH /orgs/{org}/webhooks/{id}", &hook, qos0)
+        .await;
+    s.delete(204, "/orgs/{org}/webhooks/{id}", &hook).await;
+    s.delete(204, "/orgs/{org}/bridges/{id}", &bridge).await;
+    s.delete(204, "/orgs/{org}/client-certs/{id}", &cc_id).await;
 
     // Org tokens, and what an org token may not do.
     let ops = json(json!({"name": "ops"}));

@@ -23,10 +23,11 @@ pub mod flow;
 mod guard;
 mod limits;
 pub mod metrics;
+mod outbound;
 mod server;
 mod session;
 pub mod sessions;
-mod state;
+pub(crate) mod state;
 pub mod tls;
 
 pub use authz::AuthzError;

@@ -119,6 +119,20 @@ pub(crate) fn dropped(org: &str, reason: &'static str, n: u64) {
     }
 }
 
+/// `n` messages of `org` delivered to an outgoing destination of `kind` (`bridge`,
+/// `webhook`): `certmq_outbound_forwarded_total{org,kind}`.
+pub(crate) fn outbound_forwarded(org: &str, kind: &'static str, n: u64) {
+    metrics::counter!("certmq_outbound_forwarded_total", "org" => org.to_owned(), "kind" => kind)
+        .increment(n);
+}
+
+/// A failed connection or delivery attempt of an outgoing destination:
+/// `certmq_outbound_failures_total{org,kind}`.
+pub(crate) fn outbound_failure(org: &str, kind: &'static str) {
+    metrics::counter!("certmq_outbound_failures_total", "org" => org.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
 /// Per-session counter handles: one lookup at CONNECT, an atomic add per packet.
 pub(crate) struct SessionCounters {
     pub publishes: metrics::Counter,
@@ -170,11 +184,11 @@ pub fn render(mut conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) ->
     }
 
     out.push_str(
-        "# HELP certmq_cert_not_after_seconds Expiry of CA and server certificates (Unix time).\n\
+        "# HELP certmq_cert_not_after_seconds Expiry of CA, server and client certificates (Unix time; a client certificate is active while a destination uses it).\n\
          # TYPE certmq_cert_not_after_seconds gauge\n",
     );
     let mut days = String::from(
-        "# HELP certmq_cert_days_to_expiry Whole days until a CA or server certificate expires.\n\
+        "# HELP certmq_cert_days_to_expiry Whole days until a CA, server or client certificate expires.\n\
          # TYPE certmq_cert_days_to_expiry gauge\n",
     );
     let now = OffsetDateTime::now_utc();
@@ -187,7 +201,11 @@ pub fn render(mut conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) ->
         let srv = srv
             .iter()
             .map(|c| ("server", &c.id, c.active, c.details.not_after));
-        for (kind, id, active, not_after) in cas.chain(srv) {
+        let cli = registry.list_client_certs(&org.id).unwrap_or_default();
+        let cli = cli
+            .iter()
+            .map(|c| ("client", &c.id, !c.used_by.is_empty(), c.details.not_after));
+        for (kind, id, active, not_after) in cas.chain(srv).chain(cli) {
             let labels = format!(
                 "org=\"{}\",kind=\"{kind}\",id=\"{}\",active=\"{active}\"",
                 label(org.id.as_str()),

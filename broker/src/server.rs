@@ -63,6 +63,8 @@ pub struct Broker {
     sessions: Arc<Sessions>,
     pub(crate) ctx: Arc<SessionCtx>,
     config: BrokerConfig,
+    /// The org's bridges and webhooks (`None` without a runtime, e.g. in unit tests).
+    outbound: Option<Arc<crate::outbound::Outbound>>,
 }
 
 impl Broker {
@@ -87,17 +89,22 @@ impl Broker {
             guard: Guard::new(config.guard.clone()),
             state,
         });
+        let outbound = crate::outbound::Outbound::start(registry.clone(), ctx.state.clone());
         let broker = Arc::new(Broker {
             tls,
             sessions,
             ctx,
             config,
+            outbound,
         });
         let weak = Arc::downgrade(&broker);
         registry.on_change(move |registry::Change::Org(org)| {
             if let Some(b) = weak.upgrade() {
                 b.tls.invalidate(org);
                 b.reconcile(org);
+                if let Some(o) = &b.outbound {
+                    o.reconcile(org);
+                }
             }
         });
         broker.start_session_sweep();
@@ -213,6 +220,28 @@ impl Broker {
             return Some(e.to_string());
         }
         self.tls.error(org)
+    }
+
+    /// What the broker reports about the outgoing destination `id` of `org`.
+    pub fn destination_status(
+        &self,
+        org: &OrgId,
+        id: &str,
+    ) -> Option<registry::live::DestinationStatus> {
+        self.outbound.as_ref()?.status(org, id)
+    }
+
+    /// Whether a destination of `org` may take `filter` (what an application of the
+    /// org may subscribe to); `Err` says why not.
+    pub fn check_destination_filter(&self, org: &OrgId, filter: &str) -> Result<(), String> {
+        crate::outbound::internal_filter(org, filter).map(|_| ())
+    }
+
+    /// Stops the bridges and webhooks (their queues stay for the next start).
+    pub fn stop_outbound(&self) {
+        if let Some(o) = &self.outbound {
+            o.stop_all();
+        }
     }
 
     /// Live sessions (list, kick).

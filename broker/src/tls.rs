@@ -322,7 +322,7 @@ impl OrgTlsCache {
 
 /// ring's provider with AES-128-GCM-SHA256 preferred: SHA-256 for the handshake hash
 /// and the cheaper AEAD, at no security cost for this use.
-fn provider() -> CryptoProvider {
+pub(crate) fn provider() -> CryptoProvider {
     let mut p = rustls::crypto::ring::default_provider();
     p.cipher_suites.sort_by_key(|s| {
         use rustls::CipherSuite::*;

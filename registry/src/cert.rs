@@ -51,6 +51,9 @@ pub enum Rule {
     /// The leaf has an extendedKeyUsage extension without serverAuth, so TLS clients
     /// would refuse it as a server certificate.
     NotForServerAuth,
+    /// The leaf has an extendedKeyUsage extension without clientAuth, so a server
+    /// would refuse it as a client certificate.
+    NotForClientAuth,
     /// A private key format certmq does not read (legacy OpenSSL encrypted PEM, an
     /// unsupported encryption scheme).
     UnsupportedKeyFormat,
@@ -82,7 +85,7 @@ impl Rule {
     /// Every rule, in declaration order: the API documents their codes as the possible
     /// 422 codes. (The `all_lists_every_rule` test fails to compile when a rule is added
     /// and not listed here.)
-    pub const ALL: [Rule; 26] = [
+    pub const ALL: [Rule; 27] = [
         Rule::NotPemOrDer,
         Rule::MultipleCertificates,
         Rule::UnexpectedPrivateKey,
@@ -98,6 +101,7 @@ impl Rule {
         Rule::MalformedPkcs12,
         Rule::LeafIsCa,
         Rule::NotForServerAuth,
+        Rule::NotForClientAuth,
         Rule::UnsupportedKeyFormat,
         Rule::NotACrl,
         Rule::CrlNotFromOrgCa,
@@ -134,6 +138,7 @@ impl Rule {
             Rule::MalformedPkcs12 => "malformed_pkcs12",
             Rule::LeafIsCa => "leaf_is_ca",
             Rule::NotForServerAuth => "not_for_server_auth",
+            Rule::NotForClientAuth => "not_for_client_auth",
             Rule::UnsupportedKeyFormat => "unsupported_key_format",
             Rule::UnknownCertificate => "unknown_certificate",
             Rule::InvalidCidr => "invalid_cidr",
@@ -428,6 +433,33 @@ pub fn check_server_leaf(der: &[u8], now: OffsetDateTime) -> Result<CertDetails,
     details(der)
 }
 
+/// Applies the rules for a leaf certmq presents as a *client* (outgoing connections):
+/// currently valid, a strong key, not a CA, and usable for clientAuth.
+pub fn check_client_leaf(der: &[u8], now: OffsetDateTime) -> Result<CertDetails, CertError> {
+    let cert = parse(der)?;
+    check_validity_and_key(&cert, now)?;
+    if cert.is_ca() {
+        return Err(CertError::new(
+            Rule::LeafIsCa,
+            format!(
+                "the leaf certificate \"{}\" is a CA certificate (basicConstraints CA:TRUE); \
+                 servers refuse a CA as a client certificate",
+                cert.subject()
+            ),
+        ));
+    }
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        if !eku.value.client_auth && !eku.value.any {
+            return Err(CertError::new(
+                Rule::NotForClientAuth,
+                "the leaf certificate's extendedKeyUsage does not include clientAuth, so \
+                 servers would refuse it as a client certificate",
+            ));
+        }
+    }
+    details(der)
+}
+
 /// What the broker keeps about a client certificate after a handshake, read in one
 /// parse (this runs for every connection).
 #[derive(Debug, Clone)]
@@ -581,17 +613,18 @@ mod tests {
             Rule::MalformedPkcs12 => 12,
             Rule::LeafIsCa => 13,
             Rule::NotForServerAuth => 14,
-            Rule::UnsupportedKeyFormat => 15,
-            Rule::NotACrl => 16,
-            Rule::CrlNotFromOrgCa => 17,
-            Rule::CrlOutdated => 18,
-            Rule::TooManyCas => 19,
-            Rule::LimitOutOfRange => 20,
-            Rule::UnknownCertificate => 21,
-            Rule::InvalidCidr => 22,
-            Rule::CidrOverlap => 23,
-            Rule::ProofOfPossessionRequired => 24,
-            Rule::ProofOfPossessionFailed => 25,
+            Rule::NotForClientAuth => 15,
+            Rule::UnsupportedKeyFormat => 16,
+            Rule::NotACrl => 17,
+            Rule::CrlNotFromOrgCa => 18,
+            Rule::CrlOutdated => 19,
+            Rule::TooManyCas => 20,
+            Rule::LimitOutOfRange => 21,
+            Rule::UnknownCertificate => 22,
+            Rule::InvalidCidr => 23,
+            Rule::CidrOverlap => 24,
+            Rule::ProofOfPossessionRequired => 25,
+            Rule::ProofOfPossessionFailed => 26,
         };
         for (i, r) in Rule::ALL.iter().enumerate() {
             assert_eq!(position(*r), i, "{r:?}");

@@ -49,6 +49,19 @@ pub struct CsrSubject {
     pub email: Option<String>,
 }
 
+/// What the signed certificate will be used for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum CsrPurpose {
+    /// A server certificate for the org's host names (serverAuth).
+    #[default]
+    Server,
+    /// A client certificate for the org's outgoing connections (clientAuth): bridges
+    /// and webhooks.
+    Client,
+}
+
 /// What to put in a new CSR.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -60,6 +73,9 @@ pub struct CsrRequest {
     pub sans: Vec<String>,
     #[serde(default)]
     pub key_type: KeyType,
+    /// `server` (default) or `client`.
+    #[serde(default)]
+    pub purpose: CsrPurpose,
 }
 
 /// Where a CSR is in its life.
@@ -69,7 +85,8 @@ pub struct CsrRequest {
 pub enum CsrStatus {
     /// Waiting for the signed certificate.
     Pending,
-    /// The signed certificate was uploaded; `server_cert_id` names it.
+    /// The signed certificate was uploaded; `server_cert_id` (or `client_cert_id`)
+    /// names it.
     Completed,
 }
 
@@ -86,6 +103,10 @@ pub(crate) struct Csr {
     created_at: OffsetDateTime,
     status: CsrStatus,
     server_cert_id: Option<String>,
+    #[serde(default)]
+    purpose: CsrPurpose,
+    #[serde(default)]
+    client_cert_id: Option<String>,
     /// PKCS#8 DER sealed under `csr-key/<org>/<id>`; empty once completed.
     #[serde(with = "b64")]
     sealed_key: Vec<u8>,
@@ -100,9 +121,13 @@ pub struct CsrView {
     pub subject: CsrSubject,
     pub sans: Vec<String>,
     pub key_type: KeyType,
+    pub purpose: CsrPurpose,
     pub status: CsrStatus,
-    /// The server certificate the CSR became, once completed.
+    /// The server certificate the CSR became, once completed (purpose `server`).
     pub server_cert_id: Option<String>,
+    /// The client certificate the CSR became, once completed (purpose `client`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// The PKCS#10 request, PEM (`CERTIFICATE REQUEST`).
@@ -117,8 +142,10 @@ impl From<Csr> for CsrView {
             subject: c.subject,
             sans: c.sans,
             key_type: c.key_type,
+            purpose: c.purpose,
             status: c.status,
             server_cert_id: c.server_cert_id,
+            client_cert_id: c.client_cert_id,
             created_at: c.created_at,
             csr_pem: c.csr_pem,
         }
@@ -181,7 +208,10 @@ impl CsrRequest {
             email,
         };
         let mut sans: Vec<String> = Vec::new();
-        let given = if self.sans.is_empty() {
+        // A client certificate needs no host name; a server certificate names one.
+        let given = if self.sans.is_empty() && self.purpose == CsrPurpose::Client {
+            Vec::new()
+        } else if self.sans.is_empty() {
             vec![subject.common_name.clone()]
         } else {
             self.sans
@@ -209,6 +239,7 @@ impl CsrRequest {
             subject,
             sans,
             key_type: self.key_type,
+            purpose: self.purpose,
         })
     }
 
@@ -246,7 +277,10 @@ impl CsrRequest {
             );
         }
         params.distinguished_name = dn;
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![match self.purpose {
+            CsrPurpose::Server => rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            CsrPurpose::Client => rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        }];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if matches!(
             self.key_type,
@@ -270,15 +304,17 @@ impl Registry {
     pub fn create_csr(&self, org: &OrgId, request: CsrRequest) -> Result<CsrView> {
         self.get_org(org)?;
         let request = request.normalize()?;
-        check_covers(
-            "the CSR's names",
-            &request.sans,
-            &self.org_host_names(org),
-            "; add it to `sans`",
-        )?;
-        // Early: the certificate could not be uploaded for this CSR either. Checked again
-        // under the lock when it is.
-        self.ensure_names_unclaimed(org, &request.sans)?;
+        if request.purpose == CsrPurpose::Server {
+            check_covers(
+                "the CSR's names",
+                &request.sans,
+                &self.org_host_names(org),
+                "; add it to `sans`",
+            )?;
+            // Early: the certificate could not be uploaded for this CSR either. Checked
+            // again under the lock when it is.
+            self.ensure_names_unclaimed(org, &request.sans)?;
+        }
         let params = request.params()?;
         let key = keys::generate(request.key_type)
             .map_err(|e| Error::Corrupt(format!("key generation failed: {e}")))?;
@@ -303,6 +339,8 @@ impl Registry {
             created_at: OffsetDateTime::now_utc(),
             status: CsrStatus::Pending,
             server_cert_id: None,
+            purpose: request.purpose,
+            client_cert_id: None,
         };
         let _g = self.lock();
         self.get_org(org)?;
@@ -350,13 +388,17 @@ impl Registry {
     /// server-certificate rule. In one batch the CSR becomes an inactive server
     /// certificate (origin `csr`, the key re-sealed under it) and is marked completed.
     /// A completed CSR is a 409.
-    pub fn complete_csr(&self, org: &OrgId, id: &str, chain_pem: &[u8]) -> Result<NewServerCert> {
+    pub fn complete_csr(&self, org: &OrgId, id: &str, chain_pem: &[u8]) -> Result<CsrCompletion> {
         self.get_org(org)?;
         let csr = self.csr_record(org, id)?;
         if csr.status == CsrStatus::Completed {
+            let (what, made) = match csr.purpose {
+                CsrPurpose::Server => ("server", csr.server_cert_id),
+                CsrPurpose::Client => ("client", csr.client_cert_id),
+            };
             return Err(Error::Conflict(format!(
-                "CSR {id} is already completed as server certificate {}",
-                csr.server_cert_id.unwrap_or_default()
+                "CSR {id} is already completed as {what} certificate {}",
+                made.unwrap_or_default()
             )));
         }
         let pkcs8 = self
@@ -364,6 +406,9 @@ impl Registry {
             .open(&csr_context(org.as_str(), id), &csr.sealed_key)?;
         let key = keys::load(&pkcs8).map_err(|e| Error::Corrupt(format!("CSR {id} key: {e}")))?;
         let certs = cert::read_chain(chain_pem)?;
+        if csr.purpose == CsrPurpose::Client {
+            return self.complete_client_csr(org, id, certs, &key);
+        }
         let checked = self.check_server_chain(org, certs, &key, "the CSR's key")?;
         let rec = self.new_server_record(org, &checked.chain, &key.pkcs8, "csr");
 
@@ -384,11 +429,47 @@ impl Registry {
         ])?;
         drop(_g);
         self.notify(Change::Org(org.clone()));
-        Ok(NewServerCert {
+        Ok(CsrCompletion::Server(NewServerCert {
             cert: ServerCertView::try_from(rec)?,
             notes: checked.notes,
-        })
+        }))
     }
+
+    /// [`Registry::complete_csr`] for a CSR of purpose `client`: the leaf must hold the
+    /// CSR's key and pass every client-certificate rule; it becomes a client
+    /// certificate (origin `csr`) in the same batch that marks the CSR completed.
+    fn complete_client_csr(
+        &self,
+        org: &OrgId,
+        id: &str,
+        certs: Vec<Vec<u8>>,
+        key: &keys::PrivateKey,
+    ) -> Result<CsrCompletion> {
+        let (chain, notes) = self.check_client_chain(certs, key, "the CSR's key")?;
+        let rec = self.new_client_record(org, &chain, &key.pkcs8, "csr");
+        let mut csr = self.csr_record(org, id)?;
+        csr.status = CsrStatus::Completed;
+        csr.client_cert_id = Some(rec.id.clone());
+        csr.sealed_key = Vec::new();
+        // The CSR is re-checked under the lock by the write's guard below: a CSR
+        // completed meanwhile has its key gone, and the same leaf is a 409.
+        let csr_put = Self::put(layout::csr(org, id), &csr);
+        self.store_client_cert(org, &rec, vec![csr_put])?;
+        self.notify(Change::Org(org.clone()));
+        Ok(CsrCompletion::Client(crate::client_certs::NewClientCert {
+            cert: self.get_client_cert(org, &rec.id)?,
+            notes,
+        }))
+    }
+}
+
+/// What a completed CSR became: a server or a client certificate (by its purpose).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum CsrCompletion {
+    Server(NewServerCert),
+    Client(crate::client_certs::NewClientCert),
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ pub(crate) const PLATFORM_CERT: &str = "platform/server";
 const CSRS: &str = "csr/";
 
 /// Where records holding sealed private keys live: the platform certificate, every
-/// org's server certificates and CSRs.
-pub(crate) const SEALED: [&str; 3] = [PLATFORM_CERT, SERVER_CERTS, CSRS];
+/// org's server certificates, CSRs and client certificates.
+pub(crate) const SEALED: [&str; 4] = [PLATFORM_CERT, SERVER_CERTS, CSRS, CLIENT_CERTS];
 
 /// Every org record.
 pub(crate) const ORGS: &str = "org/";
@@ -55,6 +55,26 @@ pub(crate) fn server_certs(org: &OrgId) -> String {
 
 pub(crate) fn server_cert(org: &OrgId, id: &str) -> String {
     format!("{}{id}", server_certs(org))
+}
+
+/// Every org's client certificates (identities for outgoing connections).
+pub(crate) const CLIENT_CERTS: &str = "cli/";
+
+pub(crate) fn client_certs(org: &OrgId) -> String {
+    format!("{CLIENT_CERTS}{org}/")
+}
+
+pub(crate) fn client_cert(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", client_certs(org))
+}
+
+/// The org's outgoing destinations (bridges and webhooks).
+pub(crate) fn destinations(org: &OrgId) -> String {
+    format!("dest/{org}/")
+}
+
+pub(crate) fn destination(org: &OrgId, id: &str) -> String {
+    format!("{}{id}", destinations(org))
 }
 
 pub(crate) fn csrs(org: &OrgId) -> String {
@@ -230,6 +250,8 @@ pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
         at(Place::Prefix(cas(org))),
         at(Place::Prefix(server_certs(org))),
         at(Place::Prefix(csrs(org))),
+        at(Place::Prefix(client_certs(org))),
+        at(Place::Prefix(destinations(org))),
         at(Place::Prefix(blocked_devices(org))),
         at(Place::Prefix(crls(org))),
         at(Place::Prefix(device_tokens(org))),

@@ -14,8 +14,10 @@ mod ca_certs;
 pub mod ca_proof;
 pub mod cert;
 mod claims;
+mod client_certs;
 mod csr;
 mod custom_domains;
+pub mod destinations;
 pub mod devices;
 pub mod domains;
 mod error;
@@ -43,7 +45,12 @@ pub mod tokens;
 
 pub use audit::{Actor, AuditEntry, AuditEvent, AuditLog};
 pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
-pub use csr::{CsrRequest, CsrStatus, CsrSubject, CsrView};
+pub use client_certs::{ClientCertPreview, ClientCertView, NewClientCert, MAX_CLIENT_CERTS};
+pub use csr::{CsrCompletion, CsrPurpose, CsrRequest, CsrStatus, CsrSubject, CsrView};
+pub use destinations::{
+    BridgeRequest, Destination, DestinationKind, DestinationPatch, ForwardRule, ReceiveRule,
+    WebhookRequest,
+};
 pub use devices::{Device, DeviceCert};
 pub use domains::DomainName;
 pub use error::{Error, Result};

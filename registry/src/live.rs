@@ -252,3 +252,42 @@ pub struct RetainedMessage {
     #[serde(with = "time::serde::rfc3339")]
     pub retained_at: OffsetDateTime,
 }
+
+/// Where an outgoing destination (bridge or webhook) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationState {
+    /// Connected (bridge), or the last delivery succeeded (webhook).
+    Connected,
+    /// Connecting for the first time, or again after a good connection ended.
+    Connecting,
+    /// The last attempt failed (`last_error` says why); retried with backoff.
+    Failed,
+}
+
+/// What the broker reports about one outgoing destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DestinationStatus {
+    pub state: DestinationState,
+    /// Why the last attempt failed, in words: the TLS alert the remote sent, the
+    /// certificate problem, the CONNACK refusal, the HTTP status.
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_error_at: Option<OffsetDateTime>,
+    /// Since when the current connection is up (bridges).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub connected_since: Option<OffsetDateTime>,
+    /// Messages delivered: acknowledged by the remote (QoS 1), written (QoS 0), or
+    /// answered 2xx (webhooks).
+    pub forwarded: u64,
+    /// Messages a bridge brought into the org from the remote (its `receive` rules).
+    pub received: u64,
+    /// Messages waiting in the destination's queue (stored on disk for QoS 1).
+    pub queued: usize,
+    /// Connection or delivery attempts that failed since the broker started.
+    pub failures: u64,
+    /// The HTTP status of the last answer (webhooks).
+    pub last_http_status: Option<u16>,
+}

@@ -125,6 +125,31 @@ mod tests {
             .unwrap();
         r.set_domains(org, &[format!("{org}-devices.example")])
             .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let client = r
+            .upload_client_cert(
+                org,
+                crate::UploadServerCert::Pem {
+                    certificate: crate::client_certs::tests::client_leaf(&ca, &key),
+                    private_key: key.serialize_pem(),
+                    passphrase: None,
+                },
+            )
+            .unwrap();
+        r.create_webhook(
+            org,
+            crate::WebhookRequest {
+                name: "archive".into(),
+                url: "https://hooks.example.com/in".into(),
+                server_name: None,
+                client_cert: Some(client.cert.id),
+                ca_certificates: Some(ca.pem.clone()),
+                trust_system_roots: false,
+                filter: "iot-2/type/+/id/+/evt/+/fmt/+".into(),
+                qos: 1,
+            },
+        )
+        .unwrap();
     }
 
     #[test]
@@ -159,6 +184,11 @@ mod tests {
         assert!(r.list_cas(&acme).unwrap().is_empty());
         assert!(r.list_server_certs(&acme).unwrap().is_empty());
         assert!(r.list_csrs(&acme).unwrap().is_empty());
+        assert!(r.list_client_certs(&acme).unwrap().is_empty());
+        assert!(r
+            .list_destinations(&acme, crate::DestinationKind::Webhook)
+            .unwrap()
+            .is_empty());
         assert!(r.list_blocked(&acme).unwrap().is_empty());
         assert!(r.list_crls(&acme).unwrap().is_empty());
         assert!(r.list_device_tokens(&acme).unwrap().is_empty());

@@ -75,14 +75,14 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
         .map_err(|e| CertError::new(Rule::NotPemOrDer, format!("malformed certificate: {e}")))
 }
 
-fn subject(der: &[u8]) -> String {
+pub(crate) fn subject(der: &[u8]) -> String {
     parse(der).map_or_else(
         |_| "(unparsable)".into(),
         |c| format!("\"{}\"", c.subject()),
     )
 }
 
-fn public_key_of(der: &[u8]) -> Vec<u8> {
+pub(crate) fn public_key_of(der: &[u8]) -> Vec<u8> {
     parse(der).map_or_else(
         |_| Vec::new(),
         |c| c.public_key().subject_public_key.data.to_vec(),

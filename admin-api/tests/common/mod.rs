@@ -306,6 +306,17 @@ impl Ca {
         (format!("{cert}{}", self.pem), key.serialize_pem())
     }
 
+    /// A client leaf (clientAuth, for outgoing connections) and its key, PEM.
+    pub fn client_leaf(&self, cn: &str) -> (String, String) {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut p);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap().pem();
+        (cert, key.serialize_pem())
+    }
+
     pub fn sign_csr(&self, csr_pem: &str) -> String {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
         validity(&mut csr.params);

@@ -194,6 +194,13 @@ fn pkid_of(seq: u64) -> u16 {
 pub(crate) struct Delivery {
     pub publish: Publish,
     pub props: Option<PublishProperties>,
+    /// When the broker received the message (Unix seconds), and from whom (client id;
+    /// `""` for the broker's own): what a webhook reports.
+    pub at: u64,
+    pub from: String,
+    /// The packet id (0 for QoS 0) and DUP flag it is sent with.
+    pub pkid: u16,
+    pub dup: bool,
 }
 
 /// The outcome of attaching a connection to its session.
@@ -402,7 +409,7 @@ impl MessageState {
             return Ok(0);
         }
         let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
-        let msg = Arc::new(Message::new(publish, props.cloned(), qos));
+        let msg = Arc::new(Message::new(publish, props.cloned(), qos, from));
         if publish.retain {
             retain(&mut g, &org.org, topic, &msg, limits, &mut ops)?;
         }
@@ -524,6 +531,44 @@ impl MessageState {
                 generation,
                 notify,
             },
+        }
+    }
+
+    /// Messages queued for `client` of `org` (0 when it has no session).
+    pub(crate) fn queued(&self, org: &OrgId, client: &str) -> usize {
+        let Some(o) = self
+            .orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(org)
+            .cloned()
+        else {
+            return 0;
+        };
+        let g = lock(&o.inner);
+        g.sessions.get(client).map_or(0, |s| s.queue.len())
+    }
+
+    /// Ends the session of `client` in `org` with everything queued for it (its
+    /// owner is gone: a deleted destination).
+    pub(crate) fn discard_session(&self, org: &OrgId, client: &str) {
+        let Some(o) = self
+            .orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(org)
+            .cloned()
+        else {
+            return;
+        };
+        let mut ops = Vec::new();
+        {
+            let mut g = lock(&o.inner);
+            discard(&mut g, org, client, &mut ops);
+            o.subscriptions.store(g.tree.len(), Ordering::Relaxed);
+        }
+        if !ops.is_empty() {
+            self.committer.submit(ops);
         }
     }
 
@@ -869,6 +914,10 @@ impl SessionHandle {
                 out.push(Delivery {
                     publish: packet::with_qos(&q.msg.publish, q.qos, pkid, dup),
                     props,
+                    at: q.msg.at,
+                    from: q.msg.from.clone(),
+                    pkid,
+                    dup,
                 });
                 if q.qos == 0 {
                     s.queue.remove(i);
@@ -997,6 +1046,12 @@ impl SessionHandle {
                 serde_json::to_vec(&s.record).unwrap_or_default(),
             )
         })
+    }
+
+    /// The session's subscription filters (internal form).
+    pub(crate) fn filters(&self) -> Vec<String> {
+        self.with(|s, _| s.record.subs.iter().map(|(f, _)| f.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Removes subscriptions (internal filters).

@@ -10,8 +10,9 @@
 //! | `msg/<org>/o/<client id>/<pkid>` | a PUBREL it owes us (delivery QoS 2)    |
 //!
 //! A message record is a small header and the message as an MQTT 5 PUBLISH (so its
-//! properties survive too): version 1, QoS, expiry (Unix seconds, 0 = never), time
-//! stored (Unix seconds), then the packet.
+//! properties survive too): version, QoS, expiry (Unix seconds, 0 = never), time
+//! stored (Unix seconds); from version 2 the publisher's client id (u16 length, UTF-8);
+//! then the packet. Version 1 records (no client id) still load.
 
 use bytes::{Buf, BufMut, BytesMut};
 use registry::OrgId;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::codec::Version;
 use crate::engine::packet::{self, Packet, Publish, PublishProperties};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Version, QoS, expiry, time stored.
 const HEADER: usize = 18;
 
@@ -37,6 +38,9 @@ pub(crate) struct Message {
     pub expires_at: Option<u64>,
     /// When it was stored, Unix seconds.
     pub at: u64,
+    /// The client id of the session that published it (`""`: the broker's own, or a
+    /// version 1 record).
+    pub from: String,
 }
 
 pub(crate) fn now() -> u64 {
@@ -46,7 +50,12 @@ pub(crate) fn now() -> u64 {
 }
 
 impl Message {
-    pub(crate) fn new(publish: &Publish, props: Option<PublishProperties>, qos: u8) -> Message {
+    pub(crate) fn new(
+        publish: &Publish,
+        props: Option<PublishProperties>,
+        qos: u8,
+        from: &str,
+    ) -> Message {
         let at = now();
         let expires_at = props
             .as_ref()
@@ -58,6 +67,7 @@ impl Message {
             qos,
             expires_at,
             at,
+            from: from.to_owned(),
         }
     }
 
@@ -76,6 +86,9 @@ impl Message {
         out.put_u8(self.qos);
         out.put_u64(self.expires_at.unwrap_or(0));
         out.put_u64(self.at);
+        let from = &self.from.as_bytes()[..self.from.len().min(usize::from(u16::MAX))];
+        out.put_u16(u16::try_from(from.len()).unwrap_or(0));
+        out.put_slice(from);
         let p = packet::with_qos(&self.publish, 1, 1, false);
         // A packet the codec cannot write cannot have been read from a client.
         let _ = Version::V5.write(Packet::Publish(p, self.props.clone()), &mut out);
@@ -88,13 +101,26 @@ impl Message {
         }
         let mut b = &bytes[..HEADER];
         let version = b.get_u8();
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(format!("unknown record version {version}"));
         }
         let qos = b.get_u8();
         let expires_at = Some(b.get_u64()).filter(|e| *e != 0);
         let at = b.get_u64();
-        let mut rest = BytesMut::from(&bytes[HEADER..]);
+        let mut body = &bytes[HEADER..];
+        let mut from = String::new();
+        if version >= 2 {
+            if body.len() < 2 {
+                return Err("truncated record (client id)".into());
+            }
+            let n = usize::from(body.get_u16());
+            if body.len() < n {
+                return Err("truncated record (client id)".into());
+            }
+            from = String::from_utf8_lossy(&body[..n]).into_owned();
+            body = &body[n..];
+        }
+        let mut rest = BytesMut::from(body);
         match Version::V5.read(&mut rest, usize::MAX) {
             Ok(Packet::Publish(p, props)) if rest.is_empty() => Ok(Message {
                 publish: packet::with_qos(&p, 0, 0, false),
@@ -102,6 +128,7 @@ impl Message {
                 qos,
                 expires_at,
                 at,
+                from,
             }),
             Ok(_) => Err("not a PUBLISH record".into()),
             Err(e) => Err(format!("bad PUBLISH in record: {e}")),
@@ -194,7 +221,7 @@ mod tests {
             content_type: Some("text/plain".into()),
             ..Default::default()
         };
-        let m = Message::new(&p, Some(props.clone()), 2);
+        let m = Message::new(&p, Some(props.clone()), 2, "d:acme:sensor:1");
         let back = Message::decode(&m.encode()).unwrap();
         assert_eq!(back.publish.topic, p.topic);
         assert_eq!(back.publish.payload, p.payload);
@@ -202,7 +229,14 @@ mod tests {
         assert_eq!(back.qos, 2);
         assert_eq!(back.expires_at, m.expires_at);
         assert_eq!(back.props.unwrap().user_properties, props.user_properties);
+        assert_eq!(back.from, "d:acme:sensor:1");
         let bytes = m.encode();
+        // A version 1 record (before the publisher was kept) still loads.
+        let mut v1 = bytes.clone();
+        v1[0] = 1;
+        v1.drain(HEADER..HEADER + 2 + "d:acme:sensor:1".len());
+        let old = Message::decode(&v1).unwrap();
+        assert_eq!((old.from.as_str(), old.qos), ("", 2));
         assert!(Message::decode(&bytes[..bytes.len() - 3]).is_err());
         assert!(Message::decode(b"garbage").is_err());
     }

@@ -24,6 +24,15 @@ fn request(cn: &str, sans: &[&str], key_type: KeyType) -> CsrRequest {
         },
         sans: sans.iter().map(|s| s.to_string()).collect(),
         key_type,
+        ..Default::default()
+    }
+}
+
+/// The server certificate a server CSR became.
+fn server(c: CsrCompletion) -> crate::NewServerCert {
+    match c {
+        CsrCompletion::Server(s) => s,
+        CsrCompletion::Client(c) => panic!("a client certificate: {}", c.cert.id),
     }
 }
 
@@ -107,7 +116,7 @@ fn csr_is_signed_completed_and_served() {
     let int = root.intermediate("Public Intermediate");
     let leaf = int.sign_csr(&csr.csr_pem, |_| {});
     let chain = format!("{}{leaf}", int.pem);
-    let done = r.complete_csr(&org, &csr.id, chain.as_bytes()).unwrap();
+    let done = server(r.complete_csr(&org, &csr.id, chain.as_bytes()).unwrap());
     assert_eq!(done.cert.origin, "csr");
     assert!(!done.cert.active);
     assert_eq!(done.notes.len(), 1, "reordered: {:?}", done.notes);
@@ -195,7 +204,7 @@ fn rsa_csr() {
     eprintln!("RSA 2048 CSR in {:?}", started.elapsed());
     assert_eq!(csr_key(&csr.csr_pem).1, "RSA 2048");
     let leaf = Ca::root("Public Root").sign_csr(&csr.csr_pem, |_| {});
-    let done = r.complete_csr(&org, &csr.id, leaf.as_bytes()).unwrap();
+    let done = server(r.complete_csr(&org, &csr.id, leaf.as_bytes()).unwrap());
     assert_eq!(done.cert.details.key_type, "RSA 2048");
 }
 
