@@ -681,6 +681,53 @@ mod tests {
         assert_eq!(fps, ["aa", "bb"]);
     }
 
+    /// 100,000 devices: one flush, then pages. Run with
+    /// `cargo test --release -p certmq-registry --lib -- --ignored --nocapture inventory_of_100k`.
+    #[test]
+    #[ignore = "a timing run, about a minute in debug"]
+    fn inventory_of_100k_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = crate::registry::tests::registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        let t = std::time::Instant::now();
+        for i in 0..100_000 {
+            let days = if i % 1000 == 0 { 10 } else { 365 };
+            admit(
+                &r,
+                &acme,
+                &format!("d:sensor:{i:06}"),
+                Some(seen(&format!("{i:064}"), days)),
+            );
+        }
+        let admitted = t.elapsed();
+        let t = std::time::Instant::now();
+        assert_eq!(r.flush_device_activity().unwrap(), 100_000);
+        let flushed = t.elapsed();
+        let q = |exp, after: Option<&str>| DeviceQuery {
+            prefix: String::new(),
+            expiring_within_days: exp,
+            after: after.map(str::to_owned),
+            limit: MAX_PAGE,
+        };
+        let t = std::time::Instant::now();
+        let page = r
+            .list_devices(&acme, &q(None, Some("d:sensor:050000")), |_| true)
+            .unwrap();
+        let paged = t.elapsed();
+        assert_eq!(page.len(), MAX_PAGE);
+        let t = std::time::Instant::now();
+        let soon = r.list_devices(&acme, &q(Some(30), None), |_| true).unwrap();
+        let filtered = t.elapsed();
+        assert_eq!(soon.len(), 100);
+        let t = std::time::Instant::now();
+        assert_eq!(r.devices_expiring(&acme, 30).unwrap(), 100);
+        let gauge = t.elapsed();
+        eprintln!(
+            "100k admissions {admitted:?}, flush {flushed:?}, page of 1000 {paged:?}, \
+             expiring filter over all {filtered:?}, gauge {gauge:?}"
+        );
+    }
+
     #[test]
     fn a_certificate_on_two_identities_is_flagged() {
         let dir = tempfile::tempdir().unwrap();
