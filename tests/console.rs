@@ -273,6 +273,28 @@ async fn console_in_a_real_browser() {
     let code = page.wait_text("#sec-code", "valid until").await;
     assert!(code.contains("openssl"), "{code}");
     page.shot("security-policy").await;
+    let code = page.text("#sec-code-value").await;
+    // A CA upload now needs its proof: refused without, saved with one.
+    page.click_link("CA certificates").await;
+    let proven = TestCa::new("Acme Proven CA").expect("CA");
+    let proven_file = write(dir, "acme-proven-ca.pem", &proven.pem());
+    page.send_file("#ca-file", &proven_file).await;
+    page.wait_text("#ca-preview", "Preview of acme-proven-ca.pem")
+        .await;
+    page.click("#ca-save").await;
+    page.wait_text(".alert.error", "proof_of_possession_required")
+        .await;
+    let verification = proven
+        .issue_client(&code, ClientCertOptions::default())
+        .expect("verification certificate");
+    page.send_file("#ca-file", &proven_file).await;
+    page.wait_text("#ca-preview", "Preview of acme-proven-ca.pem")
+        .await;
+    page.click("#ca-upload-title ~ details:last-of-type summary")
+        .await;
+    page.fill("#ca-proof", &verification.cert_pem).await;
+    page.click("#ca-save").await;
+    page.wait_text("table", "CN=Acme Proven CA").await;
 
     // Blocked devices and CRLs.
     page.click_link("Blocked devices").await;

@@ -667,6 +667,7 @@ function caUpload(org, onSaved) {
   const file = h('input', { type: 'file', id: 'ca-file', accept: '.pem,.crt,.cer,.der,application/x-pem-file,application/pkix-cert' });
   const paste = h('textarea', { id: 'ca-paste', rows: '4', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' });
   const description = h('input', { type: 'text', id: 'ca-description', autocomplete: 'off' });
+  const proof = h('textarea', { id: 'ca-proof', rows: '3', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' });
   const previewPaste = h('button', { type: 'button', class: 'secondary', id: 'ca-preview-paste' }, 'Preview pasted PEM');
   const save = h('button', { type: 'button', id: 'ca-save' }, 'Save CA certificate');
   const cancel = h('button', { type: 'button', class: 'secondary' }, 'Cancel');
@@ -719,11 +720,19 @@ function caUpload(org, onSaved) {
   save.addEventListener('click', () => busy(save, async () => {
     if (!pending) return;
     try {
-      const path = `/orgs/${enc(org)}/ca-certs?description=${enc(description.value)}`;
-      const ca = await api('POST', path, { body: pending.bytes, contentType: certContentType(pending.bytes) });
+      let ca;
+      if (proof.value.trim()) {
+        // Proof of possession rides in the JSON form of the upload.
+        const json = { certificate: pemText(pending.bytes), description: description.value, verification_certificate: proof.value.trim() };
+        ca = await api('POST', `/orgs/${enc(org)}/ca-certs`, { json });
+      } else {
+        const path = `/orgs/${enc(org)}/ca-certs?description=${enc(description.value)}`;
+        ca = await api('POST', path, { body: pending.bytes, contentType: certContentType(pending.bytes) });
+      }
       reset();
       paste.value = '';
       description.value = '';
+      proof.value = '';
       showOk(msg, `Saved ${ca.subject} (fingerprint `, fingerprint(ca.fingerprint_sha256), '). It is active.');
       await onSaved();
     } catch (e) {
@@ -751,7 +760,19 @@ function caUpload(org, onSaved) {
     h('details', {}, h('summary', {}, 'Or paste PEM text'),
       field('PEM certificate', paste), h('div', { class: 'actions' }, previewPaste)),
     field('Description', description, 'Optional, e.g. who operates this CA.'),
+    h('details', {}, h('summary', {}, 'Proof of possession (when the org requires it)'),
+      field('Verification certificate (PEM)', proof, 'Signed by this CA, with a verification code from the Security policy page as its CN.')),
     msg, preview);
+}
+
+/** A certificate file's bytes as PEM text (DER is wrapped). */
+function pemText(bytes) {
+  const head = new TextDecoder().decode(bytes.slice(0, 4096));
+  if (head.includes('-----BEGIN')) return new TextDecoder().decode(bytes);
+  let bin = '';
+  for (const b of bytes) bin += String.fromCharCode(b);
+  const b64 = btoa(bin).replace(/.{64}/g, '$&\n');
+  return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
 }
 
 /* ---------- server certificates */
