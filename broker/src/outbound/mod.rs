@@ -168,15 +168,22 @@ impl Dest {
         Some((app, rule))
     }
 
-    /// Attaches the destination's session (created on first use).
-    fn attach(&self) -> SessionHandle {
-        let org = self.state.org(&self.config.org);
-        self.state.attach(&org, &self.client, false, None).session
+    /// Attaches the destination's session (created on first use) — unless the
+    /// destination was stopped or is gone from the registry meanwhile (its org deleted):
+    /// then `None`, so no session is made for an org whose state was purged.
+    fn attach(&self, stop: &CancellationToken) -> Option<SessionHandle> {
+        let d = &self.config;
+        let exists = self.registry.get_destination(&d.org, d.kind, &d.id).is_ok();
+        if stop.is_cancelled() || !exists {
+            return None;
+        }
+        let org = self.state.org(&d.org);
+        Some(self.state.attach(&org, &self.client, false, None).session)
     }
 
     /// Makes the session's subscriptions the destination's filters.
-    fn sync_subscriptions(&self) {
-        let h = self.attach();
+    fn sync_subscriptions(&self, stop: &CancellationToken) {
+        let Some(h) = self.attach(stop) else { return };
         let wanted: Vec<(String, u8, SendRetained)> = self
             .rules
             .iter()
@@ -366,7 +373,7 @@ impl Outbound {
 /// A destination's life: connect, forward until the connection fails, wait, again —
 /// until `stop`.
 async fn run(dest: Dest, stop: CancellationToken) {
-    dest.sync_subscriptions();
+    dest.sync_subscriptions(&stop);
     let mut backoff = FIRST_BACKOFF;
     let (org, id, kind) = (dest.config.org.clone(), dest.config.id.clone(), dest.kind());
     info!(%org, id, kind, url = dest.config.url, "destination starting");
