@@ -1574,6 +1574,7 @@ const LIMITS = [
 
 const OUTGOING_REFRESH_MS = 5000;
 const EVENTS_FILTER = 'iot-2/type/+/id/+/evt/+/fmt/+';
+const WEBHOOK_URL_EXAMPLE = 'https://hooks.example.com/certmq'; // placeholder text, never fetched
 
 function stateBadge(d) {
   const tone = d.state === 'connected' ? 'on' : d.state === 'failed' ? 'failed' : 'pending';
@@ -1856,7 +1857,7 @@ function bridgeForm(org, certs, onSaved) {
 
 function webhookForm(org, certs, onSaved) {
   const msg = h('div', { class: 'messages' });
-  const f = destinationFields('hook', certs, 'https://hooks.example.com/certmq');
+  const f = destinationFields('hook', certs, WEBHOOK_URL_EXAMPLE);
   const filter = h('input', { id: 'hook-filter', value: EVENTS_FILTER, spellcheck: 'false' });
   const submit = h('button', { type: 'submit', id: 'hook-create' }, 'Create webhook');
   const form = h('form', { class: 'card', onsubmit: async (e) => {
