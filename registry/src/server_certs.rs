@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{b64, new_id, Change, Registry};
+use crate::seal::{MasterKey, SealError};
 use crate::store::Op;
 
 /// A server certificate (chain) with its sealed private key.
@@ -28,6 +29,20 @@ pub struct ServerCert {
     /// PKCS#8 DER sealed under the master key; never serialized to API clients.
     #[serde(with = "b64")]
     pub(crate) sealed_key: Vec<u8>,
+}
+
+impl ServerCert {
+    /// Re-seals the certificate's key under `new` (`rekey`).
+    pub(crate) fn reseal(
+        &mut self,
+        old: &MasterKey,
+        new: &MasterKey,
+    ) -> std::result::Result<(), SealError> {
+        let context = Registry::seal_context(self.org.as_str(), &self.id);
+        let plain = old.open(&context, &self.sealed_key)?;
+        self.sealed_key = new.seal(&context, &plain);
+        Ok(())
+    }
 }
 
 /// The API view of a server certificate: chain PEM and leaf details, never the key.
