@@ -26,8 +26,7 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
         admin: any,
         mqtt_plain: None,
         domain: DOMAIN.into(),
-        audit_retention_days: registry::audit::DEFAULT_AUDIT_RETENTION_DAYS,
-        guard: broker::GuardConfig::default(),
+        ..app::Options::default()
     })
     .await?;
     println!("certmq demo");

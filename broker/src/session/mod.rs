@@ -50,6 +50,9 @@ pub struct SessionLimits {
     pub max_packet_size: usize,
     /// A client that accepts no bytes for this long is closed as a slow consumer.
     pub write_timeout: Duration,
+    /// At shutdown, how long a session waits for its owed acknowledgements to become
+    /// durable and for its last bytes to be written.
+    pub drain_timeout: Duration,
 }
 
 impl Default for SessionLimits {
@@ -58,6 +61,7 @@ impl Default for SessionLimits {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             write_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(8),
         }
     }
 }
