@@ -21,6 +21,15 @@ const RETAINED_LISTED: &str = "iot-2/type/sensor/id/s1/evt/state/fmt/txt";
 /// besides those); the child and its ready line, or its standard error when it exited
 /// before it was ready.
 fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Result<(Child, String), String> {
+    spawn_serve_logging(args, env, None)
+}
+
+/// [`spawn_serve`], with the log at info written to `log` when given.
+fn spawn_serve_logging(
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> Result<(Child, String), String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_certmq"));
     cmd.arg("serve").args(args);
     for (k, _) in std::env::vars() {
@@ -28,11 +37,18 @@ fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Result<(Child, String), S
             cmd.env_remove(k);
         }
     }
+    let (level, stderr) = match log {
+        Some(path) => (
+            "info",
+            Stdio::from(std::fs::File::create(path).expect("log file")),
+        ),
+        None => ("warn", Stdio::piped()),
+    };
     let mut child = cmd
         .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("spawn certmq");
     let stdout = child.stdout.take().expect("stdout");
@@ -41,8 +57,9 @@ fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Result<(Child, String), S
         let line = line.expect("read stdout");
         if line.starts_with("certmq ready ") {
             std::thread::spawn(move || for _ in lines {});
-            let stderr = child.stderr.take().expect("stderr");
-            std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+            if let Some(stderr) = child.stderr.take() {
+                std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+            }
             return Ok((child, line));
         }
     }
@@ -441,4 +458,55 @@ async fn backup_wipe_restore_brings_back_orgs_cas_server_certs_and_retained_mess
     .await
     .expect("the restored server certificate is presented and the CA admits");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn json_logs_show_the_effective_config_and_unknown_server_names_once_per_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("certmq.log");
+    let dir = tmp.path().join("data");
+    let file = tmp.path().join("certmq.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {dir:?}\nmqtt = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nlog_format = \"json\"\n"
+        ),
+    )
+    .unwrap();
+    let (child, ready) = spawn_serve_logging(
+        &["--config", file.to_str().unwrap()],
+        &[("CERTMQ_ADMIN_TOKEN", TOKEN)],
+        Some(&log),
+    )
+    .expect("start");
+    let mqtt: std::net::SocketAddr = field(&ready, "mqtt").parse().unwrap();
+    let trust = device_sim::certs::TestCa::new("any").unwrap().pem();
+    for i in 0..20 {
+        let r = raw_handshake(mqtt, &format!("nobody{i}.example"), &trust, None).await;
+        let e = r.expect_err("an unknown name was served");
+        assert!(
+            e.contains("UnrecognisedName") || e.contains("nrecogni"),
+            "{e}"
+        );
+    }
+    stop(child);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let effective: Vec<_> = lines
+        .iter()
+        .filter(|v| message(v).starts_with("effective configuration"))
+        .collect();
+    assert_eq!(effective.len(), 1, "{text}");
+    assert_eq!(effective[0]["fields"]["log_format"], "json");
+    assert!(!text.contains(TOKEN), "the admin token reached the log");
+    let unknown = lines
+        .iter()
+        .filter(|v| message(v).contains("unrecognized_name"))
+        .count();
+    assert_eq!(unknown, 1, "20 unknown names, one line: {text}");
 }

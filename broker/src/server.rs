@@ -464,7 +464,7 @@ impl Broker {
                 return None;
             }
             _ => {
-                debug!(sni = ?sni, "no org for this server name");
+                crate::hints::unknown_server_name(sni.as_deref());
                 crate::metrics::handshake(None, "unrecognized_name");
                 let mut io = start.io;
                 let _ = io.write_all(&ALERT_UNRECOGNIZED_NAME).await;
@@ -481,8 +481,8 @@ impl Broker {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                info!(cause = %e, "TLS handshake failed");
                 let reason = crate::metrics::handshake_reason(&e);
+                info!(reason, "{}", crate::hints::handshake_failure(reason, &e));
                 crate::metrics::handshake(Some(org_tls.org.as_str()), reason);
                 return None;
             }

@@ -348,7 +348,13 @@ where
                 version.not_authorized()
             };
             crate::metrics::refused(refusal.stage);
-            info!(client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "CONNECT refused");
+            info!(
+                client_id,
+                stage = refusal.stage.as_str(),
+                cause = %refusal.reason,
+                next = crate::hints::connect_refusal_next_step(refusal.stage, refusal.bad_credentials),
+                "CONNECT refused"
+            );
             let _ = write_packets(&mut *stream, version, [packet]).await;
             return None;
         }
