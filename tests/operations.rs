@@ -510,3 +510,42 @@ async fn json_logs_show_the_effective_config_and_unknown_server_names_once_per_i
         .count();
     assert_eq!(unknown, 1, "20 unknown names, one line: {text}");
 }
+
+#[tokio::test]
+async fn every_metric_has_help_text() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let mut dev = acme.connect("d:sensor:s1", "d:acme:sensor:s1").await;
+    publish_acked(&mut dev, "counted").await;
+    let trust = device_sim::certs::TestCa::new("any").unwrap().pem();
+    let _ = raw_handshake(server.mqtt, "nobody.example", &trust, None).await;
+    let text = server.api().0.metrics().await.unwrap();
+    let with = |prefix: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let typed = with("# TYPE ");
+    let helped = with("# HELP ");
+    assert!(typed.len() >= 8, "{text}");
+    let missing: Vec<_> = typed.difference(&helped).collect();
+    assert!(
+        missing.is_empty(),
+        "metrics without HELP: {missing:?}\n{text}"
+    );
+    // Every sample belongs to a family with a TYPE.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        assert!(
+            typed
+                .iter()
+                .any(|t| name == t || name.starts_with(&format!("{t}_"))),
+            "no TYPE for {name}"
+        );
+    }
+}

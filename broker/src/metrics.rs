@@ -30,7 +30,59 @@ fn handle() -> Option<&'static PrometheusHandle> {
 
 /// Call once at start-up so counters recorded before the first scrape are kept.
 pub fn install() {
-    let _ = handle();
+    if handle().is_some() {
+        describe();
+    }
+}
+
+/// The HELP text of every metric recorded through the facade (the gauges computed at
+/// scrape time write their own, in [`render`]).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "certmq_handshakes_total",
+        "TLS handshakes by org (_unknown before SNI picked one), result (ok|failed) and reason (e.g. unrecognized_name, unknown_ca, certificate_expired, timeout)."
+    );
+    describe_counter!(
+        "certmq_tls_config_errors_total",
+        "Times an org's TLS config could not be built; its last good config kept serving."
+    );
+    describe_counter!(
+        "certmq_connect_refusals_total",
+        "CONNECTs refused by admission, by the stage that refused (certificate, identity, client_id, security_level, blocked)."
+    );
+    describe_counter!(
+        "certmq_kicks_total",
+        "Sessions closed by the broker, by org and reason (kicked, revoked, taken_over, shutdown, ...)."
+    );
+    describe_counter!(
+        "certmq_limit_refusals_total",
+        "Things refused because they would take an org over one of its limits, by org and limit (an OrgLimits field)."
+    );
+    describe_counter!(
+        "certmq_dropped_total",
+        "Messages dropped, by org and reason (e.g. queue_full: the oldest of a session queue over its limit)."
+    );
+    describe_counter!(
+        "certmq_publishes_total",
+        "PUBLISH packets received from clients, by org and client kind (device, gateway, application)."
+    );
+    describe_counter!(
+        "certmq_deliveries_total",
+        "Messages written to subscribers, by org and client kind."
+    );
+    describe_gauge!(
+        "certmq_persistent_sessions",
+        "Persistent sessions held in the message state, connected or not."
+    );
+    describe_gauge!(
+        "certmq_queued_messages",
+        "Messages queued for persistent sessions, over all orgs."
+    );
+    describe_gauge!(
+        "certmq_state_write_failing",
+        "1 while writes of message state fail (acknowledgements are then held back), else 0."
+    );
 }
 
 /// Why a handshake ended, as the `reason` label of `certmq_handshakes_total`.
