@@ -549,3 +549,95 @@ async fn every_metric_has_help_text() {
         );
     }
 }
+
+#[tokio::test]
+async fn server_certs_list_active_first_then_newest() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let api = server.api();
+    let path = "/orgs/acme/server-certs";
+    let second = api
+        .post(&format!("{path}/self-signed"), serde_json::json!({}))
+        .await;
+    let third = api
+        .post(&format!("{path}/self-signed"), serde_json::json!({}))
+        .await;
+    let second = second["id"].as_str().unwrap().to_owned();
+    let third = third["id"].as_str().unwrap().to_owned();
+    api.post(&format!("{path}/{second}/activate"), serde_json::json!({}))
+        .await;
+    let (_, list) = api.call(Method::GET, path, None).await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(list[0]["active"], true);
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[0], second, "the active one first");
+    assert_eq!(ids[1], third, "then the newest");
+    assert_eq!(list[2]["pem"], acme.server_pem.as_str(), "the oldest last");
+}
+
+/// Operator finding: the dry run answered `Other(OtherError(UnsupportedCertVersion))`
+/// for an X.509 v1 device certificate.
+#[tokio::test]
+async fn the_dry_run_explains_a_v1_certificate_in_words() {
+    let server = Server::start();
+    Org::create(&server, "acme").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = OpensslCa::new(tmp.path(), "Acme v1 test CA");
+    server.api().upload_ca("acme", &ca.pem).await;
+    let dir = tmp.path();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "dev.key",
+            "-subj",
+            "/CN=d:sensor:dev1",
+            "-out",
+            "dev.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "dev.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            "dev.pem",
+        ],
+    );
+    let pem = std::fs::read_to_string(dir.join("dev.pem")).unwrap();
+    let (status, d) = server
+        .api()
+        .call(
+            Method::POST,
+            "/orgs/acme/authz/check",
+            Some(serde_json::json!({"certificate": pem})),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["allowed"], false);
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.contains("not X.509 v3"), "{reason}");
+    assert!(!reason.contains("Other("), "{reason}");
+}

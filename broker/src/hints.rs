@@ -104,3 +104,90 @@ pub(crate) fn connect_refusal_next_step(stage: Stage, bad_credentials: bool) -> 
         _ => "POST /api/v1/orgs/<org>/authz/check with the client's certificate and id says which rule refused it",
     }
 }
+
+/// Why TLS refuses a client certificate, in plain words (no Rust debug text such as
+/// `Other(OtherError(UnsupportedCertVersion))`): for the dry run and the log.
+pub(crate) fn certificate_refusal(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error};
+    let cert = match e {
+        Error::InvalidCertificate(c) => c,
+        Error::NoCertificatesPresented => return "no certificate was presented".into(),
+        other => return words(&format!("{other:?}")),
+    };
+    match cert {
+        C::Expired | C::ExpiredContext { .. } => "the certificate has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "the certificate is not valid yet".into(),
+        C::UnknownIssuer => {
+            "it does not chain to an active CA certificate of this org (unknown_ca)".into()
+        }
+        C::Revoked => "the certificate is revoked".into(),
+        C::BadSignature => "a signature in the chain does not verify".into(),
+        C::BadEncoding => "the certificate is not valid DER".into(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "the certificate is not for client authentication (its extendedKeyUsage lacks clientAuth)".into()
+        }
+        other => {
+            // webpki's own errors arrive as `Other`, whose text is the error's name.
+            let name = match other {
+                C::Other(o) => words(&o.to_string()),
+                _ => words(&format!("{other:?}")),
+            };
+            if name.contains("unsupported cert version") {
+                "the certificate is not X.509 v3 (only v3 certificates are accepted; \
+                 `openssl x509 -req` makes v3 only with -extfile)"
+                    .into()
+            } else {
+                format!("the certificate is refused: {name}")
+            }
+        }
+    }
+}
+
+/// The innermost name of a debug text, in lowercase words:
+/// `Other(OtherError(UnsupportedCriticalExtension))` → `unsupported critical extension`.
+fn words(debug: &str) -> String {
+    let inner = debug
+        .rsplit('(')
+        .next()
+        .unwrap_or(debug)
+        .trim_end_matches(')')
+        .split([' ', '{', ','])
+        .next()
+        .unwrap_or("");
+    let mut out = String::new();
+    for (i, c) in inner.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    if out.is_empty() {
+        "unknown reason".into()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_words_not_debug_text() {
+        assert_eq!(
+            words("Other(OtherError(UnsupportedCriticalExtension))"),
+            "unsupported critical extension"
+        );
+        let e = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(certificate_refusal(&e).contains("active CA"));
+        let e =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                std::sync::Arc::new(std::io::Error::other("UnsupportedCertVersion")),
+            )));
+        let text = certificate_refusal(&e);
+        assert!(
+            text.contains("not X.509 v3") && !text.contains("Other("),
+            "{text}"
+        );
+    }
+}

@@ -139,12 +139,21 @@ impl Registry {
             })
     }
 
+    /// The org's server certificates: the active one first, then the newest first.
     pub fn list_server_certs(&self, org: &OrgId) -> Result<Vec<ServerCertView>> {
         self.get_org(org)?;
-        self.scan_json::<ServerCert>(&layout::server_certs(org))?
+        let mut views = self
+            .scan_json::<ServerCert>(&layout::server_certs(org))?
             .into_iter()
             .map(ServerCertView::try_from)
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        views.sort_by(|a, b| {
+            b.active
+                .cmp(&a.active)
+                .then(b.created_at.cmp(&a.created_at))
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(views)
     }
 
     pub fn get_server_cert(&self, org: &OrgId, id: &str) -> Result<ServerCertView> {
