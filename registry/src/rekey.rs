@@ -1,4 +1,5 @@
-//! Master key rotation: every private key sealed in the store is opened with the old
+//! Master key rotation: every private key sealed in the store (the platform
+//! certificate's, server certificates', CSRs', client certificates') is opened with the old
 //! master key and sealed again under a new one, in one atomic batch.
 //!
 //! Offline only (`certmq rotate-master-key`): the store is locked by one process, so a
@@ -6,6 +7,7 @@
 //! or none is: a key the old master key cannot open, or a failed write, leaves the
 //! store exactly as it was, still sealed under the old key.
 
+use crate::client_certs::{self, ClientCert};
 use crate::csr::Csr;
 use crate::error::{Error, Result};
 use crate::layout;
@@ -50,6 +52,12 @@ fn resealed(store: &dyn Store, old: &MasterKey, new: &MasterKey) -> Result<Vec<O
                 let mut rec: ServerCert = serde_json::from_slice(&value).map_err(corrupt)?;
                 rec.reseal(old, new).map_err(cannot_open)?;
                 Registry::put(key.clone(), &rec)
+            } else if prefix == layout::CLIENT_CERTS {
+                let mut rec: ClientCert = serde_json::from_slice(&value).map_err(corrupt)?;
+                let context = client_certs::seal_context(rec.org.as_str(), &rec.id);
+                let plain = old.open(&context, &rec.sealed_key).map_err(cannot_open)?;
+                rec.sealed_key = new.seal(&context, &plain);
+                Registry::put(key.clone(), &rec)
             } else {
                 // A new kind of sealed record must say here how it is re-sealed.
                 return Err(Error::Corrupt(format!(
@@ -82,13 +90,31 @@ mod tests {
         .unwrap();
         let before = store.scan(layout::PLATFORM_CERT).unwrap();
         drop(r);
+        // A client certificate's key (outgoing connections), stored as the registry does.
+        let acme = crate::names::OrgId::try_from("acme").unwrap();
+        let context = client_certs::seal_context("acme", "c1");
+        let client = ClientCert {
+            id: "c1".into(),
+            org: acme.clone(),
+            origin: "uploaded".into(),
+            created_at: time::OffsetDateTime::now_utc(),
+            pem: String::new(),
+            sealed_key: old.seal(&context, b"client key"),
+        };
+        let client_key = layout::client_cert(&acme, "c1");
+        store
+            .apply(vec![Registry::put(client_key.clone(), &client)])
+            .unwrap();
 
         // The wrong "old" key: refused, nothing written.
         let e = reseal_all(store.as_ref(), &new, &old).unwrap_err();
         assert!(e.to_string().contains("does not open"), "{e}");
         assert_eq!(store.scan(layout::PLATFORM_CERT).unwrap(), before);
 
-        assert_eq!(reseal_all(store.as_ref(), &old, &new).unwrap(), 1);
+        assert_eq!(reseal_all(store.as_ref(), &old, &new).unwrap(), 2);
+        let rec: ClientCert =
+            serde_json::from_slice(&store.get(&client_key).unwrap().unwrap()).unwrap();
+        assert_eq!(new.open(&context, &rec.sealed_key).unwrap(), b"client key");
         let r = Registry::new(store.clone(), new, "example.com").unwrap();
         r.platform_cert().unwrap();
         drop(r);
