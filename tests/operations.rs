@@ -641,3 +641,59 @@ async fn the_dry_run_explains_a_v1_certificate_in_words() {
     assert!(reason.contains("not X.509 v3"), "{reason}");
     assert!(!reason.contains("Other("), "{reason}");
 }
+
+/// Operator finding: every line of a connection said `org="acme" org="acme"`.
+#[tokio::test]
+async fn a_connection_names_its_org_once_per_log_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("certmq.log");
+    let dir = tmp.path().join("data");
+    let (child, ready) = spawn_serve_logging(
+        &[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--mqtt",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[("CERTMQ_ADMIN_TOKEN", TOKEN)],
+        Some(&log),
+    )
+    .expect("start");
+    let api = device_sim::AdminClient::new(&format!("http://{}", field(&ready, "admin")), TOKEN);
+    api.create_org("acme", "Acme").await.unwrap();
+    let ca = device_sim::certs::TestCa::new("acme CA").unwrap();
+    api.upload_ca("acme", &ca.pem(), None).await.unwrap();
+    let server = api.self_signed_server_cert("acme").await.unwrap();
+    let target = device_sim::client::BrokerTarget {
+        host: "127.0.0.1".into(),
+        port: field(&ready, "mqtt")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        sni: format!("acme.{DOMAIN}"),
+        server_ca_pem: server.pem,
+    };
+    let cert = ca
+        .issue_client(
+            "d:sensor:s1",
+            device_sim::certs::ClientCertOptions::default(),
+        )
+        .unwrap();
+    let dev = connect_with(&target, "d:acme:sensor:s1", &cert)
+        .await
+        .unwrap();
+    dev.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(child);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("connected"), "{text}");
+    assert!(
+        text.lines().all(|l| l.matches("org=\"acme\"").count() <= 1),
+        "{text}"
+    );
+}

@@ -361,7 +361,11 @@ where
     };
     let principal = admitted.principal;
     let org = principal.org.clone();
-    tracing::Span::current().record("org", org.as_str());
+    // The TLS listener recorded the org at SNI; the plain one learns it only here (a
+    // second record would repeat the field in every line of the span).
+    if peer.org_tls.is_none() {
+        tracing::Span::current().record("org", org.as_str());
+    }
     let will = match will
         .map(|w| map_will(&principal, w, will_props))
         .transpose()
