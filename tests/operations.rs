@@ -697,3 +697,49 @@ async fn a_connection_names_its_org_once_per_log_line() {
         "{text}"
     );
 }
+
+/// A rotation interrupted between the store's batch and the key file's rename (the
+/// store sealed under `master.key.new`, `master.key` still the old key) is finished by
+/// running the command again.
+#[tokio::test]
+async fn an_interrupted_master_key_rotation_is_finished_by_running_it_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start_in(dir);
+    let acme = Org::create(&server, "acme").await;
+    let (status, _) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let data_dir = dir.to_str().unwrap();
+    let old = std::fs::read_to_string(dir.join("master.key")).unwrap();
+
+    // Re-seal under a new key, then put the files back as a crash before the rename
+    // would have left them.
+    let (ok, out) = certmq(
+        &["rotate-master-key", "--data-dir", data_dir],
+        &[("CERTMQ_NEW_MASTER_KEY", &"cd".repeat(32))],
+    );
+    assert!(ok, "{out}");
+    std::fs::rename(dir.join("master.key"), dir.join("master.key.new")).unwrap();
+    std::fs::write(dir.join("master.key"), &old).unwrap();
+
+    let (ok, out) = certmq(&["rotate-master-key", "--data-dir", data_dir], &[]);
+    assert!(
+        ok && out.contains("finished an interrupted rotation"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("master.key")).unwrap(),
+        "cd".repeat(32)
+    );
+    let server = Server::start_in(dir);
+    raw_handshake(
+        server.mqtt,
+        &format!("acme.{DOMAIN}"),
+        &acme.server_pem,
+        Some(&acme.cert("d:sensor:s1")),
+    )
+    .await
+    .expect("the org's server certificate after the finished rotation");
+}
