@@ -743,3 +743,27 @@ async fn an_interrupted_master_key_rotation_is_finished_by_running_it_again() {
     .await
     .expect("the org's server certificate after the finished rotation");
 }
+
+/// Operator finding: a second broker on the same data dir failed with sled's raw
+/// `WouldBlock`.
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_told_why_it_cannot_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let args = [
+        "--data-dir",
+        dir,
+        "--mqtt",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let token = [("CERTMQ_ADMIN_TOKEN", TOKEN)];
+    let (first, _) = spawn_serve(&args, &token).expect("first broker");
+    let err = spawn_serve(&args, &token).expect_err("second broker refused");
+    assert!(
+        err.contains("another certmq is using the data dir") && !err.contains("WouldBlock"),
+        "{err}"
+    );
+    stop(first);
+}
