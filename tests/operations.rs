@@ -190,6 +190,17 @@ async fn publish_acked(client: &mut Client, payload: &str) {
     }
 }
 
+/// Sends SIGTERM to `server` and waits for it to exit; asserts it exited 0 within the
+/// default drain timeout (10 s), and returns how long it took.
+async fn terminate(server: Server) -> Duration {
+    let (status, took) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    took
+}
+
 /// The retained topics of `org` through the API.
 async fn retained_topics(server: &Server, org: &str) -> Vec<String> {
     let (status, list) = server
@@ -233,11 +244,7 @@ async fn sigterm_drains_sessions_and_exits_0_with_acknowledged_messages_kept() {
     });
 
     // The default drain timeout is 10 s; an idle broker drains in far less.
-    let (status, took) = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    terminate(server).await;
     let closed = v5_closed.await.unwrap();
     assert!(
         closed.contains("ServerDisconnect")
@@ -348,10 +355,7 @@ async fn rotating_the_master_key_reseals_every_key_and_the_old_key_is_refused() 
         !ok && out.contains("another certmq is using the data dir"),
         "{out}"
     );
-    let (status, _) = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
-    assert!(status.success());
+    terminate(server).await;
 
     // A malformed new key changes nothing.
     let keys = tempfile::tempdir().unwrap();
@@ -427,10 +431,7 @@ async fn backup_wipe_restore_brings_back_orgs_cas_server_certs_and_retained_mess
         !ok && text.contains("another certmq is using the data dir"),
         "{text}"
     );
-    let (status, _) = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
-    assert!(status.success());
+    terminate(server).await;
 
     let (ok, text) = certmq(&["backup", "--data-dir", data_dir, "--out", out_dir], &[]);
     assert!(ok, "{text}");
@@ -707,10 +708,7 @@ async fn an_interrupted_master_key_rotation_is_finished_by_running_it_again() {
     let dir = tmp.path();
     let server = Server::start_in(dir);
     let acme = Org::create(&server, "acme").await;
-    let (status, _) = tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
-    assert!(status.success());
+    terminate(server).await;
     let data_dir = dir.to_str().unwrap();
     let old = std::fs::read_to_string(dir.join("master.key")).unwrap();
 
@@ -816,7 +814,7 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
             _ => panic!("no PUBACK after {acked}"),
         }
     }
-    let term = tokio::task::spawn_blocking(move || server.terminate());
+    let term = tokio::spawn(terminate(server));
     loop {
         match tokio::time::timeout(Duration::from_secs(15), dev.rx.recv()).await {
             Ok(Some(rumqttc::Packet::PubAck(_))) => acked += 1,
@@ -824,9 +822,7 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
             _ => break,
         }
     }
-    let (status, took) = term.await.unwrap();
-    assert!(status.success(), "{status:?}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    term.await.unwrap();
 
     let server = Server::start_in(tmp.path());
     let org = Org {
