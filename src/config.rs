@@ -60,7 +60,7 @@ pub(crate) struct ServeArgs {
     handshakes_per_ip: Option<u32>,
     /// Open MQTT connections at most (handshaking or in session); more are closed at
     /// accept. Never more than the file descriptor limit allows (less 256 kept for the
-    /// admin API and the store) [default: that limit].
+    /// admin API and the store) [default: 100000, or that limit when lower].
     #[arg(long, env = "CERTMQ_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Time from TCP accept to a finished TLS handshake, e.g. `10s`, `500ms` [default: 10s].
@@ -214,7 +214,7 @@ pub(crate) fn log_effective(o: &app::Options, file: Option<&LoadedFile>, format:
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
     let max_connections = o
         .max_connections
-        .map_or_else(|| "fd limit".to_owned(), |n| n.to_string());
+        .map_or_else(|| "default".to_owned(), |n| n.to_string());
     tracing::info!(
         config_file = %file.map_or_else(|| "none".to_owned(), |l| l.path.display().to_string()),
         data_dir = %o.data_dir.display(),
