@@ -71,6 +71,14 @@ fn describe() {
         "certmq_deliveries_total",
         "Messages written to subscribers, by org and client kind."
     );
+    describe_counter!(
+        "certmq_outbound_forwarded_total",
+        "Messages delivered to outgoing destinations, by org and kind (bridge, webhook)."
+    );
+    describe_counter!(
+        "certmq_outbound_failures_total",
+        "Failed connection or delivery attempts of outgoing destinations, by org and kind."
+    );
     describe_gauge!(
         "certmq_persistent_sessions",
         "Persistent sessions held in the message state, connected or not."
@@ -268,4 +276,41 @@ pub fn render(mut conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) ->
     }
     out.push_str(&days);
     out
+}
+
+#[cfg(test)]
+mod help_tests {
+    /// Every metric this module records through the facade has a `describe_*` line
+    /// (a metric added without one would show no HELP in `/metrics`).
+    #[test]
+    fn every_recorded_metric_is_described() {
+        let src = include_str!("metrics.rs");
+        let start = src.find("fn describe()").expect("describe()");
+        let end = start + src[start..].find("\n}\n").expect("end of describe()");
+        let described = &src[start..end];
+        let recorded = src
+            .match_indices("!(")
+            .filter(|(i, _)| {
+                let before = &src[..*i];
+                before.ends_with("counter")
+                    || before.ends_with("gauge")
+                    || before.ends_with("histogram")
+            })
+            .filter(|(i, _)| {
+                !src[..*i].ends_with("describe_counter") && !src[..*i].ends_with("describe_gauge")
+            })
+            .filter_map(|(i, _)| {
+                let rest = src[i..].trim_start_matches("!(").trim_start();
+                let name = rest.strip_prefix('"')?.split('"').next()?;
+                name.starts_with("certmq_").then_some(name)
+            });
+        let recorded: Vec<&str> = recorded.collect();
+        assert!(recorded.len() >= 10, "found only {recorded:?}");
+        for name in recorded {
+            assert!(
+                described.contains(&format!("\"{name}\"")),
+                "{name} has no describe_* line in describe()"
+            );
+        }
+    }
 }
