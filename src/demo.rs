@@ -26,8 +26,7 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
         admin: any,
         mqtt_plain: None,
         domain: DOMAIN.into(),
-        audit_retention_days: registry::audit::DEFAULT_AUDIT_RETENTION_DAYS,
-        guard: broker::GuardConfig::default(),
+        ..app::Options::default()
     })
     .await?;
     println!("certmq demo");
@@ -40,7 +39,15 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
         "  console   http://{}/console  (sign in with token {})",
         running.admin_addr, running.admin_token
     );
-    println!("  data dir  {} (deleted at exit)", dir.path().display());
+    if keep_running {
+        println!("  data dir  {} (deleted at exit)", dir.path().display());
+    } else {
+        println!(
+            "  data dir  {} (deleted at exit; the broker and console stop with the demo: \
+             `certmq demo --keep-running` keeps them up)",
+            dir.path().display()
+        );
+    }
 
     let api = AdminClient::new(
         &format!("http://{}", running.admin_addr),
@@ -65,6 +72,7 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
         "   POST /orgs/{ORG}/server-certs/self-signed     -> 201 server cert for {}",
         srv.view["dns_names"][0].as_str().unwrap_or("?")
     );
+    let server_pem = srv.pem.clone();
     let target = BrokerTarget {
         host: "127.0.0.1".into(),
         port: running.mqtt_addr.port(),
@@ -116,9 +124,26 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
         started.elapsed().as_secs_f64()
     );
     if keep_running {
+        let files = write_client_files(dir.path(), &ca, &server_pem)?;
         println!(
             "\nstill serving: console http://{}/console (token {}); Ctrl-C to stop",
             running.admin_addr, running.admin_token
+        );
+        let port = running.mqtt_addr.port();
+        let d = files.display();
+        println!("\nconnect with mosquitto (certificates written to {d}):");
+        println!(
+            "  mosquitto_sub -h {ORG}.{DOMAIN} -p {port} --cafile {d}/server.pem \\\n      \
+             --cert {d}/app.pem --key {d}/app.key -i a:{ORG}:demo-sub \\\n      \
+             -t 'iot-2/type/+/id/+/evt/+/fmt/+' -v"
+        );
+        println!(
+            "  mosquitto_pub -h {ORG}.{DOMAIN} -p {port} --cafile {d}/server.pem \\\n      \
+             --cert {d}/dev1.pem --key {d}/dev1.key -i d:{ORG}:sensor:dev1 \\\n      \
+             -t iot-2/evt/temp/fmt/json -m '{{\"t\":21}}'"
+        );
+        println!(
+            "  ({ORG}.{DOMAIN} must resolve to 127.0.0.1: libnss-myhostname, or an /etc/hosts line)"
         );
         let _ = tokio::signal::ctrl_c().await;
     }
@@ -128,6 +153,27 @@ pub(crate) async fn run(devices: usize, events: usize, keep_running: bool) -> an
     }
     println!("\nok: every event reached the application and every command its device.");
     Ok(())
+}
+
+/// Writes what a client needs to try the running demo by hand: the chain the org
+/// presents (`server.pem`), a device certificate (`dev1.pem`, `dev1.key`, identity
+/// `d:sensor:dev1`) and an application certificate (`app.pem`, `app.key`, `a:demo-sub`),
+/// keys readable by the owner only. Returns the directory.
+fn write_client_files(
+    dir: &std::path::Path,
+    ca: &TestCa,
+    server_pem: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    use registry::seal::write_private_file;
+    let out = dir.join("clients");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("server.pem"), server_pem)?;
+    for (name, identity) in [("dev1", "d:sensor:dev1"), ("app", "a:demo-sub")] {
+        let c = ca.issue_client(identity, ClientCertOptions::default())?;
+        std::fs::write(out.join(format!("{name}.pem")), &c.chain_pem)?;
+        write_private_file(&out.join(format!("{name}.key")), c.key_pem.as_bytes())?;
+    }
+    Ok(out)
 }
 
 /// Tries to connect and describes how the broker refused (or says it did not).

@@ -487,7 +487,7 @@ function createOrgForm(msg) {
   } },
   h('h2', {}, 'Create an organization'),
   h('div', { class: 'grid' },
-    field('ID', id, 'Lowercase letters, digits and dashes; devices reach it as <id>.<domain>.'),
+    field('ID', id, '1–32 lowercase letters and digits, starting with a letter (no dashes); devices reach it as <id>.<domain>.'),
     field('Name', name, 'Optional; defaults to the ID.')),
   h('div', { class: 'actions' }, submit));
 }
@@ -786,6 +786,9 @@ function serverTable(org, certs, msg, reload) {
     { label: 'Subject', cell: (c) => [h('strong', {}, c.subject), h('div', { class: 'muted small' }, (c.dns_names || []).join(', '))] },
     { label: 'Issuer', cell: (c) => c.issuer },
     { label: 'Origin', cell: (c) => c.origin },
+    // Tells apart certificates with the same subject (the API lists the active one
+    // first, then the newest).
+    { label: 'Created', cell: (c) => [fmtTime(c.created_at), h('div', { class: 'muted small' }, h('code', { class: 'fp', title: c.fingerprint_sha256 }, String(c.fingerprint_sha256 || '').slice(0, 16)), '…')] },
     { label: 'Validity', cell: (c) => validity(c) },
     { label: 'Status', cell: (c) => activeBadge(c.active) },
     { label: 'Actions', cell: (c) => h('div', { class: 'row-actions' },

@@ -25,6 +25,7 @@ use utoipa::{OpenApi as _, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+mod admin_token;
 mod audit;
 mod auth;
 mod ca_certs;
@@ -46,6 +47,7 @@ mod revocation;
 mod server_certs;
 mod tokens;
 
+pub use admin_token::AdminToken;
 use error::ApiError;
 use extract::Json;
 
@@ -128,9 +130,10 @@ pub enum DryRunError {
 pub struct AppState {
     /// Orgs, CA and server certificates.
     pub registry: Arc<Registry>,
-    /// The platform admin token, which sees every org. An empty token admits nobody.
-    /// (Org tokens live in the registry.)
-    pub admin_token: Arc<String>,
+    /// The platform admin token, which sees every org (rotated at run time by
+    /// `POST /admin-token/rotate`). An empty token admits nobody. (Org tokens live in
+    /// the registry.)
+    pub admin_token: Arc<AdminToken>,
     /// The broker's live sessions.
     pub connections: Arc<dyn ConnectionsView>,
 }
@@ -216,6 +219,7 @@ pub fn router(state: AppState) -> Router {
             destinations::update_webhook,
             destinations::delete_webhook
         ))
+        .routes(routes!(admin_token::rotate))
         .split_for_parts();
     let api = api
         .method_not_allowed_fallback(method_not_allowed)

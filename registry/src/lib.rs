@@ -30,6 +30,7 @@ mod orgs;
 mod platform;
 pub mod policy;
 mod registry;
+pub mod rekey;
 mod revocation;
 pub mod seal;
 mod server_certs;
