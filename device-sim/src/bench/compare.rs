@@ -1131,6 +1131,9 @@ fn bridge_headline(b: &BridgeResult) -> String {
     if let Some(d) = b.edge_dropped {
         let _ = write!(s, "; certmq dropped {d}");
     }
+    if !b.missing_ranges.is_empty() {
+        let _ = write!(s, "; never received: {}", b.missing_ranges.join(", "));
+    }
     if let Some(st) = &b.bridge_status {
         let _ = write!(
             s,
@@ -2555,6 +2558,7 @@ mod tests {
             received: 1000 - missing,
             duplicates: 2,
             missing,
+            missing_ranges: vec![],
             offered_per_s: delivered,
             acked_per_s: delivered,
             delivered_per_s: delivered,

@@ -341,6 +341,10 @@ pub struct BridgeResult {
     pub duplicates: u64,
     /// Acknowledged by the edge and never received upstream when the drain ended.
     pub missing: u64,
+    /// The first runs of sequence numbers written and never received upstream, as
+    /// `pub<n> <first>–<last>` (at most 10): where the missing ones were.
+    #[serde(default)]
+    pub missing_ranges: Vec<String>,
     /// PUBLISHes written / acknowledged per second in the measurement window.
     pub offered_per_s: f64,
     pub acked_per_s: f64,
