@@ -17,8 +17,9 @@
 //! the subscriber is back is kept for it: a message missing upstream was lost by the
 //! edge, not by the upstream.
 //!
-//! This module measures; [`compare`](super::compare) starts the brokers and sets the
-//! bridges up.
+//! This module measures, and stops and starts the upstream process ([`Upstream`]);
+//! [`compare`](super::compare) writes the brokers' configs, starts the edge and sets
+//! its bridge up.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -515,6 +515,25 @@ fn scenario_orgs(scenario: &Scenario) -> usize {
     }
 }
 
+/// `running` as a benchmark target: org `opts.org` and its SNI name, the broker's pid.
+fn broker_target(
+    opts: &CompareOptions,
+    m: &Material,
+    broker: Broker,
+    running: &Running,
+) -> BenchTarget {
+    let sni = format!("{}.{DOMAIN}", opts.org);
+    let mut target = BenchTarget::new(
+        broker.name(),
+        running.addr,
+        &opts.org,
+        &sni,
+        &m.server_chain,
+    );
+    target.broker_pid = Some(running.child.id());
+    target
+}
+
 /// Starts a fresh `broker`, runs `scenario` against it, stops it; writes the report.
 async fn run_on(
     opts: &CompareOptions,
@@ -527,15 +546,7 @@ async fn run_on(
         Broker::Mosquitto => start_mosquitto(opts, m, wants_persistence(scenario))?,
         Broker::Certmq => start_certmq(opts, m, scenario_orgs(scenario)).await?,
     };
-    let sni = format!("{}.{DOMAIN}", opts.org);
-    let mut target = BenchTarget::new(
-        broker.name(),
-        running.addr,
-        &opts.org,
-        &sni,
-        &m.server_chain,
-    );
-    target.broker_pid = Some(running.child.id());
+    let mut target = broker_target(opts, m, broker, &running);
     if broker == Broker::Mosquitto {
         // No Watson topic rewriting there: the application takes everything, and a
         // device subscribes to the application's command topic itself.
@@ -852,15 +863,7 @@ async fn bridge_on(
             (running, Some((admin, id)))
         }
     };
-    let sni = format!("{}.{DOMAIN}", opts.org);
-    let mut edge = BenchTarget::new(
-        broker.name(),
-        running.addr,
-        &opts.org,
-        &sni,
-        &m.server_chain,
-    );
-    edge.broker_pid = Some(running.child.id());
+    let mut edge = broker_target(opts, m, broker, &running);
     edge.watson_topics = broker == Broker::Certmq;
     let sink = BenchTarget::new(
         "upstream",
@@ -2022,13 +2025,41 @@ fn find_bridge<'a>(
     })
 }
 
+/// The delivered-rate row (`label`) and the latency row of one pair of `bridge` runs
+/// (`kind`: unpaced, paced).
+fn bridge_rate_rows(
+    row: &mut Row<'_>,
+    label: &str,
+    kind: &str,
+    m: Option<&BridgeResult>,
+    c: Option<&BridgeResult>,
+) {
+    let rate = |b: Option<&BridgeResult>| b.map(|b| b.delivered_per_s);
+    let p99 = |b: Option<&BridgeResult>| b.and_then(|b| b.latency.as_ref()).map(|l| l.p99_ms);
+    row(
+        label,
+        num(rate(m)),
+        num(rate(c)),
+        ratio(rate(c), rate(m)),
+        "",
+        None,
+    );
+    row(
+        &format!("bridge, {kind}: end-to-end p50 / p99 / p99.9, ms"),
+        pct_cell(m.and_then(|b| b.latency.as_ref())),
+        pct_cell(c.and_then(|b| b.latency.as_ref())),
+        ratio(p99(c), p99(m)),
+        "",
+        None,
+    );
+}
+
 /// Rows of `bridge`: what reached the upstream unpaced and paced, and what the edge held
 /// while the upstream was down.
 fn bridge_rows(reports: &[BenchReport], row: &mut Row<'_>) {
     let unpaced: fn(&BridgeResult) -> bool = |b| b.rate == 0 && b.outage.is_none();
     let paced: fn(&BridgeResult) -> bool = |b| b.rate > 0 && b.outage.is_none();
     let down: fn(&BridgeResult) -> bool = |b| b.outage.is_some();
-    let p99 = |b: Option<&BridgeResult>| b.and_then(|b| b.latency.as_ref()).map(|l| l.p99_ms);
     let losses = |b: Option<&BridgeResult>| {
         b.map_or_else(
             || "–".to_owned(),
@@ -2045,25 +2076,11 @@ fn bridge_rows(reports: &[BenchReport], row: &mut Row<'_>) {
         find_bridge(reports, "certmq", unpaced),
     );
     if let Some(any) = c.or(m) {
-        row(
-            &format!(
-                "bridge: delivered msgs/s at an upstream mosquitto ({} PUBACK-driven QoS 1 publishers, inflight {}, unpaced, {} B → the edge → its bridge, QoS 1 → upstream → 1 subscriber)",
-                any.publishers, any.inflight, any.payload_bytes
-            ),
-            num(m.map(|b| b.delivered_per_s)),
-            num(c.map(|b| b.delivered_per_s)),
-            ratio(c.map(|b| b.delivered_per_s), m.map(|b| b.delivered_per_s)),
-            "",
-            None,
+        let label = format!(
+            "bridge: delivered msgs/s at an upstream mosquitto ({} PUBACK-driven QoS 1 publishers, inflight {}, unpaced, {} B → the edge → its bridge, QoS 1 → upstream → 1 subscriber)",
+            any.publishers, any.inflight, any.payload_bytes
         );
-        row(
-            "bridge, unpaced: end-to-end p50 / p99 / p99.9, ms",
-            pct_cell(m.and_then(|b| b.latency.as_ref())),
-            pct_cell(c.and_then(|b| b.latency.as_ref())),
-            ratio(p99(c), p99(m)),
-            "",
-            None,
-        );
+        bridge_rate_rows(row, &label, "unpaced", m, c);
         row(
             "bridge, unpaced: acknowledged by the edge, msgs/s",
             num(m.map(|b| b.acked_per_s)),
@@ -2106,25 +2123,11 @@ fn bridge_rows(reports: &[BenchReport], row: &mut Row<'_>) {
                 any.rate as f64 * 100.0 / c.delivered_per_s.max(1e-9)
             )
         });
-        row(
-            &format!(
-                "bridge, paced at {share}{} msgs/s offered to both: delivered msgs/s",
-                num(Some(any.rate as f64))
-            ),
-            num(mp.map(|b| b.delivered_per_s)),
-            num(cp.map(|b| b.delivered_per_s)),
-            ratio(cp.map(|b| b.delivered_per_s), mp.map(|b| b.delivered_per_s)),
-            "",
-            None,
+        let label = format!(
+            "bridge, paced at {share}{} msgs/s offered to both: delivered msgs/s",
+            num(Some(any.rate as f64))
         );
-        row(
-            "bridge, paced: end-to-end p50 / p99 / p99.9, ms",
-            pct_cell(mp.and_then(|b| b.latency.as_ref())),
-            pct_cell(cp.and_then(|b| b.latency.as_ref())),
-            ratio(p99(cp), p99(mp)),
-            "",
-            None,
-        );
+        bridge_rate_rows(row, &label, "paced", mp, cp);
         row(
             "bridge, paced: missing upstream / duplicates, of acknowledged by the edge",
             losses(mp),
