@@ -45,7 +45,9 @@ use crate::state::{MessageState, SendRetained, SessionHandle};
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The first wait before a retry; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// At most this long between attempts: a partner back from an outage gets its backlog
+/// within 10 s, and a partner that stays down sees one attempt per 10 s.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The message-state client id of destination `id`.
 fn session_client(id: &str) -> String {
