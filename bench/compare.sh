@@ -3,7 +3,9 @@
 # writes the table into docs/benchmarks.md. Extra arguments go to `certmq-sim compare`
 # (e.g. --scenarios connect,throughput --idle-connections 10000).
 # Scenarios: connect, throughput, idle, resume, flood, reload, inflight, durable, overload,
-# offline (all by default); `--scenarios inflight,overload --no-doc` measures PUBACK-driven publishers
+# offline (all by default), and bridge (only when asked: `--scenarios bridge --no-doc`
+# forwards over each broker's outgoing bridge to an upstream mosquitto it starts, unpaced,
+# paced and with the upstream stopped for 5 s); `--scenarios inflight,overload --no-doc` measures PUBACK-driven publishers
 # and the delivered-vs-offered curve without touching the document;
 # `--scenarios throughput --orgs 8 --publishers 16 --no-pin --no-doc` adds QoS 1 fan-in over
 # 8 orgs (one application each) next to the single-org run.

@@ -4,12 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use admin_api::DryRunError;
 use anyhow::Context;
 use broker::{AuthzError, Broker, BrokerConfig, CloseReason};
 use registry::live::{AuthzDecision, AuthzRequest, RetainedMessage, SessionInfo};
-use registry::seal::{random_bytes, write_private_file, MasterKey};
+use registry::seal::{write_private_file, MasterKey};
 use registry::store::SledStore;
 use registry::{OrgId, Registry};
 use tokio::net::TcpListener;
@@ -29,6 +30,38 @@ pub(crate) struct Options {
     pub(crate) audit_retention_days: u32,
     /// Per-source limits before admission (`--max-pending-per-ip`, `--handshakes-per-ip`).
     pub(crate) guard: broker::GuardConfig,
+    /// Open MQTT connections at most; `None`: as many as the file descriptor limit
+    /// allows (which also caps an explicit value).
+    pub(crate) max_connections: Option<usize>,
+    /// TCP accept to finished TLS handshake.
+    pub(crate) handshake_timeout: Duration,
+    /// Finished handshake to CONNECT.
+    pub(crate) connect_timeout: Duration,
+    /// Largest MQTT packet accepted from a client, in bytes.
+    pub(crate) max_packet_size: usize,
+    /// How long a shutdown waits for sessions to drain and message state to sync.
+    pub(crate) drain_timeout: Duration,
+}
+
+impl Default for Options {
+    /// The defaults of `certmq serve` (docs/operations.md).
+    fn default() -> Options {
+        let broker = BrokerConfig::default();
+        Options {
+            data_dir: PathBuf::from("./certmq-data"),
+            mqtt: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt_plain: None,
+            domain: "messaging.localhost".into(),
+            audit_retention_days: registry::audit::DEFAULT_AUDIT_RETENTION_DAYS,
+            guard: broker.guard,
+            max_connections: None,
+            handshake_timeout: broker.handshake_timeout,
+            connect_timeout: broker.limits.connect_timeout,
+            max_packet_size: broker.limits.max_packet_size,
+            drain_timeout: broker.drain_timeout,
+        }
+    }
 }
 
 /// A running certmq: addresses it is bound to, its admin token, and how to stop it.
@@ -56,10 +89,11 @@ impl Running {
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// The admin token: `CERTMQ_ADMIN_TOKEN`, else `<data-dir>/admin-token`, else a new
-/// random one written there (0600). Returns the token and whether it is new. Says in the
+/// random one written there (0600). Returns the token, whether it is new, and the file
+/// that keeps it (`None` for the variable: a rotation cannot outlive a restart then). Says in the
 /// log which source it used; with the variable set, a token file holding another token
 /// is removed (reading it would only give a token that is refused).
-fn admin_token(data_dir: &Path) -> anyhow::Result<(String, bool)> {
+fn admin_token(data_dir: &Path) -> anyhow::Result<(String, bool, Option<PathBuf>)> {
     let path = data_dir.join("admin-token");
     let checked = |t: &str, source: &str| -> anyhow::Result<()> {
         let n = t.chars().count();
@@ -86,27 +120,23 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<(String, bool)> {
                 }
             }
             tracing::info!("platform admin token: from CERTMQ_ADMIN_TOKEN");
-            return Ok((t.to_owned(), false));
+            return Ok((t.to_owned(), false, None));
         }
     }
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => {
             checked(t.trim(), &path.display().to_string())?;
             tracing::info!(file = %path.display(), "platform admin token: from the token file");
-            Ok((t.trim().to_owned(), false))
+            Ok((t.trim().to_owned(), false, Some(path)))
         }
         _ => {
-            let token = format!("cmq_{}", hex_encode(&random_bytes::<24>()));
+            let token = admin_api::AdminToken::generate();
             write_private_file(&path, token.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(file = %path.display(), "platform admin token: generated");
-            Ok((token, true))
+            Ok((token, true, Some(path)))
         }
     }
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Adapts the broker to the admin API.
@@ -170,19 +200,34 @@ impl admin_api::ConnectionsView for BrokerView {
 /// the logs, so a flood of connections cannot starve them.
 const FD_RESERVE: u64 = 256;
 
-/// The broker's settings for this process: the connection cap follows the file
-/// descriptor limit (raised to its hard maximum first), less [`FD_RESERVE`].
-fn broker_config(guard: broker::GuardConfig) -> BrokerConfig {
+/// The broker's settings for this process: the connection cap is the configured one,
+/// but never more than the file descriptor limit (raised to its hard maximum first)
+/// allows, less [`FD_RESERVE`].
+fn broker_config(opts: &Options) -> BrokerConfig {
     let mut config = BrokerConfig {
-        guard,
+        guard: opts.guard.clone(),
+        handshake_timeout: opts.handshake_timeout,
+        drain_timeout: opts.drain_timeout,
         ..Default::default()
     };
+    config.limits.connect_timeout = opts.connect_timeout;
+    config.limits.max_packet_size = opts.max_packet_size;
+    if let Some(n) = opts.max_connections {
+        config.max_connections = n;
+    }
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            let cap = limit.saturating_sub(FD_RESERVE).max(16);
-            config.max_connections = usize::try_from(cap)
-                .unwrap_or(usize::MAX)
-                .min(config.max_connections);
+            let cap =
+                usize::try_from(limit.saturating_sub(FD_RESERVE).max(16)).unwrap_or(usize::MAX);
+            if opts.max_connections.is_some_and(|n| n > cap) {
+                tracing::warn!(
+                    nofile = limit,
+                    asked = config.max_connections,
+                    "max_connections is more than the file descriptor limit allows; raise \
+                     LimitNOFILE (systemd) or `ulimit -n`"
+                );
+            }
+            config.max_connections = cap.min(config.max_connections);
             tracing::info!(
                 nofile = limit,
                 max_connections = config.max_connections,
@@ -226,13 +271,25 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     let store = Arc::new(SledStore::open(&opts.data_dir)?);
     let sealed = Registry::has_sealed_keys(store.as_ref())?;
     let master_env = std::env::var("CERTMQ_MASTER_KEY").ok();
+    let key_source = match master_env {
+        Some(_) => "CERTMQ_MASTER_KEY".to_owned(),
+        None => opts.data_dir.join("master.key").display().to_string(),
+    };
     let key = MasterKey::load_or_create(&opts.data_dir, master_env.as_deref(), sealed)?;
-    let registry = Registry::new(store, key, &opts.domain)?
+    tracing::info!(source = %key_source, "master key loaded");
+    let registry = Registry::new(store, key, &opts.domain)
+        .map_err(|e| match e {
+            registry::Error::Seal(e) => anyhow::anyhow!(
+                "the master key from {key_source} does not open this data dir's sealed keys \
+                 ({e}): give the key they were sealed with (CERTMQ_MASTER_KEY or master.key)"
+            ),
+            e => e.into(),
+        })?
         .with_audit_retention_days(opts.audit_retention_days);
     let registry = Arc::new(registry);
-    let (admin_token, token_generated) = admin_token(&opts.data_dir)?;
+    let (admin_token, token_generated, token_file) = admin_token(&opts.data_dir)?;
 
-    let broker = Broker::new(registry.clone(), broker_config(opts.guard.clone())).map_err(|e| {
+    let broker = Broker::new(registry.clone(), broker_config(opts)).map_err(|e| {
         anyhow::anyhow!(
             "loading message state from {}: {e}",
             opts.data_dir.display()
@@ -275,7 +332,7 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     });
     let app = admin_api::router(admin_api::AppState {
         registry: registry.clone(),
-        admin_token: Arc::new(admin_token.clone()),
+        admin_token: Arc::new(admin_api::AdminToken::new(admin_token.clone(), token_file)),
         connections: Arc::new(BrokerView(broker.clone())),
     });
     let admin_shutdown = shutdown.child_token();

@@ -1,14 +1,15 @@
 //! `certmq`: the broker binary. `serve` runs the broker and admin API; `demo` runs a
 //! self-contained tour (broker, admin API, a simulated fleet and an application).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod app;
+mod config;
 mod demo;
+mod offline;
 
 #[derive(Parser)]
 #[command(
@@ -23,39 +24,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker and the admin API.
-    Serve {
-        /// Where the embedded store, master key and admin token live.
+    /// Run the broker and the admin API. Every setting may also come from a
+    /// `CERTMQ_*` variable or the `--config` file (flag > variable > file > default).
+    Serve(Box<config::ServeArgs>),
+    /// Re-seal every private key under a new master key (the broker must be stopped).
+    RotateMasterKey {
+        /// The stopped broker's data directory.
         #[arg(long, default_value = "./certmq-data")]
         data_dir: PathBuf,
-        /// MQTT over TLS listen address.
-        #[arg(long, default_value = "0.0.0.0:8883")]
-        mqtt: SocketAddr,
-        /// Admin REST API listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        admin: SocketAddr,
-        /// Plain MQTT listen address, for orgs whose security level is `tls_optional`
-        /// (token authentication only). Off unless given: an unauthenticated port is
-        /// opt-in (e.g. `--mqtt-plain 0.0.0.0:1883`).
-        #[arg(long, default_value = "off")]
-        mqtt_plain: OptionalAddr,
-        /// Base messaging domain: org hosts are `<org>.<domain>`.
-        #[arg(long, default_value = "messaging.localhost")]
-        domain: String,
-        /// Days audit log entries are kept (1-36500). Retention is by age only: no
-        /// number of requests pushes a younger entry out.
-        #[arg(long, default_value_t = registry::audit::DEFAULT_AUDIT_RETENTION_DAYS,
-              value_parser = clap::value_parser!(u32).range(1..=36500))]
-        audit_retention_days: u32,
-        /// Connections one source address may have handshaking or waiting for their
-        /// CONNECT to be decided at once; 0 = no limit (e.g. behind an L4 balancer that
-        /// hides client addresses).
-        #[arg(long, default_value_t = 256)]
-        max_pending_per_ip: u32,
-        /// TLS handshakes one source address may start per second (bursts of twice as
-        /// many); 0 = no limit.
-        #[arg(long, default_value_t = 500)]
-        handshakes_per_ip: u32,
+        /// A file holding the new key (64 hex characters, e.g. `openssl rand -hex 32`);
+        /// else `CERTMQ_NEW_MASTER_KEY`; else, when the current key is
+        /// `<data-dir>/master.key`, a generated one.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
+    /// Copy a stopped broker's data directory (store, master key, admin token) into a
+    /// new directory.
+    Backup {
+        /// The stopped broker's data directory.
+        #[arg(long, default_value = "./certmq-data")]
+        data_dir: PathBuf,
+        /// The backup directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a data directory that holds no store yet.
+    Restore {
+        /// A directory written by `certmq backup`.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to fill.
+        #[arg(long, default_value = "./certmq-data")]
+        data_dir: PathBuf,
     },
     /// Start everything on free ports in a temp dir, run a small fleet, print a summary.
     Demo {
@@ -74,50 +74,49 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_filter = match cli.command {
-        Command::Serve { .. } => "info",
-        Command::Demo { .. } => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in a journal or a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match cli.command {
-        Command::Serve {
-            data_dir,
-            mqtt,
-            admin,
-            mqtt_plain,
-            domain,
-            audit_retention_days,
-            max_pending_per_ip,
-            handshakes_per_ip,
-        } => {
-            serve(app::Options {
-                data_dir,
-                mqtt,
-                admin,
-                mqtt_plain: mqtt_plain.0,
-                domain,
-                audit_retention_days,
-                guard: broker::GuardConfig {
-                    max_pending_per_ip,
-                    handshakes_per_sec: f64::from(handshakes_per_ip),
-                    handshake_burst: 2.0 * f64::from(handshakes_per_ip),
-                    ..Default::default()
-                },
-            })
-            .await
+        Command::Serve(args) => {
+            // The file first: it may choose the log format.
+            let file = config::load_file(&args)?;
+            let format = args
+                .log_format
+                .or(file.as_ref().and_then(|f| f.log_format()))
+                .unwrap_or_default();
+            init_logs("info", format);
+            let opts = config::resolve(*args, file.as_ref())?;
+            config::log_effective(&opts, file.as_ref(), format);
+            serve(opts).await
         }
+        Command::RotateMasterKey {
+            data_dir,
+            new_key_file,
+        } => offline::rotate_master_key(&data_dir, new_key_file.as_deref()),
+        Command::Backup { data_dir, out } => offline::backup(&data_dir, &out),
+        Command::Restore { from, data_dir } => offline::restore(&from, &data_dir),
         Command::Demo {
             devices,
             events,
             keep_running,
-        } => demo::run(devices, events, keep_running).await,
+        } => {
+            init_logs("warn", config::LogFormat::Text);
+            demo::run(devices, events, keep_running).await
+        }
+    }
+}
+
+/// Installs the log subscriber: `RUST_LOG` when set, else `default_filter`.
+fn init_logs(default_filter: &str, format: config::LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // Colours only for a person at a terminal, not in a journal or a log file.
+        config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        config::LogFormat::Json => builder.json().with_ansi(false).init(),
     }
 }
 
@@ -141,24 +140,19 @@ async fn serve(opts: app::Options) -> anyhow::Result<()> {
     println!("console: http://{}/console", running.admin_addr);
     tracing::info!(mqtt = %running.mqtt_addr, admin = %running.admin_addr, "certmq serving");
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.stop().await;
-    Ok(())
-}
-
-/// A listen address, or `off`.
-#[derive(Clone, Debug)]
-struct OptionalAddr(Option<SocketAddr>);
-
-impl std::str::FromStr for OptionalAddr {
-    type Err = std::net::AddrParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("off") {
-            Ok(OptionalAddr(None))
-        } else {
-            s.parse().map(|a| OptionalAddr(Some(a)))
-        }
+    tracing::info!(
+        drain_timeout = %config::Dur(opts.drain_timeout),
+        "shutting down: no new connections; draining sessions"
+    );
+    // The broker keeps to the drain timeout; the margin covers the admin API's last
+    // requests.
+    let limit = opts.drain_timeout + std::time::Duration::from_secs(1);
+    if tokio::time::timeout(limit, running.stop()).await.is_err() {
+        tracing::warn!("drain timeout reached; exiting");
+    } else {
+        tracing::info!("drained; exiting");
     }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -681,3 +681,166 @@ fn ca_pem(common_name: &str, from: i64, to: i64) -> String {
         .expect("sign")
         .pem()
 }
+
+/// The Outgoing page: a client certificate checked and uploaded, a webhook created with
+/// it whose failure shows in words, a deletion confirmed; and the CSR wizard making a
+/// client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_connections_in_a_real_browser() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = Server::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path();
+    let page = Page {
+        c: &browser.client,
+        base: format!("http://{}", server.admin),
+        shots: std::env::var_os("CERTMQ_CONSOLE_SCREENSHOTS").map(PathBuf::from),
+    };
+    let api = server.api();
+    api.post("/orgs", json!({ "id": "acme", "name": "Acme Corp" }))
+        .await;
+    page.goto("/").await;
+    page.fill("#token", TOKEN).await;
+    page.click("#sign-in").await;
+    page.wait_text("h1", "Organizations").await;
+    page.goto("/console#/org/acme/outgoing").await;
+    page.wait_text("h2", "Client certificates").await;
+
+    // A server-only certificate is refused by the check, with its rule.
+    let partner = TestCa::new("Partner CA").expect("CA");
+    let server_only = partner
+        .issue_server(&["x.example".into()])
+        .expect("server cert");
+    page.send_file("#cli-chain", &write(dir, "srv.pem", &server_only.chain_pem))
+        .await;
+    page.send_file("#cli-key", &write(dir, "srv.key", &server_only.key_pem))
+        .await;
+    page.click("#cli-check").await;
+    page.wait_text("#cli-upload-messages", "not_for_client_auth")
+        .await;
+
+    // A client certificate: checked (nothing stored), then uploaded.
+    let identity = partner
+        .issue_client("certmq-acme", ClientCertOptions::default())
+        .expect("client cert");
+    page.send_file("#cli-chain", &write(dir, "cli.pem", &identity.chain_pem))
+        .await;
+    page.send_file("#cli-key", &write(dir, "cli.key", &identity.key_pem))
+        .await;
+    page.click("#cli-check").await;
+    page.wait_text("#cli-preview", "It would be accepted").await;
+    page.wait_text("#cli-preview", "CN=certmq-acme").await;
+    let (_, none) = api
+        .call(reqwest::Method::GET, "/orgs/acme/client-certs", None)
+        .await;
+    assert_eq!(none, json!([]), "a check stores nothing");
+    page.click("#cli-upload").await;
+    page.wait_text(
+        "#cli-upload-messages",
+        "Uploaded client certificate CN=certmq-acme",
+    )
+    .await;
+    let (_, certs) = api
+        .call(reqwest::Method::GET, "/orgs/acme/client-certs", None)
+        .await;
+    let cert_id = certs[0]["id"].as_str().expect("id").to_owned();
+    page.wait_text("table", "CN=certmq-acme").await;
+
+    // A webhook with it, to a port where nothing listens: its failure in words.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    page.fill("#hook-name", "archive").await;
+    page.fill("#hook-url", &format!("https://localhost:{closed}/in"))
+        .await;
+    page.wait_for("#hook-cert")
+        .await
+        .select_by_value(&cert_id)
+        .await
+        .expect("choose the client certificate");
+    page.fill("#hook-ca", &partner.pem()).await;
+    page.click("#hook-create").await;
+    page.wait_text("#toast", "Created webhook archive").await;
+    let device_ca = TestCa::new("Acme Devices").expect("CA");
+    api.upload_ca("acme", &device_ca.pem()).await;
+    let srv = api
+        .0
+        .self_signed_server_cert("acme")
+        .await
+        .expect("server cert");
+    let target = BrokerTarget {
+        host: "127.0.0.1".into(),
+        port: server.mqtt.port(),
+        sni: HOST.into(),
+        server_ca_pem: srv.pem,
+    };
+    let cert = device_ca
+        .issue_client("d:sensor:dev1", ClientCertOptions::default())
+        .expect("device cert");
+    let device = connect_with(&target, "d:acme:sensor:dev1", &cert)
+        .await
+        .expect("device connects");
+    device
+        .client
+        .publish(
+            "iot-2/evt/temp/fmt/json",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "21",
+        )
+        .await
+        .expect("publish");
+    // The page refreshes states every 5 s.
+    page.wait_text("tr[data-state='failed']", "refused the connection")
+        .await;
+    page.shot("outgoing").await;
+    page.click("button[aria-label='Delete webhook archive']")
+        .await;
+    page.wait_text("dialog", "Delete webhook “archive”?").await;
+    page.click("#confirm-ok").await;
+    page.wait_text("#toast", "Deleted webhook archive").await;
+    let (_, hooks) = api
+        .call(reqwest::Method::GET, "/orgs/acme/webhooks", None)
+        .await;
+    assert_eq!(hooks, json!([]));
+
+    // The CSR wizard makes a client certificate too.
+    page.click_link("CSR wizard").await;
+    page.wait_for("#csr-purpose")
+        .await
+        .select_by_value("client")
+        .await
+        .expect("choose the purpose");
+    page.fill("#csr-cn", "certmq acme bridge").await;
+    page.click("#csr-create").await;
+    page.wait_text(".wizard", "Upload the signed certificate")
+        .await;
+    let snippet = page.prop(".wizard details pre", "textContent").await;
+    assert!(
+        snippet.contains("extendedKeyUsage = clientAuth"),
+        "{snippet}"
+    );
+    let csr_pem = page.prop("#csr-pem", "value").await;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &partner.pem(),
+        KeyPair::from_pem(&partner.key_pem()).expect("key"),
+    )
+    .expect("issuer");
+    let signed = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)
+        .expect("CSR")
+        .signed_by(&issuer)
+        .expect("sign")
+        .pem();
+    page.send_file("#signed-file", &write(dir, "bridge.crt", &signed))
+        .await;
+    page.click("#signed-upload").await;
+    page.wait_text("#csr-state", "This CSR became client certificate")
+        .await;
+    let (_, certs) = api
+        .call(reqwest::Method::GET, "/orgs/acme/client-certs", None)
+        .await;
+    assert_eq!(certs.as_array().map(Vec::len), Some(2), "{certs}");
+}

@@ -314,6 +314,7 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
     );
 
     // Queued while the bridge cannot connect — acknowledged to the device, on disk.
+    while device.rx.try_recv().is_ok() {}
     for i in 0..3 {
         device
             .client
@@ -325,6 +326,15 @@ async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
             )
             .await
             .unwrap();
+    }
+    // Only what the device got a PUBACK for is promised: wait for the three.
+    let mut acks = 0;
+    while acks < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), device.rx.recv()).await {
+            Ok(Some(rumqttc::Packet::PubAck(_))) => acks += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("{acks} of 3 PUBACKs"),
+        }
     }
     let b = wait_for(&api, &path, |b| b["queued"] == 3).await;
     assert_eq!(b["queued"], 3, "{b}");

@@ -340,6 +340,7 @@ const ORG_TABS = [
   ['security-policy', 'Security policy', tabSecurity],
   ['blocked-devices', 'Blocked devices', tabBlocked],
   ['crls', 'CRLs', tabCrls],
+  ['outgoing', 'Outgoing', tabOutgoing],
   ['audit', 'Audit log', tabAudit],
   ['settings', 'Tokens, domains & limits', tabSettings],
 ];
@@ -495,7 +496,7 @@ function createOrgForm(msg) {
   } },
   h('h2', {}, 'Create an organization'),
   h('div', { class: 'grid' },
-    field('ID', id, 'Lowercase letters, digits and dashes; devices reach it as <id>.<domain>.'),
+    field('ID', id, '1–32 lowercase letters and digits, starting with a letter (no dashes); devices reach it as <id>.<domain>.'),
     field('Name', name, 'Optional; defaults to the ID.')),
   h('div', { class: 'actions' }, submit));
 }
@@ -815,6 +816,9 @@ function serverTable(org, certs, msg, reload) {
     { label: 'Subject', cell: (c) => [h('strong', {}, c.subject), h('div', { class: 'muted small' }, (c.dns_names || []).join(', '))] },
     { label: 'Issuer', cell: (c) => c.issuer },
     { label: 'Origin', cell: (c) => c.origin },
+    // Tells apart certificates with the same subject (the API lists the active one
+    // first, then the newest).
+    { label: 'Created', cell: (c) => [fmtTime(c.created_at), h('div', { class: 'muted small' }, h('code', { class: 'fp', title: c.fingerprint_sha256 }, String(c.fingerprint_sha256 || '').slice(0, 16)), '…')] },
     { label: 'Validity', cell: (c) => validity(c) },
     { label: 'Status', cell: (c) => activeBadge(c.active) },
     { label: 'Actions', cell: (c) => h('div', { class: 'row-actions' },
@@ -972,6 +976,7 @@ async function tabCsrs(root, org, id) {
     const csrs = await api('GET', `/orgs/${enc(org)}/csrs`);
     list.replaceChildren(table([
       { label: 'Common name', cell: (c) => h('a', { href: `#/org/${enc(org)}/csrs/${enc(c.id)}` }, c.subject.common_name) },
+      { label: 'Purpose', cell: (c) => c.purpose },
       { label: 'SANs', cell: (c) => c.sans.join(', ') },
       { label: 'Key', cell: (c) => c.key_type },
       { label: 'Status', cell: (c) => h('span', { class: `badge ${c.status === 'completed' ? 'on' : 'pending'}` }, c.status) },
@@ -1020,6 +1025,17 @@ function csrForm(wizard, org) {
   const email = input('csr-email', { type: 'email' });
   const sans = h('textarea', { id: 'csr-sans', rows: '3', spellcheck: 'false' });
   const keyType = h('select', { id: 'csr-key-type' }, KEY_TYPES.map(([v, label]) => h('option', { value: v }, label)));
+  const purpose = h('select', { id: 'csr-purpose' },
+    h('option', { value: 'server' }, 'Server certificate: devices connect to this org with it'),
+    h('option', { value: 'client' }, 'Client certificate: certmq connects to others with it (bridges, webhooks)'));
+  const sansHint = h('span', { class: 'hint' });
+  const syncPurpose = () => {
+    sansHint.textContent = purpose.value === 'client'
+      ? 'Optional for a client certificate: DNS names or IP addresses, one per line.'
+      : 'DNS names or IP addresses, one per line. Empty: the common name. They must cover the org’s host name.';
+  };
+  purpose.addEventListener('change', syncPurpose);
+  syncPurpose();
   const submit = h('button', { type: 'submit', id: 'csr-create' }, 'Generate key and CSR');
 
   // Suggest the org's host name, as its current server certificates name it.
@@ -1038,7 +1054,7 @@ function csrForm(wizard, org) {
       for (const [k, el] of [['organization', o], ['organizational_unit', ou], ['country', c], ['state', st], ['locality', l], ['email', email]]) {
         if (el.value.trim()) subject[k] = el.value.trim();
       }
-      const body = { subject, sans: sans.value.split(/[\s,]+/).filter(Boolean), key_type: keyType.value };
+      const body = { subject, sans: sans.value.split(/[\s,]+/).filter(Boolean), key_type: keyType.value, purpose: purpose.value };
       try {
         const csr = await api('POST', `/orgs/${enc(org)}/csrs`, { json: body });
         toast('CSR generated; the private key stays on the broker');
@@ -1056,13 +1072,14 @@ function csrForm(wizard, org) {
     field('State (ST)', st),
     field('Locality (L)', l),
     field('Email', email)),
-  field('Subject alternative names', sans, 'DNS names or IP addresses, one per line. Empty: the common name. They must cover the org’s host name.'),
+  field('What it is for', purpose),
+  field('Subject alternative names', sans, sansHint),
   field('Key type', keyType),
   msg,
   h('div', { class: 'actions' }, submit));
 
   wizard.replaceChildren(
-    h('h2', { id: 'csr-title' }, 'Request a server certificate'),
+    h('h2', { id: 'csr-title' }, 'Request a certificate'),
     steps(1),
     h('p', { class: 'muted' }, 'The broker generates the key pair and keeps the private key; only the CSR leaves it.'),
     form);
@@ -1071,7 +1088,7 @@ function csrForm(wizard, org) {
 /** Steps 2 and 3 for an existing CSR. */
 async function csrStep(wizard, org, id) {
   const msg = h('div', { class: 'messages' });
-  wizard.replaceChildren(h('h2', { id: 'csr-title' }, 'Request a server certificate'), msg);
+  wizard.replaceChildren(h('h2', { id: 'csr-title' }, 'Request a certificate'), msg);
   let csr;
   try {
     csr = await api('GET', `/orgs/${enc(org)}/csrs/${enc(id)}`);
@@ -1081,13 +1098,18 @@ async function csrStep(wizard, org, id) {
     return;
   }
   const summary = details([
+    ['Purpose', csr.purpose === 'client' ? 'client certificate (outgoing connections)' : 'server certificate'],
     ['Subject', subjectLine(csr.subject)],
-    ['SANs', csr.sans.join(', ')],
+    ['SANs', csr.sans.join(', ') || '—'],
     ['Key type', csr.key_type],
     ['Created', fmtTime(csr.created_at)],
   ]);
   if (csr.status === 'pending') csrSign(wizard, org, csr, summary, msg);
-  else await csrActivate(wizard, org, csr, summary, msg);
+  else if (csr.purpose === 'client') {
+    wizard.append(steps(3), summary, h('div', { class: 'alert ok', role: 'status', id: 'csr-state' },
+      `This CSR became client certificate ${csr.client_cert_id}. `,
+      h('a', { href: `#/org/${enc(org)}/outgoing` }, 'Use it for a bridge or webhook')));
+  } else await csrActivate(wizard, org, csr, summary, msg);
   wizard.append(h('p', {}, h('a', { href: `#/org/${enc(org)}/csrs` }, 'Start another CSR')));
 }
 
@@ -1138,7 +1160,13 @@ function csrSign(wizard, org, csr, summary, msg) {
     field('CSR (PEM)', pem),
     h('div', { class: 'actions' }, downloadBtn, copy),
     h('details', {}, h('summary', {}, 'Signing it with your own CA (openssl)'),
-      h('pre', {}, `cat > server.ext <<'EOF'
+      h('pre', {}, csr.purpose === 'client' ? `cat > client.ext <<'EOF'
+extendedKeyUsage = clientAuth
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+EOF
+openssl x509 -req -in ${csr.id}.csr.pem -CA ca.pem -CAkey ca.key \\
+    -CAcreateserial -days 397 -extfile client.ext -out client.crt` : `cat > server.ext <<'EOF'
 subjectAltName = ${csr.sans.map((s) => (/^[0-9.:]+$/.test(s) ? `IP:${s}` : `DNS:${s}`)).join(', ')}
 extendedKeyUsage = serverAuth
 basicConstraints = critical, CA:FALSE
@@ -1820,6 +1848,323 @@ const LIMITS = [
 
 /* ------------------------------------------------------------------ expiry overview */
 
+/* ---------- Outgoing: client certificates, bridges, webhooks */
+
+const OUTGOING_REFRESH_MS = 5000;
+const EVENTS_FILTER = 'iot-2/type/+/id/+/evt/+/fmt/+';
+const WEBHOOK_URL_EXAMPLE = 'https://hooks.example.com/certmq'; // placeholder text, never fetched
+
+function stateBadge(d) {
+  const tone = d.state === 'connected' ? 'on' : d.state === 'failed' ? 'failed' : 'pending';
+  return h('span', { class: `badge ${tone}` }, d.state);
+}
+
+async function tabOutgoing(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const certList = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const bridgeList = h('div', {});
+  const hookList = h('div', {});
+  const forms = h('div', {});
+  let certIds = null;
+  root.append(
+    h('section', { class: 'card' },
+      h('h2', {}, 'Client certificates'),
+      h('p', { class: 'muted' }, 'The identities certmq presents when it connects to others. Keys are sealed on the broker and never shown. ',
+        h('a', { href: `#/org/${enc(org)}/csrs` }, 'Generate one with a CSR'), ' (purpose: client) to keep the key on the broker.'),
+      msg, certList),
+    clientUpload(org, () => reload()),
+    h('section', { class: 'card' }, h('h2', {}, 'Bridges'),
+      h('p', { class: 'muted' }, 'Remote MQTT brokers that receive this org’s messages over mutual TLS.'), bridgeList),
+    h('section', { class: 'card' }, h('h2', {}, 'Webhooks'),
+      h('p', { class: 'muted' }, 'HTTPS endpoints that receive each message as a JSON POST.'), hookList),
+    forms);
+
+  const rendered = renderCount;
+  async function reload() {
+    try {
+      const [certs, bridges, hooks] = await Promise.all([
+        api('GET', `/orgs/${enc(org)}/client-certs`),
+        api('GET', `/orgs/${enc(org)}/bridges`),
+        api('GET', `/orgs/${enc(org)}/webhooks`)]);
+      certList.replaceChildren(clientTable(org, certs, msg, reload));
+      bridgeList.replaceChildren(destinationTable(org, 'bridges', bridges, msg, reload));
+      hookList.replaceChildren(destinationTable(org, 'webhooks', hooks, msg, reload));
+      // The forms offer the client certificates: rebuilt only when those change, so a
+      // refresh never wipes what is being typed.
+      const ids = certs.map((c) => c.id).join(',');
+      if (ids !== certIds) {
+        certIds = ids;
+        forms.replaceChildren(bridgeForm(org, certs, reload), webhookForm(org, certs, reload));
+      }
+    } catch (e) {
+      showError(msg, e, 'Loading outgoing connections');
+    }
+  }
+  await reload();
+  // States change on their own (a partner goes down): refresh while this page is shown.
+  const timer = setInterval(() => {
+    if (renderCount !== rendered || !document.body.contains(root)) clearInterval(timer);
+    else reload();
+  }, OUTGOING_REFRESH_MS);
+}
+
+function clientTable(org, certs, msg, reload) {
+  return table([
+    { label: 'Subject', cell: (c) => [h('strong', {}, c.subject), h('div', { class: 'muted small' }, `issued by ${c.issuer}`)] },
+    { label: 'Origin', cell: (c) => c.origin },
+    { label: 'Validity', cell: (c) => validity(c) },
+    { label: 'Used by', cell: (c) => (c.used_by.length ? c.used_by.flatMap((id, i) => (i ? [', ', shortId(id)] : [shortId(id)])) : h('span', { class: 'muted' }, 'unused')) },
+    { label: 'Actions', cell: (c) => h('div', { class: 'row-actions' },
+      h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete client certificate ${c.subject} (${c.id})`,
+        onclick: (e) => deleteClientCert(e.currentTarget, org, c, msg, reload) }, 'Delete')) },
+  ], certs, {
+    caption: 'Client certificates',
+    empty: 'No client certificate yet: upload one below, or generate one with a CSR.',
+    rowAttrs: (c) => ({ 'data-id': c.id }),
+  });
+}
+
+async function deleteClientCert(button, org, cert, msg, reload) {
+  const yes = await confirmDialog({
+    title: `Delete client certificate “${cert.subject}”?`,
+    body: [`Fingerprint ${cert.fingerprint_sha256}.`, 'Its private key is destroyed with it.'],
+    confirm: 'Delete client certificate',
+  });
+  if (!yes) return;
+  await busy(button, async () => {
+    try {
+      await api('DELETE', `/orgs/${enc(org)}/client-certs/${enc(cert.id)}`);
+      toast(`Deleted ${cert.subject}`);
+      await reload();
+    } catch (e) {
+      showError(msg, e, `Deleting ${cert.subject} failed`);
+    }
+  });
+}
+
+/** Upload a client certificate as a form, checked first (the preview stores nothing). */
+function clientUpload(org, onSaved) {
+  const msg = h('div', { class: 'messages', id: 'cli-upload-messages' });
+  const preview = h('div', { id: 'cli-preview' });
+  const chain = h('input', { type: 'file', id: 'cli-chain', accept: '.pem,.crt,.cer' });
+  const key = h('input', { type: 'file', id: 'cli-key', accept: '.pem,.key' });
+  const passphrase = h('input', { type: 'password', id: 'cli-passphrase', autocomplete: 'off' });
+  const p12 = h('input', { type: 'file', id: 'cli-p12', accept: '.p12,.pfx' });
+  const password = h('input', { type: 'password', id: 'cli-password', autocomplete: 'off' });
+  const pemRadio = h('input', { type: 'radio', name: 'cli-kind', id: 'cli-kind-pem', value: 'pem', checked: true });
+  const p12Radio = h('input', { type: 'radio', name: 'cli-kind', id: 'cli-kind-p12', value: 'p12' });
+  const pemFields = h('div', { class: 'grid' },
+    field('Certificate chain (PEM)', chain, 'Leaf first or in any order; intermediates in the same file.'),
+    field('Private key (PEM)', key),
+    field('Passphrase', passphrase, 'Only for an encrypted key.'));
+  const p12Fields = h('div', { class: 'grid', hidden: true },
+    field('PKCS#12 file (.p12, .pfx)', p12),
+    field('Password', password));
+  const check = h('button', { type: 'button', class: 'secondary', id: 'cli-check' }, 'Check');
+  const submit = h('button', { type: 'submit', id: 'cli-upload' }, 'Upload');
+  const sync = () => {
+    pemFields.hidden = !pemRadio.checked;
+    p12Fields.hidden = !p12Radio.checked;
+    preview.replaceChildren();
+  };
+  pemRadio.addEventListener('change', sync);
+  p12Radio.addEventListener('change', sync);
+  const body = async () => {
+    const form = new FormData();
+    if (pemRadio.checked) {
+      if (!chain.files[0] || !key.files[0]) throw new ApiError(0, 'incomplete', 'Choose the certificate file and the private key file.');
+      form.append('certificate', await chain.files[0].text());
+      form.append('private_key', await key.files[0].text());
+      if (passphrase.value) form.append('passphrase', passphrase.value);
+    } else {
+      if (!p12.files[0]) throw new ApiError(0, 'incomplete', 'Choose the PKCS#12 file.');
+      form.append('pkcs12', p12.files[0]);
+      if (password.value) form.append('password', password.value);
+    }
+    return form;
+  };
+  check.addEventListener('click', () => busy(check, async () => {
+    msg.replaceChildren();
+    try {
+      const c = await api('POST', `/orgs/${enc(org)}/client-certs/preview`, { body: await body() });
+      preview.replaceChildren(h('div', { class: 'alert ok', role: 'status' },
+        h('strong', {}, 'It would be accepted.'),
+        details([
+          ['Subject', c.subject], ['Issuer', c.issuer], ['Valid', validity(c)], ['Key', c.key_type],
+          ['Chain', plural(c.chain_length, 'certificate')], ['SHA-256', fingerprint(c.fingerprint_sha256)],
+        ]),
+        c.notes?.length ? h('ul', {}, c.notes.map((n) => h('li', {}, n))) : null));
+    } catch (err) {
+      preview.replaceChildren();
+      showError(msg, err, 'This certificate would be refused');
+    }
+  }));
+  const form = h('form', { class: 'card', 'aria-labelledby': 'cli-upload-title', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      try {
+        const cert = await api('POST', `/orgs/${enc(org)}/client-certs`, { body: await body() });
+        form.reset();
+        sync();
+        showOk(msg, `Uploaded client certificate ${cert.subject}.`,
+          cert.notes?.length ? h('ul', {}, cert.notes.map((n) => h('li', {}, n))) : null);
+        await onSaved();
+      } catch (err) {
+        showError(msg, err, 'The upload was refused');
+      }
+    });
+  } },
+  h('h2', { id: 'cli-upload-title' }, 'Upload a client certificate'),
+  h('fieldset', { class: 'choice' }, h('legend', {}, 'What you have'),
+    h('label', {}, pemRadio, ' PEM certificate + private key'),
+    h('label', {}, p12Radio, ' PKCS#12 file')),
+  pemFields, p12Fields, msg, preview,
+  h('div', { class: 'actions' }, check, submit));
+  return form;
+}
+
+function destinationTable(org, kind, items, msg, reload) {
+  const noun = kind === 'bridges' ? 'bridge' : 'webhook';
+  return table([
+    { label: 'Name', cell: (d) => [h('strong', {}, d.name), h('div', { class: 'muted small' }, d.url)] },
+    { label: 'State', cell: (d) => [stateBadge(d), d.last_error ? h('div', { class: 'small last-error' }, d.last_error) : null] },
+    { label: kind === 'bridges' ? 'Rules' : 'Filter', cell: (d) => (kind === 'bridges'
+      ? d.forward.map((r) => h('div', { class: 'small' }, h('code', {}, r.filter), ' → ', h('code', {}, r.topic), ` (QoS ${r.qos})`))
+      : h('code', { class: 'small' }, d.filter)) },
+    { label: 'Client certificate', cell: (d) => (d.client_cert ? shortId(d.client_cert) : h('span', { class: 'muted' }, 'none')) },
+    { label: 'Counters', cell: (d) => h('span', { class: 'small counters' },
+      `${d.forwarded} forwarded · ${d.queued} queued · ${d.failures} failures`,
+      d.last_http_status ? ` · HTTP ${d.last_http_status}` : '') },
+    { label: 'Actions', cell: (d) => h('div', { class: 'row-actions' },
+      h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete ${noun} ${d.name}`,
+        onclick: (e) => deleteDestination(e.currentTarget, org, kind, d, msg, reload) }, 'Delete')) },
+  ], items, {
+    caption: kind === 'bridges' ? 'Bridges' : 'Webhooks',
+    empty: `No ${noun} yet.`,
+    rowAttrs: (d) => ({ 'data-id': d.id, 'data-state': d.state }),
+  });
+}
+
+async function deleteDestination(button, org, kind, d, msg, reload) {
+  const noun = kind === 'bridges' ? 'bridge' : 'webhook';
+  const yes = await confirmDialog({
+    title: `Delete ${noun} “${d.name}”?`,
+    body: [`${d.url}: its connection is closed and its ${plural(d.queued, 'queued message')} discarded.`],
+    confirm: `Delete ${noun}`,
+  });
+  if (!yes) return;
+  await busy(button, async () => {
+    try {
+      await api('DELETE', `/orgs/${enc(org)}/${kind}/${enc(d.id)}`);
+      toast(`Deleted ${noun} ${d.name}`);
+      await reload();
+    } catch (e) {
+      showError(msg, e, `Deleting ${d.name} failed`);
+    }
+  });
+}
+
+/** The fields bridges and webhooks share: name, URL, server name, client cert, trust. */
+function destinationFields(prefix, certs, urlPlaceholder) {
+  const input = (id, attrs = {}) => h('input', { id: `${prefix}-${id}`, autocomplete: 'off', spellcheck: 'false', ...attrs });
+  const f = {
+    name: input('name', { required: true, maxlength: '64' }),
+    url: input('url', { required: true, placeholder: urlPlaceholder }),
+    serverName: input('server-name', { placeholder: 'the URL’s host' }),
+    cert: h('select', { id: `${prefix}-cert` }, h('option', { value: '' }, 'none'),
+      certs.map((c) => h('option', { value: c.id }, `${c.subject} (${shortId(c.id)})`))),
+    caFile: h('input', { type: 'file', id: `${prefix}-ca-file`, accept: '.pem,.crt' }),
+    caPem: h('textarea', { id: `${prefix}-ca`, rows: '4', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' }),
+  };
+  f.fields = [
+    h('div', { class: 'grid' },
+      field('Name', f.name),
+      field('URL', f.url),
+      field('Server name (SNI)', f.serverName, 'The name the remote certificate must carry.'),
+      field('Client certificate', f.cert, 'What certmq presents to the remote.')),
+    h('div', { class: 'grid' },
+      field('Trusted CA certificates (file)', f.caFile),
+      field('…or paste them (PEM)', f.caPem, 'The remote server certificate must chain to one of these.')),
+  ];
+  f.common = async () => {
+    const body = { name: f.name.value.trim(), url: f.url.value.trim() };
+    if (f.serverName.value.trim()) body.server_name = f.serverName.value.trim();
+    if (f.cert.value) body.client_cert = f.cert.value;
+    const ca = f.caFile.files[0] ? await f.caFile.files[0].text() : f.caPem.value;
+    if (ca.trim()) body.ca_certificates = ca;
+    return body;
+  };
+  return f;
+}
+
+function bridgeForm(org, certs, onSaved) {
+  const msg = h('div', { class: 'messages' });
+  const f = destinationFields('bridge', certs, 'mqtts://broker.example.com:8883');
+  const filter = h('input', { id: 'bridge-filter', value: EVENTS_FILTER, spellcheck: 'false' });
+  const topic = h('input', { id: 'bridge-topic', value: 'fleet/{org}/{type}/{id}/{event}', spellcheck: 'false' });
+  const qos = h('select', { id: 'bridge-qos' }, h('option', { value: '1' }, 'QoS 1: at least once'), h('option', { value: '0' }, 'QoS 0'));
+  const submit = h('button', { type: 'submit', id: 'bridge-create' }, 'Create bridge');
+  const form = h('form', { class: 'card', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      try {
+        const body = await f.common();
+        body.forward = [{ filter: filter.value.trim(), topic: topic.value.trim(), qos: Number(qos.value) }];
+        const b = await api('POST', `/orgs/${enc(org)}/bridges`, { json: body });
+        toast(`Created bridge ${b.name}`);
+        form.reset();
+        filter.value = EVENTS_FILTER;
+        topic.value = 'fleet/{org}/{type}/{id}/{event}';
+        msg.replaceChildren();
+        await onSaved();
+      } catch (err) {
+        showError(msg, err, 'The bridge was not created');
+      }
+    });
+  } },
+  h('h2', {}, 'Create a bridge'),
+  ...f.fields,
+  h('div', { class: 'grid' },
+    field('Forward messages matching', filter, 'A filter in the application’s view of topics.'),
+    field('…to the remote topic', topic, 'Placeholders: {org} {type} {id} {event} {format} {topic}.'),
+    field('QoS', qos)),
+  msg,
+  h('div', { class: 'actions' }, submit));
+  return form;
+}
+
+function webhookForm(org, certs, onSaved) {
+  const msg = h('div', { class: 'messages' });
+  const f = destinationFields('hook', certs, WEBHOOK_URL_EXAMPLE);
+  const filter = h('input', { id: 'hook-filter', value: EVENTS_FILTER, spellcheck: 'false' });
+  const submit = h('button', { type: 'submit', id: 'hook-create' }, 'Create webhook');
+  const form = h('form', { class: 'card', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      try {
+        const body = await f.common();
+        body.filter = filter.value.trim();
+        const w = await api('POST', `/orgs/${enc(org)}/webhooks`, { json: body });
+        toast(`Created webhook ${w.name}`);
+        form.reset();
+        filter.value = EVENTS_FILTER;
+        msg.replaceChildren();
+        await onSaved();
+      } catch (err) {
+        showError(msg, err, 'The webhook was not created');
+      }
+    });
+  } },
+  h('h2', {}, 'Create a webhook'),
+  ...f.fields,
+  field('POST messages matching', filter),
+  msg,
+  h('div', { class: 'actions' }, submit));
+  return form;
+}
+
+const KIND_NAMES = { CA: 'CA certificate', Server: 'Server certificate', Client: 'Client certificate' };
+
 async function pageExpiry(main) {
   const msg = h('div', { class: 'messages' });
   const windowSelect = h('select', { id: 'expiry-window' },
@@ -1828,7 +2173,7 @@ async function pageExpiry(main) {
   const summary = h('div', { class: 'summary', 'aria-live': 'polite' });
   const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   main.append(h('h1', { tabindex: '-1' }, 'Expiry overview'),
-    h('p', { class: 'muted' }, 'Every CA and server certificate of every organization this token sees, soonest first: what goes dark next.'),
+    h('p', { class: 'muted' }, 'Every CA, server and client certificate of every organization this token sees, soonest first: what goes dark next.'),
     h('div', { class: 'toolbar' }, field('Expiring within', windowSelect)),
     msg, summary, list);
 
@@ -1844,10 +2189,12 @@ async function pageExpiry(main) {
   const failures = [];
   await Promise.all(orgs.map(async (o) => {
     const base = `/orgs/${enc(o.id)}`;
-    const [cas, servers] = await Promise.allSettled([api('GET', `${base}/ca-certs`), api('GET', `${base}/server-certs`)]);
-    for (const [result, kind, tab] of [[cas, 'CA', 'ca-certs'], [servers, 'Server', 'server-certs']]) {
-      if (result.status === 'fulfilled') result.value.forEach((c) => items.push({ ...c, org: o.id, kind, tab }));
-      else failures.push([`${o.id}: ${kind === 'CA' ? 'CA certificates' : 'server certificates'}`, result.reason]);
+    const [cas, servers, clients] = await Promise.allSettled([
+      api('GET', `${base}/ca-certs`), api('GET', `${base}/server-certs`), api('GET', `${base}/client-certs`)]);
+    for (const [result, kind, tab] of [[cas, 'CA', 'ca-certs'], [servers, 'Server', 'server-certs'], [clients, 'Client', 'outgoing']]) {
+      // A client certificate is "active" while a bridge or webhook uses it.
+      if (result.status === 'fulfilled') result.value.forEach((c) => items.push({ ...c, org: o.id, kind, tab, active: kind === 'Client' ? c.used_by.length > 0 : c.active }));
+      else failures.push([`${o.id}: ${KIND_NAMES[kind]}s`, result.reason]);
     }
   }));
   if (failures.length) msg.replaceChildren(...failures.map(([what, err]) => errorBox(err, what)));
@@ -1865,7 +2212,7 @@ async function pageExpiry(main) {
     list.replaceChildren(table([
       { label: 'Expires', cell: (c) => [daysBadge(c.days_to_expiry), ' ', fmtDate(c.not_after)] },
       { label: 'Organization', cell: (c) => h('a', { href: `#/org/${enc(c.org)}/${c.tab}` }, c.org) },
-      { label: 'Kind', cell: (c) => (c.kind === 'CA' ? 'CA certificate' : 'Server certificate') },
+      { label: 'Kind', cell: (c) => KIND_NAMES[c.kind] },
       { label: 'Subject', cell: (c) => [h('strong', {}, c.subject), c.dns_names?.length && c.kind !== 'CA' ? h('div', { class: 'muted small' }, c.dns_names.join(', ')) : null] },
       { label: 'Status', cell: (c) => activeBadge(c.active) },
     ], shown, {

@@ -25,6 +25,7 @@ use utoipa::{OpenApi as _, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+mod admin_token;
 mod audit;
 mod auth;
 mod ca_certs;
@@ -47,6 +48,7 @@ mod revocation;
 mod server_certs;
 mod tokens;
 
+pub use admin_token::AdminToken;
 use error::ApiError;
 use extract::Json;
 
@@ -129,9 +131,10 @@ pub enum DryRunError {
 pub struct AppState {
     /// Orgs, CA and server certificates.
     pub registry: Arc<Registry>,
-    /// The platform admin token, which sees every org. An empty token admits nobody.
-    /// (Org tokens live in the registry.)
-    pub admin_token: Arc<String>,
+    /// The platform admin token, which sees every org (rotated at run time by
+    /// `POST /admin-token/rotate`). An empty token admits nobody. (Org tokens live in
+    /// the registry.)
+    pub admin_token: Arc<AdminToken>,
     /// The broker's live sessions.
     pub connections: Arc<dyn ConnectionsView>,
 }
@@ -217,6 +220,7 @@ pub fn router(state: AppState) -> Router {
             destinations::update_webhook,
             destinations::delete_webhook
         ))
+        .routes(routes!(admin_token::rotate))
         // Fleet operations (issue 15).
         .routes(routes!(fleet::list))
         .routes(routes!(fleet::show))

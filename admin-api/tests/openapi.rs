@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/audit"),
+    ("POST", "/api/v1/admin-token/rotate"),
     ("POST", "/api/v1/orgs"),
     ("GET", "/api/v1/orgs"),
     ("GET", "/api/v1/orgs/{org}"),
@@ -760,6 +761,7 @@ async fn answers_are_as_documented() {
         "DELETE /orgs/{org}",
         "GET /audit",
         "GET /metrics",
+        "POST /admin-token/rotate",
     ] {
         let req = match op {
             "POST /orgs" => json(json!({"id": "beta"})),
@@ -920,6 +922,9 @@ async fn answers_are_as_documented() {
     assert!(page.as_array().unwrap().len() > 10);
     s.get(400, "/orgs/{org}/audit?limit=0", "").await;
     s.get(200, "/audit", "").await;
+    // The harness's platform token is set from outside, as CERTMQ_ADMIN_TOKEN is.
+    s.send(409, "POST /admin-token/rotate", "", Req::Empty)
+        .await;
     s.get(200, "/metrics", "").await;
     s.get(200, "/healthz", "").await;
     s.get(200, "/readyz", "").await;

@@ -49,10 +49,11 @@ impl Broker {
             .verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
         {
+            let why = crate::hints::certificate_refusal(&e);
             let reason = if tls.cas.is_empty() {
-                format!("the org has no active CA certificate ({e})")
+                format!("the org has no active CA certificate ({why})")
             } else {
-                format!("TLS would refuse the certificate: {e}")
+                format!("TLS would refuse the certificate: {why}")
             };
             return Ok(AuthzDecision::deny(Stage::Certificate, reason));
         }

@@ -21,6 +21,7 @@ mod chain;
 pub mod engine;
 pub mod flow;
 mod guard;
+mod hints;
 mod limits;
 pub mod metrics;
 mod outbound;

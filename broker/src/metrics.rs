@@ -30,7 +30,67 @@ fn handle() -> Option<&'static PrometheusHandle> {
 
 /// Call once at start-up so counters recorded before the first scrape are kept.
 pub fn install() {
-    let _ = handle();
+    if handle().is_some() {
+        describe();
+    }
+}
+
+/// The HELP text of every metric recorded through the facade (the gauges computed at
+/// scrape time write their own, in [`render`]).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "certmq_handshakes_total",
+        "TLS handshakes by org (_unknown before SNI picked one), result (ok|failed) and reason (e.g. unrecognized_name, unknown_ca, certificate_expired, timeout)."
+    );
+    describe_counter!(
+        "certmq_tls_config_errors_total",
+        "Times an org's TLS config could not be built; its last good config kept serving."
+    );
+    describe_counter!(
+        "certmq_connect_refusals_total",
+        "CONNECTs refused by admission, by the stage that refused (certificate, identity, client_id, security_level, blocked)."
+    );
+    describe_counter!(
+        "certmq_kicks_total",
+        "Sessions closed by the broker, by org and reason (kicked, revoked, taken_over, shutdown, ...)."
+    );
+    describe_counter!(
+        "certmq_limit_refusals_total",
+        "Things refused because they would take an org over one of its limits, by org and limit (an OrgLimits field)."
+    );
+    describe_counter!(
+        "certmq_dropped_total",
+        "Messages dropped, by org and reason (e.g. queue_full: the oldest of a session queue over its limit)."
+    );
+    describe_counter!(
+        "certmq_publishes_total",
+        "PUBLISH packets received from clients, by org and client kind (device, gateway, application)."
+    );
+    describe_counter!(
+        "certmq_deliveries_total",
+        "Messages written to subscribers, by org and client kind."
+    );
+    describe_counter!(
+        "certmq_outbound_forwarded_total",
+        "Messages delivered to outgoing destinations, by org and kind (bridge, webhook)."
+    );
+    describe_counter!(
+        "certmq_outbound_failures_total",
+        "Failed connection or delivery attempts of outgoing destinations, by org and kind."
+    );
+    describe_gauge!(
+        "certmq_persistent_sessions",
+        "Persistent sessions held in the message state, connected or not."
+    );
+    describe_gauge!(
+        "certmq_queued_messages",
+        "Messages queued for persistent sessions, over all orgs."
+    );
+    describe_gauge!(
+        "certmq_state_write_failing",
+        "1 while writes of message state fail (acknowledgements are then held back), else 0."
+    );
 }
 
 /// Why a handshake ended, as the `reason` label of `certmq_handshakes_total`.
@@ -239,4 +299,41 @@ pub fn render(mut conns: BTreeMap<(OrgId, Kind), usize>, registry: &Registry) ->
         );
     }
     out
+}
+
+#[cfg(test)]
+mod help_tests {
+    /// Every metric this module records through the facade has a `describe_*` line
+    /// (a metric added without one would show no HELP in `/metrics`).
+    #[test]
+    fn every_recorded_metric_is_described() {
+        let src = include_str!("metrics.rs");
+        let start = src.find("fn describe()").expect("describe()");
+        let end = start + src[start..].find("\n}\n").expect("end of describe()");
+        let described = &src[start..end];
+        let recorded = src
+            .match_indices("!(")
+            .filter(|(i, _)| {
+                let before = &src[..*i];
+                before.ends_with("counter")
+                    || before.ends_with("gauge")
+                    || before.ends_with("histogram")
+            })
+            .filter(|(i, _)| {
+                !src[..*i].ends_with("describe_counter") && !src[..*i].ends_with("describe_gauge")
+            })
+            .filter_map(|(i, _)| {
+                let rest = src[i..].trim_start_matches("!(").trim_start();
+                let name = rest.strip_prefix('"')?.split('"').next()?;
+                name.starts_with("certmq_").then_some(name)
+            });
+        let recorded: Vec<&str> = recorded.collect();
+        assert!(recorded.len() >= 10, "found only {recorded:?}");
+        for name in recorded {
+            assert!(
+                described.contains(&format!("\"{name}\"")),
+                "{name} has no describe_* line in describe()"
+            );
+        }
+    }
 }

@@ -36,6 +36,9 @@ pub struct BrokerConfig {
     pub limits: SessionLimits,
     /// Per-source limits on unauthenticated connections and token guesses.
     pub guard: GuardConfig,
+    /// At shutdown, how long sessions get to drain (owed acknowledgements written, MQTT
+    /// 5 DISCONNECT 0x8B, write buffers flushed) and message state to reach the disk.
+    pub drain_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -45,6 +48,7 @@ impl Default for BrokerConfig {
             max_connections: 100_000,
             limits: SessionLimits::default(),
             guard: GuardConfig::default(),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -80,12 +84,17 @@ impl Broker {
         let tls = OrgTlsCache::new(registry.clone());
         let sessions = Arc::new(Sessions::default());
         let state = MessageState::open(registry.store())?;
+        // Sessions drain within most of the budget; the final sync gets the rest.
+        let limits = SessionLimits {
+            drain_timeout: config.drain_timeout.mul_f64(0.8),
+            ..config.limits.clone()
+        };
         let ctx = Arc::new(SessionCtx {
             registry: registry.clone(),
             tls: tls.clone(),
             pressure: crate::flow::Pressure::new(),
             sessions: sessions.clone(),
-            limits: config.limits.clone(),
+            limits,
             guard: Guard::new(config.guard.clone()),
             state,
         });
@@ -386,14 +395,52 @@ impl Broker {
                 .instrument(span),
             );
         }
-        self.sessions.kick_where(CloseReason::Shutdown, |_| true);
+        // The listener is dropped here: new connections are refused from now on.
+        drop(listener);
+        self.drain(tracker, plain).await;
+    }
+
+    /// The graceful end of a listener: every session is closed with "server shutting
+    /// down" (each writes what it owes, MQTT 5 gets DISCONNECT 0x8B), then, within the
+    /// drain timeout, the sessions end and the message state reaches the disk.
+    async fn drain(&self, tracker: TaskTracker, plain: bool) {
+        let deadline = Instant::now() + self.config.drain_timeout;
+        let mine = |s: &registry::live::SessionInfo| (s.transport == Transport::Plain) == plain;
+        let mut kicked = self.sessions.kick_where(CloseReason::Shutdown, mine);
         tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        let wait = tracker.wait();
+        tokio::pin!(wait);
+        loop {
+            let tick = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            tokio::select! {
+                _ = &mut wait => {
+                    if kicked > 0 {
+                        info!(sessions = kicked, plain, "sessions drained");
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(tick) => {
+                    if Instant::now() >= deadline {
+                        warn!(
+                            connections = tracker.len(),
+                            "drain timeout reached: closing the connections still open"
+                        );
+                        break;
+                    }
+                    // Connections that were handshaking at the signal are closed as
+                    // soon as their session exists.
+                    kicked += self.sessions.kick_where(CloseReason::Shutdown, mine);
+                }
+            }
+        }
         // What the ended sessions left (their queues, offline times) reaches the disk.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(500));
         let state = self.ctx.state.clone();
         let registry = self.ctx.registry.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            state.sync(Duration::from_secs(5));
+            state.sync(left);
             if let Err(e) = registry.flush_device_activity() {
                 warn!(cause = %e, "device inventory not written at shutdown");
             }
@@ -458,7 +505,7 @@ impl Broker {
                 return None;
             }
             _ => {
-                debug!(sni = ?sni, "no org for this server name");
+                crate::hints::unknown_server_name(sni.as_deref());
                 crate::metrics::handshake(None, "unrecognized_name");
                 let mut io = start.io;
                 let _ = io.write_all(&ALERT_UNRECOGNIZED_NAME).await;
@@ -488,8 +535,8 @@ impl Broker {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                info!(cause = %e, "TLS handshake failed");
                 let reason = crate::metrics::handshake_reason(&e);
+                info!(reason, "{}", crate::hints::handshake_failure(reason, &e));
                 crate::metrics::handshake(Some(org_tls.org.as_str()), reason);
                 return None;
             }

@@ -76,6 +76,11 @@ impl KillSwitch {
         self.kill.cancel();
     }
 
+    /// Whether the session was asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.kill.is_cancelled()
+    }
+
     pub(crate) async fn closed(&self) -> CloseReason {
         self.kill.cancelled().await;
         self.reason.get().copied().unwrap_or(CloseReason::Kicked)
@@ -260,7 +265,11 @@ impl Sessions {
     pub fn kick_where(&self, reason: CloseReason, pred: impl Fn(&SessionInfo) -> bool) -> usize {
         let map = self.map();
         let mut n = 0;
-        for e in map.values().filter(|e| pred(&e.info)) {
+        // A session already closing is not asked (or counted) twice.
+        for e in map
+            .values()
+            .filter(|e| !e.switch.is_closing() && pred(&e.info))
+        {
             crate::metrics::kick(e.info.org.as_str(), reason.label());
             e.switch.close(reason);
             n += 1;

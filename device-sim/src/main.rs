@@ -345,7 +345,7 @@ struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,throughput,idle,resume,flood,reload,inflight,durable,overload,offline"
+        default_value = "connect,throughput,idle,resume,flood,reload,inflight,durable,overload,offline,bridge"
     )]
     scenarios: Vec<String>,
     #[arg(long, default_value_t = 5_000)]

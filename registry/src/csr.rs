@@ -19,6 +19,7 @@ use crate::keys::{self, KeyType};
 use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{b64, new_id, Change, Registry};
+use crate::seal::{MasterKey, SealError};
 use crate::server_certs::ServerCertView;
 use crate::server_upload::{check_covers, NewServerCert};
 use crate::store::Op;
@@ -110,6 +111,23 @@ pub(crate) struct Csr {
     /// PKCS#8 DER sealed under `csr-key/<org>/<id>`; empty once completed.
     #[serde(with = "b64")]
     sealed_key: Vec<u8>,
+}
+
+impl Csr {
+    /// Re-seals the CSR's key under `new` (`rekey`); a completed CSR holds none.
+    pub(crate) fn reseal(
+        &mut self,
+        old: &MasterKey,
+        new: &MasterKey,
+    ) -> std::result::Result<(), SealError> {
+        if self.sealed_key.is_empty() {
+            return Ok(());
+        }
+        let context = csr_context(self.org.as_str(), &self.id);
+        let plain = old.open(&context, &self.sealed_key)?;
+        self.sealed_key = new.seal(&context, &plain);
+        Ok(())
+    }
 }
 
 /// The API view of a CSR: never the key.

@@ -16,7 +16,7 @@ use crate::names::{Identity, OrgId};
 pub(crate) const PLATFORM_CERT: &str = "platform/server";
 
 /// Every org's CSRs.
-const CSRS: &str = "csr/";
+pub(crate) const CSRS: &str = "csr/";
 
 /// Where records holding sealed private keys live: the platform certificate, every
 /// org's server certificates, CSRs and client certificates.

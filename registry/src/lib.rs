@@ -33,6 +33,7 @@ mod orgs;
 mod platform;
 pub mod policy;
 mod registry;
+pub mod rekey;
 mod revocation;
 pub mod revoked_certs;
 pub mod seal;

@@ -62,11 +62,11 @@ impl MasterKey {
         sealed_data_exists: bool,
     ) -> Result<MasterKey, SealError> {
         if let Some(hex_key) = env_value {
-            return Self::from_hex(hex_key.trim());
+            return Self::from_hex(hex_key.trim(), "CERTMQ_MASTER_KEY");
         }
         let path = dir.join("master.key");
         match std::fs::read_to_string(&path) {
-            Ok(s) => Self::from_hex(s.trim()),
+            Ok(s) => Self::from_hex(s.trim(), &path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && sealed_data_exists => {
                 Err(SealError::MasterKey(format!(
                     "sealed keys exist in {} but master.key is missing: restore it or set \
@@ -85,12 +85,15 @@ impl MasterKey {
         }
     }
 
-    fn from_hex(s: &str) -> Result<MasterKey, SealError> {
-        let v = hex::decode(s)
-            .map_err(|_| SealError::MasterKey("expected 64 hex characters".into()))?;
-        let arr: [u8; 32] = v
-            .try_into()
-            .map_err(|_| SealError::MasterKey("expected 32 bytes (64 hex characters)".into()))?;
+    /// Parses 64 hex characters; errors name `source` (the variable or the file).
+    pub fn from_hex(s: &str, source: &str) -> Result<MasterKey, SealError> {
+        let bad = || {
+            SealError::MasterKey(format!(
+                "{source}: expected 64 hex characters (32 bytes), e.g. from `openssl rand -hex 32`"
+            ))
+        };
+        let v = hex::decode(s).map_err(|_| bad())?;
+        let arr: [u8; 32] = v.try_into().map_err(|_| bad())?;
         Ok(Self::from_bytes(&arr))
     }
 

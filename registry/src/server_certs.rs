@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{b64, new_id, Change, Registry};
+use crate::seal::{MasterKey, SealError};
 use crate::store::Op;
 
 /// A server certificate (chain) with its sealed private key.
@@ -28,6 +29,20 @@ pub struct ServerCert {
     /// PKCS#8 DER sealed under the master key; never serialized to API clients.
     #[serde(with = "b64")]
     pub(crate) sealed_key: Vec<u8>,
+}
+
+impl ServerCert {
+    /// Re-seals the certificate's key under `new` (`rekey`).
+    pub(crate) fn reseal(
+        &mut self,
+        old: &MasterKey,
+        new: &MasterKey,
+    ) -> std::result::Result<(), SealError> {
+        let context = Registry::seal_context(self.org.as_str(), &self.id);
+        let plain = old.open(&context, &self.sealed_key)?;
+        self.sealed_key = new.seal(&context, &plain);
+        Ok(())
+    }
 }
 
 /// The API view of a server certificate: chain PEM and leaf details, never the key.
@@ -124,12 +139,21 @@ impl Registry {
             })
     }
 
+    /// The org's server certificates: the active one first, then the newest first.
     pub fn list_server_certs(&self, org: &OrgId) -> Result<Vec<ServerCertView>> {
         self.get_org(org)?;
-        self.scan_json::<ServerCert>(&layout::server_certs(org))?
+        let mut views = self
+            .scan_json::<ServerCert>(&layout::server_certs(org))?
             .into_iter()
             .map(ServerCertView::try_from)
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        views.sort_by(|a, b| {
+            b.active
+                .cmp(&a.active)
+                .then(b.created_at.cmp(&a.created_at))
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(views)
     }
 
     pub fn get_server_cert(&self, org: &OrgId, id: &str) -> Result<ServerCertView> {

@@ -72,9 +72,42 @@ impl SledStore {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    return Err(StoreError(format!(
+                        "another certmq is using the data dir {} (its store is locked): stop \
+                         that process first, or give this one another --data-dir",
+                        dir.display()
+                    )))
+                }
                 Err(e) => return Err(StoreError(format!("opening {}: {e}", dir.display()))),
             }
         }
+    }
+}
+
+impl SledStore {
+    /// Copies every tree of this store into a new store under `dir` (`<dir>/store`,
+    /// which must not exist yet), with sled's export and import; for backup and
+    /// restore. A consistent copy only while nothing else writes: certmq's commands
+    /// call it with the store opened (and so locked) by themselves alone.
+    pub fn copy_to(&self, dir: &Path) -> Result<(), StoreError> {
+        let path = dir.join("store");
+        let target = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .create_new(true)
+            .open()
+            .map_err(|e| StoreError(format!("creating {}: {e}", path.display())))?;
+        target.import(self.db.export());
+        target.flush().map_err(err)?;
+        // The copy holds exactly what the source does, byte for byte.
+        if target.checksum().map_err(err)? != self.db.checksum().map_err(err)? {
+            return Err(StoreError(format!(
+                "the copy in {} differs from the store it was made from",
+                path.display()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -103,6 +103,27 @@ impl Server {
         s
     }
 
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit; its exit
+    /// status and how long it took. The data dir stays for a restart.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let started = std::time::Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for certmq") {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "certmq still running 30 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The broker's process id (for RSS readings).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use certmq_admin_api::{router, AppState, ConnectionsView};
+use certmq_admin_api::{router, AdminToken, AppState, ConnectionsView};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams,
     CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
@@ -92,7 +92,7 @@ impl Api {
         );
         let app = router(AppState {
             registry: registry.clone(),
-            admin_token: Arc::new(TOKEN.to_owned()),
+            admin_token: Arc::new(AdminToken::new(TOKEN.to_owned(), None)),
             connections: Arc::new(connections),
         });
         Api {

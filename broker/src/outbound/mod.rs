@@ -45,7 +45,9 @@ use crate::state::{MessageState, SendRetained, SessionHandle};
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The first wait before a retry; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// At most this long between attempts: a partner back from an outage gets its backlog
+/// within 10 s, and a partner that stays down sees one attempt per 10 s.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The message-state client id of destination `id`.
 fn session_client(id: &str) -> String {
@@ -168,15 +170,22 @@ impl Dest {
         Some((app, rule))
     }
 
-    /// Attaches the destination's session (created on first use).
-    fn attach(&self) -> SessionHandle {
-        let org = self.state.org(&self.config.org);
-        self.state.attach(&org, &self.client, false, None).session
+    /// Attaches the destination's session (created on first use) — unless the
+    /// destination was stopped or is gone from the registry meanwhile (its org deleted):
+    /// then `None`, so no session is made for an org whose state was purged.
+    fn attach(&self, stop: &CancellationToken) -> Option<SessionHandle> {
+        let d = &self.config;
+        let exists = self.registry.get_destination(&d.org, d.kind, &d.id).is_ok();
+        if stop.is_cancelled() || !exists {
+            return None;
+        }
+        let org = self.state.org(&d.org);
+        Some(self.state.attach(&org, &self.client, false, None).session)
     }
 
     /// Makes the session's subscriptions the destination's filters.
-    fn sync_subscriptions(&self) {
-        let h = self.attach();
+    fn sync_subscriptions(&self, stop: &CancellationToken) {
+        let Some(h) = self.attach(stop) else { return };
         let wanted: Vec<(String, u8, SendRetained)> = self
             .rules
             .iter()
@@ -366,7 +375,7 @@ impl Outbound {
 /// A destination's life: connect, forward until the connection fails, wait, again —
 /// until `stop`.
 async fn run(dest: Dest, stop: CancellationToken) {
-    dest.sync_subscriptions();
+    dest.sync_subscriptions(&stop);
     let mut backoff = FIRST_BACKOFF;
     let (org, id, kind) = (dest.config.org.clone(), dest.config.id.clone(), dest.kind());
     info!(%org, id, kind, url = dest.config.url, "destination starting");

@@ -42,20 +42,44 @@ fn refusal(code: &ConnectReturnCode) -> String {
 /// One connection to the remote: connect, forward until it fails (`Err` says why) or
 /// `stop` (`Ok`).
 pub(super) async fn connection(dest: &Dest, stop: &CancellationToken) -> Result<(), String> {
+    let (host, port) = dest.config.host_port().map_err(|e| e.to_string())?;
+    let peer = format!("{host}:{port}");
+    let (mut stream, buf) = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        c = connect(dest, &host, port, &peer) => c?,
+    };
+    let d = &dest.config;
+    dest.status.set(DestinationState::Connected);
+    tracing::info!(org = %d.org, id = d.id, peer, "bridge connected");
+
+    let Some(session) = dest.attach(stop) else {
+        return Ok(());
+    };
+    let result = forward(dest, &session, &mut stream, buf, stop, &peer).await;
+    session.detach();
+    result
+}
+
+/// Connects: TCP, TLS with the destination's config, CONNECT/CONNACK, and the
+/// `receive` subscriptions. The stream and what was read past the CONNACK/SUBACK.
+async fn connect(
+    dest: &Dest,
+    host: &str,
+    port: u16,
+    peer: &str,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, BytesMut), String> {
     let d = &dest.config;
     let config = tls::client_config(&dest.registry, d, &[])?;
     let name = tls::server_name(d)?;
-    let (host, port) = d.host_port().map_err(|e| e.to_string())?;
-    let peer = format!("{host}:{port}");
-    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect((host.as_str(), port)))
+    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| format!("{peer} did not accept a connection within {TIMEOUT:?}"))?
-        .map_err(|e| tls::describe_io(&e, &peer))?;
+        .map_err(|e| tls::describe_io(&e, peer))?;
     let _ = tcp.set_nodelay(true);
     let mut stream = tokio::time::timeout(TIMEOUT, TlsConnector::from(config).connect(name, tcp))
         .await
         .map_err(|_| format!("{peer} did not complete the TLS handshake within {TIMEOUT:?}"))?
-        .map_err(|e| tls::describe_io(&e, &peer))?;
+        .map_err(|e| tls::describe_io(&e, peer))?;
 
     let mut out = BytesMut::new();
     let connect = packet::Packet::Connect(
@@ -75,7 +99,7 @@ pub(super) async fn connection(dest: &Dest, stop: &CancellationToken) -> Result<
     stream
         .write_all(&out)
         .await
-        .map_err(|e| tls::describe_io(&e, &peer))?;
+        .map_err(|e| tls::describe_io(&e, peer))?;
     out.clear();
     let mut buf = BytesMut::with_capacity(4096);
     let ack = tokio::time::timeout(TIMEOUT, async {
@@ -94,7 +118,7 @@ pub(super) async fn connection(dest: &Dest, stop: &CancellationToken) -> Result<
                     ))
                 }
                 Ok(_) => {}
-                Err(e) => return Err(tls::describe_io(&e, &peer)),
+                Err(e) => return Err(tls::describe_io(&e, peer)),
             }
         }
     })
@@ -105,15 +129,9 @@ pub(super) async fn connection(dest: &Dest, stop: &CancellationToken) -> Result<
         return Err(refusal(&code));
     }
     if !d.receive.is_empty() {
-        subscribe(dest, &mut stream, &mut buf, &peer).await?;
+        subscribe(dest, &mut stream, &mut buf, peer).await?;
     }
-    dest.status.set(DestinationState::Connected);
-    tracing::info!(org = %d.org, id = d.id, peer, "bridge connected");
-
-    let session = dest.attach();
-    let result = forward(dest, &session, &mut stream, buf, stop, &peer).await;
-    session.detach();
-    result
+    Ok((stream, buf))
 }
 
 /// Subscribes at the remote to the bridge's `receive` filters and waits for the

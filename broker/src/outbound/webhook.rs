@@ -108,7 +108,9 @@ fn describe_http(e: &hyper::Error, peer: &str) -> String {
 pub(super) async fn connection(dest: &Dest, stop: &CancellationToken) -> Result<(), String> {
     let (host, port) = dest.config.host_port().map_err(|e| e.to_string())?;
     let peer = format!("{host}:{port}");
-    let session = dest.attach();
+    let Some(session) = dest.attach(stop) else {
+        return Ok(());
+    };
     let result = deliver(dest, &session, stop, &peer).await;
     session.detach();
     result

@@ -125,10 +125,21 @@ impl Bridge {
             // runs, and everything inline here is carried by every idle session.
             tokio::select! {
                 reason = switch.closed() => {
+                    let budget = if reason == CloseReason::Shutdown {
+                        // A graceful drain: acknowledgements owed for messages on their
+                        // way to the disk are written once they are there.
+                        let drain = self.limits.drain_timeout;
+                        let _ = tokio::time::timeout(drain, self.release_all_held()).await;
+                        drain
+                    } else {
+                        Duration::from_secs(1)
+                    };
                     if let Some(p) = self.version.disconnect(reason.code(), reason.text()) {
                         self.version.write(p, &mut self.wbuf)?;
-                        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush(stream)).await;
                     }
+                    // What is buffered reaches the client before the socket closes
+                    // (3.1.1 has no DISCONNECT from the server: this is all it gets).
+                    let _ = tokio::time::timeout(budget, self.flush(stream)).await;
                     return Ok(Ending::Closed(reason));
                 }
                 // A PUBLISH waiting for credit (a subscriber of the org is behind, see
@@ -227,6 +238,16 @@ impl Bridge {
             self.version.write(p, &mut self.wbuf)?;
         }
         Ok(())
+    }
+
+    /// Waits until every held acknowledgement is durable and written to the buffer
+    /// (or the message-state writer stops).
+    async fn release_all_held(&mut self) {
+        while !self.held.is_empty() {
+            if self.committed.changed().await.is_err() || self.release_held().is_err() {
+                return;
+            }
+        }
     }
 
     /// Writes the session's next deliveries, as many as its window allows.

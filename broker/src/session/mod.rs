@@ -50,6 +50,9 @@ pub struct SessionLimits {
     pub max_packet_size: usize,
     /// A client that accepts no bytes for this long is closed as a slow consumer.
     pub write_timeout: Duration,
+    /// At shutdown, how long a session waits for its owed acknowledgements to become
+    /// durable and for its last bytes to be written.
+    pub drain_timeout: Duration,
 }
 
 impl Default for SessionLimits {
@@ -58,6 +61,7 @@ impl Default for SessionLimits {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             write_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(8),
         }
     }
 }
@@ -359,14 +363,24 @@ where
                 version.not_authorized()
             };
             crate::metrics::refused(refusal.stage);
-            info!(client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "CONNECT refused");
+            info!(
+                client_id,
+                stage = refusal.stage.as_str(),
+                cause = %refusal.reason,
+                next = crate::hints::connect_refusal_next_step(refusal.stage, refusal.bad_credentials),
+                "CONNECT refused"
+            );
             let _ = write_packets(&mut *stream, version, [packet]).await;
             return None;
         }
     };
     let principal = admitted.principal;
     let org = principal.org.clone();
-    tracing::Span::current().record("org", org.as_str());
+    // The TLS listener recorded the org at SNI; the plain one learns it only here (a
+    // second record would repeat the field in every line of the span).
+    if peer.org_tls.is_none() {
+        tracing::Span::current().record("org", org.as_str());
+    }
     let will = match will
         .map(|w| map_will(&principal, w, will_props))
         .transpose()

@@ -18,9 +18,13 @@
 //!   CA and its own server certificate for `<org>.messaging.localhost` from that CA;
 //!   mosquitto, which has no orgs, gets one topic tree per org (`<org>/iot-2/…`, each
 //!   application subscribed to `<org>/iot-2/#`).
+//! * `bridge` starts, besides the broker under test (the *edge*), an upstream mosquitto
+//!   of its own CA requiring client certificates, and gives the edge a bridge to it:
+//!   certmq through its admin API (a client certificate, `POST /orgs/{org}/bridges`),
+//!   mosquitto through its `connection` section. See [`super::bridge`].
 //! * With at least two CPUs and `taskset` available, the broker runs on CPU 0
 //!   (`taskset -c 0`); run the simulator itself on CPU 1 (`taskset -c 1 certmq-sim
-//!   compare`, as `bench/compare.sh` does).
+//!   compare`, as `bench/compare.sh` does). `bridge`'s upstream runs on CPU 1 too.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -31,14 +35,16 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::bridge::{self, Upstream};
 use super::overload::{self, OverloadCurve, OverloadPoint};
 use super::{
-    nofile_limit, BenchReport, BenchTarget, ConnectConfig, FloodConfig, IdleConfig, LatencySummary,
-    OfflineConfig, OfflineResult, PubackConfig, PubackResult, ReloadConfig, Results, ResumeConfig,
-    Scenario, ThroughputConfig, ThroughputResult,
+    nofile_limit, BenchReport, BenchTarget, BridgeConfig, BridgeResult, ConnectConfig, FloodConfig,
+    IdleConfig, LatencySummary, OfflineConfig, OfflineResult, PubackConfig, PubackResult,
+    ReloadConfig, Results, ResumeConfig, Scenario, ThroughputConfig, ThroughputResult,
 };
 use crate::admin::AdminClient;
-use crate::certs::TestCa;
+use crate::certs::{ClientCert, ClientCertOptions, TestCa};
+use crate::fleet::APP_EVENT_FILTER;
 
 /// Marks the generated part of the benchmarks document.
 pub const BEGIN_MARK: &str = "<!-- certmq-sim compare: begin (generated, do not edit) -->";
@@ -97,7 +103,7 @@ pub struct CompareOptions {
 }
 
 /// All scenario names, in the order they run.
-pub const ALL_SCENARIOS: [&str; 10] = [
+pub const ALL_SCENARIOS: [&str; 11] = [
     "connect",
     "throughput",
     "idle",
@@ -108,7 +114,10 @@ pub const ALL_SCENARIOS: [&str; 10] = [
     "durable",
     "overload",
     "offline",
+    "bridge",
 ];
+/// `bridge`: the paced runs offer this % of certmq's unpaced delivered rate, to both.
+const BRIDGE_PERCENT: u32 = 50;
 
 /// A broker process started for one scenario.
 struct Running {
@@ -189,6 +198,16 @@ fn wants_persistence(scenario: &Scenario) -> bool {
 }
 
 fn start_mosquitto(opts: &CompareOptions, m: &Material, persistent: bool) -> Result<Running> {
+    start_mosquitto_with(opts, m, persistent, "")
+}
+
+/// [`start_mosquitto`] with `extra` lines at the end of its config (e.g. a bridge).
+fn start_mosquitto_with(
+    opts: &CompareOptions,
+    m: &Material,
+    persistent: bool,
+    extra: &str,
+) -> Result<Running> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let conf = dir.path().join("mosquitto.conf");
@@ -207,7 +226,8 @@ fn start_mosquitto(opts: &CompareOptions, m: &Material, persistent: bool) -> Res
          require_certificate true\n\
          use_identity_as_username true\n\
          set_tcp_nodelay true\n\
-         allow_anonymous false\n",
+         allow_anonymous false\n\
+         {extra}",
         mosquitto_persistence(persistent, dir.path()),
         m.ca_path.display(),
         m.server_path.display(),
@@ -451,6 +471,9 @@ pub async fn run(opts: &CompareOptions) -> Result<Vec<BenchReport>> {
             reports.push(run_on(opts, &m, &out, broker, &scenario).await?);
         }
     }
+    if wants("bridge") {
+        bridge_runs(opts, &m, &out, &mut reports).await?;
+    }
     if let Some(doc) = &opts.doc {
         let section = markdown(&reports, &curves, &environment(opts), &opts.command_line);
         update_doc(doc, &section)?;
@@ -492,6 +515,25 @@ fn scenario_orgs(scenario: &Scenario) -> usize {
     }
 }
 
+/// `running` as a benchmark target: org `opts.org` and its SNI name, the broker's pid.
+fn broker_target(
+    opts: &CompareOptions,
+    m: &Material,
+    broker: Broker,
+    running: &Running,
+) -> BenchTarget {
+    let sni = format!("{}.{DOMAIN}", opts.org);
+    let mut target = BenchTarget::new(
+        broker.name(),
+        running.addr,
+        &opts.org,
+        &sni,
+        &m.server_chain,
+    );
+    target.broker_pid = Some(running.child.id());
+    target
+}
+
 /// Starts a fresh `broker`, runs `scenario` against it, stops it; writes the report.
 async fn run_on(
     opts: &CompareOptions,
@@ -504,15 +546,7 @@ async fn run_on(
         Broker::Mosquitto => start_mosquitto(opts, m, wants_persistence(scenario))?,
         Broker::Certmq => start_certmq(opts, m, scenario_orgs(scenario)).await?,
     };
-    let sni = format!("{}.{DOMAIN}", opts.org);
-    let mut target = BenchTarget::new(
-        broker.name(),
-        running.addr,
-        &opts.org,
-        &sni,
-        &m.server_chain,
-    );
-    target.broker_pid = Some(running.child.id());
+    let mut target = broker_target(opts, m, broker, &running);
     if broker == Broker::Mosquitto {
         // No Watson topic rewriting there: the application takes everything, and a
         // device subscribes to the application's command topic itself.
@@ -645,6 +679,312 @@ async fn durable_runs(
     Ok(())
 }
 
+/// The upstream side of `bridge`: its own CA, a server certificate for
+/// [`bridge::UPSTREAM_NAME`] and 127.0.0.1 (mosquitto's bridge checks the address it
+/// dials), and the client certificate both edges' bridges present; all as files in `out`.
+struct UpstreamMaterial {
+    ca: TestCa,
+    ca_path: PathBuf,
+    server_chain: String,
+    server_path: PathBuf,
+    server_key_path: PathBuf,
+    bridge: ClientCert,
+    bridge_path: PathBuf,
+    bridge_key_path: PathBuf,
+}
+
+impl UpstreamMaterial {
+    fn new(out: &Path) -> Result<Self> {
+        let ca = TestCa::new("certmq-sim compare upstream CA")?;
+        let server =
+            ca.issue_server(&[bridge::UPSTREAM_NAME.to_owned(), "127.0.0.1".to_owned()])?;
+        let bridge = ca.issue_client("certmq-sim-edge-bridge", ClientCertOptions::default())?;
+        let up = Self {
+            ca_path: out.join("upstream-ca.pem"),
+            server_chain: server.chain_pem.clone(),
+            server_path: out.join("upstream.pem"),
+            server_key_path: out.join("upstream-key.pem"),
+            bridge_path: out.join("bridge.pem"),
+            bridge_key_path: out.join("bridge-key.pem"),
+            ca,
+            bridge,
+        };
+        std::fs::write(&up.ca_path, up.ca.pem())?;
+        std::fs::write(&up.server_path, &server.chain_pem)?;
+        write_private(&up.server_key_path, &server.key_pem)?;
+        std::fs::write(&up.bridge_path, &up.bridge.chain_pem)?;
+        write_private(&up.bridge_key_path, &up.bridge.key_pem)?;
+        Ok(up)
+    }
+}
+
+/// The upstream mosquitto's config: TLS with client certificates of its own CA, and
+/// persistence, so that the subscriber's session and its queue survive a restart; queues
+/// large enough that the upstream never drops what a bridge delivers.
+fn upstream_conf(port: u16, dir: &Path, up: &UpstreamMaterial) -> String {
+    format!(
+        "# written by certmq-sim compare: the upstream of `bridge`\n\
+         per_listener_settings false\n\
+         persistence true\n\
+         persistence_location {}/\n\
+         user root\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n\
+         max_queued_messages 1000000\n\
+         max_inflight_messages 1000\n\
+         listener {port} 127.0.0.1\n\
+         cafile {}\n\
+         certfile {}\n\
+         keyfile {}\n\
+         require_certificate true\n\
+         use_identity_as_username true\n\
+         set_tcp_nodelay true\n\
+         allow_anonymous false\n",
+        dir.display(),
+        up.ca_path.display(),
+        up.server_path.display(),
+        up.server_key_path.display()
+    )
+}
+
+/// The lines mosquitto as the edge gets for its bridge: a window of 100 like certmq's
+/// bridge, the queue limit of the run, the upstream checked against its CA and address,
+/// and `edge/<type>/<id>/…` forwarded as `fleet/<type>/<id>/…`. `cleansession false`:
+/// otherwise mosquitto keeps nothing for the bridge while it is disconnected. Notices
+/// go to the log too: they show when the bridge connects.
+fn edge_bridge_conf(
+    upstream: SocketAddr,
+    queue_limit: Option<u64>,
+    up: &UpstreamMaterial,
+) -> String {
+    let queue = queue_limit.map_or_else(String::new, |q| format!("max_queued_messages {q}\n"));
+    format!(
+        "max_inflight_messages 100\n\
+         {queue}\
+         log_type notice\n\
+         connection upstream\n\
+         address {upstream}\n\
+         bridge_protocol_version mqttv311\n\
+         remote_clientid mosquitto-edge-bridge\n\
+         cleansession false\n\
+         notifications false\n\
+         bridge_cafile {}\n\
+         bridge_certfile {}\n\
+         bridge_keyfile {}\n\
+         bridge_insecure false\n\
+         topic sensor/# out 1 {} fleet/\n",
+        up.ca_path.display(),
+        up.bridge_path.display(),
+        up.bridge_key_path.display(),
+        bridge::LOCAL_PREFIX
+    )
+}
+
+/// `bridge`: unpaced for both edges, then both paced at [`BRIDGE_PERCENT`] % of
+/// certmq's unpaced delivered rate, then the queue-while-down run for both.
+async fn bridge_runs(
+    opts: &CompareOptions,
+    m: &Material,
+    out: &Path,
+    reports: &mut Vec<BenchReport>,
+) -> Result<()> {
+    let up = UpstreamMaterial::new(out)?;
+    let full = BridgeConfig {
+        publishers: opts.puback.publishers,
+        warmup_ms: opts.puback.warmup_ms,
+        measure_ms: opts.puback.measure_ms,
+        ..BridgeConfig::default()
+    };
+    let brokers = [Broker::Certmq, Broker::Mosquitto];
+    for broker in brokers {
+        reports.push(bridge_on(opts, m, &up, out, broker, &full).await?);
+    }
+    let capacity = reports.iter().rev().find_map(|r| match &r.results {
+        Results::Bridge(b) if r.broker == "certmq" && b.rate == 0 && b.outage.is_none() => {
+            Some(b.delivered_per_s)
+        }
+        _ => None,
+    });
+    match capacity
+        .map(|c| overload::rates(c, &[BRIDGE_PERCENT]))
+        .unwrap_or_default()
+        .first()
+    {
+        Some(&(_, rate)) => {
+            let paced = BridgeConfig { rate, ..full };
+            for broker in brokers {
+                reports.push(bridge_on(opts, m, &up, out, broker, &paced).await?);
+            }
+        }
+        None => eprintln!("bridge: certmq delivered nothing unpaced; no paced runs"),
+    }
+    let outage = BridgeConfig {
+        publishers: opts.puback.publishers,
+        ..BridgeConfig::outage()
+    };
+    for broker in brokers {
+        reports.push(bridge_on(opts, m, &up, out, broker, &outage).await?);
+    }
+    Ok(())
+}
+
+/// One `bridge` run: a fresh upstream and a fresh `broker` as the edge, bridged to it.
+async fn bridge_on(
+    opts: &CompareOptions,
+    m: &Material,
+    up: &UpstreamMaterial,
+    out: &Path,
+    broker: Broker,
+    cfg: &BridgeConfig,
+) -> Result<BenchReport> {
+    let up_dir = tempfile::tempdir()?;
+    let up_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let conf = up_dir.path().join("upstream.conf");
+    std::fs::write(&conf, upstream_conf(up_addr.port(), up_dir.path(), up))?;
+    let mut upstream = Upstream::start(
+        opts.mosquitto_bin.clone(),
+        conf,
+        out.join("upstream-mosquitto.log"),
+        opts.pin.then_some(1),
+        up_addr,
+    )
+    .await?;
+    let (running, bridge_id) = match broker {
+        Broker::Mosquitto => {
+            let extra = edge_bridge_conf(up_addr, cfg.queue_limit, up);
+            let running = start_mosquitto_with(opts, m, false, &extra)?;
+            (running, None)
+        }
+        Broker::Certmq => {
+            let running = start_certmq(opts, m, 1).await?;
+            let admin = AdminClient::new(running.admin_url.as_deref().unwrap_or_default(), TOKEN);
+            let id = certmq_bridge(&admin, &opts.org, up_addr, cfg.queue_limit, up).await?;
+            (running, Some((admin, id)))
+        }
+    };
+    let mut edge = broker_target(opts, m, broker, &running);
+    edge.watson_topics = broker == Broker::Certmq;
+    let sink = BenchTarget::new(
+        "upstream",
+        up_addr,
+        &opts.org,
+        bridge::UPSTREAM_NAME,
+        &up.server_chain,
+    );
+    eprintln!("== {} bridge {cfg:?}", broker.name());
+    // Let the fresh brokers settle and the bridge connect (mosquitto's at its start).
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let ends = bridge::Ends {
+        edge: &edge,
+        edge_ca: &m.ca,
+        sink: &sink,
+        sink_ca: &up.ca,
+    };
+    let mut report = bridge::run(&ends, cfg, &mut upstream)
+        .await
+        .with_context(|| format!("bridge against {}", broker.name()))?;
+    if let (Some((admin, id)), Results::Bridge(b)) = (&bridge_id, &mut report.results) {
+        b.bridge_status = admin
+            .get(&format!("/orgs/{}/bridges/{id}", opts.org))
+            .await
+            .ok()
+            .map(|v| {
+                let keep = ["state", "forwarded", "queued", "failures", "last_error"];
+                keep.iter()
+                    .map(|k| ((*k).to_owned(), v[*k].clone()))
+                    .collect()
+            });
+        b.edge_dropped = admin
+            .metrics()
+            .await
+            .ok()
+            .map(|text| dropped_total(&text, &opts.org));
+    }
+    drop(running);
+    drop(upstream);
+    report.write(out)?;
+    eprintln!("{}", headline(&report));
+    Ok(report)
+}
+
+/// Sets certmq's bridge up through the admin API: the queue limit (raised with the
+/// platform token), the client certificate, the bridge with one forward rule; waits until
+/// it is connected. Returns the bridge's id.
+async fn certmq_bridge(
+    admin: &AdminClient,
+    org: &str,
+    upstream: SocketAddr,
+    queue_limit: Option<u64>,
+    up: &UpstreamMaterial,
+) -> Result<String> {
+    if let Some(q) = queue_limit {
+        admin
+            .put(
+                &format!("/orgs/{org}/limits"),
+                serde_json::json!({ "max_queued_messages_per_session": q }),
+            )
+            .await?;
+    }
+    let cert = admin
+        .post(
+            &format!("/orgs/{org}/client-certs"),
+            serde_json::json!({
+                "certificate": up.bridge.chain_pem,
+                "private_key": up.bridge.key_pem,
+            }),
+        )
+        .await?;
+    let cert_id = cert["id"]
+        .as_str()
+        .context("client certificate without id")?;
+    let created = admin
+        .post(
+            &format!("/orgs/{org}/bridges"),
+            serde_json::json!({
+                "name": "upstream",
+                "url": format!("mqtts://{upstream}"),
+                "server_name": bridge::UPSTREAM_NAME,
+                "ca_certificates": up.ca.pem(),
+                "client_cert": cert_id,
+                "forward": [{
+                    "filter": APP_EVENT_FILTER,
+                    "topic": bridge::FORWARD_TOPIC,
+                    "qos": 1,
+                }],
+            }),
+        )
+        .await?;
+    let id = created["id"]
+        .as_str()
+        .context("bridge without id")?
+        .to_owned();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = admin.get(&format!("/orgs/{org}/bridges/{id}")).await?;
+        if last["state"] == "connected" {
+            return Ok(id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "certmq's bridge did not connect within 10 s: state {}, last_error {}",
+        last["state"],
+        last["last_error"]
+    )
+}
+
+/// The sum of `certmq_dropped_total` over `org`'s series in a Prometheus text.
+fn dropped_total(metrics: &str, org: &str) -> u64 {
+    let label = format!("org=\"{org}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("certmq_dropped_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 fn config_json(c: &PubackConfig) -> serde_json::Value {
     serde_json::to_value(c).unwrap_or_default()
 }
@@ -714,6 +1054,7 @@ pub fn headline(r: &BenchReport) -> String {
         ),
         Results::Puback(p) => puback_headline(p),
         Results::Offline(o) => offline_headline(o),
+        Results::Bridge(b) => bridge_headline(b),
     };
     format!("{} {}: {body}{errors}", r.broker, r.results.name())
 }
@@ -760,6 +1101,50 @@ fn puback_headline(p: &PubackResult) -> String {
         p.duplicates,
         num(p.peak_rss_kib.map(|k| k as f64 / 1024.0))
     )
+}
+
+/// What a `bridge` run measured at the upstream, and what the outage did.
+fn bridge_headline(b: &BridgeResult) -> String {
+    let mut s = format!(
+        "offered {:.0}, acked {:.0}, delivered upstream {:.0} msgs/s, {} max {} ms, {} missing, {} duplicates of {} acked, CPU edge {} % upstream {} %",
+        b.offered_per_s,
+        b.acked_per_s,
+        b.delivered_per_s,
+        percentiles(b.latency.as_ref()),
+        num(b.latency.as_ref().map(|l| l.max_ms)),
+        b.missing,
+        b.duplicates,
+        b.acked,
+        num(b.edge_cpu_pct),
+        num(b.upstream_cpu_pct)
+    );
+    if let Some(o) = &b.outage {
+        let _ = write!(
+            s,
+            "; upstream down {} s: {} written meanwhile, backlog {} ({} never arrived), {} delivered after the restart, first after {} s, drained after {} s",
+            num(Some(o.down_s)),
+            o.sent_while_down,
+            o.backlog,
+            o.backlog_missing,
+            o.delivered_after_restart,
+            num(o.first_after_restart_s),
+            num(o.drain_s)
+        );
+    }
+    if let Some(d) = b.edge_dropped {
+        let _ = write!(s, "; certmq dropped {d}");
+    }
+    if !b.missing_ranges.is_empty() {
+        let _ = write!(s, "; never received: {}", b.missing_ranges.join(", "));
+    }
+    if let Some(st) = &b.bridge_status {
+        let _ = write!(
+            s,
+            "; bridge {} forwarded {} queued {} failures {}",
+            st["state"], st["forwarded"], st["queued"], st["failures"]
+        );
+    }
+    s
 }
 
 /// What an `offline` run found: memory, queueing time, the sample's count.
@@ -1157,6 +1542,7 @@ pub fn markdown(
     }
     durable_rows(reports, &mut row);
     offline_rows(reports, &mut row);
+    bridge_rows(reports, &mut row);
 
     let mut md = String::new();
     let _ = writeln!(md, "{BEGIN_MARK}");
@@ -1627,6 +2013,182 @@ fn offline_rows(reports: &[BenchReport], row: &mut Row<'_>) {
     );
 }
 
+/// The `bridge` run of `broker`: unpaced, paced, or with the upstream down.
+fn find_bridge<'a>(
+    reports: &'a [BenchReport],
+    broker: &str,
+    which: fn(&BridgeResult) -> bool,
+) -> Option<&'a BridgeResult> {
+    reports.iter().rev().find_map(|r| match &r.results {
+        Results::Bridge(b) if r.broker == broker && which(b) => Some(b),
+        _ => None,
+    })
+}
+
+/// The delivered-rate row (`label`) and the latency row of one pair of `bridge` runs
+/// (`kind`: unpaced, paced).
+fn bridge_rate_rows(
+    row: &mut Row<'_>,
+    label: &str,
+    kind: &str,
+    m: Option<&BridgeResult>,
+    c: Option<&BridgeResult>,
+) {
+    let rate = |b: Option<&BridgeResult>| b.map(|b| b.delivered_per_s);
+    let p99 = |b: Option<&BridgeResult>| b.and_then(|b| b.latency.as_ref()).map(|l| l.p99_ms);
+    row(
+        label,
+        num(rate(m)),
+        num(rate(c)),
+        ratio(rate(c), rate(m)),
+        "",
+        None,
+    );
+    row(
+        &format!("bridge, {kind}: end-to-end p50 / p99 / p99.9, ms"),
+        pct_cell(m.and_then(|b| b.latency.as_ref())),
+        pct_cell(c.and_then(|b| b.latency.as_ref())),
+        ratio(p99(c), p99(m)),
+        "",
+        None,
+    );
+}
+
+/// Rows of `bridge`: what reached the upstream unpaced and paced, and what the edge held
+/// while the upstream was down.
+fn bridge_rows(reports: &[BenchReport], row: &mut Row<'_>) {
+    let unpaced: fn(&BridgeResult) -> bool = |b| b.rate == 0 && b.outage.is_none();
+    let paced: fn(&BridgeResult) -> bool = |b| b.rate > 0 && b.outage.is_none();
+    let down: fn(&BridgeResult) -> bool = |b| b.outage.is_some();
+    let losses = |b: Option<&BridgeResult>| {
+        b.map_or_else(
+            || "–".to_owned(),
+            |b| {
+                let dropped = b
+                    .edge_dropped
+                    .map_or_else(String::new, |d| format!(" (dropped: {d})"));
+                format!("{} / {} of {}{dropped}", b.missing, b.duplicates, b.acked)
+            },
+        )
+    };
+    let (m, c) = (
+        find_bridge(reports, "mosquitto", unpaced),
+        find_bridge(reports, "certmq", unpaced),
+    );
+    if let Some(any) = c.or(m) {
+        let label = format!(
+            "bridge: delivered msgs/s at an upstream mosquitto ({} PUBACK-driven QoS 1 publishers, inflight {}, unpaced, {} B → the edge → its bridge, QoS 1 → upstream → 1 subscriber)",
+            any.publishers, any.inflight, any.payload_bytes
+        );
+        bridge_rate_rows(row, &label, "unpaced", m, c);
+        row(
+            "bridge, unpaced: acknowledged by the edge, msgs/s",
+            num(m.map(|b| b.acked_per_s)),
+            num(c.map(|b| b.acked_per_s)),
+            ratio(c.map(|b| b.acked_per_s), m.map(|b| b.acked_per_s)),
+            "",
+            None,
+        );
+        row(
+            "bridge, unpaced: missing upstream / duplicates, of acknowledged by the edge",
+            losses(m),
+            losses(c),
+            String::new(),
+            "",
+            None,
+        );
+        let cpu = |b: Option<&BridgeResult>| {
+            b.map_or_else(
+                || "–".to_owned(),
+                |b| format!("{} / {}", num(b.edge_cpu_pct), num(b.upstream_cpu_pct)),
+            )
+        };
+        row(
+            "bridge, unpaced: CPU of the edge / of the upstream in the window, % of one core",
+            cpu(m),
+            cpu(c),
+            String::new(),
+            "",
+            None,
+        );
+    }
+    let (mp, cp) = (
+        find_bridge(reports, "mosquitto", paced),
+        find_bridge(reports, "certmq", paced),
+    );
+    if let Some(any) = cp.or(mp) {
+        let share = c.map_or_else(String::new, |c| {
+            format!(
+                "{:.0} % of certmq's unpaced rate, ",
+                any.rate as f64 * 100.0 / c.delivered_per_s.max(1e-9)
+            )
+        });
+        let label = format!(
+            "bridge, paced at {share}{} msgs/s offered to both: delivered msgs/s",
+            num(Some(any.rate as f64))
+        );
+        bridge_rate_rows(row, &label, "paced", mp, cp);
+        row(
+            "bridge, paced: missing upstream / duplicates, of acknowledged by the edge",
+            losses(mp),
+            losses(cp),
+            String::new(),
+            "0 missing",
+            cp.map(|b| b.missing == 0),
+        );
+    }
+    let (md, cd) = (
+        find_bridge(reports, "mosquitto", down),
+        find_bridge(reports, "certmq", down),
+    );
+    if let Some((any, o)) = cd.or(md).and_then(|b| Some((b, b.outage.as_ref()?))) {
+        let after = |b: Option<&BridgeResult>| {
+            b.and_then(|b| Some((b, b.outage.as_ref()?))).map_or_else(
+                || "–".to_owned(),
+                |(b, o)| {
+                    format!(
+                        "{} / {} / {} (backlog {})",
+                        o.delivered_after_restart, b.missing, b.duplicates, o.backlog
+                    )
+                },
+            )
+        };
+        row(
+            &format!(
+                "bridge, upstream stopped {} s while the devices publish {} msgs/s (QoS 1, queue limits raised to hold it): delivered after the restart / lost / duplicates",
+                num(Some(o.down_s)),
+                num(Some(any.rate as f64))
+            ),
+            after(md),
+            after(cd),
+            String::new(),
+            "0 lost",
+            cd.map(|b| b.missing == 0),
+        );
+        let times = |b: Option<&BridgeResult>| {
+            b.and_then(|b| b.outage.as_ref()).map_or_else(
+                || "–".to_owned(),
+                |o| {
+                    format!(
+                        "{} / {}",
+                        num(o.first_after_restart_s),
+                        o.drain_s
+                            .map_or_else(|| "never".to_owned(), |d| num(Some(d)))
+                    )
+                },
+            )
+        };
+        row(
+            "bridge, upstream back: restart → first message / → backlog delivered, s",
+            times(md),
+            times(cd),
+            String::new(),
+            "",
+            None,
+        );
+    }
+}
+
 /// Replaces the generated section of `doc` (between [`BEGIN_MARK`] and [`END_MARK`]) with
 /// `section`, or appends it when the document has none (creating the document if needed).
 pub fn update_doc(doc: &Path, section: &str) -> Result<()> {
@@ -1985,6 +2547,130 @@ mod tests {
             OfflineConfig::default()
         )));
         assert!(ALL_SCENARIOS.contains(&"durable") && ALL_SCENARIOS.contains(&"offline"));
+    }
+
+    fn bridge(rate: u64, delivered: f64, missing: u64, outage: bool) -> Results {
+        Results::Bridge(BridgeResult {
+            publishers: 8,
+            payload_bytes: 64,
+            inflight: 100,
+            rate,
+            measure_s: 4.0,
+            sent: 1000,
+            acked: 1000,
+            received: 1000 - missing,
+            duplicates: 2,
+            missing,
+            missing_ranges: vec![],
+            offered_per_s: delivered,
+            acked_per_s: delivered,
+            delivered_per_s: delivered,
+            latency: lat(8.0),
+            latency_curve: vec![],
+            edge_cpu_pct: Some(90.0),
+            upstream_cpu_pct: Some(40.0),
+            edge_dropped: None,
+            bridge_status: None,
+            outage: outage.then_some(crate::bench::OutageResult {
+                down_s: 5.0,
+                sent_while_down: 10_000,
+                backlog: 10_050,
+                delivered_after_restart: 14_000,
+                backlog_missing: 0,
+                first_after_restart_s: Some(2.5),
+                drain_s: Some(2.7),
+            }),
+            acked_series: vec![],
+            delivered_series: vec![],
+        })
+    }
+
+    #[test]
+    fn bridge_rows_put_both_edges_side_by_side() {
+        let mut certmq = report("certmq", bridge(0, 40_000.0, 3, false));
+        if let Results::Bridge(b) = &mut certmq.results {
+            b.edge_dropped = Some(3);
+        }
+        let reports = vec![
+            certmq,
+            report("mosquitto", bridge(0, 10_000.0, 500, false)),
+            report("certmq", bridge(20_000, 20_000.0, 0, false)),
+            report("mosquitto", bridge(20_000, 9_000.0, 11, false)),
+            report("certmq", bridge(2_000, 2_000.0, 0, true)),
+            report("mosquitto", bridge(2_000, 2_000.0, 7, true)),
+        ];
+        assert_eq!(reports[2].results.name(), "bridge-r20000");
+        assert_eq!(reports[4].results.name(), "bridge-outage");
+        let md = markdown(&reports, &[], &Environment::default(), "x");
+        let line = |needle: &str| {
+            md.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no row {needle:?} in {md}"))
+                .to_owned()
+        };
+        let l = line("bridge: delivered msgs/s at an upstream mosquitto");
+        assert!(l.contains("| 10,000 | 40,000 | 4.00× |"), "{l}");
+        let l = line("bridge, unpaced: missing upstream");
+        assert!(
+            l.contains("| 500 / 2 of 1000 | 3 / 2 of 1000 (dropped: 3) |"),
+            "{l}"
+        );
+        let l = line("bridge, paced at 50 % of certmq's unpaced rate, 20,000 msgs/s");
+        assert!(l.contains("| 9,000 | 20,000 | 2.22× |"), "{l}");
+        let l = line("bridge, paced: missing");
+        assert!(l.ends_with("| 0 missing | met |"), "{l}");
+        let l = line("bridge, upstream stopped 5.00 s while the devices publish 2,000 msgs/s");
+        assert!(
+            l.contains("| 14000 / 7 / 2 (backlog 10050) | 14000 / 0 / 2 (backlog 10050) |"),
+            "{l}"
+        );
+        assert!(l.ends_with("| 0 lost | met |"), "{l}");
+        let l = line("restart → first message");
+        assert!(l.contains("| 2.50 / 2.70 | 2.50 / 2.70 |"), "{l}");
+        assert!(headline(&reports[4]).contains("first after 2.50 s, drained after 2.70 s"));
+        // Without bridge runs, no bridge rows.
+        let md = markdown(&reports[..0], &[], &Environment::default(), "x");
+        assert!(!md.contains("bridge"), "{md}");
+    }
+
+    #[test]
+    fn bridge_configs_for_mosquitto() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let up = UpstreamMaterial::new(dir.path()).expect("material");
+        let conf = upstream_conf(18883, Path::new("/tmp/up"), &up);
+        for line in [
+            "listener 18883 127.0.0.1",
+            "require_certificate true",
+            "persistence true",
+            "persistence_location /tmp/up/",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line:?} in {conf}");
+        }
+        let addr: SocketAddr = ([127, 0, 0, 1], 18883).into();
+        let edge = edge_bridge_conf(addr, Some(50_000), &up);
+        for line in [
+            "max_queued_messages 50000",
+            "connection upstream",
+            "address 127.0.0.1:18883",
+            "bridge_insecure false",
+            "cleansession false",
+            "topic sensor/# out 1 edge/ fleet/",
+        ] {
+            assert!(edge.lines().any(|l| l == line), "{line:?} in {edge}");
+        }
+        assert!(edge.find("max_queued").expect("queue") < edge.find("connection").expect("c"));
+        assert!(!edge_bridge_conf(addr, None, &up).contains("max_queued_messages"));
+        assert!(ALL_SCENARIOS.contains(&"bridge"));
+    }
+
+    #[test]
+    fn dropped_messages_of_one_org() {
+        let text = "# TYPE certmq_dropped_total counter\n\
+            certmq_dropped_total{org=\"acme\",reason=\"queue_full\"} 36380\n\
+            certmq_dropped_total{org=\"acme\",reason=\"other\"} 2\n\
+            certmq_dropped_total{org=\"org2\",reason=\"queue_full\"} 9\n";
+        assert_eq!(dropped_total(text, "acme"), 36_382);
+        assert_eq!(dropped_total(text, "org3"), 0);
     }
 
     #[test]

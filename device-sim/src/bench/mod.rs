@@ -11,6 +11,7 @@
 //! | [`reload`](ReloadConfig) | certmq only: admin API change → first handshake that sees it |
 //! | [`flood`](FloodConfig) | QoS 1 publishers flooding one slow subscriber: in/out rates, loss, broker peak RSS |
 //! | [`puback`](PubackConfig) | fan-in with PUBACK-driven publishers (`inflight` each, optionally paced): offered/acknowledged/delivered rates, latency; with `persistent_subscriber`, the application has a persistent session (`durable`) |
+//! | [`bridge`](BridgeConfig) | `compare` only: PUBACK-driven publishers → the broker → its outgoing bridge → an upstream mosquitto → one subscriber: delivered msgs/s, end-to-end latency, and what the broker holds while the upstream is down |
 //! | [`offline`](OfflineConfig) | N offline persistent sessions with M queued QoS 1 messages each: broker RSS per session and per message, a sample reconnects and counts |
 //!
 //! Clients are the hand-written minimal MQTT 3.1.1 client of this module over
@@ -23,6 +24,7 @@
 //! Only loopback targets are accepted: these are load tests.
 //! [`compare`] runs every scenario against mosquitto and certmq side by side.
 
+mod bridge;
 pub mod compare;
 mod connect;
 mod idle;
@@ -48,6 +50,7 @@ use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+pub use bridge::BridgeConfig;
 pub use connect::ConnectConfig;
 pub use idle::IdleConfig;
 pub use latency::{Latency, LatencySummary};
@@ -58,8 +61,9 @@ pub use plot::{render_svg, Plot};
 pub use proc::{cpu_seconds, peak_rss_kib, rss_kib};
 pub use reload::ReloadConfig;
 pub use report::{
-    BenchReport, ConnectResult, FloodResult, IdleResult, OfflineResult, OrgThroughput,
-    PubackResult, ReloadResult, ReloadStat, Results, ResumeResult, ThroughputResult,
+    BenchReport, BridgeResult, ConnectResult, FloodResult, IdleResult, OfflineResult,
+    OrgThroughput, OutageResult, PubackResult, ReloadResult, ReloadStat, Results, ResumeResult,
+    ThroughputResult,
 };
 pub use resume::ResumeConfig;
 pub use throughput::{FloodConfig, PubackConfig, ThroughputConfig, EVENT_TOPIC, MAX_ORGS};

@@ -47,6 +47,7 @@ pub enum Results {
     Flood(FloodResult),
     Puback(PubackResult),
     Offline(OfflineResult),
+    Bridge(BridgeResult),
 }
 
 /// `connect`: full mTLS handshakes + CONNECT → CONNACK, then DISCONNECT.
@@ -320,6 +321,90 @@ pub struct OfflineResult {
     pub rss_series: Vec<(f64, f64)>,
 }
 
+/// `bridge` (run by `compare`): PUBACK-driven QoS 1 publishers → the edge broker → its
+/// outgoing bridge → an upstream mosquitto → one subscriber there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BridgeResult {
+    pub publishers: usize,
+    pub payload_bytes: usize,
+    /// PUBLISHes each publisher may have unacknowledged by the edge.
+    pub inflight: usize,
+    /// Configured total rate, msgs/s (0: unpaced, as fast as the edge's PUBACKs allow).
+    pub rate: u64,
+    pub measure_s: f64,
+    /// PUBLISHes written / acknowledged by the edge in the whole run.
+    pub sent: u64,
+    pub acked: u64,
+    /// Distinct messages the upstream subscriber received (drain included).
+    pub received: u64,
+    /// Messages it received more than once (QoS 1 redelivery over the bridge).
+    pub duplicates: u64,
+    /// Acknowledged by the edge and never received upstream when the drain ended.
+    pub missing: u64,
+    /// The first runs of sequence numbers written and never received upstream, as
+    /// `pub<n> <first>–<last>` (at most 10): where the missing ones were.
+    #[serde(default)]
+    pub missing_ranges: Vec<String>,
+    /// PUBLISHes written / acknowledged per second in the measurement window.
+    pub offered_per_s: f64,
+    pub acked_per_s: f64,
+    /// Distinct messages the upstream subscriber received per second in the window.
+    pub delivered_per_s: f64,
+    /// Publisher → upstream subscriber latency of the messages received in the window.
+    pub latency: Option<LatencySummary>,
+    pub latency_curve: Vec<(f64, f64)>,
+    /// CPU of the edge broker and of the upstream mosquitto during the window, % of one
+    /// core (`None` across an outage: the upstream is another process afterwards).
+    pub edge_cpu_pct: Option<f64>,
+    pub upstream_cpu_pct: Option<f64>,
+    /// certmq: `certmq_dropped_total` of the org after the run (messages its queues
+    /// dropped, the bridge's included); `None` for mosquitto.
+    pub edge_dropped: Option<u64>,
+    /// certmq: the bridge as `GET /orgs/{org}/bridges/{id}` showed it after the run
+    /// (`state`, `forwarded`, `queued`, `failures`, `last_error`).
+    pub bridge_status: Option<serde_json::Value>,
+    /// The upstream was stopped for a while during the run (`queue while down`).
+    pub outage: Option<OutageResult>,
+    /// `(seconds, msgs/s)` acknowledged by the edge and delivered upstream.
+    pub acked_series: Vec<(f64, f64)>,
+    pub delivered_series: Vec<(f64, f64)>,
+}
+
+/// What a `bridge` run with the upstream stopped and started again found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutageResult {
+    /// From the stop (the upstream exited) to the restart (it listens again), seconds.
+    pub down_s: f64,
+    /// PUBLISHes the devices wrote while the upstream was down.
+    pub sent_while_down: u64,
+    /// Messages written before the restart that had not reached the subscriber by then:
+    /// what the edge had to hold.
+    pub backlog: u64,
+    /// Distinct messages the subscriber received after the restart.
+    pub delivered_after_restart: u64,
+    /// Of the backlog, messages that never arrived.
+    pub backlog_missing: u64,
+    /// Restart → the first message at the subscriber, seconds.
+    pub first_after_restart_s: Option<f64>,
+    /// Restart → the last message of the backlog at the subscriber, seconds (`None`
+    /// when some never arrived).
+    pub drain_s: Option<f64>,
+}
+
+impl BridgeResult {
+    /// `bridge`, `bridge-r<rate>` when paced, `bridge-outage` with the upstream stopped
+    /// for a while.
+    pub fn name(&self) -> String {
+        if self.outage.is_some() {
+            "bridge-outage".into()
+        } else if self.rate == 0 {
+            "bridge".into()
+        } else {
+            format!("bridge-r{}", self.rate)
+        }
+    }
+}
+
 impl PubackResult {
     /// `puback-w<inflight>`, or `puback-w<inflight>-r<rate>` when paced; `durable-…`
     /// instead of `puback-…` when the application had a persistent session.
@@ -353,6 +438,7 @@ impl Results {
             Results::Flood(_) => "flood".into(),
             Results::Puback(p) => p.name(),
             Results::Offline(_) => "offline".into(),
+            Results::Bridge(b) => b.name(),
         }
     }
 }
@@ -475,6 +561,32 @@ impl BenchReport {
                     series: vec![(who.clone(), f.rss_series.clone())],
                 },
             ],
+            Results::Bridge(b) => {
+                let offered = match (&b.outage, b.rate) {
+                    (Some(o), rate) => {
+                        format!("{rate} msgs/s offered, upstream down {:.1} s", o.down_s)
+                    }
+                    (None, 0) => "unpaced".to_owned(),
+                    (None, rate) => format!("{rate} msgs/s offered"),
+                };
+                vec![
+                    latency(
+                        "latency",
+                        format!("{who}: QoS 1 over the bridge, end to end, {offered}"),
+                        vec![(who.clone(), b.latency_curve.clone())],
+                    ),
+                    Plot {
+                        name: "rate".into(),
+                        title: format!("{who}: bridge to an upstream mosquitto, {offered}"),
+                        x_label: "time, s".into(),
+                        y_label: "msgs/s".into(),
+                        series: vec![
+                            ("acknowledged by the edge".into(), b.acked_series.clone()),
+                            ("delivered upstream".into(), b.delivered_series.clone()),
+                        ],
+                    },
+                ]
+            }
             Results::Puback(p) => {
                 let offered = if p.rate == 0 {
                     "unpaced".to_owned()

@@ -177,7 +177,7 @@ impl PubackConfig {
 /// `offset + k × interval`; the publishers' offsets are spread over one interval so that
 /// the broker sees an even stream rather than all publishers sending at the same instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Pacer {
+pub(super) struct Pacer {
     interval_s: f64,
     offset_s: f64,
 }
@@ -185,7 +185,7 @@ struct Pacer {
 impl Pacer {
     /// Publisher `index`'s pacer for `total_rate` msgs/s over `publishers`; `None` when
     /// unpaced (rate 0).
-    fn new(total_rate: u64, publishers: usize, index: usize) -> Option<Self> {
+    pub(super) fn new(total_rate: u64, publishers: usize, index: usize) -> Option<Self> {
         if total_rate == 0 || publishers == 0 {
             return None;
         }
@@ -454,33 +454,33 @@ async fn subscriber(
 }
 
 /// A publisher's connection, kept open until the run ends.
-struct PublisherHandle {
+pub(super) struct PublisherHandle {
     writer: JoinHandle<Result<WriteHalf<Tls>>>,
     acks: JoinHandle<Result<()>>,
 }
 
 /// How one publisher sends.
-struct PublisherParams {
-    index: u32,
+pub(super) struct PublisherParams {
+    pub(super) index: u32,
     /// Topic of every PUBLISH (the org's prefix + [`EVENT_TOPIC`]).
-    topic: String,
-    qos: u8,
-    payload_bytes: usize,
+    pub(super) topic: String,
+    pub(super) qos: u8,
+    pub(super) payload_bytes: usize,
     /// Permits to send: the messages this publisher may have on the way.
-    window: Arc<Semaphore>,
+    pub(super) window: Arc<Semaphore>,
     /// Each PUBACK gives a permit back (PUBACK-driven, like a device SDK); otherwise the
     /// application does (fan-in's closed loop).
-    release_on_puback: bool,
+    pub(super) release_on_puback: bool,
     /// Send no message before it is due.
-    pace: Option<Pacer>,
-    epoch: Instant,
-    sent: Arc<AtomicU64>,
-    acked: Arc<AtomicU64>,
+    pub(super) pace: Option<Pacer>,
+    pub(super) epoch: Instant,
+    pub(super) sent: Arc<AtomicU64>,
+    pub(super) acked: Arc<AtomicU64>,
 }
 
 /// Starts a publisher: writes PUBLISH packets while its window has permits (and, when
 /// paced, messages are due), until `stop`. PUBACKs are counted in `acked`.
-fn start_publisher(
+pub(super) fn start_publisher(
     reader: PacketReader<Tls>,
     p: PublisherParams,
     mut stop: watch::Receiver<bool>,
@@ -562,16 +562,16 @@ fn start_publisher(
 
 /// Counters sampled over time.
 #[derive(Default)]
-struct Samples {
-    received: Vec<(f64, f64)>,
-    acked: Vec<(f64, f64)>,
-    rss_mib: Vec<(f64, f64)>,
-    peak_rss_kib: Option<u64>,
+pub(super) struct Samples {
+    pub(super) received: Vec<(f64, f64)>,
+    pub(super) acked: Vec<(f64, f64)>,
+    pub(super) rss_mib: Vec<(f64, f64)>,
+    pub(super) peak_rss_kib: Option<u64>,
 }
 
 /// Samples the rates of `acked`/`received` every [`SAMPLE`] and the broker's RSS every
 /// 50 ms, until `stop`.
-fn start_sampler(
+pub(super) fn start_sampler(
     epoch: Instant,
     acked: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
@@ -611,6 +611,17 @@ fn start_sampler(
 /// Waits until `received` reaches `target()` or stops moving for [`QUIET`], at most
 /// `limit`.
 async fn drain(received: &AtomicU64, target: impl Fn() -> u64, limit: Duration) {
+    drain_within(received, target, limit, QUIET).await;
+}
+
+/// [`drain`] with another quiet time: waits until `received` reaches `target()` or stops
+/// moving for `quiet`, at most `limit`.
+pub(super) async fn drain_within(
+    received: &AtomicU64,
+    target: impl Fn() -> u64,
+    limit: Duration,
+    quiet: Duration,
+) {
     let end = Instant::now() + limit;
     let mut last = received.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
@@ -621,7 +632,7 @@ async fn drain(received: &AtomicU64, target: impl Fn() -> u64, limit: Duration) 
         }
         if now != last {
             (last, last_change) = (now, Instant::now());
-        } else if last_change.elapsed() >= QUIET {
+        } else if last_change.elapsed() >= quiet {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -690,7 +701,7 @@ async fn connect_clients(target: &BenchTarget, ca: &TestCa, spec: &RunSpec) -> R
 }
 
 /// Stops the publishers' tasks and closes their connections.
-async fn close_publishers(handles: Vec<PublisherHandle>, errors: &mut ErrorLog) {
+pub(super) async fn close_publishers(handles: Vec<PublisherHandle>, errors: &mut ErrorLog) {
     for h in handles {
         h.acks.abort();
         match h.writer.await {
@@ -757,7 +768,7 @@ struct OrgOutcome {
 }
 
 /// `count` events over `window`, per second.
-fn per_second(count: u64, window: Duration) -> f64 {
+pub(super) fn per_second(count: u64, window: Duration) -> f64 {
     count as f64 / window.as_secs_f64().max(1e-9)
 }
 
