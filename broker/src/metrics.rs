@@ -79,6 +79,10 @@ fn describe() {
         "certmq_outbound_failures_total",
         "Failed connection or delivery attempts of outgoing destinations, by org and kind."
     );
+    describe_counter!(
+        "certmq_network_refusals_total",
+        "Connections an org's network policy refused, by org and reason (denied: a deny entry matched; not_allowed: no allow entry did)."
+    );
     describe_gauge!(
         "certmq_persistent_sessions",
         "Persistent sessions held in the message state, connected or not."
