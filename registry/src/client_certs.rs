@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::cert::{self, CertDetails, CertError, Rule};
 use crate::error::{Error, Result};
-use crate::keys::{self, PrivateKey};
+use crate::keys::PrivateKey;
 use crate::layout;
 use crate::names::OrgId;
 use crate::registry::{b64, new_id, Change, Registry};
@@ -203,18 +203,7 @@ impl Registry {
         &self,
         upload: &UploadServerCert,
     ) -> Result<(PrivateKey, Vec<Vec<u8>>, Vec<String>)> {
-        let (key, certs) = match upload {
-            UploadServerCert::Pem {
-                certificate,
-                private_key,
-                passphrase,
-            } => {
-                let certs = cert::read_chain(certificate.as_bytes())?;
-                let key = keys::from_pem(private_key.as_bytes(), passphrase.as_deref())?;
-                (key, certs)
-            }
-            UploadServerCert::Pkcs12 { data, password } => keys::from_pkcs12(data, password)?,
-        };
+        let (key, certs) = upload.read()?;
         let (chain, notes) = self.check_client_chain(certs, &key, "the private key")?;
         Ok((key, chain, notes))
     }

@@ -38,6 +38,25 @@ pub enum UploadServerCert {
     Pkcs12 { data: Vec<u8>, password: String },
 }
 
+impl UploadServerCert {
+    /// The key and the certificates of the upload, read but not yet checked against
+    /// any rule (a wrong passphrase or an unreadable file is already a 422 here).
+    pub(crate) fn read(&self) -> Result<(PrivateKey, Vec<Vec<u8>>)> {
+        Ok(match self {
+            UploadServerCert::Pem {
+                certificate,
+                private_key,
+                passphrase,
+            } => {
+                let certs = cert::read_chain(certificate.as_bytes())?;
+                let key = keys::from_pem(private_key.as_bytes(), passphrase.as_deref())?;
+                (key, certs)
+            }
+            UploadServerCert::Pkcs12 { data, password } => keys::from_pkcs12(data, password)?,
+        })
+    }
+}
+
 impl std::fmt::Debug for UploadServerCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key, the passphrase or the PKCS#12 bytes.
@@ -324,18 +343,7 @@ impl Registry {
         upload: UploadServerCert,
     ) -> Result<NewServerCert> {
         self.get_org(org)?;
-        let (key, certs) = match &upload {
-            UploadServerCert::Pem {
-                certificate,
-                private_key,
-                passphrase,
-            } => {
-                let certs = cert::read_chain(certificate.as_bytes())?;
-                let key = keys::from_pem(private_key.as_bytes(), passphrase.as_deref())?;
-                (key, certs)
-            }
-            UploadServerCert::Pkcs12 { data, password } => keys::from_pkcs12(data, password)?,
-        };
+        let (key, certs) = upload.read()?;
         let checked = self.check_server_chain(org, certs, &key, "the private key")?;
         let rec = self.new_server_record(org, &checked.chain, &key.pkcs8, "uploaded");
         let _g = self.lock();

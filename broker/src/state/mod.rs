@@ -534,15 +534,18 @@ impl MessageState {
         }
     }
 
-    /// Messages queued for `client` of `org` (0 when it has no session).
-    pub(crate) fn queued(&self, org: &OrgId, client: &str) -> usize {
-        let Some(o) = self
-            .orgs
+    /// The state of `org` if it has any (unlike [`MessageState::org`], which makes it).
+    fn existing(&self, org: &OrgId) -> Option<Arc<OrgMessages>> {
+        self.orgs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(org)
             .cloned()
-        else {
+    }
+
+    /// Messages queued for `client` of `org` (0 when it has no session).
+    pub(crate) fn queued(&self, org: &OrgId, client: &str) -> usize {
+        let Some(o) = self.existing(org) else {
             return 0;
         };
         let g = lock(&o.inner);
@@ -552,13 +555,7 @@ impl MessageState {
     /// Ends the session of `client` in `org` with everything queued for it (its
     /// owner is gone: a deleted destination).
     pub(crate) fn discard_session(&self, org: &OrgId, client: &str) {
-        let Some(o) = self
-            .orgs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(org)
-            .cloned()
-        else {
+        let Some(o) = self.existing(org) else {
             return;
         };
         let mut ops = Vec::new();
