@@ -80,6 +80,14 @@ pub(crate) struct ServeArgs {
     /// `text` (default) or `json` (one JSON object per line, for log collectors).
     #[arg(long, env = "CERTMQ_LOG_FORMAT")]
     pub(crate) log_format: Option<LogFormat>,
+    /// Serve the admin API over HTTPS with this certificate chain (PEM, leaf first);
+    /// needs --admin-tls-key. Without it the admin API is plain HTTP on a loopback
+    /// address, and HTTPS with the platform's generated certificate elsewhere.
+    #[arg(long, env = "CERTMQ_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM, unencrypted).
+    #[arg(long, env = "CERTMQ_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
 }
 
 /// The config file: the same settings as [`ServeArgs`], all optional.
@@ -100,6 +108,8 @@ struct FileConfig {
     max_packet_size: Option<usize>,
     drain_timeout: Option<Dur>,
     log_format: Option<LogFormat>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
 }
 
 /// Reads and parses `path`; errors name the file and, from the TOML parser, the line,
@@ -162,6 +172,14 @@ pub(crate) fn resolve(args: ServeArgs, file: Option<&LoadedFile>) -> anyhow::Res
         }
         Ok(v)
     };
+    let admin_tls = match (
+        args.admin_tls_cert.or_else(|| f.admin_tls_cert.clone()),
+        args.admin_tls_key.or_else(|| f.admin_tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => crate::admin_tls::AdminTls::Files { cert, key },
+        (None, None) => crate::admin_tls::AdminTls::Auto,
+        _ => anyhow::bail!("admin_tls_cert and admin_tls_key go together: give both or neither"),
+    };
     let mut guard = d.guard.clone();
     if let Some(n) = args.max_pending_per_ip.or(f.max_pending_per_ip) {
         guard.max_pending_per_ip = n;
@@ -204,6 +222,7 @@ pub(crate) fn resolve(args: ServeArgs, file: Option<&LoadedFile>) -> anyhow::Res
             d.drain_timeout,
             "drain_timeout",
         )?,
+        admin_tls,
     })
 }
 
@@ -230,6 +249,10 @@ pub(crate) fn log_effective(o: &app::Options, file: Option<&LoadedFile>, format:
         connect_timeout = %Dur(o.connect_timeout),
         max_packet_size = o.max_packet_size,
         drain_timeout = %Dur(o.drain_timeout),
+        admin_tls = %match &o.admin_tls {
+            crate::admin_tls::AdminTls::Files { cert, .. } => cert.display().to_string(),
+            crate::admin_tls::AdminTls::Auto => "auto (HTTP on loopback, else the platform certificate)".into(),
+        },
         log_format = %format,
         "effective configuration (flag > CERTMQ_* variable > config file > default)"
     );
@@ -375,6 +398,28 @@ mod tests {
         assert_eq!(o.drain_timeout, Duration::from_millis(250));
         assert_eq!(o.admin, app::Options::default().admin);
         assert_eq!(o.mqtt_plain, None);
+    }
+
+    #[test]
+    fn the_admin_tls_files_come_in_pairs() {
+        let load = |text: &str| LoadedFile {
+            path: "x.toml".into(),
+            config: toml::from_str(text).unwrap(),
+        };
+        let both = load("admin_tls_cert = \"a.pem\"\nadmin_tls_key = \"a.key\"\n");
+        let o = resolve(ServeArgs::default(), Some(&both)).unwrap();
+        assert_eq!(
+            o.admin_tls,
+            crate::admin_tls::AdminTls::Files {
+                cert: "a.pem".into(),
+                key: "a.key".into()
+            }
+        );
+        let half = load("admin_tls_cert = \"a.pem\"\n");
+        let e = resolve(ServeArgs::default(), Some(&half)).unwrap_err();
+        assert!(e.to_string().contains("give both or neither"), "{e}");
+        let none = resolve(ServeArgs::default(), None).unwrap();
+        assert_eq!(none.admin_tls, crate::admin_tls::AdminTls::Auto);
     }
 
     #[test]

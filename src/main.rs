@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod admin_tls;
 mod app;
 mod config;
 mod demo;
@@ -134,10 +135,14 @@ async fn serve(opts: app::Options) -> anyhow::Result<()> {
         .mqtt_plain_addr
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!(
-        "certmq ready mqtt={} admin={} mqtt_plain={plain} domain={}",
-        running.mqtt_addr, running.admin_addr, opts.domain
+        "certmq ready mqtt={} admin={} mqtt_plain={plain} domain={} admin_tls={}",
+        running.mqtt_addr,
+        running.admin_addr,
+        opts.domain,
+        if running.admin_https { "on" } else { "off" }
     );
-    println!("console: http://{}/console", running.admin_addr);
+    let scheme = if running.admin_https { "https" } else { "http" };
+    println!("console: {scheme}://{}/console", running.admin_addr);
     tracing::info!(mqtt = %running.mqtt_addr, admin = %running.admin_addr, "certmq serving");
     shutdown_signal().await;
     tracing::info!(
