@@ -844,3 +844,88 @@ async fn outgoing_connections_in_a_real_browser() {
         .await;
     assert_eq!(certs.as_array().map(Vec::len), Some(2), "{certs}");
 }
+
+/// The Security policy page's per-type levels and device tokens, and the dry run page:
+/// what an operator checks before changing a fleet's rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_tokens_and_dry_run_in_a_real_browser() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = Server::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path();
+    let page = Page {
+        c: &browser.client,
+        base: format!("http://{}", server.admin),
+        shots: std::env::var_os("CERTMQ_CONSOLE_SCREENSHOTS").map(PathBuf::from),
+    };
+    let api = server.api();
+    api.post("/orgs", json!({ "id": "acme", "name": "Acme Corp" }))
+        .await;
+    let ca = TestCa::new("Acme Devices").expect("CA");
+    api.upload_ca("acme", &ca.pem()).await;
+    page.goto("/").await;
+    page.fill("#token", TOKEN).await;
+    page.click("#sign-in").await;
+    page.wait_text("h1", "Organizations").await;
+
+    // A per-type level, added and saved.
+    page.goto("/console#/org/acme/security-policy").await;
+    page.wait_text("h3", "Levels per device or gateway type")
+        .await;
+    page.fill("#sec-type-name", "legacy").await;
+    page.wait_for("#sec-type-level")
+        .await
+        .select_by_value("tls_client_cert_or_token")
+        .await
+        .expect("choose a level");
+    page.click("#sec-type-add").await;
+    page.wait_text("tr[data-type='legacy']", "legacy").await;
+    page.click("#sec-save").await;
+    page.wait_text(".alert.ok", "Saved").await;
+    let (_, policy) = api
+        .call(reqwest::Method::GET, "/orgs/acme/security-policy", None)
+        .await;
+    assert_eq!(
+        policy["device_types"],
+        json!({"legacy": "tls_client_cert_or_token"}),
+        "{policy}"
+    );
+
+    // A device token: generated, shown once, listed, deleted.
+    page.fill("#token-identity", "d:legacy:dev9").await;
+    page.click("#token-set").await;
+    let shown = page.wait_text("#token-shown", "").await;
+    assert!(shown.len() >= 16, "{shown:?}");
+    page.wait_text("tr[data-identity='d:legacy:dev9']", "d:legacy:dev9")
+        .await;
+    page.shot("policy-tokens").await;
+    page.click("button[aria-label='Delete the token of d:legacy:dev9']")
+        .await;
+    page.click("#confirm-ok").await;
+    page.wait_gone("tr[data-identity='d:legacy:dev9']").await;
+
+    // The dry run: a device certificate, its client id and a topic it may not use.
+    let cert = ca
+        .issue_client("d:sensor:dev1", ClientCertOptions::default())
+        .expect("device cert");
+    page.click_link("Dry run").await;
+    page.send_file("#dry-file", &write(dir, "dev1.pem", &cert.chain_pem))
+        .await;
+    page.fill("#dry-client-id", "d:acme:sensor:dev1").await;
+    page.fill("#dry-topic", "iot-2/evt/temp/fmt/json").await;
+    page.click("#dry-check").await;
+    page.wait_text("#dry-verdict", "Allowed").await;
+    page.wait_text(
+        "#dry-result",
+        "/tenants/acme/iot-2/type/sensor/id/dev1/evt/temp/fmt/json",
+    )
+    .await;
+    page.fill("#dry-topic", "iot-2/type/other/id/x/evt/temp/fmt/json")
+        .await;
+    page.click("#dry-check").await;
+    page.wait_text("#dry-verdict", "Refused").await;
+    page.wait_text("#dry-result", "stage topic").await;
+    page.shot("dry-run").await;
+}

@@ -338,6 +338,7 @@ const ORG_TABS = [
   ['devices', 'Devices', tabDevices],
   ['network-policy', 'Network policy', tabNetwork],
   ['security-policy', 'Security policy', tabSecurity],
+  ['authz', 'Dry run', tabDryRun],
   ['blocked-devices', 'Blocked devices', tabBlocked],
   ['crls', 'CRLs', tabCrls],
   ['outgoing', 'Outgoing', tabOutgoing],
@@ -1496,7 +1497,7 @@ async function tabSecurity(root, org) {
       await busy(save, async () => {
         try {
           // PUT replaces the whole policy: keep what this page does not edit.
-          policy = await api('PUT', `/orgs/${enc(org)}/security-policy`, { json: { ...policy, level: level.value, require_ca_proof: proof.checked } });
+          policy = await api('PUT', `/orgs/${enc(org)}/security-policy`, { json: { ...policy, level: level.value, device_types: types, require_ca_proof: proof.checked } });
           show();
           showOk(msg, 'Saved. Sessions the new policy no longer admits were closed.');
         } catch (err) {
@@ -1505,24 +1506,53 @@ async function tabSecurity(root, org) {
       });
     } },
     h('h2', {}, 'Security policy'),
-    field('Security level', level, 'What a device must present to connect; device types can override it through the API.'),
+    field('Security level', level, 'What a device must present to connect; a device or gateway type can override it below.'),
     overrides,
     h('label', { class: 'check' }, proof, ' Require proof of possession for CA uploads'),
     msg,
     h('div', { class: 'actions' }, save)),
+    deviceTokens(org),
     h('section', { class: 'card' },
       h('h2', {}, 'CA verification code'),
       h('p', { class: 'muted' }, 'With proof of possession on, a CA upload must carry a certificate signed by that CA whose CN is a code from here (valid one hour, for one upload).'),
       codeMsg,
       h('div', { class: 'actions' }, getCode)));
 
+  // Per device type: the level that overrides the org's. Edited here, saved with the form.
+  let types = {};
+  const newType = h('input', { id: 'sec-type-name', autocomplete: 'off', spellcheck: 'false', placeholder: 'sensor' });
+  const newLevel = h('select', { id: 'sec-type-level' }, LEVELS.map(([v, label]) => h('option', { value: v }, label)));
+  const addType = h('button', { type: 'button', class: 'secondary small', id: 'sec-type-add' }, 'Add override');
+  addType.addEventListener('click', () => {
+    const t = newType.value.trim();
+    if (!t) return;
+    types[t] = newLevel.value;
+    newType.value = '';
+    drawTypes();
+  });
+  function drawTypes() {
+    const rows = Object.entries(types).map(([t, l]) => ({ t, l }));
+    overrides.replaceChildren(
+      h('h3', {}, 'Levels per device or gateway type'),
+      table([
+        { label: 'Type', cell: (r) => h('code', {}, r.t) },
+        { label: 'Level', cell: (r) => {
+          const sel = h('select', { 'aria-label': `Level of type ${r.t}` }, LEVELS.map(([v, label]) => h('option', { value: v, selected: v === r.l }, label)));
+          sel.addEventListener('change', () => { types[r.t] = sel.value; });
+          return sel;
+        } },
+        { label: 'Actions', cell: (r) => h('button', { type: 'button', class: 'danger small', 'aria-label': `Remove the override of type ${r.t}`,
+          onclick: () => { delete types[r.t]; drawTypes(); } }, 'Remove') },
+      ], rows, { caption: 'Levels per type', empty: 'No per-type overrides: every type uses the org’s level.', rowAttrs: (r) => ({ 'data-type': r.t }) }),
+      h('div', { class: 'grid' }, field('Device or gateway type', newType), field('Its level', newLevel)),
+      h('div', { class: 'actions' }, addType));
+  }
+
   function show() {
     level.value = policy.level;
     proof.checked = !!policy.require_ca_proof;
-    const types = Object.entries(policy.device_types || {});
-    overrides.replaceChildren(types.length
-      ? details(types.map(([t, l]) => [`Device type ${t}`, l]))
-      : h('p', { class: 'muted small' }, 'No per-type overrides.'));
+    types = { ...(policy.device_types || {}) };
+    drawTypes();
   }
 
   getCode.addEventListener('click', () => busy(getCode, async () => {
@@ -1847,6 +1877,129 @@ const LIMITS = [
 ];
 
 /* ------------------------------------------------------------------ expiry overview */
+
+/* ---------- Device tokens (on the Security policy page) */
+
+/** The identities with an MQTT token: set one (shown once), replace it, delete it. */
+function deviceTokens(org) {
+  const msg = h('div', { class: 'messages', id: 'tokens-messages' });
+  const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const identity = h('input', { id: 'token-identity', autocomplete: 'off', spellcheck: 'false', placeholder: 'd:legacy:dev9' });
+  const value = h('input', { type: 'password', id: 'token-value', autocomplete: 'off', placeholder: 'leave empty to generate one' });
+  const submit = h('button', { type: 'submit', id: 'token-set' }, 'Set token');
+  const card = h('form', { class: 'card', 'aria-labelledby': 'tokens-title', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      try {
+        const body = { identity: identity.value.trim() };
+        if (value.value) body.token = value.value;
+        const t = await api('POST', `/orgs/${enc(org)}/device-tokens`, { json: body });
+        identity.value = '';
+        value.value = '';
+        showOk(msg, h('p', {}, 'Token of ', h('code', {}, t.identity), ' (shown this once): ', h('code', { id: 'token-shown' }, t.token)),
+          h('p', { class: 'hint' }, 'The device connects with user name use-token-auth and this token as password, where its level asks for a token.'));
+        await reload();
+      } catch (err) {
+        showError(msg, err, 'The token was not set');
+      }
+    });
+  } },
+  h('h2', { id: 'tokens-title' }, 'Device tokens'),
+  h('p', { class: 'muted' }, 'For levels that admit or need a token. Tokens are stored as salted MACs: they cannot be shown again, only replaced.'),
+  list,
+  h('div', { class: 'grid' },
+    field('Identity', identity, 'd:<type>:<id>, g:<type>:<id> or a:<app>.'),
+    field('Token', value, 'At least 16 characters; empty: certmq generates one.')),
+  msg,
+  h('div', { class: 'actions' }, submit));
+
+  async function reload() {
+    try {
+      const ids = await api('GET', `/orgs/${enc(org)}/device-tokens`);
+      list.replaceChildren(table([
+        { label: 'Identity', cell: (id) => h('code', {}, id) },
+        { label: 'Actions', cell: (id) => h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete the token of ${id}`,
+          onclick: (e) => deleteToken(e.currentTarget, id) }, 'Delete') },
+      ], ids, { caption: 'Device tokens', empty: 'No identity has a token.', rowAttrs: (id) => ({ 'data-identity': id }) }));
+    } catch (e) {
+      showError(msg, e, 'Loading device tokens');
+    }
+  }
+
+  async function deleteToken(button, id) {
+    const yes = await confirmDialog({
+      title: `Delete the token of ${id}?`,
+      body: ['Its live session is closed if its level needs the token.'],
+      confirm: 'Delete token',
+    });
+    if (!yes) return;
+    await busy(button, async () => {
+      try {
+        await api('DELETE', `/orgs/${enc(org)}/device-tokens/${enc(id)}`);
+        toast(`Deleted the token of ${id}`);
+        await reload();
+      } catch (e) {
+        showError(msg, e, `Deleting the token of ${id} failed`);
+      }
+    });
+  }
+
+  reload();
+  return card;
+}
+
+/* ---------- Authorization dry run */
+
+async function tabDryRun(root, org) {
+  const msg = h('div', { class: 'messages' });
+  const result = h('div', { id: 'dry-result', 'aria-live': 'polite' });
+  const file = h('input', { type: 'file', id: 'dry-file', accept: '.pem,.crt' });
+  const pem = h('textarea', { id: 'dry-cert', rows: '6', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' });
+  const clientId = h('input', { id: 'dry-client-id', autocomplete: 'off', spellcheck: 'false', placeholder: `d:${org}:sensor:dev1` });
+  const token = h('input', { type: 'password', id: 'dry-token', autocomplete: 'off' });
+  const topic = h('input', { id: 'dry-topic', autocomplete: 'off', spellcheck: 'false', placeholder: 'iot-2/evt/temp/fmt/json' });
+  const action = h('select', { id: 'dry-action' }, h('option', { value: 'publish' }, 'publish'), h('option', { value: 'subscribe' }, 'subscribe'));
+  const submit = h('button', { type: 'submit', id: 'dry-check' }, 'Check');
+  root.append(h('form', { class: 'card', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(submit, async () => {
+      result.replaceChildren();
+      try {
+        const certificate = file.files[0] ? await file.files[0].text() : pem.value;
+        const body = { certificate, action: action.value };
+        if (clientId.value.trim()) body.client_id = clientId.value.trim();
+        if (token.value) body.token = token.value;
+        if (topic.value.trim()) body.topic = topic.value.trim();
+        const d = await api('POST', `/orgs/${enc(org)}/authz/check`, { json: body });
+        msg.replaceChildren();
+        result.replaceChildren(h('div', { class: `alert ${d.allowed ? 'ok' : 'error'}`, role: 'status' },
+          h('strong', { id: 'dry-verdict' }, d.allowed ? 'Allowed' : 'Refused'),
+          ` at stage ${d.stage}: `, h('span', { id: 'dry-reason' }, d.reason),
+          details([
+            ['Identity', d.identity || '—'],
+            ['Expected client id', d.expected_client_id || '—'],
+            ['Admitting CA', d.ca_id ? [shortId(d.ca_id), ' ', fingerprint(d.ca_fingerprint)] : '—'],
+            ['Internal topic', d.internal_topic ? h('code', {}, d.internal_topic) : '—'],
+          ])));
+      } catch (err) {
+        showError(msg, err, 'The check did not run');
+      }
+    });
+  } },
+  h('h2', {}, 'Authorization dry run'),
+  h('p', { class: 'muted' }, 'What the broker would decide for a client certificate, a client id, a token and a topic, and the step that decided — the broker’s own checks, in its order. Nothing is stored.'),
+  h('div', { class: 'grid' },
+    field('Client certificate (file)', file),
+    field('…or paste it (PEM, leaf first)', pem)),
+  h('div', { class: 'grid' },
+    field('Client id', clientId),
+    field('Device token', token, 'Only where the level asks for one.'),
+    field('Topic or filter', topic),
+    field('Action', action)),
+  msg,
+  h('div', { class: 'actions' }, submit),
+  result));
+}
 
 /* ---------- Outgoing: client certificates, bridges, webhooks */
 
