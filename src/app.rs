@@ -25,6 +25,8 @@ pub(crate) struct Options {
     pub(crate) admin: SocketAddr,
     /// Plain MQTT listener (orgs with level `tls_optional` only); `None` disables it.
     pub(crate) mqtt_plain: Option<SocketAddr>,
+    /// MQTT over WebSockets (TLS, `/mqtt`); `None` disables it.
+    pub(crate) ws: Option<SocketAddr>,
     pub(crate) domain: String,
     /// How long audit entries are kept, in days (`--audit-retention-days`).
     pub(crate) audit_retention_days: u32,
@@ -54,6 +56,7 @@ impl Default for Options {
             mqtt: SocketAddr::from(([0, 0, 0, 0], 8883)),
             admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mqtt_plain: None,
+            ws: None,
             domain: "messaging.localhost".into(),
             audit_retention_days: registry::audit::DEFAULT_AUDIT_RETENTION_DAYS,
             guard: broker.guard,
@@ -71,6 +74,7 @@ impl Default for Options {
 pub(crate) struct Running {
     pub(crate) mqtt_addr: SocketAddr,
     pub(crate) mqtt_plain_addr: Option<SocketAddr>,
+    pub(crate) ws_addr: Option<SocketAddr>,
     pub(crate) admin_addr: SocketAddr,
     /// Whether the admin API speaks HTTPS.
     pub(crate) admin_https: bool,
@@ -318,6 +322,15 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
         },
         None => None,
     };
+    let ws = match opts.ws {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the WebSocket listener {a}"))?,
+        ),
+        None => None,
+    };
+    let ws_addr = ws.as_ref().map(|l| l.local_addr()).transpose()?;
     let mqtt_addr = mqtt.local_addr()?;
     let mqtt_plain_addr = plain.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin.local_addr()?;
@@ -329,6 +342,9 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     tasks.spawn(broker.clone().serve(mqtt, shutdown.child_token()));
     if let Some(plain) = plain {
         tasks.spawn(broker.clone().serve_plain(plain, shutdown.child_token()));
+    }
+    if let Some(ws) = ws {
+        tasks.spawn(broker.clone().serve_ws(ws, shutdown.child_token()));
     }
     tasks.spawn(prune_audit_logs(registry.clone(), shutdown.child_token()));
     let outbound_stop = shutdown.child_token();
@@ -362,6 +378,7 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     Ok(Running {
         mqtt_addr,
         mqtt_plain_addr,
+        ws_addr,
         admin_addr,
         admin_https,
         admin_token,

@@ -42,6 +42,11 @@ pub(crate) struct ServeArgs {
     /// opt-in (e.g. `--mqtt-plain 0.0.0.0:1883`) [default: off].
     #[arg(long, env = "CERTMQ_MQTT_PLAIN")]
     mqtt_plain: Option<OptionalAddr>,
+    /// MQTT over WebSockets listen address: TLS with the org's server certificate and
+    /// client certificate checks as on --mqtt, upgrade on `/mqtt` with subprotocol
+    /// `mqtt` (e.g. `--ws 0.0.0.0:443`) [default: off].
+    #[arg(long, env = "CERTMQ_WS")]
+    ws: Option<OptionalAddr>,
     /// Base messaging domain: org hosts are `<org>.<domain>` [default: messaging.localhost].
     #[arg(long, env = "CERTMQ_DOMAIN")]
     domain: Option<String>,
@@ -98,6 +103,7 @@ struct FileConfig {
     mqtt: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     mqtt_plain: Option<OptionalAddr>,
+    ws: Option<OptionalAddr>,
     domain: Option<String>,
     audit_retention_days: Option<u32>,
     max_pending_per_ip: Option<u32>,
@@ -199,6 +205,7 @@ pub(crate) fn resolve(args: ServeArgs, file: Option<&LoadedFile>) -> anyhow::Res
             .mqtt_plain
             .or_else(|| f.mqtt_plain.clone())
             .map_or(d.mqtt_plain, |a| a.0),
+        ws: args.ws.or_else(|| f.ws.clone()).map_or(d.ws, |a| a.0),
         domain: args.domain.or_else(|| f.domain.clone()).unwrap_or(d.domain),
         audit_retention_days,
         guard,
@@ -240,6 +247,7 @@ pub(crate) fn log_effective(o: &app::Options, file: Option<&LoadedFile>, format:
         mqtt = %o.mqtt,
         admin = %o.admin,
         mqtt_plain = %plain,
+        ws = %o.ws.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         domain = %o.domain,
         audit_retention_days = o.audit_retention_days,
         max_pending_per_ip = o.guard.max_pending_per_ip,

@@ -134,8 +134,11 @@ async fn serve(opts: app::Options) -> anyhow::Result<()> {
     let plain = running
         .mqtt_plain_addr
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let ws = running
+        .ws_addr
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!(
-        "certmq ready mqtt={} admin={} mqtt_plain={plain} domain={} admin_tls={}",
+        "certmq ready mqtt={} admin={} mqtt_plain={plain} domain={} admin_tls={} ws={ws}",
         running.mqtt_addr,
         running.admin_addr,
         opts.domain,

@@ -171,6 +171,17 @@ async fn mosquitto_wrong_client_id_and_foreign_ca_are_refused() {
 
 #[tokio::test]
 async fn paho_python_device_and_app() {
+    paho_round_trip(false).await;
+}
+
+/// The same round trip over MQTT over WebSockets (`--ws`): TLS with the org's server
+/// certificate and the clients' certificates, then `/mqtt` with subprotocol `mqtt`.
+#[tokio::test]
+async fn paho_python_over_websockets() {
+    paho_round_trip(true).await;
+}
+
+async fn paho_round_trip(websockets: bool) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/paho_roundtrip.py");
     let has_paho = Command::new("python3")
         .args(["-c", "import paho.mqtt.client"])
@@ -193,17 +204,23 @@ async fn paho_python_device_and_app() {
     let files = Files::new();
     let dev = acme.cert("d:sensor:dev1");
     let app = acme.cert("a:dash");
+    let port = if websockets {
+        server.ws.port()
+    } else {
+        acme.mqtt.port()
+    };
     let out = Command::new("python3")
         .arg(&script)
         .args([
             &format!("acme.{DOMAIN}"),
-            &acme.mqtt.port().to_string(),
+            &port.to_string(),
             &files.write("server.pem", &acme.server_pem),
             &files.write("dev.pem", &dev.chain_pem),
             &files.write("dev.key", &dev.key_pem),
             &files.write("app.pem", &app.chain_pem),
             &files.write("app.key", &app.key_pem),
         ])
+        .args(websockets.then_some("websockets"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -30,6 +30,7 @@ mod session;
 pub mod sessions;
 pub(crate) mod state;
 pub mod tls;
+mod ws;
 
 pub use authz::AuthzError;
 pub use guard::GuardConfig;

@@ -71,6 +71,17 @@ pub struct Broker {
     outbound: Option<Arc<crate::outbound::Outbound>>,
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// MQTT over TLS.
+    Tls,
+    /// Plain MQTT (token authentication only).
+    Plain,
+    /// MQTT over WebSockets over TLS.
+    WebSocket,
+}
+
 impl Broker {
     /// Starts the engine and subscribes to registry changes with one listener that, for
     /// the changed org, first drops its cached TLS config (the next handshake rebuilds
@@ -332,22 +343,31 @@ impl Broker {
     /// Serves MQTT over TLS on `listener` until `shutdown` is cancelled, then closes
     /// every session and waits (up to 5 s) for them to end.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        self.accept_loop(listener, shutdown, false).await
+        self.accept_loop(listener, shutdown, Listener::Tls).await
+    }
+
+    /// Serves MQTT over WebSockets on `listener`: TLS with the same per-org server
+    /// certificate and client-certificate checks as [`Broker::serve`], then the HTTP
+    /// upgrade on `/mqtt` with the subprotocol `mqtt`, then the same session.
+    pub async fn serve_ws(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.accept_loop(listener, shutdown, Listener::WebSocket)
+            .await
     }
 
     /// Serves plain MQTT (no TLS) on `listener`: only orgs whose policy is
     /// `tls_optional` admit anyone here, and only with a token; the org comes from the
     /// client id.
     pub async fn serve_plain(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        self.accept_loop(listener, shutdown, true).await
+        self.accept_loop(listener, shutdown, Listener::Plain).await
     }
 
     async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
-        plain: bool,
+        kind: Listener,
     ) {
+        let plain = kind == Listener::Plain;
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let tracker = TaskTracker::new();
         loop {
@@ -385,10 +405,10 @@ impl Broker {
             );
             tracker.spawn(
                 async move {
-                    if plain {
-                        broker.plain_connection(tcp, addr, pending).await;
-                    } else {
-                        broker.connection(tcp, addr, pending).await;
+                    match kind {
+                        Listener::Plain => broker.plain_connection(tcp, addr, pending).await,
+                        Listener::Tls => broker.connection(tcp, addr, pending).await,
+                        Listener::WebSocket => broker.ws_connection(tcp, addr, pending).await,
                     }
                     drop(permit);
                 }
@@ -466,6 +486,25 @@ impl Broker {
     async fn connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {
         if let Some((stream, peer)) = Box::pin(self.handshake(tcp, addr, pending)).await {
             session::run(stream, peer, self.ctx.clone()).await;
+        }
+    }
+
+    /// Serves one WebSocket connection: the TLS handshake as on 8883, the upgrade
+    /// (bounded by the handshake timeout, like the TLS handshake), then the session.
+    async fn ws_connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {
+        let Some((stream, peer)) = Box::pin(self.handshake(tcp, addr, pending)).await else {
+            return;
+        };
+        let config = crate::ws::config(self.ctx.limits.max_packet_size);
+        let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            crate::ws::check_upgrade,
+            Some(config),
+        );
+        match tokio::time::timeout(self.config.handshake_timeout, upgrade).await {
+            Ok(Ok(ws)) => session::run(crate::ws::WsIo::new(ws), peer, self.ctx.clone()).await,
+            Ok(Err(e)) => debug!(cause = %e, "WebSocket upgrade refused"),
+            Err(_) => debug!("no WebSocket upgrade before the handshake timeout"),
         }
     }
 

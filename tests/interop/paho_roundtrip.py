@@ -1,7 +1,8 @@
 """Eclipse Paho (Python) against certmq: a device event reaches an application, and the
 application's command reaches the device, over mTLS with SNI from the host name.
 
-usage: paho_roundtrip.py HOST PORT SERVER_PEM DEV_CERT DEV_KEY APP_CERT APP_KEY
+usage: paho_roundtrip.py HOST PORT SERVER_PEM DEV_CERT DEV_KEY APP_CERT APP_KEY [websockets]
+With "websockets" both clients use MQTT over WebSockets (path /mqtt) instead of TCP.
 Prints "event <topic>" and "command <topic>"; exits 0 on success, 1 on timeout.
 """
 import ssl
@@ -12,14 +13,17 @@ import paho.mqtt.client as mqtt
 
 host, port, server_pem, dev_cert, dev_key, app_cert, app_key = sys.argv[1:8]
 port = int(port)
+transport = sys.argv[8] if len(sys.argv) > 8 else "tcp"
 done = threading.Event()
 
 
 def make(client_id, cert, key):
     try:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport)
     except AttributeError:  # paho-mqtt 1.x
-        c = mqtt.Client(client_id=client_id)
+        c = mqtt.Client(client_id=client_id, transport=transport)
+    if transport == "websockets":
+        c.ws_set_options(path="/mqtt")
     c.tls_set(ca_certs=server_pem, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     return c
 

@@ -26,6 +26,8 @@ pub struct Server {
     pub admin: SocketAddr,
     /// The plain MQTT listener (orgs with level `tls_optional`).
     pub mqtt_plain: SocketAddr,
+    /// MQTT over WebSockets (TLS, `/mqtt`).
+    pub ws: SocketAddr,
     data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -51,7 +53,7 @@ impl Server {
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--mqtt", mqtt, "--admin", "127.0.0.1:0", "--domain", DOMAIN])
-            .args(["--mqtt-plain", "127.0.0.1:0"])
+            .args(["--mqtt-plain", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
             .env("CERTMQ_ADMIN_TOKEN", TOKEN)
             .env(
                 "RUST_LOG",
@@ -85,6 +87,7 @@ impl Server {
             mqtt: field("mqtt"),
             admin: field("admin"),
             mqtt_plain: field("mqtt_plain"),
+            ws: field("ws"),
             child,
             data_dir: dir.to_path_buf(),
             _tmp: None,
