@@ -181,6 +181,59 @@ async fn paho_python_over_websockets() {
     paho_round_trip(true).await;
 }
 
+/// MQTT.js (Node) over `wss://` with client certificates, as browsers' and Node's most
+/// used MQTT client connects: `NODE_PATH` must find the `mqtt` package (`.ci/run`
+/// installs it under `target/node`).
+#[tokio::test]
+async fn mqttjs_over_websockets() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs_ws.js");
+    let has_mqttjs = Command::new("node")
+        .args(["-e", "require('mqtt')"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_mqttjs {
+        assert!(
+            !required(),
+            "CERTMQ_REQUIRE_INTEROP=1 but node with the mqtt package (NODE_PATH) is missing"
+        );
+        eprintln!("skipping MQTT.js test: node or its mqtt package is missing");
+        return;
+    }
+    if !available("node", &["--version"]) {
+        return;
+    }
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let files = Files::new();
+    let dev = acme.cert("d:sensor:dev1");
+    let app = acme.cert("a:dash");
+    let url = format!("wss://acme.{DOMAIN}:{}/mqtt", server.ws.port());
+    let out = Command::new("node")
+        .arg(&script)
+        .args([
+            &url,
+            &files.write("server.pem", &acme.server_pem),
+            &files.write("dev.pem", &dev.chain_pem),
+            &files.write("dev.key", &dev.key_pem),
+            &files.write("app.pem", &app.chain_pem),
+            &files.write("app.key", &app.key_pem),
+            "acme",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "MQTT.js over wss failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("event iot-2/type/sensor/id/dev1/evt/temp/fmt/json {\"t\":21}"),
+        "{stdout}"
+    );
+}
+
 async fn paho_round_trip(websockets: bool) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/paho_roundtrip.py");
     let has_paho = Command::new("python3")
