@@ -41,11 +41,7 @@ async fn console_in_a_real_browser() {
     let server = Server::start();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let page = Page {
-        c: &browser.client,
-        base: format!("http://{}", server.admin),
-        shots: std::env::var_os("CERTMQ_CONSOLE_SCREENSHOTS").map(PathBuf::from),
-    };
+    let page = Page::new(&browser.client, &server);
     let api = server.api();
 
     // `/` leads to the console; sign in with the platform admin token.
@@ -519,7 +515,24 @@ struct Page<'a> {
     shots: Option<PathBuf>,
 }
 
-impl Page<'_> {
+impl<'a> Page<'a> {
+    /// The console of `server` in the browser `c`.
+    fn new(c: &'a Client, server: &Server) -> Page<'a> {
+        Page {
+            c,
+            base: format!("http://{}", server.admin),
+            shots: std::env::var_os("CERTMQ_CONSOLE_SCREENSHOTS").map(PathBuf::from),
+        }
+    }
+
+    /// Signs in with the platform admin token and waits for the list of orgs.
+    async fn sign_in(&self) {
+        self.goto("/").await;
+        self.fill("#token", TOKEN).await;
+        self.click("#sign-in").await;
+        self.wait_text("h1", "Organizations").await;
+    }
+
     async fn goto(&self, path: &str) {
         self.c
             .goto(&format!("{}{path}", self.base))
@@ -693,18 +706,11 @@ async fn outgoing_connections_in_a_real_browser() {
     let server = Server::start();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let page = Page {
-        c: &browser.client,
-        base: format!("http://{}", server.admin),
-        shots: std::env::var_os("CERTMQ_CONSOLE_SCREENSHOTS").map(PathBuf::from),
-    };
+    let page = Page::new(&browser.client, &server);
     let api = server.api();
     api.post("/orgs", json!({ "id": "acme", "name": "Acme Corp" }))
         .await;
-    page.goto("/").await;
-    page.fill("#token", TOKEN).await;
-    page.click("#sign-in").await;
-    page.wait_text("h1", "Organizations").await;
+    page.sign_in().await;
     page.goto("/console#/org/acme/outgoing").await;
     page.wait_text("h2", "Client certificates").await;
 
@@ -855,20 +861,13 @@ async fn policy_tokens_and_dry_run_in_a_real_browser() {
     let server = Server::start();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let page = Page {
-        c: &browser.client,
-        base: format!("http://{}", server.admin),
-        shots: std::env::var_os("CERTMQ_CONSOLE_SCREENSHOTS").map(PathBuf::from),
-    };
+    let page = Page::new(&browser.client, &server);
     let api = server.api();
     api.post("/orgs", json!({ "id": "acme", "name": "Acme Corp" }))
         .await;
     let ca = TestCa::new("Acme Devices").expect("CA");
     api.upload_ca("acme", &ca.pem()).await;
-    page.goto("/").await;
-    page.fill("#token", TOKEN).await;
-    page.click("#sign-in").await;
-    page.wait_text("h1", "Organizations").await;
+    page.sign_in().await;
 
     // A per-type level, added and saved.
     page.goto("/console#/org/acme/security-policy").await;

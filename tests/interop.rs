@@ -39,6 +39,25 @@ fn available(tool: &str, probe: &[&str]) -> bool {
     false
 }
 
+/// Whether `program` runs `check` (loading a client library, `what`) and interop can
+/// run here; panics when it must but cannot.
+fn library(program: &str, check: &[&str], what: &str) -> bool {
+    let loads = Command::new(program)
+        .args(check)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !loads {
+        assert!(
+            !required(),
+            "CERTMQ_REQUIRE_INTEROP=1 but {what} is missing"
+        );
+        eprintln!("skipping interop test: {what} is missing");
+        return false;
+    }
+    available(program, &["--version"])
+}
+
 struct Files {
     dir: tempfile::TempDir,
 }
@@ -187,20 +206,11 @@ async fn paho_python_over_websockets() {
 #[tokio::test]
 async fn mqttjs_over_websockets() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mqttjs_ws.js");
-    let has_mqttjs = Command::new("node")
-        .args(["-e", "require('mqtt')"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_mqttjs {
-        assert!(
-            !required(),
-            "CERTMQ_REQUIRE_INTEROP=1 but node with the mqtt package (NODE_PATH) is missing"
-        );
-        eprintln!("skipping MQTT.js test: node or its mqtt package is missing");
-        return;
-    }
-    if !available("node", &["--version"]) {
+    if !library(
+        "node",
+        &["-e", "require('mqtt')"],
+        "node's mqtt package (NODE_PATH)",
+    ) {
         return;
     }
     let server = Server::start();
@@ -236,20 +246,11 @@ async fn mqttjs_over_websockets() {
 
 async fn paho_round_trip(websockets: bool) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/paho_roundtrip.py");
-    let has_paho = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_paho {
-        assert!(
-            !required(),
-            "CERTMQ_REQUIRE_INTEROP=1 but python3 paho-mqtt is missing"
-        );
-        eprintln!("skipping paho test: paho-mqtt not installed");
-        return;
-    }
-    if !available("python3", &["--version"]) {
+    if !library(
+        "python3",
+        &["-c", "import paho.mqtt.client"],
+        "python3's paho-mqtt",
+    ) {
         return;
     }
     let server = Server::start();

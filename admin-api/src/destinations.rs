@@ -17,9 +17,10 @@ use crate::error::ErrorBody;
 use crate::extract::{ItemPath, OrgPath};
 use crate::{ApiError, AppState, Json};
 
-/// A bridge with what the broker reports about it.
+/// What bridges and webhooks share: where they connect and with which identity and
+/// trust.
 #[derive(Serialize, ToSchema)]
-pub(crate) struct BridgeView {
+pub(crate) struct DestinationSettings {
     id: String,
     org: OrgId,
     name: String,
@@ -28,14 +29,21 @@ pub(crate) struct BridgeView {
     client_cert: Option<String>,
     ca_certificates: String,
     trust_system_roots: bool,
-    /// The MQTT client id used at the remote.
-    client_id: String,
-    forward: Vec<ForwardRule>,
-    receive: Vec<ReceiveRule>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
+}
+
+/// A bridge with what the broker reports about it.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BridgeView {
+    #[serde(flatten)]
+    settings: DestinationSettings,
+    /// The MQTT client id used at the remote.
+    client_id: String,
+    forward: Vec<ForwardRule>,
+    receive: Vec<ReceiveRule>,
     #[serde(flatten)]
     status: DestinationStatus,
 }
@@ -43,20 +51,10 @@ pub(crate) struct BridgeView {
 /// A webhook with what the broker reports about it.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct WebhookView {
-    id: String,
-    org: OrgId,
-    name: String,
-    url: String,
-    server_name: Option<String>,
-    client_cert: Option<String>,
-    ca_certificates: String,
-    trust_system_roots: bool,
+    #[serde(flatten)]
+    settings: DestinationSettings,
     filter: String,
     qos: u8,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    updated_at: OffsetDateTime,
     #[serde(flatten)]
     status: DestinationStatus,
 }
@@ -79,46 +77,73 @@ fn status_of(state: &AppState, d: &Destination) -> DestinationStatus {
         })
 }
 
+/// `d` taken apart for a view: its settings, its status, and its rules (forward,
+/// receive).
+fn parts(
+    state: &AppState,
+    d: Destination,
+) -> (
+    DestinationSettings,
+    DestinationStatus,
+    Vec<ForwardRule>,
+    Vec<ReceiveRule>,
+) {
+    let status = status_of(state, &d);
+    let Destination {
+        id,
+        org,
+        kind: _,
+        name,
+        url,
+        server_name,
+        client_cert,
+        ca_certificates,
+        trust_system_roots,
+        client_id: _,
+        forward,
+        receive,
+        created_at,
+        updated_at,
+    } = d;
+    let settings = DestinationSettings {
+        id,
+        org,
+        name,
+        url,
+        server_name,
+        client_cert,
+        ca_certificates,
+        trust_system_roots,
+        created_at,
+        updated_at,
+    };
+    (settings, status, forward, receive)
+}
+
 fn bridge_view(state: &AppState, d: Destination) -> BridgeView {
+    let client_id = d.remote_client_id();
+    let (settings, status, forward, receive) = parts(state, d);
     BridgeView {
-        status: status_of(state, &d),
-        client_id: d.remote_client_id(),
-        id: d.id,
-        org: d.org,
-        name: d.name,
-        url: d.url,
-        server_name: d.server_name,
-        client_cert: d.client_cert,
-        ca_certificates: d.ca_certificates,
-        trust_system_roots: d.trust_system_roots,
-        forward: d.forward,
-        receive: d.receive,
-        created_at: d.created_at,
-        updated_at: d.updated_at,
+        settings,
+        client_id,
+        forward,
+        receive,
+        status,
     }
 }
 
 fn webhook_view(state: &AppState, d: Destination) -> WebhookView {
-    let status = status_of(state, &d);
-    let (filter, qos) = d
-        .forward
-        .first()
-        .map(|r| (r.filter.clone(), r.qos))
+    let (settings, status, forward, _) = parts(state, d);
+    let (filter, qos) = forward
+        .into_iter()
+        .next()
+        .map(|r| (r.filter, r.qos))
         .unwrap_or_default();
     WebhookView {
-        status,
+        settings,
         filter,
         qos,
-        id: d.id,
-        org: d.org,
-        name: d.name,
-        url: d.url,
-        server_name: d.server_name,
-        client_cert: d.client_cert,
-        ca_certificates: d.ca_certificates,
-        trust_system_roots: d.trust_system_roots,
-        created_at: d.created_at,
-        updated_at: d.updated_at,
+        status,
     }
 }
 

@@ -102,28 +102,19 @@ async fn connect(
         .map_err(|e| tls::describe_io(&e, peer))?;
     out.clear();
     let mut buf = BytesMut::with_capacity(4096);
-    let ack = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match Version::V4.read(&mut buf, MAX_PACKET) {
-                Ok(Packet::ConnAck(ack, _)) => return Ok(ack),
-                Ok(other) => return Err(format!("the remote answered CONNECT with {other:?}")),
-                Err(crate::engine::codec::CodecError::Incomplete) => {}
-                Err(e) => return Err(format!("the remote sent a malformed packet: {e}")),
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) => {
-                    return Err(format!(
-                        "{peer} closed the connection before CONNACK (does it accept our \
-                         client certificate?)"
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) => return Err(tls::describe_io(&e, peer)),
-            }
-        }
-    })
-    .await
-    .map_err(|_| format!("{peer} sent no CONNACK within {TIMEOUT:?}"))??;
+    let closed = "before CONNACK (does it accept our client certificate?)";
+    let ack = answer(
+        &mut stream,
+        &mut buf,
+        peer,
+        "CONNACK",
+        closed,
+        |p| match p {
+            Packet::ConnAck(ack, _) => Some(Ok(ack)),
+            other => Some(Err(format!("the remote answered CONNECT with {other:?}"))),
+        },
+    )
+    .await?;
     let ConnAck { code, .. } = ack;
     if code != ConnectReturnCode::Success {
         return Err(refusal(&code));
@@ -132,6 +123,44 @@ async fn connect(
         subscribe(dest, &mut stream, &mut buf, peer).await?;
     }
     Ok((stream, buf))
+}
+
+/// Reads packets (within [`TIMEOUT`]) until `pick` decides on one: `Some` is the
+/// answer (or why it is not one), `None` skips the packet. `what` names the awaited
+/// packet and `closed` says when the remote closed, for the messages.
+async fn answer<S, T>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    peer: &str,
+    what: &str,
+    closed: &str,
+    mut pick: impl FnMut(Packet) -> Option<Result<T, String>>,
+) -> Result<T, String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let read = async {
+        loop {
+            match Version::V4.read(buf, MAX_PACKET) {
+                Ok(p) => {
+                    if let Some(r) = pick(p) {
+                        return r;
+                    }
+                    continue;
+                }
+                Err(crate::engine::codec::CodecError::Incomplete) => {}
+                Err(e) => return Err(format!("the remote sent a malformed packet: {e}")),
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) => return Err(format!("{peer} closed the connection {closed}")),
+                Ok(_) => {}
+                Err(e) => return Err(tls::describe_io(&e, peer)),
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, read)
+        .await
+        .map_err(|_| format!("{peer} sent no {what} within {TIMEOUT:?}"))?
 }
 
 /// Subscribes at the remote to the bridge's `receive` filters and waits for the
@@ -169,23 +198,18 @@ async fn subscribe<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         .write_all(&out)
         .await
         .map_err(|e| tls::describe_io(&e, peer))?;
-    let codes = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match Version::V4.read(buf, MAX_PACKET) {
-                Ok(Packet::SubAck(ack, _)) => return Ok(ack.return_codes),
-                Ok(_) => continue,
-                Err(crate::engine::codec::CodecError::Incomplete) => {}
-                Err(e) => return Err(format!("the remote sent a malformed packet: {e}")),
-            }
-            match stream.read_buf(buf).await {
-                Ok(0) => return Err(format!("{peer} closed the connection after SUBSCRIBE")),
-                Ok(_) => {}
-                Err(e) => return Err(tls::describe_io(&e, peer)),
-            }
-        }
-    })
-    .await
-    .map_err(|_| format!("{peer} sent no SUBACK within {TIMEOUT:?}"))??;
+    let codes = answer(
+        stream,
+        buf,
+        peer,
+        "SUBACK",
+        "after SUBSCRIBE",
+        |p| match p {
+            Packet::SubAck(ack, _) => Some(Ok(ack.return_codes)),
+            _ => None,
+        },
+    )
+    .await?;
     for (rule, code) in rules.iter().zip(codes) {
         let ok = matches!(
             code,
