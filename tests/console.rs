@@ -384,11 +384,18 @@ struct Browser {
     /// Held for its `Drop`; declared after `client`, so it goes last.
     _driver: Driver,
     _profile: tempfile::TempDir,
+    /// This test's turn with the browser: the tests of this file run one browser at a
+    /// time (Chromium sessions started side by side on 2 cores failed with a reset).
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// Whose turn it is to run a browser.
+static BROWSER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Browser {
     /// `None` (after saying why) when no browser is installed and none is required.
     async fn start() -> Option<Browser> {
+        let turn = BROWSER_TURN.lock().await;
         let programs = find_program("CERTMQ_CHROMIUM", &["chromium", "chromium-browser"])
             .zip(find_program("CERTMQ_CHROMEDRIVER", &["chromedriver"]));
         let Some((chromium, chromedriver)) = programs else {
@@ -457,6 +464,7 @@ impl Browser {
             client,
             _driver: driver,
             _profile: profile,
+            _turn: turn,
         })
     }
 }
