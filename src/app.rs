@@ -45,6 +45,8 @@ pub(crate) struct Options {
     pub(crate) drain_timeout: Duration,
     /// HTTPS for the admin API (`--admin-tls-cert`, `--admin-tls-key`).
     pub(crate) admin_tls: crate::admin_tls::AdminTls,
+    /// The MQTT listeners read a PROXY v2 header first (`--proxy-protocol`).
+    pub(crate) proxy_protocol: bool,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             max_packet_size: broker.limits.max_packet_size,
             drain_timeout: broker.drain_timeout,
             admin_tls: crate::admin_tls::AdminTls::Auto,
+            proxy_protocol: broker.proxy_protocol,
         }
     }
 }
@@ -217,6 +220,7 @@ fn broker_config(opts: &Options) -> BrokerConfig {
         guard: opts.guard.clone(),
         handshake_timeout: opts.handshake_timeout,
         drain_timeout: opts.drain_timeout,
+        proxy_protocol: opts.proxy_protocol,
         ..Default::default()
     };
     config.limits.connect_timeout = opts.connect_timeout;

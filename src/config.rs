@@ -93,6 +93,12 @@ pub(crate) struct ServeArgs {
     /// The private key of --admin-tls-cert (PEM, unencrypted).
     #[arg(long, env = "CERTMQ_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
     admin_tls_key: Option<PathBuf>,
+    /// Every connection on the MQTT listeners (--mqtt, --ws, --mqtt-plain) starts with a
+    /// PROXY protocol v2 header from an L4 balancer (HAProxy's `send-proxy-v2`), whose
+    /// client address is then used everywhere; a connection without one is closed.
+    /// Only for ports that nothing but the balancer can reach [default: false].
+    #[arg(long, env = "CERTMQ_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
+    proxy_protocol: Option<bool>,
 }
 
 /// The config file: the same settings as [`ServeArgs`], all optional.
@@ -116,6 +122,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     admin_tls_cert: Option<PathBuf>,
     admin_tls_key: Option<PathBuf>,
+    proxy_protocol: Option<bool>,
 }
 
 /// Reads and parses `path`; errors name the file and, from the TOML parser, the line,
@@ -230,6 +237,10 @@ pub(crate) fn resolve(args: ServeArgs, file: Option<&LoadedFile>) -> anyhow::Res
             "drain_timeout",
         )?,
         admin_tls,
+        proxy_protocol: args
+            .proxy_protocol
+            .or(f.proxy_protocol)
+            .unwrap_or(d.proxy_protocol),
     })
 }
 
@@ -257,6 +268,7 @@ pub(crate) fn log_effective(o: &app::Options, file: Option<&LoadedFile>, format:
         connect_timeout = %Dur(o.connect_timeout),
         max_packet_size = o.max_packet_size,
         drain_timeout = %Dur(o.drain_timeout),
+        proxy_protocol = o.proxy_protocol,
         admin_tls = %match &o.admin_tls {
             crate::admin_tls::AdminTls::Files { cert, .. } => cert.display().to_string(),
             crate::admin_tls::AdminTls::Auto => "auto (HTTP on loopback, else the platform certificate)".into(),

@@ -25,6 +25,7 @@ mod hints;
 mod limits;
 pub mod metrics;
 mod outbound;
+mod proxy;
 mod server;
 mod session;
 pub mod sessions;

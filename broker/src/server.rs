@@ -39,6 +39,9 @@ pub struct BrokerConfig {
     /// At shutdown, how long sessions get to drain (owed acknowledgements written, MQTT
     /// 5 DISCONNECT 0x8B, write buffers flushed) and message state to reach the disk.
     pub drain_timeout: Duration,
+    /// Every connection on the MQTT listeners starts with a PROXY v2 header naming the
+    /// client's address (behind HAProxy's `send-proxy-v2`); see [`crate::proxy`].
+    pub proxy_protocol: bool,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +52,7 @@ impl Default for BrokerConfig {
             limits: SessionLimits::default(),
             guard: GuardConfig::default(),
             drain_timeout: Duration::from_secs(10),
+            proxy_protocol: false,
         }
     }
 }
@@ -387,24 +391,20 @@ impl Broker {
                 debug!(remote = %addr, "connection limit reached; closing");
                 continue;
             };
-            let pending = match self.ctx.guard.accept(addr.ip()) {
-                Ok(p) => p,
-                Err(refusal) => {
-                    debug!(remote = %addr, reason = refusal.label(), "refused at accept");
-                    crate::metrics::handshake(None, refusal.label());
-                    continue;
-                }
-            };
             let _ = tcp.set_nodelay(true);
             let broker = self.clone();
             let span = tracing::info_span!(
                 "conn",
-                remote = %addr,
+                remote = tracing::field::Empty,
+                via = tracing::field::Empty,
                 org = tracing::field::Empty,
                 client_id = tracing::field::Empty
             );
             tracker.spawn(
                 async move {
+                    let Some((tcp, addr, pending)) = broker.admit(tcp, addr).await else {
+                        return;
+                    };
                     match kind {
                         Listener::Plain => broker.plain_connection(tcp, addr, pending).await,
                         Listener::Tls => broker.connection(tcp, addr, pending).await,
@@ -418,6 +418,46 @@ impl Broker {
         // The listener is dropped here: new connections are refused from now on.
         drop(listener);
         self.drain(tracker, plain).await;
+    }
+
+    /// The client's address (from the PROXY header with `--proxy-protocol`, else the
+    /// TCP peer) and its place under the per-address limits; `None` when the
+    /// connection ends here.
+    async fn admit(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TcpStream, SocketAddr, Pending)> {
+        let addr = if self.config.proxy_protocol {
+            let header = crate::proxy::read_header(&mut tcp);
+            match tokio::time::timeout(self.config.handshake_timeout, header).await {
+                Ok(Ok(client)) => {
+                    tracing::Span::current().record("via", tracing::field::display(peer));
+                    client.unwrap_or(peer)
+                }
+                Ok(Err(e)) => {
+                    debug!(remote = %peer, cause = %e, "refused before TLS");
+                    crate::metrics::handshake(None, e.label());
+                    return None;
+                }
+                Err(_) => {
+                    debug!(remote = %peer, "no PROXY header before the handshake timeout");
+                    crate::metrics::handshake(None, "timeout");
+                    return None;
+                }
+            }
+        } else {
+            peer
+        };
+        tracing::Span::current().record("remote", tracing::field::display(addr));
+        match self.ctx.guard.accept(addr.ip()) {
+            Ok(pending) => Some((tcp, addr, pending)),
+            Err(refusal) => {
+                debug!(reason = refusal.label(), "refused at accept");
+                crate::metrics::handshake(None, refusal.label());
+                None
+            }
+        }
     }
 
     /// The graceful end of a listener: every session is closed with "server shutting

@@ -48,12 +48,25 @@ impl Server {
         Self::spawn(dir, "127.0.0.1:0")
     }
 
+    /// Starts a server like [`Server::start`] with `extra` flags after the usual ones.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Self::spawn_with(tmp.path(), "127.0.0.1:0", extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
     fn spawn(dir: &Path, mqtt: &str) -> Server {
+        Self::spawn_with(dir, mqtt, &[])
+    }
+
+    fn spawn_with(dir: &Path, mqtt: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_certmq"))
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--mqtt", mqtt, "--admin", "127.0.0.1:0", "--domain", DOMAIN])
             .args(["--mqtt-plain", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
+            .args(extra)
             .env("CERTMQ_ADMIN_TOKEN", TOKEN)
             .env(
                 "RUST_LOG",
@@ -563,5 +576,25 @@ impl OpensslCa {
             &[&["req", "-new"][..], &NEW_P256_KEY, &request].concat(),
         );
         (self.sign_server(name, host), self.dir.join(key))
+    }
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits (10 s at most) until something accepts TCP connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
