@@ -79,11 +79,6 @@ fn field<'a>(ready: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name}= in {ready:?}"))
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();

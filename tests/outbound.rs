@@ -23,13 +23,6 @@ use rumqttc::QoS;
 use serde_json::{json, Value};
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Polls `GET path` until `done` holds (10 s), returning the last answer.
 async fn wait_for(api: &Api, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
