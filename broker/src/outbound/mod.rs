@@ -55,23 +55,36 @@ fn session_client(id: &str) -> String {
 }
 
 /// The application principal a destination's filters are checked and mapped with:
-/// a destination sees what an application of its org may subscribe to.
-fn principal(org: &OrgId) -> Option<Principal> {
+/// a destination sees what an application of its org may subscribe to in watson mode,
+/// and anything in the org's topic space when the org's topic policy is `custom`
+/// (the admin configures destinations; docs/topic-policies.md).
+fn principal(org: &OrgId, custom: bool) -> Option<Principal> {
     let app_id = Name::try_from("certmq").ok()?;
-    Some(Principal::new(
+    let mut p = Principal::new(
         org.clone(),
         Identity::App { app_id },
         &SecurityPolicy::default(),
+        &Default::default(),
         None,
-    ))
+    );
+    if custom {
+        p.topics = crate::acl::Topics::Anywhere;
+    }
+    Some(p)
 }
 
 /// Maps an application-view `filter` of `org` to its internal filter, or says why an
-/// application may not subscribe to it.
-pub(crate) fn internal_filter(org: &OrgId, filter: &str) -> Result<String, String> {
-    let p = principal(org).ok_or("no application principal")?;
+/// application may not subscribe to it (`custom`: the org's topic policy is custom).
+pub(crate) fn internal_filter(org: &OrgId, custom: bool, filter: &str) -> Result<String, String> {
+    let p = principal(org, custom).ok_or("no application principal")?;
     p.subscribe_filter(filter).map_err(|e| {
-        format!("{e}; destinations take what an application may subscribe to (events and status)")
+        if custom {
+            format!("{e}; destinations take any filter of the org's topic space")
+        } else {
+            format!(
+                "{e}; destinations take what an application may subscribe to (events and status)"
+            )
+        }
     })
 }
 
@@ -323,9 +336,10 @@ impl Outbound {
                 let _ = t.await;
             }
             let org = config.org.clone();
+            let custom = registry.topic_policy(&org).is_ok_and(|p| p.is_custom());
             let mut rules = Vec::new();
             for r in &config.forward {
-                match internal_filter(&org, &r.filter) {
+                match internal_filter(&org, custom, &r.filter) {
                     Ok(internal) => rules.push(Rule {
                         filter: r.filter.clone(),
                         internal,
@@ -338,7 +352,7 @@ impl Outbound {
                     }
                 }
             }
-            let Some(principal) = principal(&org) else {
+            let Some(principal) = principal(&org, custom) else {
                 status.failed("no application principal".into());
                 return;
             };
