@@ -36,7 +36,11 @@ async fn put_policy(server: &Server, org: &str, policy: Value) -> (u16, Value) {
 async fn set_policy(server: &Server, org: &str, policy: Value) {
     let (s, body) = put_policy(server, org, policy.clone()).await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(body, policy);
+    assert_eq!(body["mode"], policy["mode"], "{body}");
+    assert_eq!(
+        body["rules"].as_array().map(Vec::len),
+        policy["rules"].as_array().map(Vec::len)
+    );
 }
 
 async fn publish(c: &Client, topic: &str, payload: &str) {
