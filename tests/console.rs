@@ -929,6 +929,15 @@ async fn policy_tokens_and_dry_run_in_a_real_browser() {
         topics["rules"][0]["publish"],
         json!(["devices/{type}/{id}/#"])
     );
+    // Back to watson for the dry run below, which checks Watson topics.
+    let (s, _) = api
+        .call(
+            reqwest::Method::PUT,
+            "/orgs/acme/topic-policy",
+            Some(json!({"mode": "watson"})),
+        )
+        .await;
+    assert_eq!(s, 200);
 
     // A device token: generated, shown once, listed, deleted.
     page.fill("#token-identity", "d:legacy:dev9").await;
