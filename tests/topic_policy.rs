@@ -584,3 +584,72 @@ async fn mosquitto_clients_in_custom_mode() {
         .expect("mosquitto_pub");
     assert!(!out.status.success());
 }
+
+/// Destinations of a custom-mode org take any filter of its topic space (and receive
+/// into any topic of it), where a watson-mode org's take application filters only: a
+/// bridge from acme (custom) into beta (custom, standing in for a partner broker) on
+/// the same broker, both ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn destinations_of_a_custom_org_use_its_topics() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let beta = Org::create(&server, "beta").await;
+    let open = json!({"mode": "custom", "rules": [
+        {"who": "a:*", "client_id": "*", "publish": ["#"], "subscribe": ["#"]}
+    ]});
+    set_policy(&server, "acme", doc_example("things")).await;
+    set_policy(&server, "beta", open).await;
+    let api = server.api();
+    // The bridge's identity in beta, issued by beta's CA, uploaded to acme.
+    let id = beta.cert("a:from-acme");
+    let cert = api
+        .post(
+            "/orgs/acme/client-certs",
+            json!({"certificate": id.chain_pem, "private_key": id.key_pem}),
+        )
+        .await;
+    let bridge = |filter: &str| {
+        json!({"name": "to-beta", "url": format!("mqtts://127.0.0.1:{}", beta.mqtt.port()),
+               "server_name": format!("beta.{DOMAIN}"), "client_cert": cert["id"],
+               "ca_certificates": beta.server_pem, "client_id": "acme-bridge",
+               "forward": [{"filter": filter, "topic": "acme/{topic}", "qos": 1}],
+               "receive": [{"filter": "acme-cmd/+", "topic": "things/{1}/cmd/from-beta", "qos": 1}]})
+    };
+    // Watson filters mean nothing special here; the org's own topics are what it takes.
+    let (code, b) = api
+        .call(
+            Method::POST,
+            "/orgs/acme/bridges",
+            Some(bridge("things/+/telemetry")),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let (code, e) = api
+        .call(Method::POST, "/orgs/acme/bridges", Some(bridge("$SYS/#")))
+        .await;
+    assert_eq!(code, 400, "{e}");
+
+    let mut partner = beta.connect("a:partner", "partner").await;
+    partner.subscribe("acme/#").await;
+    let mut thing = acme.connect("d:thermostat:t-100", "t-100").await;
+    thing.subscribe("things/t-100/cmd/#").await;
+    // The bridge connects in the background: publish until the partner has it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        publish(&thing, "things/t-100/telemetry", "20.5").await;
+        if let Some(m) = partner.next_publish(Duration::from_millis(500)).await {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing bridged");
+    };
+    assert_eq!(
+        got,
+        ("acme/things/t-100/telemetry".to_owned(), b"20.5".to_vec())
+    );
+    // And back: the partner's command reaches the thing on its own topic.
+    publish(&partner, "acme-cmd/t-100", "21").await;
+    assert_eq!(
+        thing.next_publish(WAIT).await.unwrap(),
+        ("things/t-100/cmd/from-beta".to_owned(), b"21".to_vec())
+    );
+}

@@ -173,8 +173,10 @@ impl Principal {
             Identity::Gateway { gateway_type, .. } => policy.gateway_scope(gateway_type),
             _ => None,
         };
+        // Only a Watson scalable client id: in custom mode a client id of another
+        // form that happens to start with `A:` is just a name.
         let scalable = matches!(identity, Identity::App { .. })
-            && client_id.is_some_and(|c| c.starts_with("A:"));
+            && client_id.is_some_and(|c| c.starts_with("A:") && identity.admits_client_id(&org, c));
         let status_topic = topics.status_topic_for(&identity);
         let topics = if topics.is_custom() {
             Topics::Custom(topics.rule_for(&identity).map(Arc::new))

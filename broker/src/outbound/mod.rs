@@ -226,6 +226,9 @@ impl Dest {
 
 struct Running {
     config: Destination,
+    /// The org's topic policy was custom when it started (its filters map differently
+    /// in each mode, so a switch restarts it).
+    custom: bool,
     stop: CancellationToken,
     status: Arc<Status>,
     task: JoinHandle<()>,
@@ -273,13 +276,15 @@ impl Outbound {
         } else {
             Vec::new()
         };
+        let custom = self.registry.topic_policy(org).is_ok_and(|p| p.is_custom());
         let mut running = lock(&self.running);
         let mine: Vec<(OrgId, String)> =
             running.keys().filter(|(o, _)| o == org).cloned().collect();
         let mut previous = HashMap::new();
         for key in mine {
             let still = desired.iter().find(|d| d.id == key.1);
-            if still.is_some_and(|d| running.get(&key).is_some_and(|r| r.config == *d)) {
+            let same = |r: &Running| still.is_some_and(|d| r.config == *d) && r.custom == custom;
+            if running.get(&key).is_some_and(same) {
                 continue;
             }
             let Some(r) = running.remove(&key) else {
@@ -309,11 +314,12 @@ impl Outbound {
                 None => (None, Arc::new(Status::default())),
             };
             let stop = CancellationToken::new();
-            let task = self.spawn(d.clone(), status.clone(), stop.clone(), before);
+            let task = self.spawn(d.clone(), custom, status.clone(), stop.clone(), before);
             running.insert(
                 key,
                 Running {
                     config: d,
+                    custom,
                     stop,
                     status,
                     task,
@@ -325,6 +331,7 @@ impl Outbound {
     fn spawn(
         &self,
         config: Destination,
+        custom: bool,
         status: Arc<Status>,
         stop: CancellationToken,
         before: Option<JoinHandle<()>>,
@@ -336,7 +343,6 @@ impl Outbound {
                 let _ = t.await;
             }
             let org = config.org.clone();
-            let custom = registry.topic_policy(&org).is_ok_and(|p| p.is_custom());
             let mut rules = Vec::new();
             for r in &config.forward {
                 match internal_filter(&org, custom, &r.filter) {

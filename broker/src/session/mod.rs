@@ -293,6 +293,10 @@ where
             }
         }
     }
+    // Status events go where the session's rules say now (a custom policy may have
+    // named another status topic while it was connected).
+    let mut status = status;
+    status.principal = bridge.principal.clone();
     let (code, reason) = close_code(&result);
     if let Some(event) = status.disconnect(code, &reason) {
         let _ = ctx.publish_own(&bridge.org_state, &org, OwnMessage::event(event));
