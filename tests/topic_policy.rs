@@ -653,3 +653,49 @@ async fn destinations_of_a_custom_org_use_its_topics() {
         ("things/t-100/cmd/from-beta".to_owned(), b"21".to_vec())
     );
 }
+
+/// A persistent session that was offline during a change keeps only what its rule
+/// allows when it comes back.
+#[tokio::test]
+async fn a_persistent_session_resumes_with_what_the_policy_allows_now() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let wide = json!({"mode": "custom", "rules": [
+        {"who": "d:*:*", "publish": ["#"]},
+        {"who": "a:*", "client_id": "*", "subscribe": ["devices/#", "other/#"]}
+    ]});
+    set_policy(&server, "acme", wide).await;
+    let cert = acme.cert("a:archive");
+    let opts = || {
+        let mut o =
+            device_sim::client::mqtt_options(&acme.target(), "archive", Some(&cert)).unwrap();
+        o.set_clean_session(false);
+        o
+    };
+    let (c, el) = device_sim::client::async_client(opts(), 10);
+    let mut app = start_loop(c, el).await.unwrap();
+    app.subscribe("devices/#").await;
+    app.subscribe("other/#").await;
+    app.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    set_policy(
+        &server,
+        "acme",
+        json!({"mode": "custom", "rules": [
+            {"who": "d:*:*", "publish": ["#"]},
+            {"who": "a:*", "client_id": "*", "subscribe": ["devices/#"]}
+        ]}),
+    )
+    .await;
+    let (c, el) = device_sim::client::async_client(opts(), 10);
+    let mut app = start_loop(c, el).await.unwrap();
+    let dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    publish(&dev, "other/x", "gone").await;
+    publish(&dev, "devices/sensor/dev1/t", "kept").await;
+    assert_eq!(
+        app.next_publish(WAIT).await.unwrap(),
+        ("devices/sensor/dev1/t".to_owned(), b"kept".to_vec()),
+        "the withdrawn subscription survived the reconnect"
+    );
+}
