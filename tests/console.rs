@@ -900,6 +900,45 @@ async fn policy_tokens_and_dry_run_in_a_real_browser() {
         "{policy}"
     );
 
+    // The topic policy, as JSON: a wrong rule is named, a good one is saved.
+    // Loaded (the textarea's value, not its text) before it is replaced.
+    let deadline = Instant::now() + WAIT;
+    while !page.prop("#topics-json", "value").await.contains("watson") {
+        assert!(Instant::now() < deadline, "the topic policy never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    page.fill(
+        "#topics-json",
+        r#"{"mode":"custom","rules":[{"who":"d:*:*","publish":["x/{app}"]}]}"#,
+    )
+    .await;
+    page.click("#topics-save").await;
+    page.wait_text("#topics-messages", "rules[0].publish[0]")
+        .await;
+    page.fill(
+        "#topics-json",
+        r#"{"mode":"custom","rules":[{"who":"d:*:*","publish":["devices/{type}/{id}/#"]}]}"#,
+    )
+    .await;
+    page.click("#topics-save").await;
+    page.wait_text("#topics-messages .alert.ok", "Saved").await;
+    let (_, topics) = api
+        .call(reqwest::Method::GET, "/orgs/acme/topic-policy", None)
+        .await;
+    assert_eq!(
+        topics["rules"][0]["publish"],
+        json!(["devices/{type}/{id}/#"])
+    );
+    // Back to watson for the dry run below, which checks Watson topics.
+    let (s, _) = api
+        .call(
+            reqwest::Method::PUT,
+            "/orgs/acme/topic-policy",
+            Some(json!({"mode": "watson"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+
     // A device token: generated, shown once, listed, deleted.
     page.fill("#token-identity", "d:legacy:dev9").await;
     page.click("#token-set").await;

@@ -1512,6 +1512,7 @@ async function tabSecurity(root, org) {
     msg,
     h('div', { class: 'actions' }, save)),
     deviceTokens(org),
+    topicPolicy(org),
     h('section', { class: 'card' },
       h('h2', {}, 'CA verification code'),
       h('p', { class: 'muted' }, 'With proof of possession on, a CA upload must carry a certificate signed by that CA whose CN is a code from here (valid one hour, for one upload).'),
@@ -1881,6 +1882,42 @@ const LIMITS = [
 /* ---------- Device tokens (on the Security policy page) */
 
 /** The identities with an MQTT token: set one (shown once), replace it, delete it. */
+/**
+ * The org's topic policy (docs/topic-policies.md), edited as JSON: `{"mode":"watson"}`
+ * or `{"mode":"custom","rules":[…]}`. A 422 names the rule entry that is wrong.
+ */
+function topicPolicy(org) {
+  const msg = h('div', { class: 'messages', id: 'topics-messages' });
+  const text = h('textarea', { id: 'topics-json', rows: 10, spellcheck: 'false' });
+  const save = h('button', { type: 'submit', id: 'topics-save' }, 'Save topic policy');
+  const show = (p) => { text.value = JSON.stringify(p, null, 2); };
+  const card = h('form', { class: 'card', 'aria-labelledby': 'topics-title', onsubmit: async (e) => {
+    e.preventDefault();
+    await busy(save, async () => {
+      let body;
+      try {
+        body = JSON.parse(text.value);
+      } catch (err) {
+        showError(msg, err, 'Not saved: the policy is not JSON');
+        return;
+      }
+      try {
+        show(await api('PUT', `/orgs/${enc(org)}/topic-policy`, { json: body }));
+        showOk(msg, 'Saved. Live sessions lost the subscriptions it no longer allows; a switch between watson and custom closed them.');
+      } catch (err) {
+        showError(msg, err, 'Not saved');
+      }
+    });
+  } },
+  h('h2', { id: 'topics-title' }, 'Topic policy'),
+  h('p', { class: 'muted' }, 'watson: Watson IoT topics (iot-2/…). custom: the first rule whose who (d:<type|*>:<id|*>, g:…, a:<app|*>) matches a client decides what it may publish and subscribe to; {type}, {id} and {app} come from its certificate.'),
+  field('Policy (JSON)', text, 'e.g. {"mode":"custom","rules":[{"who":"d:*:*","publish":["devices/{type}/{id}/#"],"subscribe":["devices/{type}/{id}/cmd/#"]}]}'),
+  msg,
+  h('div', { class: 'actions' }, save));
+  api('GET', `/orgs/${enc(org)}/topic-policy`).then(show, (err) => showError(msg, err, 'Loading the topic policy'));
+  return card;
+}
+
 function deviceTokens(org) {
   const msg = h('div', { class: 'messages', id: 'tokens-messages' });
   const list = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));

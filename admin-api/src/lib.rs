@@ -190,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(audit::list))
         .routes(routes!(ops::authz_check))
         .routes(routes!(policy::show, policy::set))
+        .routes(routes!(policy::show_topics, policy::set_topics))
         .routes(routes!(limits::show, limits::set))
         .routes(routes!(policy::set_token, policy::list_tokens))
         .routes(routes!(policy::delete_token))

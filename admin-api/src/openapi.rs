@@ -50,6 +50,7 @@ use crate::error::{ErrorBody, CODES};
         (name = "domains", description = "An org's custom domains."),
         (name = "audit", description = "Who changed what, when."),
         (name = "security-policy", description = "How an org's devices must authenticate."),
+        (name = "topic-policy", description = "Which MQTT topics an org's clients use: Watson IoT's scheme or the org's own rules."),
         (name = "limits", description = "An org's connection, message, subscription and queue limits. Org tokens may lower them; raising needs the platform admin token."),
         (name = "device-tokens", description = "MQTT passwords of identities (username `use-token-auth`)."),
         (name = "blocked-devices", description = "Identities refused at CONNECT whatever their credentials."),

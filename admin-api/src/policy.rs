@@ -1,12 +1,14 @@
 //! `/orgs/{org}/security-policy` and `/orgs/{org}/device-tokens`: how devices of an org
-//! must authenticate. Changes apply to live sessions at once (the broker re-checks them).
+//! must authenticate; `/orgs/{org}/topic-policy`: which topics they use. Changes apply
+//! to live sessions at once (the broker re-checks them).
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use registry::{DeviceToken, Identity, SecurityPolicy};
+use registry::{DeviceToken, Identity, SecurityPolicy, TopicMode, TopicPolicy};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use crate::audit::AuditNote;
 use crate::error::ErrorBody;
 use crate::extract::{ItemPath, OrgPath};
 use crate::{ApiError, AppState, Json};
@@ -136,4 +138,62 @@ pub(crate) async fn delete_token(
         .registry(move |r| r.delete_device_token(&org, &id))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Show the org's topic policy.
+#[utoipa::path(
+    get,
+    path = "/orgs/{org}/topic-policy",
+    tag = "topic-policy",
+    operation_id = "show_topic_policy",
+    params(OrgPath),
+    responses((status = 200, description = "The policy (`{\"mode\":\"watson\"}` until set).", body = TopicPolicy)),
+)]
+pub(crate) async fn show_topics(
+    State(state): State<AppState>,
+    OrgPath(org): OrgPath,
+) -> Result<Json<TopicPolicy>, ApiError> {
+    Ok(Json(state.registry(move |r| r.topic_policy(&org)).await?))
+}
+
+/// Replace the org's topic policy.
+///
+/// `watson` (the default): Watson IoT's `iot-2/…` topics. `custom`: the first rule
+/// whose `who` matches a client's identity says what it may publish and subscribe to
+/// (no rule: nothing), with `{type}`, `{id}` and `{app}` filled from its certificate;
+/// topics stay within the org. Applies at once: live sessions lose subscriptions the
+/// new rules no longer allow and their next publishes are checked with them; a switch
+/// between `watson` and `custom` closes the org's live sessions (v5 DISCONNECT 0x98).
+/// Walkthrough: docs/topic-policies.md.
+#[utoipa::path(
+    put,
+    path = "/orgs/{org}/topic-policy",
+    tag = "topic-policy",
+    operation_id = "set_topic_policy",
+    params(OrgPath),
+    request_body(content = TopicPolicy, content_type = "application/json", example = json!({
+        "mode": "custom",
+        "rules": [
+            {"who": "d:*:*", "publish": ["devices/{type}/{id}/#"], "subscribe": ["devices/{type}/{id}/cmd/#"]},
+            {"who": "a:*", "client_id": "*", "publish": ["devices/+/+/cmd/#"], "subscribe": ["devices/#"]}
+        ]
+    })),
+    responses(
+        (status = 200, description = "The policy as stored.", body = TopicPolicy),
+        (status = 422, description = "`invalid_topic_rule`: the message names what is wrong by its path (e.g. `rules[1].publish[0]: {app} is not defined for device rules`); nothing changed.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn set_topics(
+    State(state): State<AppState>,
+    OrgPath(org): OrgPath,
+    Json(policy): Json<TopicPolicy>,
+) -> Result<(AuditNote, Json<TopicPolicy>), ApiError> {
+    let stored = state
+        .registry(move |r| r.set_topic_policy(&org, policy))
+        .await?;
+    let note = match stored.mode {
+        TopicMode::Watson => "topic policy set: watson".to_owned(),
+        TopicMode::Custom => format!("topic policy set: custom, {} rules", stored.rules.len()),
+    };
+    Ok((AuditNote(note), Json(stored)))
 }

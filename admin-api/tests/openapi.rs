@@ -95,6 +95,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/orgs/{org}/revoked-certs/{id}"),
     ("GET", "/api/v1/orgs/{org}/network-policy"),
     ("PUT", "/api/v1/orgs/{org}/network-policy"),
+    ("GET", "/api/v1/orgs/{org}/topic-policy"),
+    ("PUT", "/api/v1/orgs/{org}/topic-policy"),
     ("POST", "/api/v1/orgs/{org}/ca-certs/verification-code"),
 ];
 
@@ -897,6 +899,20 @@ async fn answers_are_as_documented() {
     s.refused("cidr_overlap", net, "", dead).await;
     let policy = s.get(200, "/orgs/{org}/network-policy", "").await;
     assert_eq!(policy["deny"], json!(["10.1.2.3/32"]));
+    let topics = "PUT /orgs/{org}/topic-policy";
+    let custom = || {
+        json(json!({"mode": "custom", "rules": [
+            {"who": "d:*:*", "client_id": "{id}", "publish": ["things/{id}/#"]},
+            {"who": "a:*", "client_id": "*", "subscribe": ["things/#"]}
+        ], "status_topic": "things/{id}/status"}))
+    };
+    s.send(200, topics, "", custom()).await;
+    let bad = json(json!({"mode": "custom", "rules": [{"who": "d:*:*", "publish": ["x/{app}"]}]}));
+    s.refused("invalid_topic_rule", topics, "", bad).await;
+    let stored = s.get(200, "/orgs/{org}/topic-policy", "").await;
+    assert_eq!(stored["rules"][0]["client_id"], "{id}");
+    s.send(200, topics, "", json(json!({"mode": "watson"})))
+        .await;
     let code = "POST /orgs/{org}/ca-certs/verification-code";
     let c = s.send(201, code, "", Req::Empty).await;
     assert_eq!(c["code"].as_str().unwrap().len(), 32);

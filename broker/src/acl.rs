@@ -5,8 +5,15 @@
 //! expanded, so a device event `iot-2/evt/E/fmt/F` is stored as
 //! `/tenants/<org>/iot-2/type/<t>/id/<d>/evt/E/fmt/F`. Org isolation follows from the
 //! prefix: nothing a client can publish or subscribe to maps outside its own org.
+//!
+//! In an org whose topic policy is `custom` (docs/topic-policies.md), the rule that
+//! applies to the client decides instead, and its topic `T` maps to
+//! `/tenants/<org>/T` unchanged: the same prefix, so isolation holds the same way.
 //! Pure functions only; no I/O.
 
+use std::sync::Arc;
+
+use registry::topic_policy::{self, AppliedRule, TopicPolicy};
 use registry::{Identity, Name, OrgId, SecurityPolicy};
 
 /// Why a topic or filter was refused.
@@ -100,6 +107,18 @@ impl Pattern {
     }
 }
 
+/// Which rules decide a principal's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topics {
+    /// Watson IoT's fixed rules (docs/contract.md, section 3).
+    Watson,
+    /// The org's custom topic policy: the rule that applies to this client, its
+    /// templates filled (`None`: no rule applies, everything is denied).
+    Custom(Option<Arc<AppliedRule>>),
+    /// Anything in the org's topic space (the org's own destinations in custom mode).
+    Anywhere,
+}
+
 /// An authenticated client: its org (from SNI) and its certificate identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -110,6 +129,11 @@ pub struct Principal {
     /// For a scalable application instance (`A:<org>:<app>:<instance>`): every
     /// subscription is shared among the app's instances.
     pub scalable: bool,
+    /// Which rules decide its topics.
+    pub topics: Topics,
+    /// Custom mode: the topic (client view) its status events go to, when the policy
+    /// names one; otherwise the Watson `mon` topic.
+    pub status_topic: Option<String>,
 }
 
 /// `/tenants/<org>/`, the root of an org's internal topic space.
@@ -122,6 +146,12 @@ pub fn status_topic(org: &OrgId, device_type: &Name, device_id: &Name) -> String
     format!("/tenants/{org}/iot-2/type/{device_type}/id/{device_id}/mon")
 }
 
+#[derive(Clone, Copy)]
+enum Action {
+    Publish,
+    Subscribe,
+}
+
 fn split(s: &str) -> Vec<&str> {
     s.split('/').collect()
 }
@@ -129,26 +159,43 @@ fn split(s: &str) -> Vec<&str> {
 impl Principal {
     /// The principal of an admitted client: `identity` in `org`, with the gateway scope
     /// the org's `policy` gives its gateway type, and — for a client id
-    /// `A:<org>:<app>:<instance>` — a scalable application instance. The only way to
-    /// make one: admission (`admission::decide`) calls it for every caller.
+    /// `A:<org>:<app>:<instance>` — a scalable application instance, with the rule
+    /// the org's `topics` policy gives it. The only way to make one: admission
+    /// (`admission::decide`) calls it for every caller.
     pub fn new(
         org: OrgId,
         identity: Identity,
         policy: &SecurityPolicy,
+        topics: &TopicPolicy,
         client_id: Option<&str>,
     ) -> Principal {
         let gateway_scope = match &identity {
             Identity::Gateway { gateway_type, .. } => policy.gateway_scope(gateway_type),
             _ => None,
         };
+        // Only a Watson scalable client id: in custom mode a client id of another
+        // form that happens to start with `A:` is just a name.
         let scalable = matches!(identity, Identity::App { .. })
-            && client_id.is_some_and(|c| c.starts_with("A:"));
+            && client_id.is_some_and(|c| c.starts_with("A:") && identity.admits_client_id(&org, c));
+        let status_topic = topics.status_topic_for(&identity);
+        let topics = if topics.is_custom() {
+            Topics::Custom(topics.rule_for(&identity).map(Arc::new))
+        } else {
+            Topics::Watson
+        };
         Principal {
             org,
             identity,
             gateway_scope,
             scalable,
+            topics,
+            status_topic,
         }
+    }
+
+    /// Whether the org's custom topic policy decides this client's topics.
+    pub fn is_custom(&self) -> bool {
+        !matches!(self.topics, Topics::Watson)
     }
 
     /// Whether this gateway may act for devices of type `t` (level 2 of a full topic);
@@ -189,6 +236,16 @@ impl Principal {
 
     /// Maps a topic this client publishes to on to its internal topic, or refuses it.
     pub fn publish_topic(&self, topic: &str) -> Result<String, Denied> {
+        self.publish_explained(topic).map(|(t, _)| t)
+    }
+
+    /// [`Principal::publish_topic`], with the rule that allowed it in words.
+    pub fn publish_explained(&self, topic: &str) -> Result<(String, String), Denied> {
+        match &self.topics {
+            Topics::Watson => {}
+            Topics::Custom(rule) => return self.custom(rule.as_deref(), topic, Action::Publish),
+            Topics::Anywhere => return self.anywhere(topic, Action::Publish),
+        }
         let levels = split(topic);
         let allowed = match self.identity {
             Identity::Device { .. } => DEVICE_EVT.matches_topic(&levels),
@@ -201,42 +258,125 @@ impl Principal {
         if !allowed {
             return Err(self.denied("publish to", topic));
         }
-        if levels[1] == "evt" {
-            Ok(self.expand_short(&topic["iot-2/".len()..]))
+        let internal = if levels[1] == "evt" {
+            self.expand_short(&topic["iot-2/".len()..])
         } else {
-            Ok(format!("{}{topic}", tenant_prefix(&self.org)))
+            format!("{}{topic}", tenant_prefix(&self.org))
+        };
+        Ok((internal, self.watson_reason()))
+    }
+
+    fn watson_reason(&self) -> String {
+        format!("topic rule for {} allows it", self.identity.kind().as_str())
+    }
+
+    /// Custom mode: `topic` (a topic name to publish to, or a filter to subscribe to)
+    /// against the rule that applies.
+    fn custom(
+        &self,
+        rule: Option<&AppliedRule>,
+        topic: &str,
+        action: Action,
+    ) -> Result<(String, String), Denied> {
+        let (verb, problem) = match action {
+            Action::Publish => ("publish to", topic_policy::client_topic_problem(topic)),
+            Action::Subscribe => ("subscribe to", topic_policy::client_filter_problem(topic)),
+        };
+        if let Some(p) = problem {
+            return Err(Denied(format!(
+                "{} may not {verb} {topic:?}: {p}",
+                self.identity
+            )));
+        }
+        let Some(rule) = rule else {
+            return Err(Denied(format!(
+                "no rule of the org's topic policy applies to {}, so it may not {verb} {topic:?}",
+                self.identity
+            )));
+        };
+        let (list, found) = match action {
+            Action::Publish => (
+                &rule.publish,
+                rule.publish
+                    .iter()
+                    .find(|f| topic_policy::topic_matches(f, topic)),
+            ),
+            Action::Subscribe => (
+                &rule.subscribe,
+                rule.subscribe
+                    .iter()
+                    .find(|f| topic_policy::filter_covers(f, topic)),
+            ),
+        };
+        match found {
+            Some(f) => Ok((
+                format!("{}{topic}", tenant_prefix(&self.org)),
+                format!("{} allows {} to {verb} {f:?}", rule.name(), self.identity),
+            )),
+            None => Err(Denied(format!(
+                "{} lets {} {verb} only {list:?}, and {topic:?} is within none of them",
+                rule.name(),
+                self.identity
+            ))),
+        }
+    }
+
+    /// Anything valid in the org's topic space.
+    fn anywhere(&self, topic: &str, action: Action) -> Result<(String, String), Denied> {
+        let problem = match action {
+            Action::Publish => topic_policy::client_topic_problem(topic),
+            Action::Subscribe => topic_policy::client_filter_problem(topic),
+        };
+        match problem {
+            Some(p) => Err(Denied(format!("{topic:?}: {p}"))),
+            None => Ok((
+                format!("{}{topic}", tenant_prefix(&self.org)),
+                "anywhere in the org's topic space".into(),
+            )),
         }
     }
 
     /// Maps a subscription filter to its internal filter, or refuses it. Shared
     /// subscriptions (`$share/<group>/<filter>`) are open to applications; the group is
     /// scoped to the org so two orgs' groups never mix.
+    /// In custom mode any client may share a subscription its rule allows.
     pub fn subscribe_filter(&self, filter: &str) -> Result<String, Denied> {
+        self.subscribe_explained(filter).map(|(f, _)| f)
+    }
+
+    /// [`Principal::subscribe_filter`], with the rule that allowed it in words.
+    pub fn subscribe_explained(&self, filter: &str) -> Result<(String, String), Denied> {
         if let Some(rest) = filter.strip_prefix("$share/") {
             let (group, inner) = rest
                 .split_once('/')
                 .ok_or_else(|| self.denied("subscribe to", filter))?;
-            if !matches!(self.identity, Identity::App { .. }) || Name::try_from(group).is_err() {
+            let app = matches!(self.identity, Identity::App { .. });
+            if !(app || self.is_custom()) || Name::try_from(group).is_err() {
                 return Err(self.denied("subscribe to", filter));
             }
-            let mapped = Principal {
+            let (mapped, why) = Principal {
                 scalable: false,
                 ..self.clone()
             }
-            .subscribe_filter(inner)?;
-            return Ok(format!("$share/{}.{group}/{mapped}", self.org));
+            .subscribe_explained(inner)?;
+            return Ok((format!("$share/{}.{group}/{mapped}", self.org), why));
         }
         if self.scalable {
             // Watson scalable applications: instances of one app share its messages.
             // ':' cannot occur in a user's group name, so this group is the app's own.
-            let mapped = Principal {
+            let (mapped, why) = Principal {
                 scalable: false,
                 ..self.clone()
             }
-            .subscribe_filter(filter)?;
+            .subscribe_explained(filter)?;
             if let Identity::App { app_id } = &self.identity {
-                return Ok(format!("$share/{}:{app_id}/{mapped}", self.org));
+                return Ok((format!("$share/{}:{app_id}/{mapped}", self.org), why));
             }
+        }
+        match &self.topics {
+            Topics::Watson => {}
+            Topics::Custom(rule) => return self.custom(rule.as_deref(), filter, Action::Subscribe),
+            Topics::Anywhere => return self.anywhere(filter, Action::Subscribe),
         }
         let levels = split(filter);
         let allowed = match self.identity {
@@ -252,11 +392,32 @@ impl Principal {
         if !allowed {
             return Err(self.denied("subscribe to", filter));
         }
-        if matches!(self.identity, Identity::Device { .. }) {
-            Ok(self.expand_short(&filter["iot-2/".len()..]))
+        let internal = if matches!(self.identity, Identity::Device { .. }) {
+            self.expand_short(&filter["iot-2/".len()..])
         } else {
-            Ok(format!("{}{filter}", tenant_prefix(&self.org)))
+            format!("{}{filter}", tenant_prefix(&self.org))
+        };
+        Ok((internal, self.watson_reason()))
+    }
+
+    /// The client's view of one of its internal subscription filters (what it sent in
+    /// SUBSCRIBE), custom mode only: `None` in watson mode or for a filter that is not
+    /// one of the forms [`Principal::subscribe_filter`] makes.
+    pub fn client_filter(&self, internal: &str) -> Option<String> {
+        if !self.is_custom() {
+            return None;
         }
+        let prefix = tenant_prefix(&self.org);
+        if let Some(rest) = internal.strip_prefix("$share/") {
+            let (group, inner) = rest.split_once('/')?;
+            let inner = inner.strip_prefix(prefix.as_str())?;
+            return match group.strip_prefix(&format!("{}.", self.org)) {
+                Some(g) => Some(format!("$share/{g}/{inner}")),
+                // The scalable application's own group.
+                None => Some(inner.to_owned()),
+            };
+        }
+        internal.strip_prefix(prefix.as_str()).map(str::to_owned)
     }
 
     /// Maps an internal topic back to what this client sees: the tenant prefix goes,
@@ -265,6 +426,9 @@ impl Principal {
     pub fn outbound_topic(&self, internal: &str) -> Option<String> {
         let prefix = tenant_prefix(&self.org);
         let topic = internal.strip_prefix(prefix.as_str())?;
+        if self.is_custom() {
+            return Some(topic.to_owned());
+        }
         if let Identity::Device {
             device_type,
             device_id,
@@ -286,6 +450,7 @@ mod tests {
             OrgId::try_from(org).unwrap(),
             Identity::parse(id).unwrap(),
             &SecurityPolicy::default(),
+            &TopicPolicy::default(),
             None,
         )
     }
@@ -437,5 +602,183 @@ mod tests {
         assert!(short
             .outbound_topic("/tenants/acme/iot-2/type/s/id/d/evt/e/fmt/f")
             .is_none());
+    }
+
+    fn custom(org: &str, id: &str, policy: &str) -> Principal {
+        let topics: TopicPolicy = serde_json::from_str(policy).unwrap();
+        topics.validate().unwrap();
+        Principal::new(
+            OrgId::try_from(org).unwrap(),
+            Identity::parse(id).unwrap(),
+            &SecurityPolicy::default(),
+            &topics,
+            None,
+        )
+    }
+
+    const FLEET: &str = r###"{"mode":"custom","rules":[
+        {"who":"d:*:*","publish":["devices/{type}/{id}/#"],"subscribe":["devices/{type}/{id}/cmd/#"]},
+        {"who":"a:*","client_id":"*","publish":["devices/+/+/cmd/#"],"subscribe":["devices/#","iot-2/type/+/id/+/mon"]}]}"###;
+
+    #[test]
+    fn custom_devices_use_their_own_topics_only() {
+        let d = custom("acme", "d:sensor:dev1", FLEET);
+        assert_eq!(
+            d.publish_topic("devices/sensor/dev1/temp").unwrap(),
+            "/tenants/acme/devices/sensor/dev1/temp"
+        );
+        assert_eq!(
+            d.subscribe_filter("devices/sensor/dev1/cmd/#").unwrap(),
+            "/tenants/acme/devices/sensor/dev1/cmd/#"
+        );
+        assert!(d.subscribe_filter("devices/sensor/dev1/cmd/+/x").is_ok());
+        for t in [
+            "devices/sensor/dev2/temp",
+            "devices/sensor/+/temp",
+            "devices/sensor/dev1/#",
+            "devices/sensor",
+            "/devices/sensor/dev1/temp",
+            "/tenants/other/devices/sensor/dev1/temp",
+            "$SYS/broker",
+            "",
+        ] {
+            assert!(d.publish_topic(t).is_err(), "publish {t}");
+        }
+        for f in [
+            "#",
+            "+/+/+/cmd/#",
+            "devices/sensor/+/cmd/#",
+            "devices/sensor/dev1/#",
+            "devices/sensor/dev1/cmd/#/x",
+            "devices/sensor/dev1/cmd/a#",
+            "$SYS/#",
+            "/tenants/acme/#",
+            "",
+        ] {
+            assert!(d.subscribe_filter(f).is_err(), "subscribe {f}");
+        }
+        // `..` is a plain level in MQTT: this stays in dev1's own topics, where dev2's
+        // subscribers (`devices/sensor/dev2/...`) never see it.
+        assert_eq!(
+            d.publish_topic("devices/sensor/dev1/../dev2/temp").unwrap(),
+            "/tenants/acme/devices/sensor/dev1/../dev2/temp"
+        );
+        let e = d.publish_topic("devices/sensor/dev2/temp").unwrap_err().0;
+        assert!(e.contains("rules[0] (d:*:*)"), "{e}");
+        assert!(e.contains("devices/sensor/dev1/#"), "{e}");
+        assert_eq!(
+            d.outbound_topic("/tenants/acme/devices/sensor/dev1/cmd/reboot")
+                .unwrap(),
+            "devices/sensor/dev1/cmd/reboot"
+        );
+    }
+
+    #[test]
+    fn custom_mode_keeps_orgs_apart() {
+        let a = custom("acme", "a:dash", FLEET);
+        let other = custom("acme2", "a:dash", FLEET);
+        let short = custom("acm", "a:dash", FLEET);
+        assert_eq!(
+            a.subscribe_filter("devices/#").unwrap(),
+            "/tenants/acme/devices/#"
+        );
+        assert_eq!(
+            other.subscribe_filter("devices/#").unwrap(),
+            "/tenants/acme2/devices/#"
+        );
+        for p in [&other, &short] {
+            assert!(p.outbound_topic("/tenants/acme/devices/s/d/temp").is_none());
+        }
+        // Whatever a client sends, the internal topic stays under its own prefix.
+        for t in [
+            "devices/x/y/cmd/r",
+            "devices/../../acme2/devices/x/y/cmd/r",
+            "devices/+/+/cmd/r",
+            "devices//y/cmd/r",
+        ] {
+            if let Ok(internal) = a.publish_topic(t) {
+                assert!(internal.starts_with("/tenants/acme/devices/"), "{t}");
+            }
+        }
+        // Shared subscriptions: the inner filter is checked; the group is the org's.
+        assert_eq!(
+            a.subscribe_filter("$share/workers/devices/#").unwrap(),
+            "$share/acme.workers//tenants/acme/devices/#"
+        );
+        assert!(a.subscribe_filter("$share/workers/#").is_err());
+        assert!(a.subscribe_filter("$share/bad group/devices/#").is_err());
+        assert!(a.subscribe_filter("$share/workers").is_err());
+        let d = custom("acme", "d:sensor:dev1", FLEET);
+        assert!(d
+            .subscribe_filter("$share/g/devices/sensor/dev1/cmd/#")
+            .is_ok());
+        assert!(d.subscribe_filter("$share/g/devices/#").is_err());
+        // The client view of each internal filter, for re-checking after a change.
+        for f in [
+            "devices/#",
+            "$share/workers/devices/#",
+            "iot-2/type/+/id/+/mon",
+        ] {
+            let internal = a.subscribe_filter(f).unwrap();
+            assert_eq!(a.client_filter(&internal).unwrap(), f);
+        }
+        assert!(p("acme", "a:dash")
+            .client_filter("/tenants/acme/x")
+            .is_none());
+    }
+
+    #[test]
+    fn custom_applications_and_unmatched_identities() {
+        let a = custom("acme", "a:dash", FLEET);
+        assert!(a.publish_topic("devices/s/d/cmd/reboot").is_ok());
+        assert!(a.publish_topic("devices/s/d/temp").is_err());
+        // Watson status events stay on their topic, which a custom rule may allow.
+        assert_eq!(
+            a.subscribe_filter("iot-2/type/+/id/+/mon").unwrap(),
+            "/tenants/acme/iot-2/type/+/id/+/mon"
+        );
+        let g = custom("acme", "g:gw:g1", FLEET);
+        let e = g.publish_topic("devices/gw/g1/x").unwrap_err().0;
+        assert!(e.contains("no rule"), "{e}");
+        assert!(g.subscribe_filter("#").is_err());
+        // Scalable applications keep their shared group in custom mode.
+        let mut s = a.clone();
+        s.scalable = true;
+        let internal = s.subscribe_filter("devices/#").unwrap();
+        assert_eq!(internal, "$share/acme:dash//tenants/acme/devices/#");
+        assert_eq!(s.client_filter(&internal).unwrap(), "devices/#");
+        // An empty custom policy denies everything.
+        let none = custom("acme", "a:dash", r###"{"mode":"custom"}"###);
+        assert!(none.publish_topic("x").is_err());
+        assert!(none.subscribe_filter("x").is_err());
+    }
+
+    #[test]
+    fn custom_explanations_name_the_rule_and_filter() {
+        let a = custom("acme", "a:dash", FLEET);
+        let (_, why) = a.subscribe_explained("devices/s/+/temp").unwrap();
+        assert_eq!(
+            why,
+            "rules[1] (a:*) allows a:dash to subscribe to \"devices/#\""
+        );
+        let (_, why) = a.publish_explained("devices/s/d/cmd/x").unwrap();
+        assert!(why.contains("\"devices/+/+/cmd/#\""), "{why}");
+        let e = a.publish_explained("a/+").unwrap_err().0;
+        assert!(e.contains("wildcards"), "{e}");
+        let watson = p("acme", "d:sensor:dev1");
+        let (_, why) = watson.publish_explained("iot-2/evt/e/fmt/f").unwrap();
+        assert_eq!(why, "topic rule for device allows it");
+    }
+
+    #[test]
+    fn anywhere_is_the_org_topic_space() {
+        let mut dest = p("acme", "a:certmq");
+        dest.topics = Topics::Anywhere;
+        assert_eq!(
+            dest.subscribe_filter("things/#").unwrap(),
+            "/tenants/acme/things/#"
+        );
+        assert!(dest.subscribe_filter("$SYS/#").is_err());
+        assert!(dest.publish_topic("a/+").is_err());
     }
 }

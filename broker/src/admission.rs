@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use registry::live::Stage;
-use registry::{names, Identity, Level, OrgId, Registry, SecurityPolicy, Transport};
+use registry::{names, Identity, Level, OrgId, Registry, SecurityPolicy, TopicPolicy, Transport};
 
 use crate::chain::{Crls, Link, Revoked};
 use time::OffsetDateTime;
@@ -55,6 +55,9 @@ impl PeerCert {
 pub(crate) struct OrgRules {
     pub org: OrgId,
     pub policy: SecurityPolicy,
+    /// The org's topic policy: which rules decide topics, and in custom mode which
+    /// client ids are admitted.
+    pub topics: Arc<TopicPolicy>,
     /// SHA-256 fingerprints of the org's active CA certificates.
     pub active_cas: HashSet<String>,
     /// The org's CRLs (shared with the TLS verifier).
@@ -151,14 +154,18 @@ pub(crate) fn decide(
             ))
         }
     };
-    // The client id must be the one the identity implies in this org.
+    // The client id must be the one the identity implies in this org, or in custom
+    // topic mode the one its rule asks for.
     if let Some(client_id) = facts.client_id {
-        if !identity.admits_client_id(org, client_id) {
+        let rule = rules.topics.client_id_rule(&identity);
+        if !rule.admits(&identity, org, client_id) {
+            let expected = rule
+                .expected(&identity, org)
+                .unwrap_or_else(|| "any".into());
             return Err(refuse(
                 Stage::ClientId,
                 format!(
-                    "client id {client_id:?} does not match identity {identity} (expected {:?})",
-                    identity.client_id(org)
+                    "client id {client_id:?} does not match identity {identity} (expected {expected:?})"
                 ),
             ));
         }
@@ -216,7 +223,13 @@ pub(crate) fn decide(
             format!("{blocked} is blocked in org {org}"),
         ));
     }
-    let principal = Principal::new(org.clone(), identity, &rules.policy, facts.client_id);
+    let principal = Principal::new(
+        org.clone(),
+        identity,
+        &rules.policy,
+        &rules.topics,
+        facts.client_id,
+    );
     Ok(Admitted {
         principal,
         token_version,
@@ -303,6 +316,7 @@ mod tests {
                 level,
                 ..Default::default()
             },
+            topics: Arc::default(),
             active_cas: HashSet::from(["ca1".to_owned()]),
             crls: Arc::default(),
             blocked: HashSet::new(),
@@ -568,5 +582,40 @@ mod tests {
         })
         .unwrap();
         assert!(a.principal.scalable);
+    }
+
+    #[test]
+    fn custom_topic_rules_decide_the_client_id() {
+        let mut r = rules(Level::TlsClientCert);
+        r.topics = Arc::new(
+            serde_json::from_str(
+                r###"{"mode":"custom","rules":[
+                    {"who":"a:*","client_id":"*","publish":["#"]},
+                    {"who":"d:*:*","client_id":"{type}-{id}"},
+                    {"who":"g:*:*"}]}"###,
+            )
+            .unwrap(),
+        );
+        let none = |_: &Identity| TokenCheck::NotPresented;
+        let app = cert("a:paho");
+        for id in ["myclientid", "", "a:other:paho"] {
+            assert!(decide(&r, &tls(Some(&app), id), none).is_ok(), "{id:?}");
+        }
+        let dev = cert("d:sensor:dev1");
+        assert!(decide(&r, &tls(Some(&dev), "sensor-dev1"), none).is_ok());
+        let e = decide(&r, &tls(Some(&dev), "d:acme:sensor:dev1"), none).unwrap_err();
+        assert_eq!(e.stage, Stage::ClientId);
+        assert!(
+            e.reason.contains("expected \"sensor-dev1\""),
+            "{}",
+            e.reason
+        );
+        // No client_id in the rule: the Watson one.
+        let gw = cert("g:gw:g1");
+        assert!(decide(&r, &tls(Some(&gw), "g:acme:gw:g1"), none).is_ok());
+        assert_eq!(
+            stage(decide(&r, &tls(Some(&gw), "g1"), none)),
+            Stage::ClientId
+        );
     }
 }

@@ -63,7 +63,12 @@ impl Broker {
             d.ca_id = Some(p.ca_id.clone()).filter(|s| !s.is_empty());
             d.ca_fingerprint = Some(p.ca_fingerprint.clone()).filter(|s| !s.is_empty());
             d.identity = p.identity.as_ref().map(|i| i.to_string());
-            d.expected_client_id = p.identity.as_ref().map(|i| i.client_id(org));
+            // In custom topic mode the rule that applies may ask for another client id
+            // (`*`: any, shown as none expected).
+            d.expected_client_id = p
+                .identity
+                .as_ref()
+                .and_then(|i| tls.rules.topics.client_id_rule(i).expected(i, org));
         }
         let facts = Facts {
             transport: Transport::Tls,
@@ -80,17 +85,17 @@ impl Broker {
             }
         };
         if let Some(topic) = &req.topic {
+            // The same calls a PUBLISH or SUBSCRIBE makes, with the rule that decided
+            // in words (in custom mode: which rule of the policy and which of its
+            // filters, or why none).
             let mapped = match req.action.unwrap_or_default() {
-                Action::Publish => principal.publish_topic(topic),
-                Action::Subscribe => principal.subscribe_filter(topic),
+                Action::Publish => principal.publish_explained(topic),
+                Action::Subscribe => principal.subscribe_explained(topic),
             };
             match mapped {
-                Ok(internal) => {
+                Ok((internal, why)) => {
                     d.internal_topic = Some(internal);
-                    d.reason = format!(
-                        "topic rule for {} allows it",
-                        principal.identity.kind().as_str()
-                    );
+                    d.reason = why;
                 }
                 Err(denied) => {
                     d.stage = Stage::Topic;

@@ -53,7 +53,7 @@ fn describe() {
     );
     describe_counter!(
         "certmq_kicks_total",
-        "Sessions closed by the broker, by org and reason (kicked, revoked, taken_over, shutdown, ...)."
+        "Sessions closed by the broker, by org and reason (kicked, revoked, taken_over, shutdown, policy_changed)."
     );
     describe_counter!(
         "certmq_limit_refusals_total",

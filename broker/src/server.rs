@@ -258,7 +258,12 @@ impl Broker {
     /// Whether a destination of `org` may take `filter` (what an application of the
     /// org may subscribe to); `Err` says why not.
     pub fn check_destination_filter(&self, org: &OrgId, filter: &str) -> Result<(), String> {
-        crate::outbound::internal_filter(org, filter).map(|_| ())
+        let custom = self
+            .ctx
+            .registry
+            .topic_policy(org)
+            .is_ok_and(|p| p.is_custom());
+        crate::outbound::internal_filter(org, custom, filter).map(|_| ())
     }
 
     /// Stops the bridges and webhooks (their queues stay for the next start).
@@ -315,11 +320,16 @@ impl Broker {
                 client_id: Some(&s.info.client_id),
             };
             let token = admission::current_token(registry, org, s.info.token_version);
-            if let Err(refusal) = admission::decide(&tls.rules, &facts, token) {
-                info!(%org, client_id = s.info.client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "closing a session that is no longer admitted");
-                crate::metrics::kick(org.as_str(), CloseReason::Revoked.label());
-                s.switch.close(CloseReason::Revoked);
-                closed += 1;
+            match admission::decide(&tls.rules, &facts, token) {
+                Err(refusal) => {
+                    info!(%org, client_id = s.info.client_id, stage = refusal.stage.as_str(), cause = %refusal.reason, "closing a session that is no longer admitted");
+                    crate::metrics::kick(org.as_str(), CloseReason::Revoked.label());
+                    s.switch.close(CloseReason::Revoked);
+                    closed += 1;
+                }
+                // Still admitted: the session re-checks its subscriptions and further
+                // packets against what the org's rules now give it (topic policy).
+                Ok(admitted) => s.switch.update(admitted.principal),
             }
         }
         if closed > 0 {

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::engine::packet::DisconnectReasonCode;
 use registry::live::SessionInfo;
 
+use crate::acl::Principal;
 use crate::admission::PeerCert;
 use registry::OrgId;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Why the broker closes a session; v5 clients get it as the DISCONNECT reason.
@@ -19,6 +21,9 @@ pub enum CloseReason {
     Kicked,
     Revoked,
     Shutdown,
+    /// The org's topic policy switched between watson and custom mode: the session's
+    /// topics mean something else now, so it reconnects under the new mode.
+    PolicyChanged,
 }
 
 impl CloseReason {
@@ -28,6 +33,7 @@ impl CloseReason {
             CloseReason::Kicked => DisconnectReasonCode::AdministrativeAction,
             CloseReason::Revoked => DisconnectReasonCode::NotAuthorized,
             CloseReason::Shutdown => DisconnectReasonCode::ServerShuttingDown,
+            CloseReason::PolicyChanged => DisconnectReasonCode::AdministrativeAction,
         }
     }
 
@@ -38,6 +44,7 @@ impl CloseReason {
             CloseReason::Kicked => 0x98,
             CloseReason::Revoked => 0x87,
             CloseReason::Shutdown => 0x8B,
+            CloseReason::PolicyChanged => 0x98,
         }
     }
 
@@ -48,6 +55,7 @@ impl CloseReason {
             CloseReason::Kicked => "kicked",
             CloseReason::Revoked => "revoked",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::PolicyChanged => "policy_changed",
         }
     }
 
@@ -57,19 +65,40 @@ impl CloseReason {
             CloseReason::Kicked => "closed by an administrator",
             CloseReason::Revoked => "credentials no longer valid",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::PolicyChanged => "the org's topic policy changed mode",
         }
     }
 }
 
-/// Closes one session from outside, and tells when it is gone.
+/// Closes one session from outside, and tells when it is gone; also hands it its
+/// principal re-decided after an org change (`Broker::reconcile`).
 #[derive(Debug, Default)]
 pub struct KillSwitch {
     kill: CancellationToken,
     reason: OnceLock<CloseReason>,
     finished: CancellationToken,
+    update: Mutex<Option<Principal>>,
+    updated: Notify,
 }
 
 impl KillSwitch {
+    /// Gives the session the principal its org's rules now make of it (the latest
+    /// wins; the session applies it between packets).
+    pub(crate) fn update(&self, principal: Principal) {
+        *crate::lock(&self.update) = Some(principal);
+        self.updated.notify_one();
+    }
+
+    /// The next principal handed over by [`KillSwitch::update`].
+    pub(crate) async fn updated(&self) -> Principal {
+        loop {
+            self.updated.notified().await;
+            if let Some(p) = crate::lock(&self.update).take() {
+                return p;
+            }
+        }
+    }
+
     /// Asks the session to close; the first reason given wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
@@ -112,10 +141,12 @@ pub(crate) struct Live {
     pub switch: Arc<KillSwitch>,
 }
 
-/// The live sessions by client id, and how many each org has.
+/// The live sessions by org and client id, and how many each org has.
 #[derive(Default)]
 struct Table {
-    by_id: HashMap<String, Entry>,
+    /// Keyed by org too: in custom topic mode client ids need not name their org
+    /// (`myclientid` in two orgs are two sessions), and a takeover never crosses orgs.
+    by_id: HashMap<(OrgId, String), Entry>,
     /// Live sessions per org (what `max_connections` is checked against).
     per_org: HashMap<OrgId, usize>,
 }
@@ -125,12 +156,13 @@ impl Table {
         self.by_id.values()
     }
 
-    fn get(&self, client_id: &str) -> Option<&Entry> {
-        self.by_id.get(client_id)
+    fn get(&self, org: &OrgId, client_id: &str) -> Option<&Entry> {
+        // One allocation per lookup; lookups happen at CONNECT and on admin calls.
+        self.by_id.get(&(org.clone(), client_id.to_owned()))
     }
 }
 
-/// All live sessions, by client id (client ids embed the org, so they are unique).
+/// All live sessions, by org and client id.
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<Table>,
@@ -160,9 +192,7 @@ impl Sessions {
     ) -> Result<(u64, Option<Arc<KillSwitch>>), OverConnectionLimit> {
         let mut table = self.map();
         let org = info.org.clone();
-        let takeover = table
-            .get(&info.client_id)
-            .is_some_and(|e| e.info.org == org);
+        let takeover = table.get(&org, &info.client_id).is_some();
         let live = table.per_org.get(&org).copied().unwrap_or(0);
         if !takeover && live >= max_connections {
             return Err(OverConnectionLimit {
@@ -177,7 +207,7 @@ impl Sessions {
             seq,
             switch,
         };
-        let old = table.by_id.insert(client_id, entry);
+        let old = table.by_id.insert((org.clone(), client_id), entry);
         if let Some(old) = &old {
             decrement(&mut table.per_org, &old.info.org);
         }
@@ -185,11 +215,11 @@ impl Sessions {
         Ok((seq, old.map(|e| e.switch)))
     }
 
-    /// Removes the session if it is still the one registered under `client_id`.
-    pub(crate) fn remove(&self, client_id: &str, seq: u64) {
+    /// Removes the session if it is still the one registered under `client_id` in `org`.
+    pub(crate) fn remove(&self, org: &OrgId, client_id: &str, seq: u64) {
         let mut table = self.map();
-        if table.get(client_id).is_some_and(|e| e.seq == seq) {
-            if let Some(e) = table.by_id.remove(client_id) {
+        if table.get(org, client_id).is_some_and(|e| e.seq == seq) {
+            if let Some(e) = table.by_id.remove(&(org.clone(), client_id.to_owned())) {
                 decrement(&mut table.per_org, &e.info.org);
             }
         }
@@ -199,9 +229,10 @@ impl Sessions {
     /// live session `client_id`, if there is one.
     pub(crate) fn cert_and_addr(
         &self,
+        org: &OrgId,
         client_id: &str,
     ) -> Option<(Option<String>, std::net::SocketAddr)> {
-        self.map().get(client_id).map(|e| {
+        self.map().get(org, client_id).map(|e| {
             (
                 e.cert.as_ref().map(|c| c.fingerprint.clone()),
                 e.info.remote_addr,
@@ -237,8 +268,8 @@ impl Sessions {
 
     /// Closes the session `client_id` of `org`. False when there is none.
     pub fn kick(&self, org: &OrgId, client_id: &str, reason: CloseReason) -> bool {
-        match self.map().get(client_id) {
-            Some(e) if &e.info.org == org => {
+        match self.map().get(org, client_id) {
+            Some(e) => {
                 crate::metrics::kick(org.as_str(), reason.label());
                 e.switch.close(reason);
                 true

@@ -232,6 +232,11 @@ impl OrgTlsCache {
         let blocked = self.registry.blocked_identities(org)?;
         let revoked = Arc::new(Revoked::new(&self.registry.revoked_cert_list(org)?));
         let network = self.registry.network_rules(org)?;
+        let topics = match self.registry.topic_policy(org) {
+            Ok(t) => Arc::new(t),
+            Err(registry::Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         // Levels that admit tokens ask for a certificate without requiring one.
         let (cert_optional, _) = policy.loosest();
         let (chain, key) = match material.server {
@@ -303,6 +308,7 @@ impl OrgTlsCache {
         let rules = OrgRules {
             org: org.clone(),
             policy,
+            topics,
             active_cas: cas.iter().map(|c| c.fingerprint.clone()).collect(),
             crls,
             blocked,

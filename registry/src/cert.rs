@@ -79,13 +79,15 @@ pub enum Rule {
     /// The verification certificate is not signed by the uploaded CA, or its CN is not
     /// a valid verification code of the org.
     ProofOfPossessionFailed,
+    /// A topic policy entry is not valid (`crate::topic_policy`); the message names it.
+    InvalidTopicRule,
 }
 
 impl Rule {
     /// Every rule, in declaration order: the API documents their codes as the possible
     /// 422 codes. (The `all_lists_every_rule` test fails to compile when a rule is added
     /// and not listed here.)
-    pub const ALL: [Rule; 27] = [
+    pub const ALL: [Rule; 28] = [
         Rule::NotPemOrDer,
         Rule::MultipleCertificates,
         Rule::UnexpectedPrivateKey,
@@ -113,6 +115,7 @@ impl Rule {
         Rule::CidrOverlap,
         Rule::ProofOfPossessionRequired,
         Rule::ProofOfPossessionFailed,
+        Rule::InvalidTopicRule,
     ];
 
     /// The machine code of the API's 422 answer, e.g. `not_a_ca`.
@@ -145,6 +148,7 @@ impl Rule {
             Rule::CidrOverlap => "cidr_overlap",
             Rule::ProofOfPossessionRequired => "proof_of_possession_required",
             Rule::ProofOfPossessionFailed => "proof_of_possession_failed",
+            Rule::InvalidTopicRule => "invalid_topic_rule",
         }
     }
 }
@@ -625,6 +629,7 @@ mod tests {
             Rule::CidrOverlap => 24,
             Rule::ProofOfPossessionRequired => 25,
             Rule::ProofOfPossessionFailed => 26,
+            Rule::InvalidTopicRule => 27,
         };
         for (i, r) in Rule::ALL.iter().enumerate() {
             assert_eq!(position(*r), i, "{r:?}");

@@ -440,8 +440,10 @@ pub fn expand_received(filter: &str, template: &str, topic: &str) -> Option<Stri
 }
 
 /// Checks one reverse rule: a remote filter and a command-topic template whose
-/// placeholders name the filter's `+` levels.
-fn check_receive(rule: &ReceiveRule) -> Result<()> {
+/// placeholders name the filter's `+` levels. In an org whose topic policy is custom
+/// (`custom`), the template may name any topic of the org's space instead
+/// (docs/topic-policies.md): literal levels without wildcards, not starting with `$`.
+fn check_receive(rule: &ReceiveRule, custom: bool) -> Result<()> {
     check_filter(&rule.filter).map_err(Error::BadRequest)?;
     if rule.qos > 1 {
         return Err(Error::BadRequest(format!(
@@ -451,6 +453,23 @@ fn check_receive(rule: &ReceiveRule) -> Result<()> {
     }
     let pluses = rule.filter.split('/').filter(|l| *l == "+").count();
     let levels: Vec<&str> = rule.topic.split('/').collect();
+    if custom {
+        let placeholder_ok = |n: &str| n.parse::<usize>().is_ok_and(|n| (1..=pluses).contains(&n));
+        let bad =
+            levels.iter().find(
+                |l| match l.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+                    Some(n) => !placeholder_ok(n),
+                    None => l.contains(['+', '#', '{', '}', '\0']),
+                },
+            );
+        if rule.topic.is_empty() || rule.topic.starts_with('$') || bad.is_some() {
+            return Err(Error::BadRequest(format!(
+                "receive topic {:?} must be a topic of the org (no wildcards, not starting with $), each {{N}} a whole level naming the filter's N-th `+` (1 to {pluses})",
+                rule.topic
+            )));
+        }
+        return Ok(());
+    }
     let shape = ["iot-2", "type", "", "id", "", "cmd", "", "fmt", ""];
     let wrong = || {
         Error::BadRequest(format!(
@@ -590,8 +609,10 @@ impl Destination {
                 "receive holds at most {MAX_RULES} rules"
             )));
         }
+        let custom =
+            !self.receive.is_empty() && r.topic_policy(&self.org).is_ok_and(|p| p.is_custom());
         for rule in &self.receive {
-            check_receive(rule)?;
+            check_receive(rule, custom)?;
         }
         Ok(())
     }
@@ -876,16 +897,33 @@ mod tests {
             topic: topic.into(),
             qos: 1,
         };
-        assert!(check_receive(&recv(
-            "p/cmd/+/+",
-            "iot-2/type/sensor/id/{1}/cmd/{2}/fmt/txt"
-        ))
+        assert!(check_receive(
+            &recv("p/cmd/+/+", "iot-2/type/sensor/id/{1}/cmd/{2}/fmt/txt"),
+            false
+        )
         .is_ok());
-        assert!(
-            check_receive(&recv("p/cmd/+", "iot-2/type/sensor/id/{1}/cmd/{2}/fmt/txt")).is_err()
-        );
-        assert!(check_receive(&recv("p/+", "iot-2/type/sensor/id/{1}/evt/x/fmt/txt")).is_err());
-        assert!(check_receive(&recv("p/+", "iot-2/type/sensor/id/{1}/cmd/x")).is_err());
+        assert!(check_receive(
+            &recv("p/cmd/+", "iot-2/type/sensor/id/{1}/cmd/{2}/fmt/txt"),
+            false
+        )
+        .is_err());
+        assert!(check_receive(
+            &recv("p/+", "iot-2/type/sensor/id/{1}/evt/x/fmt/txt"),
+            false
+        )
+        .is_err());
+        assert!(check_receive(&recv("p/+", "iot-2/type/sensor/id/{1}/cmd/x"), false).is_err());
+        // A custom-mode org: any topic of its space, placeholders as whole levels.
+        assert!(check_receive(&recv("p/+", "things/{1}/cmd/set"), true).is_ok());
+        for bad in [
+            "things/+/cmd",
+            "things/{2}/cmd",
+            "$SYS/x",
+            "",
+            "things/x{1}",
+        ] {
+            assert!(check_receive(&recv("p/+", bad), true).is_err(), "{bad}");
+        }
         assert_eq!(
             expand_received(
                 "p/cmd/+/+",

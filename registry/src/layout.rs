@@ -199,6 +199,11 @@ pub(crate) fn network_policy(org: &OrgId) -> String {
     format!("netpolicy/{org}")
 }
 
+/// The org's topic policy (one record; absent: watson).
+pub(crate) fn topic_policy(org: &OrgId) -> String {
+    format!("topicpolicy/{org}")
+}
+
 /// The org's CA proof-of-possession codes.
 pub(crate) fn ca_proof_codes(org: &OrgId) -> String {
     format!("ca-proof/{org}/")
@@ -273,6 +278,7 @@ pub(crate) fn org_data(org: &OrgId) -> Vec<OrgData> {
         at(Place::Prefix(revoked_certs(org))),
         at(Place::Key(network_policy(org))),
         at(Place::Prefix(ca_proof_codes(org))),
+        at(Place::Key(topic_policy(org))),
     ]
 }
 
@@ -336,6 +342,7 @@ mod tests {
             revoked_cert(&acme, "1"),
             network_policy(&acme),
             ca_proof_code(&acme, "c"),
+            topic_policy(&acme),
         ] {
             assert!(covered(&key), "{key} is not deleted with its org");
         }

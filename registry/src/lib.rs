@@ -43,6 +43,7 @@ pub mod store;
 pub mod text;
 mod tls;
 pub mod tokens;
+pub mod topic_policy;
 
 pub use audit::{Actor, AuditEntry, AuditEvent, AuditLog};
 pub use ca_certs::{CaCert, CaView, MAX_ACTIVE_CAS, MAX_CA_NAMES_BYTES};
@@ -66,6 +67,7 @@ pub use server_certs::{ServerCert, ServerCertView};
 pub use server_upload::{NewServerCert, UploadServerCert};
 pub use tls::TlsMaterial;
 pub use tokens::{NewToken, TokenView};
+pub use topic_policy::{TopicMode, TopicPolicy, TopicRule};
 
 /// The store keys of the broker's message state (see [`Registry::store`]).
 pub mod message_keys {

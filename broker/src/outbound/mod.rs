@@ -55,23 +55,36 @@ fn session_client(id: &str) -> String {
 }
 
 /// The application principal a destination's filters are checked and mapped with:
-/// a destination sees what an application of its org may subscribe to.
-fn principal(org: &OrgId) -> Option<Principal> {
+/// a destination sees what an application of its org may subscribe to in watson mode,
+/// and anything in the org's topic space when the org's topic policy is `custom`
+/// (the admin configures destinations; docs/topic-policies.md).
+fn principal(org: &OrgId, custom: bool) -> Option<Principal> {
     let app_id = Name::try_from("certmq").ok()?;
-    Some(Principal::new(
+    let mut p = Principal::new(
         org.clone(),
         Identity::App { app_id },
         &SecurityPolicy::default(),
+        &Default::default(),
         None,
-    ))
+    );
+    if custom {
+        p.topics = crate::acl::Topics::Anywhere;
+    }
+    Some(p)
 }
 
 /// Maps an application-view `filter` of `org` to its internal filter, or says why an
-/// application may not subscribe to it.
-pub(crate) fn internal_filter(org: &OrgId, filter: &str) -> Result<String, String> {
-    let p = principal(org).ok_or("no application principal")?;
+/// application may not subscribe to it (`custom`: the org's topic policy is custom).
+pub(crate) fn internal_filter(org: &OrgId, custom: bool, filter: &str) -> Result<String, String> {
+    let p = principal(org, custom).ok_or("no application principal")?;
     p.subscribe_filter(filter).map_err(|e| {
-        format!("{e}; destinations take what an application may subscribe to (events and status)")
+        if custom {
+            format!("{e}; destinations take any filter of the org's topic space")
+        } else {
+            format!(
+                "{e}; destinations take what an application may subscribe to (events and status)"
+            )
+        }
     })
 }
 
@@ -213,6 +226,9 @@ impl Dest {
 
 struct Running {
     config: Destination,
+    /// The org's topic policy was custom when it started (its filters map differently
+    /// in each mode, so a switch restarts it).
+    custom: bool,
     stop: CancellationToken,
     status: Arc<Status>,
     task: JoinHandle<()>,
@@ -260,13 +276,15 @@ impl Outbound {
         } else {
             Vec::new()
         };
+        let custom = self.registry.topic_policy(org).is_ok_and(|p| p.is_custom());
         let mut running = lock(&self.running);
         let mine: Vec<(OrgId, String)> =
             running.keys().filter(|(o, _)| o == org).cloned().collect();
         let mut previous = HashMap::new();
         for key in mine {
             let still = desired.iter().find(|d| d.id == key.1);
-            if still.is_some_and(|d| running.get(&key).is_some_and(|r| r.config == *d)) {
+            let same = |r: &Running| still.is_some_and(|d| r.config == *d) && r.custom == custom;
+            if running.get(&key).is_some_and(same) {
                 continue;
             }
             let Some(r) = running.remove(&key) else {
@@ -296,11 +314,12 @@ impl Outbound {
                 None => (None, Arc::new(Status::default())),
             };
             let stop = CancellationToken::new();
-            let task = self.spawn(d.clone(), status.clone(), stop.clone(), before);
+            let task = self.spawn(d.clone(), custom, status.clone(), stop.clone(), before);
             running.insert(
                 key,
                 Running {
                     config: d,
+                    custom,
                     stop,
                     status,
                     task,
@@ -312,6 +331,7 @@ impl Outbound {
     fn spawn(
         &self,
         config: Destination,
+        custom: bool,
         status: Arc<Status>,
         stop: CancellationToken,
         before: Option<JoinHandle<()>>,
@@ -325,7 +345,7 @@ impl Outbound {
             let org = config.org.clone();
             let mut rules = Vec::new();
             for r in &config.forward {
-                match internal_filter(&org, &r.filter) {
+                match internal_filter(&org, custom, &r.filter) {
                     Ok(internal) => rules.push(Rule {
                         filter: r.filter.clone(),
                         internal,
@@ -338,7 +358,7 @@ impl Outbound {
                     }
                 }
             }
-            let Some(principal) = principal(&org) else {
+            let Some(principal) = principal(&org, custom) else {
                 status.failed("no application principal".into());
                 return;
             };

@@ -96,6 +96,9 @@ impl Bridge {
         // MQTT: the server closes after 1.5 × keep-alive without a packet; 0 disables.
         let ka_limit = (!keep_alive.is_zero()).then(|| keep_alive + keep_alive / 2);
         let mut last_rx = Instant::now();
+        // A persistent session resumed in custom topic mode keeps only what the
+        // policy allows now.
+        Box::pin(self.prune_subscriptions()).await;
         // Packets may already be buffered behind the CONNECT.
         if let Some(end) = Box::pin(self.inbound(rbuf, stream)).await? {
             return Ok(end);
@@ -195,8 +198,52 @@ impl Bridge {
                     Box::pin(self.flush_timed(stream)).await?;
                 }
                 _ = sleep_until_opt(ka_deadline) => return Err(SessionError::KeepAlive),
+                // The org changed and the session is still admitted: its topic rules
+                // may have changed.
+                p = switch.updated() => {
+                    if self.principal.is_custom() != p.is_custom() {
+                        crate::metrics::kick(p.org.as_str(), CloseReason::PolicyChanged.label());
+                        switch.close(CloseReason::PolicyChanged);
+                        continue;
+                    }
+                    if p != self.principal {
+                        self.principal = p;
+                        Box::pin(self.prune_subscriptions()).await;
+                    }
+                }
             }
         }
+    }
+
+    /// Custom topic mode: removes the subscriptions the org's topic policy no longer
+    /// allows this client (each filter is checked again as the client sent it), as
+    /// an UNSUBSCRIBE would. Watson mode's rules do not change, so nothing to do there.
+    async fn prune_subscriptions(&mut self) {
+        if !self.principal.is_custom() {
+            return;
+        }
+        let gone: Vec<String> = self
+            .session
+            .filters()
+            .into_iter()
+            .filter(|internal| {
+                let allowed = self
+                    .principal
+                    .client_filter(internal)
+                    .and_then(|f| self.principal.subscribe_filter(&f).ok());
+                allowed.as_deref() != Some(internal.as_str())
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for f in &gone {
+            self.flow.unsubscribed(f);
+            self.quota.unsubscribed(f);
+        }
+        info!(filters = ?gone, "subscriptions removed: the org's topic policy no longer allows them");
+        let ticket = self.session.unsubscribe(&gone);
+        self.ctx.state.durable(ticket).await;
     }
 
     /// Flushes within the write timeout; a client that takes longer is a slow consumer.

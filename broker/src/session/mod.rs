@@ -293,13 +293,17 @@ where
             }
         }
     }
+    // Status events go where the session's rules say now (a custom policy may have
+    // named another status topic while it was connected).
+    let mut status = status;
+    status.principal = bridge.principal.clone();
     let (code, reason) = close_code(&result);
     if let Some(event) = status.disconnect(code, &reason) {
         let _ = ctx.publish_own(&bridge.org_state, &org, OwnMessage::event(event));
     }
     bridge.session.detach();
     let _ = stream.shutdown().await;
-    ctx.sessions.remove(&client_id, seq);
+    ctx.sessions.remove(&org, &client_id, seq);
     switch.finish();
 }
 
@@ -376,6 +380,29 @@ where
     };
     let principal = admitted.principal;
     let org = principal.org.clone();
+    // An empty client id (admitted only where the org's custom topic policy takes any
+    // client id): MQTT 3.1.1 (3.1.3-8) refuses it without clean session; otherwise the
+    // broker assigns one (MQTT 5 tells the client in the CONNACK).
+    let mut assigned = None;
+    let client_id = if client_id.is_empty() {
+        if version == Version::V4 && !connect.clean_session {
+            info!("CONNECT refused: empty client id without clean session");
+            let refused = Packet::ConnAck(
+                ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::ClientIdentifierNotValid,
+                },
+                None,
+            );
+            let _ = write_packets(&mut *stream, version, [refused]).await;
+            return None;
+        }
+        let id = format!("certmq-{}", hex_id(&registry::seal::random_bytes::<12>()));
+        assigned = Some(id.clone());
+        id
+    } else {
+        client_id
+    };
     // The TLS listener recorded the org at SNI; the plain one learns it only here (a
     // second record would repeat the field in every line of the span).
     if peer.org_tls.is_none() {
@@ -416,7 +443,7 @@ where
     // devices may hold one key pair (the inventory flags it).
     let took_over_from = cert.and_then(|c| {
         ctx.sessions
-            .cert_and_addr(&client_id)
+            .cert_and_addr(&org, &client_id)
             .filter(|(fp, addr)| {
                 fp.as_deref() == Some(c.fingerprint.as_str()) && addr.ip() != peer.remote_addr.ip()
             })
@@ -479,6 +506,11 @@ where
         None,
     );
     limits::advertise(&mut connack, version, &mut org_limits);
+    if let (Some(id), Version::V5, Packet::ConnAck(_, props)) = (assigned, version, &mut connack) {
+        props
+            .get_or_insert_with(Default::default)
+            .assigned_client_identifier = Some(id);
+    }
     info!(protocol = version.label(transport), "connected");
     let connected_at = time::OffsetDateTime::now_utc();
     let status = StatusEvents {
@@ -524,6 +556,11 @@ where
         client_id,
         seq,
     })
+}
+
+/// Lowercase hex of `bytes`.
+fn hex_id(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The status event's CloseCode (an MQTT v5 reason code) and reason text.

@@ -28,8 +28,13 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 impl StatusEvents {
-    /// The internal `mon` topic; `None` for applications, which have no status events.
+    /// The internal `mon` topic (or, in custom mode, the policy's `status_topic`);
+    /// `None` for applications, which have no status events.
     fn topic(&self) -> Option<Bytes> {
+        if let Some(t) = &self.principal.status_topic {
+            let prefix = crate::acl::tenant_prefix(&self.principal.org);
+            return Some(Bytes::from(format!("{prefix}{t}")));
+        }
         let (t, d) = match &self.principal.identity {
             Identity::Device {
                 device_type,
@@ -90,6 +95,7 @@ mod tests {
                 OrgId::try_from("acme").unwrap(),
                 Identity::parse(identity).unwrap(),
                 &SecurityPolicy::default(),
+                &Default::default(),
                 None,
             ),
             client_id: "d:acme:sensor:dev1".into(),
