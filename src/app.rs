@@ -10,8 +10,9 @@ use admin_api::DryRunError;
 use anyhow::Context;
 use broker::{AuthzError, Broker, BrokerConfig, CloseReason};
 use registry::live::{AuthzDecision, AuthzRequest, RetainedMessage, SessionInfo};
+use registry::pg::PgStore;
 use registry::seal::{write_private_file, MasterKey};
-use registry::store::SledStore;
+use registry::store::{SledStore, Store};
 use registry::{OrgId, Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,10 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) data_dir: PathBuf,
+    /// Where the registry lives (`--store`).
+    pub(crate) store: StoreKind,
+    /// This node's name (`--node-id`).
+    pub(crate) node_id: String,
     pub(crate) mqtt: SocketAddr,
     pub(crate) admin: SocketAddr,
     /// Plain MQTT listener (orgs with level `tls_optional` only); `None` disables it.
@@ -55,6 +60,8 @@ impl Default for Options {
         let broker = BrokerConfig::default();
         Options {
             data_dir: PathBuf::from("./certmq-data"),
+            store: StoreKind::Sled,
+            node_id: "certmq".into(),
             mqtt: SocketAddr::from(([0, 0, 0, 0], 8883)),
             admin: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mqtt_plain: None,
@@ -72,6 +79,36 @@ impl Default for Options {
         }
     }
 }
+
+/// Where the registry lives.
+#[derive(Clone)]
+pub(crate) enum StoreKind {
+    /// The embedded store in the data directory, with the message state.
+    Sled,
+    /// PostgreSQL at this URL, shared by the nodes of a cluster; the message state
+    /// stays in the data directory.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Never shows a password.
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Sled => f.write_str("sled"),
+            StoreKind::Postgres(url) => f.write_str(&registry::pg::redact(url)),
+        }
+    }
+}
+
+/// In a data directory whose node keeps its registry in PostgreSQL: says so, for the
+/// offline commands (which work on the embedded store only).
+pub(crate) const POSTGRES_MARKER: &str = "registry-in-postgres";
 
 /// A running certmq: addresses it is bound to, its admin token, and how to stop it.
 pub(crate) struct Running {
@@ -281,7 +318,38 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     // The store first: whether it holds sealed keys decides whether a missing
     // master.key may be created (it may not: docs/security.md, "Master key").
-    let store = Arc::new(SledStore::open(&opts.data_dir)?);
+    let local = Arc::new(SledStore::open(&opts.data_dir)?);
+    let marker = opts.data_dir.join(POSTGRES_MARKER);
+    let store: Arc<dyn Store> = match &opts.store {
+        StoreKind::Sled => {
+            if marker.exists() {
+                anyhow::bail!(
+                    "{} kept its registry in PostgreSQL ({}); the embedded store here \
+                     holds only its messages. Start it with --store and that database, or \
+                     remove {} to start an empty registry here",
+                    opts.data_dir.display(),
+                    std::fs::read_to_string(&marker).unwrap_or_default().trim(),
+                    marker.display()
+                );
+            }
+            local.clone()
+        }
+        StoreKind::Postgres(url) => {
+            if !local.scan("org/")?.is_empty() {
+                tracing::warn!(
+                    data_dir = %opts.data_dir.display(),
+                    "the embedded store in the data dir holds a registry that is not used \
+                     with --store postgres (only message state is kept there now)"
+                );
+            }
+            std::fs::write(&marker, format!("{}\n", opts.store))
+                .with_context(|| format!("writing {}", marker.display()))?;
+            let (url, node) = (url.clone(), opts.node_id.clone());
+            let pg = tokio::task::spawn_blocking(move || PgStore::open(&url, &node)).await??;
+            Arc::new(pg)
+        }
+    };
+    tracing::info!(node_id = %opts.node_id, store = %opts.store, "registry store opened");
     let sealed = Registry::has_sealed_keys(store.as_ref())?;
     let master_env = std::env::var("CERTMQ_MASTER_KEY").ok();
     let key_source = match master_env {
@@ -293,21 +361,24 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
     let registry = Registry::new(store, key, &opts.domain)
         .map_err(|e| match e {
             registry::Error::Seal(e) => anyhow::anyhow!(
-                "the master key from {key_source} does not open this data dir's sealed keys \
-                 ({e}): give the key they were sealed with (CERTMQ_MASTER_KEY or master.key)"
+                "the master key from {key_source} does not open the registry's sealed keys \
+                 ({e}): give the key they were sealed with (CERTMQ_MASTER_KEY or master.key; \
+                 every node sharing a PostgreSQL registry needs the same one)"
             ),
             e => e.into(),
         })?
         .with_audit_retention_days(opts.audit_retention_days);
     let registry = Arc::new(registry);
+    registry.follow_store();
     let (admin_token, token_generated, token_file) = admin_token(&opts.data_dir)?;
 
-    let broker = Broker::new(registry.clone(), broker_config(opts)).map_err(|e| {
-        anyhow::anyhow!(
-            "loading message state from {}: {e}",
-            opts.data_dir.display()
-        )
-    })?;
+    let broker =
+        Broker::with_message_store(registry.clone(), broker_config(opts), local).map_err(|e| {
+            anyhow::anyhow!(
+                "loading message state from {}: {e}",
+                opts.data_dir.display()
+            )
+        })?;
     let mqtt = TcpListener::bind(opts.mqtt)
         .await
         .with_context(|| format!("binding MQTT listener {}", opts.mqtt))?;

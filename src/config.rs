@@ -31,6 +31,15 @@ pub(crate) struct ServeArgs {
     /// Where the embedded store, master key and admin token live [default: ./certmq-data].
     #[arg(long, env = "CERTMQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where the registry lives: `sled` (the embedded store in --data-dir) or a
+    /// PostgreSQL URL, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, shared by every
+    /// node of a cluster (docs/cluster.md) [default: sled].
+    #[arg(long, env = "CERTMQ_STORE")]
+    store: Option<StoreArg>,
+    /// This node's name in logs and in the cluster's change notifications
+    /// [default: the host name].
+    #[arg(long, env = "CERTMQ_NODE_ID")]
+    node_id: Option<String>,
     /// MQTT over TLS listen address [default: 0.0.0.0:8883].
     #[arg(long, env = "CERTMQ_MQTT")]
     mqtt: Option<SocketAddr>,
@@ -106,6 +115,8 @@ pub(crate) struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    store: Option<StoreArg>,
+    node_id: Option<String>,
     mqtt: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     mqtt_plain: Option<OptionalAddr>,
@@ -201,7 +212,27 @@ pub(crate) fn resolve(args: ServeArgs, file: Option<&LoadedFile>) -> anyhow::Res
         guard.handshakes_per_sec = f64::from(n);
         guard.handshake_burst = 2.0 * f64::from(n);
     }
+    let node_id = args
+        .node_id
+        .or_else(|| f.node_id.clone())
+        .unwrap_or_else(default_node_id);
+    let node_id = node_id.trim().to_owned();
+    if node_id.is_empty()
+        || node_id.len() > 64
+        || !node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        anyhow::bail!(
+            "node_id {node_id:?} is not valid: 1-64 characters of letters, digits, '-', '_' and '.'"
+        );
+    }
     Ok(app::Options {
+        store: args
+            .store
+            .or_else(|| f.store.clone())
+            .map_or(d.store, |s| s.0),
+        node_id,
         data_dir: args
             .data_dir
             .or_else(|| f.data_dir.clone())
@@ -255,6 +286,8 @@ pub(crate) fn log_effective(o: &app::Options, file: Option<&LoadedFile>, format:
     tracing::info!(
         config_file = %file.map_or_else(|| "none".to_owned(), |l| l.path.display().to_string()),
         data_dir = %o.data_dir.display(),
+        store = %o.store,
+        node_id = %o.node_id,
         mqtt = %o.mqtt,
         admin = %o.admin,
         mqtt_plain = %plain,
@@ -276,6 +309,42 @@ pub(crate) fn log_effective(o: &app::Options, file: Option<&LoadedFile>, format:
         log_format = %format,
         "effective configuration (flag > CERTMQ_* variable > config file > default)"
     );
+}
+
+/// The node's name when none is given: the host name, else `certmq`.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "certmq".into())
+}
+
+/// `--store`: `sled` or a PostgreSQL URL.
+#[derive(Clone, Debug)]
+pub(crate) struct StoreArg(pub(crate) app::StoreKind);
+
+impl std::str::FromStr for StoreArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("sled") {
+            return Ok(StoreArg(app::StoreKind::Sled));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreArg(app::StoreKind::Postgres(s.to_owned())));
+        }
+        // Never echo the value: it may hold a password.
+        Err("expected `sled` or a PostgreSQL URL (postgres://USER@HOST[:PORT]/DB)".into())
+    }
+}
+
+impl<'de> Deserialize<'de> for StoreArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The log output format.

@@ -30,6 +30,7 @@ pub(crate) fn rotate_master_key(
     let key_file = data_dir.join("master.key");
     let pending = data_dir.join("master.key.new");
     let env_old = std::env::var("CERTMQ_MASTER_KEY").ok();
+    refuse_postgres(data_dir, "rotate-master-key")?;
     if !data_dir.join("store").exists() {
         bail!("{} holds no certmq store", data_dir.display());
     }
@@ -120,6 +121,7 @@ pub(crate) fn rotate_master_key(
 /// (a new directory, mode 0700): the store, copied tree by tree and checked against
 /// the original, and the master key and admin token files when the data dir has them.
 pub(crate) fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
+    refuse_postgres(data_dir, "backup")?;
     if !data_dir.join("store").exists() {
         bail!("{} holds no certmq store", data_dir.display());
     }
@@ -163,6 +165,22 @@ pub(crate) fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
         data_dir.display(),
         copied.iter().map(|f| format!(", {f}")).collect::<String>()
     );
+    Ok(())
+}
+
+/// The offline commands work on the embedded store: a node whose registry is in
+/// PostgreSQL (docs/cluster.md) keeps only message state there, so they refuse.
+fn refuse_postgres(data_dir: &Path, command: &str) -> anyhow::Result<()> {
+    let marker = data_dir.join(crate::app::POSTGRES_MARKER);
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        bail!(
+            "{} belongs to a node whose registry is in PostgreSQL ({}): `certmq {command}` \
+             works on the embedded store only. Back the registry up with the database's own \
+             tools (pg_dump) and keep the master key beside it; see docs/cluster.md",
+            data_dir.display(),
+            url.trim()
+        );
+    }
     Ok(())
 }
 

@@ -39,6 +39,9 @@ pub(crate) enum ApiError {
     Rejected(CertError),
     /// 500: the detail is logged, never sent.
     Internal(String),
+    /// 503 `store_unavailable`: the registry database (PostgreSQL) cannot be reached,
+    /// so no change can be made until it is back; the message says so.
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -84,6 +87,9 @@ impl ApiError {
                     "internal error; see the server log".into(),
                 )
             }
+            ApiError::StoreUnavailable(m) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", m)
+            }
         }
     }
 }
@@ -112,7 +118,7 @@ pub(crate) struct ErrorDetail {
 
 /// The status and code of every [`ApiError`] but [`ApiError::Rejected`], whose code is
 /// the rule's (`registry::cert::Rule::code`, always 422). The OpenAPI document lists them.
-pub(crate) const CODES: [(StatusCode, &str); 11] = [
+pub(crate) const CODES: [(StatusCode, &str); 12] = [
     (StatusCode::BAD_REQUEST, "bad_request"),
     (StatusCode::UNAUTHORIZED, "unauthorized"),
     (StatusCode::FORBIDDEN, "forbidden"),
@@ -124,6 +130,7 @@ pub(crate) const CODES: [(StatusCode, &str); 11] = [
     (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
     (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
     (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
 ];
 
 impl IntoResponse for ApiError {
@@ -152,6 +159,7 @@ impl From<registry::Error> for ApiError {
             registry::Error::BadRequest(m) => ApiError::BadRequest(m),
             registry::Error::RaiseNeedsPlatformToken(m) => ApiError::RaiseNeedsPlatformToken(m),
             registry::Error::Rejected(c) => ApiError::Rejected(c),
+            registry::Error::Store(e) if e.is_unavailable() => ApiError::StoreUnavailable(e.0),
             e @ (registry::Error::Store(_)
             | registry::Error::Seal(_)
             | registry::Error::Corrupt(_)) => ApiError::Internal(e.to_string()),
@@ -198,6 +206,7 @@ mod tests {
                 message: m(),
             }),
             ApiError::Internal(m()),
+            ApiError::StoreUnavailable(m()),
         ];
         let mut listed = Vec::new();
         for e in all {
@@ -214,7 +223,8 @@ mod tests {
                 | ApiError::NameTaken(_)
                 | ApiError::PayloadTooLarge
                 | ApiError::UnsupportedMediaType(_)
-                | ApiError::Internal(_) => false,
+                | ApiError::Internal(_)
+                | ApiError::StoreUnavailable(_) => false,
             };
             let (status, code, _) = e.status_code_message();
             if rejected {

@@ -95,10 +95,22 @@ impl Broker {
     /// The message state (retained messages, persistent sessions) is loaded from the
     /// registry's store first; an error reading it stops the start.
     pub fn new(registry: Arc<Registry>, config: BrokerConfig) -> Result<Arc<Broker>, String> {
+        let store = registry.store();
+        Broker::with_message_store(registry, config, store)
+    }
+
+    /// [`Broker::new`] with the message state in `messages` rather than the registry's
+    /// store: with the registry in PostgreSQL, each node keeps its messages in its own
+    /// embedded store.
+    pub fn with_message_store(
+        registry: Arc<Registry>,
+        config: BrokerConfig,
+        messages: Arc<dyn registry::store::Store>,
+    ) -> Result<Arc<Broker>, String> {
         crate::metrics::install();
         let tls = OrgTlsCache::new(registry.clone());
         let sessions = Arc::new(Sessions::default());
-        let state = MessageState::open(registry.store())?;
+        let state = MessageState::open(messages)?;
         // Sessions drain within most of the budget; the final sync gets the rest.
         let limits = SessionLimits {
             drain_timeout: config.drain_timeout.mul_f64(0.8),

@@ -222,6 +222,76 @@ pub fn messages(org: &OrgId) -> String {
 /// Every org's message state.
 pub const MESSAGES: &str = "msg/";
 
+/// Keys a shared store ([`crate::pg::PgStore`]) does not copy into each node's memory:
+/// the device inventory (large, written every few seconds by every node, never read
+/// to admit a device) and the audit logs (read-modify-write of a log's last seq must
+/// see every node's entries). They are read from the database when asked for.
+pub(crate) const UNMIRRORED: [&str; 6] = [
+    "dev/",
+    "devcert/",
+    "devexp/",
+    "audit/",
+    AUDIT_SEQS,
+    "audit-low/",
+];
+
+/// What a change to a key means for admission (see [`scope`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Something of this org's (certificates, policy, limits, the org itself).
+    Org(OrgId),
+    /// Something every org depends on (the platform certificate), or a key this
+    /// layout does not know: every org is re-read.
+    All,
+    /// Nothing admission reads (inventory, audit, messages), or an index that is only
+    /// ever written with a per-org key beside it.
+    Nothing,
+}
+
+/// Which org a changed `key` belongs to, for telling the broker about changes another
+/// node made.
+pub(crate) fn scope(key: &str) -> Scope {
+    if key == PLATFORM_CERT {
+        return Scope::All;
+    }
+    if UNMIRRORED.iter().any(|p| key.starts_with(p))
+        || key.starts_with(MESSAGES)
+        || key.starts_with("token-id/")
+        || key.starts_with(DOMAIN_OWNERS)
+    {
+        return Scope::Nothing;
+    }
+    const PER_ORG: [&str; 16] = [
+        "org",
+        "policy",
+        "limits",
+        "ca",
+        "srv",
+        "cli",
+        "dest",
+        "csr",
+        "blocked",
+        "crl",
+        "devtoken",
+        "token",
+        "org-domains",
+        "revoked",
+        "netpolicy",
+        "ca-proof",
+    ];
+    let mut parts = key.splitn(3, '/');
+    let (Some(kind), Some(org)) = (parts.next(), parts.next()) else {
+        return Scope::All;
+    };
+    if !PER_ORG.contains(&kind) {
+        return Scope::All;
+    }
+    match OrgId::try_from(org) {
+        Ok(org) => Scope::Org(org),
+        Err(_) => Scope::All,
+    }
+}
+
 /// Where some of an org's data lives.
 pub(crate) enum Place {
     /// One key.
@@ -308,6 +378,47 @@ mod tests {
         ] {
             assert!(SEALED.iter().any(|p| key.starts_with(p)), "{key}");
         }
+    }
+
+    #[test]
+    fn every_key_has_its_scope() {
+        let acme = OrgId::try_from("acme").unwrap();
+        let id = Identity::parse("d:sensor:1").unwrap();
+        for key in [
+            org(&acme),
+            policy(&acme),
+            limits(&acme),
+            ca(&acme, "1"),
+            server_cert(&acme, "1"),
+            client_cert(&acme, "1"),
+            destination(&acme, "1"),
+            csr(&acme, "1"),
+            blocked_device(&acme, &id),
+            crl(&acme, "1"),
+            device_token(&acme, &id),
+            token(&acme, "1"),
+            org_domains(&acme),
+            revoked_cert(&acme, "1"),
+            network_policy(&acme),
+            ca_proof_code(&acme, "c"),
+        ] {
+            assert_eq!(scope(&key), Scope::Org(acme.clone()), "{key}");
+        }
+        for key in [
+            device(&acme, &id),
+            device_cert(&acme, "ab"),
+            device_expiry(&acme, 1, &id),
+            audit_entry(acme.as_str(), 1),
+            audit_seq(acme.as_str()),
+            audit_low(acme.as_str()),
+            format!("{}x", messages(&acme)),
+            token_index("1"),
+            domain_owner("a.example"),
+        ] {
+            assert_eq!(scope(&key), Scope::Nothing, "{key}");
+        }
+        assert_eq!(scope(PLATFORM_CERT), Scope::All);
+        assert_eq!(scope("something-new/acme"), Scope::All);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod network;
 #[cfg(feature = "openapi")]
 mod openapi;
 mod orgs;
+pub mod pg;
 mod platform;
 pub mod policy;
 mod registry;

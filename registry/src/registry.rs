@@ -114,6 +114,44 @@ impl Registry {
             .push(Box::new(f));
     }
 
+    /// Follows changes made to the store outside this process (other nodes sharing a
+    /// [`crate::pg::PgStore`]): each org they touch gets the same [`Change`] a change
+    /// made here sends, so the broker rebuilds its TLS config and re-checks its live
+    /// sessions. A store that is not shared never reports any.
+    pub fn follow_store(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.store.watch(Box::new(move |keys| {
+            if let Some(r) = weak.upgrade() {
+                r.changed_elsewhere(keys);
+            }
+        }));
+    }
+
+    /// Sends the changes `keys` (changed by another node) imply.
+    pub(crate) fn changed_elsewhere(&self, keys: &[String]) {
+        let mut orgs = std::collections::BTreeSet::new();
+        let mut all = false;
+        for key in keys {
+            match layout::scope(key) {
+                layout::Scope::Org(org) => {
+                    orgs.insert(org);
+                }
+                layout::Scope::All => all = true,
+                layout::Scope::Nothing => {}
+            }
+        }
+        if all {
+            match self.list_orgs() {
+                Ok(list) => orgs.extend(list.into_iter().map(|o| o.id)),
+                Err(e) => tracing::error!(cause = %e, "cannot list the orgs to refresh"),
+            }
+        }
+        for org in orgs {
+            tracing::debug!(%org, "org changed on another node");
+            self.notify(Change::Org(org));
+        }
+    }
+
     pub(crate) fn notify(&self, change: Change) {
         self.refresh_hosts(&change);
         for l in self

@@ -2,8 +2,8 @@
 //! and its embedded [`SledStore`] implementation.
 //!
 //! The registry owns the key layout and the record encoding; a store only has to keep
-//! bytes and apply a batch all-or-nothing. That keeps a second implementation (PostgreSQL,
-//! for several nodes) a small job.
+//! bytes and apply a batch all-or-nothing. The second implementation, [`crate::pg::PgStore`],
+//! keeps the registry of several nodes in PostgreSQL.
 
 use std::path::Path;
 
@@ -11,6 +11,28 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
 pub struct StoreError(pub String);
+
+/// How every "the store cannot be reached" error begins ([`StoreError::unavailable`]).
+const UNAVAILABLE: &str = "the registry database is unreachable: ";
+
+impl StoreError {
+    /// The store's backing database cannot be reached (PostgreSQL down or cut off): no
+    /// change can be made until it is back. The admin API answers these with 503.
+    pub fn unavailable(cause: impl std::fmt::Display) -> StoreError {
+        StoreError(format!(
+            "{UNAVAILABLE}{cause}; changes are refused until it is back"
+        ))
+    }
+
+    /// Whether this is an [`StoreError::unavailable`] error (a temporary condition, not
+    /// a fault of the stored data).
+    pub fn is_unavailable(&self) -> bool {
+        self.0.starts_with(UNAVAILABLE)
+    }
+}
+
+/// Called with the keys another node changed (see [`Store::watch`]).
+pub type Watcher = Box<dyn Fn(&[String]) + Send + Sync>;
 
 /// One write in an atomic batch.
 #[derive(Debug, Clone)]
@@ -41,6 +63,14 @@ pub trait Store: Send + Sync + 'static {
             .filter(|(k, _)| k.as_str() > after)
             .take(limit)
             .collect())
+    }
+
+    /// Registers the function told which keys changed *outside* this process (another
+    /// node's commit, or a resynchronisation after the store was unreachable); the
+    /// store's own `apply` is never reported. Only a shared store has such changes: the
+    /// default never calls it.
+    fn watch(&self, watcher: Watcher) {
+        drop(watcher);
     }
 }
 
