@@ -51,22 +51,29 @@ impl Server {
     /// Starts a server like [`Server::start`] with `extra` flags after the usual ones.
     pub fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut s = Self::spawn_with(tmp.path(), "127.0.0.1:0", extra);
+        let mut s = Self::spawn_with(tmp.path(), "127.0.0.1:0", extra, &[]);
         s._tmp = Some(tmp);
         s
     }
 
-    fn spawn(dir: &Path, mqtt: &str) -> Server {
-        Self::spawn_with(dir, mqtt, &[])
+    /// Starts a server on free loopback ports over `dir` with `extra` flags and
+    /// environment variables (e.g. `--store postgres://…`, `CERTMQ_MASTER_KEY`).
+    pub fn start_in_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn_with(dir, "127.0.0.1:0", extra, env)
     }
 
-    fn spawn_with(dir: &Path, mqtt: &str, extra: &[&str]) -> Server {
+    fn spawn(dir: &Path, mqtt: &str) -> Server {
+        Self::spawn_with(dir, mqtt, &[], &[])
+    }
+
+    fn spawn_with(dir: &Path, mqtt: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_certmq"))
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--mqtt", mqtt, "--admin", "127.0.0.1:0", "--domain", DOMAIN])
             .args(["--mqtt-plain", "127.0.0.1:0", "--ws", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("CERTMQ_ADMIN_TOKEN", TOKEN)
             .env(
                 "RUST_LOG",
