@@ -368,6 +368,23 @@ async fn two_nodes_migrate_together_and_a_restarted_node_keeps_everything() {
 
     let acme = Org::create(&n1, "acme").await;
     connect(&acme, &n1, "d:sensor:1").await;
+    // The device inventory is in PostgreSQL too: node 2 lists a device of node 1's
+    // once node 1 has flushed its admissions (every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let (s, v) = n2
+            .api()
+            .call(Method::GET, "/orgs/acme/devices/d:sensor:1", None)
+            .await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never listed node 1's device: {s} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (s, _) = block(&n2.api(), "acme", "d:sensor:2").await;
     assert_eq!(s, 201);
 

@@ -371,20 +371,44 @@ impl Drop for Conn {
     }
 }
 
-fn db_err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// The error and its causes (tokio-postgres says only "db error" at the top; the
+/// server's message is the source).
+fn db_err(e: impl std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
-async fn timed<T, E: std::fmt::Display>(
+async fn timed<T>(
     what: &str,
-    f: impl std::future::Future<Output = Result<T, E>>,
+    f: impl std::future::Future<Output = Result<T, impl Into<Cause>>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| format!("{what}: {e}")),
+        Ok(r) => r.map_err(|e| format!("{what}: {}", e.into().0)),
         Err(_) => Err(format!(
             "{what}: no answer within {} s",
             IO_TIMEOUT.as_secs()
         )),
+    }
+}
+
+/// An error's text with its causes.
+struct Cause(String);
+
+impl From<tokio_postgres::Error> for Cause {
+    fn from(e: tokio_postgres::Error) -> Cause {
+        Cause(db_err(e))
+    }
+}
+
+impl From<String> for Cause {
+    fn from(e: String) -> Cause {
+        Cause(e)
     }
 }
 
@@ -583,7 +607,7 @@ impl Worker {
     async fn handle(&self, conn: &mut Conn, request: Request) -> Result<(), String> {
         match request {
             Request::Apply(ops, reply) => {
-                let notice = self.notice(&ops);
+                let notice = notice(&self.shared.node, &self.shared.instance, &ops);
                 match timed("writing", write(&mut conn.client, &ops, notice)).await {
                     Ok(()) => {
                         self.apply_to_mirror(ops);
@@ -659,60 +683,6 @@ impl Worker {
         }
     }
 
-    /// What to tell the other nodes about `ops`: `None` when they touch only unmirrored
-    /// keys (nobody keeps a copy of those).
-    fn notice(&self, ops: &[Op]) -> Option<String> {
-        let keys: BTreeSet<&str> = ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(k, _) | Op::Delete(k) => k.as_str(),
-            })
-            .filter(|k| is_mirrored(k))
-            .collect();
-        if keys.is_empty() {
-            return None;
-        }
-        let mut notice = Notice {
-            node: self.shared.node.clone(),
-            instance: self.shared.instance.clone(),
-            keys: keys.iter().map(|k| k.to_string()).collect(),
-            ..Notice::default()
-        };
-        let fits = |n: &Notice| {
-            let s = serde_json::to_string(n).unwrap_or_default();
-            (s.len() <= MAX_PAYLOAD).then_some(s)
-        };
-        if let Some(s) = fits(&notice) {
-            return Some(s);
-        }
-        // Too many keys: their first two segments (`ca/acme/`) cover them.
-        let prefixes: BTreeSet<String> = keys
-            .iter()
-            .map(|k| {
-                let mut end = 0;
-                for (n, (i, _)) in k.match_indices('/').enumerate() {
-                    end = i + 1;
-                    if n == 1 {
-                        break;
-                    }
-                }
-                if end == 0 {
-                    k.to_string()
-                } else {
-                    k[..end].to_owned()
-                }
-            })
-            .collect();
-        notice.keys.clear();
-        notice.prefixes = prefixes.into_iter().collect();
-        if let Some(s) = fits(&notice) {
-            return Some(s);
-        }
-        notice.prefixes.clear();
-        notice.all = true;
-        fits(&notice)
-    }
-
     /// Another node committed: re-reads what it names into the mirror and reports the
     /// keys that changed.
     async fn on_notice(&self, conn: &Conn, payload: &str) -> Result<(), String> {
@@ -786,6 +756,60 @@ impl Worker {
         self.report(changed);
         Ok(())
     }
+}
+
+/// What to tell the other nodes about `ops`: `None` when they touch only unmirrored
+/// keys (nobody keeps a copy of those).
+fn notice(node: &str, instance: &str, ops: &[Op]) -> Option<String> {
+    let keys: BTreeSet<&str> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Put(k, _) | Op::Delete(k) => k.as_str(),
+        })
+        .filter(|k| is_mirrored(k))
+        .collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let mut notice = Notice {
+        node: node.to_owned(),
+        instance: instance.to_owned(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        ..Notice::default()
+    };
+    let fits = |n: &Notice| {
+        let s = serde_json::to_string(n).unwrap_or_default();
+        (s.len() <= MAX_PAYLOAD).then_some(s)
+    };
+    if let Some(s) = fits(&notice) {
+        return Some(s);
+    }
+    // Too many keys: their first two segments (`ca/acme/`) cover them.
+    let prefixes: BTreeSet<String> = keys
+        .iter()
+        .map(|k| {
+            let mut end = 0;
+            for (n, (i, _)) in k.match_indices('/').enumerate() {
+                end = i + 1;
+                if n == 1 {
+                    break;
+                }
+            }
+            if end == 0 {
+                k.to_string()
+            } else {
+                k[..end].to_owned()
+            }
+        })
+        .collect();
+    notice.keys.clear();
+    notice.prefixes = prefixes.into_iter().collect();
+    if let Some(s) = fits(&notice) {
+        return Some(s);
+    }
+    notice.prefixes.clear();
+    notice.all = true;
+    fits(&notice)
 }
 
 /// Brings the schema to the version this build knows, once, under an advisory lock
@@ -896,6 +920,32 @@ mod tests {
             redact("host=db user=certmq password=s3cret dbname=certmq"),
             "host=db user=certmq password=*** dbname=certmq"
         );
+    }
+
+    #[test]
+    fn notices_name_keys_then_prefixes_then_everything() {
+        let put = |k: String| Op::Put(k, b"v".to_vec());
+        let parse = |s: Option<String>| -> Notice { serde_json::from_str(&s.unwrap()).unwrap() };
+        let n = parse(notice(
+            "n1",
+            "i",
+            &[put("ca/acme/1".into()), Op::Delete("org/acme".into())],
+        ));
+        assert_eq!((n.node.as_str(), n.keys.len(), n.all), ("n1", 2, false));
+        // Unmirrored keys are nobody's copy: no notice at all.
+        assert!(notice("n1", "i", &[put("dev/acme/d:x:1".into())]).is_none());
+        let many: Vec<Op> = (0..1000)
+            .map(|i| put(format!("blocked/acme/d:x:{i}")))
+            .collect();
+        let n = parse(notice("n1", "i", &many));
+        assert_eq!(
+            (n.keys.len(), n.prefixes.clone()),
+            (0, vec!["blocked/acme/".to_owned()])
+        );
+        let orgs: Vec<Op> = (0..1000)
+            .map(|i| put(format!("blocked/org{i}/d:x:1")))
+            .collect();
+        assert!(parse(notice("n1", "i", &orgs)).all);
     }
 
     #[test]
