@@ -490,6 +490,37 @@ mod tests {
     }
 
     #[test]
+    fn the_store_and_node_id_come_from_the_file_and_never_show_a_password() {
+        let file: FileConfig = toml::from_str(
+            "store = \"postgres://certmq:s3cret@db:5432/certmq\"\nnode_id = \"node-1\"\n",
+        )
+        .unwrap();
+        let loaded = LoadedFile {
+            path: "x.toml".into(),
+            config: file,
+        };
+        let o = resolve(ServeArgs::default(), Some(&loaded)).unwrap();
+        assert_eq!(o.node_id, "node-1");
+        assert_eq!(o.store.to_string(), "postgres://certmq:***@db:5432/certmq");
+        assert_eq!(
+            format!("{:?}", o.store),
+            "postgres://certmq:***@db:5432/certmq"
+        );
+        let o = resolve(ServeArgs::default(), None).unwrap();
+        assert_eq!(o.store.to_string(), "sled");
+        assert!(!o.node_id.is_empty(), "the host name by default");
+
+        let e = "mysql://u:s3cret@db/x".parse::<StoreArg>().unwrap_err();
+        assert!(e.contains("postgres://") && !e.contains("s3cret"), "{e}");
+        let bad = ServeArgs {
+            node_id: Some("two words".into()),
+            ..Default::default()
+        };
+        let e = resolve(bad, None).unwrap_err().to_string();
+        assert!(e.contains("node_id"), "{e}");
+    }
+
+    #[test]
     fn the_admin_tls_files_come_in_pairs() {
         let load = |text: &str| LoadedFile {
             path: "x.toml".into(),

@@ -128,6 +128,10 @@ fn common_answer(status: StatusCode) -> Option<&'static str> {
         StatusCode::INTERNAL_SERVER_ERROR => {
             "Internal error; the detail is in the server log, never in the answer."
         }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            "The registry is in PostgreSQL and this node cannot reach it (docs/cluster.md): \
+             nothing was changed; changes are refused until it is back."
+        }
         _ => return None,
     })
 }
@@ -174,6 +178,7 @@ fn add_common_answers(op: &mut Operation) {
         (StatusCode::PAYLOAD_TOO_LARGE, has_body),
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, json_only),
         (StatusCode::INTERNAL_SERVER_ERROR, !public),
+        (StatusCode::SERVICE_UNAVAILABLE, !public),
     ];
     for (status, applies) in wanted {
         let Some((_, code)) = CODES.iter().find(|(s, _)| *s == status) else {

@@ -92,6 +92,7 @@ type Reply<T> = std_mpsc::SyncSender<Result<T, StoreError>>;
 
 enum Request {
     Apply(Vec<Op>, Reply<()>),
+    CatchUp(Reply<()>),
     Get(String, Reply<Option<Vec<u8>>>),
     Scan {
         prefix: String,
@@ -105,7 +106,7 @@ impl Request {
     fn fail(self, e: StoreError) {
         // The caller may have given up waiting: nothing to tell then.
         match self {
-            Request::Apply(_, r) => drop(r.send(Err(e))),
+            Request::Apply(_, r) | Request::CatchUp(r) => drop(r.send(Err(e))),
             Request::Get(_, r) => drop(r.send(Err(e))),
             Request::Scan { reply, .. } => drop(reply.send(Err(e))),
         }
@@ -337,6 +338,14 @@ impl Store for PgStore {
             return Ok(());
         }
         self.ask(|reply| Request::Apply(ops, reply))
+    }
+
+    fn catch_up(&self) {
+        if self.status().is_ok() {
+            if let Err(e) = self.ask(Request::CatchUp) {
+                tracing::debug!(cause = %e, "could not catch up with other nodes' changes");
+            }
+        }
     }
 
     fn watch(&self, watcher: Watcher) {
@@ -619,6 +628,27 @@ impl Worker {
                         Err(cause)
                     }
                 }
+            }
+            Request::CatchUp(reply) => {
+                // A round trip: PostgreSQL sends the notifications of every commit made
+                // before it ahead of its answer; then they are all in `events`.
+                let done = timed("catching up", conn.client.simple_query("SELECT 1")).await;
+                if let Err(cause) = done {
+                    let _ = reply.send(Err(StoreError::unavailable(&cause)));
+                    return Err(cause);
+                }
+                while let Ok(e) = conn.events.try_recv() {
+                    let applied = match e {
+                        Ok(payload) => self.on_notice(conn, &payload).await,
+                        Err(cause) => Err(cause),
+                    };
+                    if let Err(cause) = applied {
+                        let _ = reply.send(Err(StoreError::unavailable(&cause)));
+                        return Err(cause);
+                    }
+                }
+                let _ = reply.send(Ok(()));
+                Ok(())
             }
             Request::Get(key, reply) => {
                 let got = timed(

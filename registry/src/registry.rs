@@ -164,8 +164,12 @@ impl Registry {
         }
     }
 
+    /// The write lock of this process; with a shared store, taking it also catches up
+    /// with what other nodes committed, so the checks that follow see it.
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.write.lock().unwrap_or_else(|e| e.into_inner())
+        let g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.catch_up();
+        g
     }
 
     pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {

@@ -72,6 +72,12 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, watcher: Watcher) {
         drop(watcher);
     }
+
+    /// Before a read-check-write: takes in what other processes committed so far, so
+    /// the checks see it (a shared store whose reads come from a local copy). Best
+    /// effort: when that fails, the write that follows fails too. The default has
+    /// nothing to catch up with.
+    fn catch_up(&self) {}
 }
 
 /// [`Store`] on an embedded sled database in the data directory.
