@@ -264,13 +264,12 @@ async fn a_change_on_one_node_closes_sessions_and_refuses_handshakes_on_the_othe
 
     // Read-check-write across nodes: an org made on node 1 takes a CA through node 2 at
     // once (node 2 catches up before checking that the org exists).
+    let ca = device_sim::certs::TestCa::new("beta CA").unwrap();
+    let (a1, a2) = (n1.api().0, n2.api().0);
     for i in 0..5 {
         let org = format!("beta{i}");
-        n1.api().0.create_org(&org, "Beta").await.unwrap();
-        let ca = device_sim::certs::TestCa::new("beta CA").unwrap();
-        n2.api()
-            .0
-            .upload_ca(&org, &ca.pem(), None)
+        a1.create_org(&org, "Beta").await.unwrap();
+        a2.upload_ca(&org, &ca.pem(), None)
             .await
             .unwrap_or_else(|e| panic!("node 2 did not see {org} just made on node 1: {e:#}"));
     }
