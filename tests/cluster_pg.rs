@@ -216,6 +216,15 @@ async fn closed_within(client: &mut Client, since: Instant, within: Duration) ->
     since.elapsed()
 }
 
+/// `GET /readyz` of `node` (outside `/api/v1`, no token).
+async fn readyz(node: &Server) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{}/readyz", node.admin))
+        .await
+        .expect("GET /readyz");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("readyz JSON"))
+}
+
 async fn block(api: &Api, org: &str, identity: &str) -> (u16, serde_json::Value) {
     api.call(
         Method::POST,
@@ -298,6 +307,11 @@ async fn losing_postgres_keeps_admitting_refuses_changes_and_resynchronises() {
                 && m.contains("changes are refused until it is back"),
             "{m}"
         );
+        // The readiness probe says so, and the node stays ready (it still admits).
+        let (s, v) = readyz(n).await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("ready")), "{v}");
+        let db = v["registry_database"].as_str().unwrap_or_default();
+        assert!(db != "ok" && !db.is_empty(), "{v}");
         // Reads still answer, from the node's copy.
         let (s, _) = n.api().call(Method::GET, "/orgs/acme/ca-certs", None).await;
         assert_eq!(s, 200);
@@ -323,6 +337,12 @@ async fn losing_postgres_keeps_admitting_refuses_changes_and_resynchronises() {
     eprintln!(
         "PostgreSQL back → changes accepted again after {:?}",
         back.elapsed()
+    );
+    let (_, v) = readyz(&n2).await;
+    assert_eq!(
+        (v["node"].as_str(), v["registry_database"].as_str()),
+        (Some("node2"), Some("ok")),
+        "{v}"
     );
     // And they propagate again: a block on node 2 closes the session on node 1.
     let sent = Instant::now();

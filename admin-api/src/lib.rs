@@ -315,6 +315,14 @@ struct Readiness {
     /// `ok`, or why retained messages and persistent sessions are not being written
     /// (acknowledgements are then held back).
     message_state: String,
+    /// With the registry in PostgreSQL (docs/cluster.md): this node's name (`--node-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    /// With the registry in PostgreSQL: `ok`, or why this node cannot reach the database.
+    /// The node stays ready then: it admits with the last state it read and answers
+    /// changes with 503 until the database is back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_database: Option<String>,
 }
 
 /// Readiness.
@@ -345,11 +353,12 @@ async fn readyz(
             Ok(()) => "ok".to_owned(),
             Err(e) => e,
         };
-        (store, message_state)
+        let shared = state.registry.store().shared_status();
+        (store, message_state, shared)
     })
     .await;
-    let (store, message_state) =
-        checked.unwrap_or_else(|e| (format!("{e:?}"), "unknown".to_owned()));
+    let (store, message_state, shared) =
+        checked.unwrap_or_else(|e| (format!("{e:?}"), "unknown".to_owned(), None));
     let ready = store == "ok" && message_state == "ok";
     let code = if ready {
         axum::http::StatusCode::OK
@@ -362,6 +371,11 @@ async fn readyz(
             status: if ready { "ready" } else { "not_ready" },
             store,
             message_state,
+            node: shared.as_ref().map(|s| s.node.clone()),
+            registry_database: shared.map(|s| match s.database {
+                Ok(()) => "ok".to_owned(),
+                Err(cause) => cause,
+            }),
         }),
     )
 }

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::layout;
-use crate::store::{Op, Store, StoreError, Watcher};
+use crate::store::{Op, SharedStatus, Store, StoreError, Watcher};
 
 /// The notification channel every node listens on.
 const CHANNEL: &str = "certmq_changes";
@@ -346,6 +346,13 @@ impl Store for PgStore {
                 tracing::debug!(cause = %e, "could not catch up with other nodes' changes");
             }
         }
+    }
+
+    fn shared_status(&self) -> Option<SharedStatus> {
+        Some(SharedStatus {
+            node: self.shared.node.clone(),
+            database: self.status(),
+        })
     }
 
     fn watch(&self, watcher: Watcher) {

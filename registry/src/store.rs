@@ -31,6 +31,15 @@ impl StoreError {
     }
 }
 
+/// A store shared by several nodes, as the readiness probe reports it.
+#[derive(Debug, Clone)]
+pub struct SharedStatus {
+    /// This node's name.
+    pub node: String,
+    /// `Err(cause)` while the database cannot be reached.
+    pub database: Result<(), String>,
+}
+
 /// Called with the keys another node changed (see [`Store::watch`]).
 pub type Watcher = Box<dyn Fn(&[String]) + Send + Sync>;
 
@@ -78,6 +87,12 @@ pub trait Store: Send + Sync + 'static {
     /// effort: when that fails, the write that follows fails too. The default has
     /// nothing to catch up with.
     fn catch_up(&self) {}
+
+    /// For a store shared by several nodes: this node's name and whether the database
+    /// answers. `None` (the default) for a store of this process alone.
+    fn shared_status(&self) -> Option<SharedStatus> {
+        None
+    }
 }
 
 /// [`Store`] on an embedded sled database in the data directory.
