@@ -271,6 +271,24 @@ async fn a_change_on_one_node_closes_sessions_and_refuses_handshakes_on_the_othe
     refused(&acme, &n1, "d:sensor:2").await;
     refused(&acme, &n2, "d:sensor:3").await;
 
+    // A change too large to name key by key in a notification (an org with 300 blocked
+    // identities deleted): the other node re-reads the prefixes it names instead.
+    let big = Org::create(&n2, "big").await;
+    let (mut live, _) = admitted_within(&big, &n1, "d:sensor:1", Duration::from_secs(1)).await;
+    let started = Instant::now();
+    for i in 0..300 {
+        let (s, v) = block(&n2.api(), "big", &format!("d:sensor:blocked-{i:03}")).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    eprintln!("300 blocks through node 2 took {:?}", started.elapsed());
+    let sent = Instant::now();
+    let (s, _) = n2.api().call(Method::DELETE, "/orgs/big", None).await;
+    assert_eq!(s, 204);
+    let took = closed_within(&mut live, sent, Duration::from_secs(1)).await;
+    eprintln!("org with 300 blocks deleted on node 2 → session closed on node 1 in {took:?}");
+    let (s, _) = n1.api().call(Method::GET, "/orgs/big", None).await;
+    assert_eq!(s, 404);
+
     // Read-check-write across nodes: an org made on node 1 takes a CA through node 2 at
     // once (node 2 catches up before checking that the org exists).
     let ca = device_sim::certs::TestCa::new("beta CA").unwrap();

@@ -737,6 +737,13 @@ impl Worker {
         if notice.instance == self.shared.instance {
             return Ok(());
         }
+        let form = if notice.all {
+            "all"
+        } else if notice.prefixes.is_empty() {
+            "keys"
+        } else {
+            "prefixes"
+        };
         let changed = if notice.all {
             let all = timed("reloading the registry", load_all(&conn.client)).await?;
             self.replace_mirror(all, None)
@@ -789,7 +796,7 @@ impl Worker {
             }
             changed
         };
-        tracing::debug!(node = %notice.node, keys = changed.len(), "registry changed on another node");
+        tracing::debug!(node = %notice.node, form, keys = changed.len(), "registry changed on another node");
         self.report(changed);
         Ok(())
     }
