@@ -399,7 +399,10 @@ async fn two_nodes_migrate_together_and_a_restarted_node_keeps_everything() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Both start at once on the empty database: one migrates, the other waits for it.
     let (p1, p2) = (d1.path().to_path_buf(), d2.path().to_path_buf());
-    let (url1, url2) = (pg.url("node1"), pg.url("node2"));
+    // A password in the URL (the test server trusts every local connection, so any
+    // password works) must never be shown: see the marker and the errors below.
+    let url1 = pg.url("node1").replace("node1@", "node1:sekrit-pw@");
+    let url2 = pg.url("node2");
     let start = |dir: PathBuf, url: String, id: &'static str| {
         std::thread::spawn(move || {
             Server::start_in_with(
@@ -466,7 +469,15 @@ async fn two_nodes_migrate_together_and_a_restarted_node_keeps_everything() {
         !out.status.success() && err.contains("registry is in PostgreSQL"),
         "{err}"
     );
-    assert!(!err.contains(MASTER_KEY));
+    assert!(
+        !err.contains(MASTER_KEY) && !err.contains("sekrit-pw"),
+        "{err}"
+    );
+    let marker = std::fs::read_to_string(old_dir.join("registry-in-postgres")).unwrap();
+    assert!(
+        marker.contains("node1:***@") && !marker.contains("sekrit-pw"),
+        "{marker}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_certmq"))
         .args(["serve", "--data-dir"])
         .arg(&old_dir)
@@ -480,5 +491,44 @@ async fn two_nodes_migrate_together_and_a_restarted_node_keeps_everything() {
         !out.status.success() && err.contains("kept its registry in PostgreSQL"),
         "{err}"
     );
+    assert!(!err.contains("sekrit-pw"), "{err}");
     drop(n2);
+}
+
+#[test]
+fn a_node_that_cannot_reach_postgres_at_start_says_so_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://certmq:sekrit-pw@127.0.0.1:{}/certmq",
+        free_port()
+    );
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_certmq"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--mqtt",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--store",
+            &url,
+        ])
+        .env("CERTMQ_MASTER_KEY", MASTER_KEY)
+        .env("CERTMQ_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot open the registry database postgres://certmq:***@127.0.0.1"),
+        "{err}"
+    );
+    assert!(!err.contains("sekrit-pw"), "{err}");
+    // It waited for the database (it may be starting beside us), but not for ever.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
 }
