@@ -48,12 +48,20 @@ const MIGRATIONS: [&str; 1] = [
 /// The advisory lock migrations hold (any constant; "certmq" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6365_7274_6d71;
 
-/// How long a connection attempt, a transaction or a read may take before the
-/// database counts as unreachable.
+/// How long a connection attempt or a round trip (the idle check, a catch-up) may take
+/// before the database counts as unreachable.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a caller waits for the worker's answer (a little more than [`IO_TIMEOUT`]).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a write or a read of unmirrored keys may take (a large batch, such as an
+/// org deleted with its whole device inventory, takes more than a round trip).
+const WORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long loading the whole registry (or the migrations, which may wait for another
+/// node's) may take.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a caller waits for the worker's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// How often a lost connection is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -402,14 +410,12 @@ fn db_err(e: impl std::error::Error) -> String {
 
 async fn timed<T>(
     what: &str,
+    limit: Duration,
     f: impl std::future::Future<Output = Result<T, impl Into<Cause>>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(IO_TIMEOUT, f).await {
+    match tokio::time::timeout(limit, f).await {
         Ok(r) => r.map_err(|e| format!("{what}: {}", e.into().0)),
-        Err(_) => Err(format!(
-            "{what}: no answer within {} s",
-            IO_TIMEOUT.as_secs()
-        )),
+        Err(_) => Err(format!("{what}: no answer within {} s", limit.as_secs())),
     }
 }
 
@@ -511,7 +517,8 @@ impl Worker {
     /// Connects, migrates, listens, and (re)loads the mirror. On a reconnect, every key
     /// that differs from the mirror is reported: notifications sent while away are lost.
     async fn connect_and_load(&self, first: bool) -> Result<Conn, String> {
-        let (client, mut connection) = timed("connecting", self.config.connect(NoTls)).await?;
+        let (client, mut connection) =
+            timed("connecting", IO_TIMEOUT, self.config.connect(NoTls)).await?;
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
@@ -539,13 +546,19 @@ impl Worker {
             events,
             task,
         };
-        timed("migrating the schema", migrate(&mut conn.client)).await?;
+        timed(
+            "migrating the schema",
+            LOAD_TIMEOUT,
+            migrate(&mut conn.client),
+        )
+        .await?;
         timed(
             "listening for changes",
+            IO_TIMEOUT,
             conn.client.batch_execute(&format!("LISTEN {CHANNEL}")),
         )
         .await?;
-        let all = timed("loading the registry", load_all(&conn.client)).await?;
+        let all = timed("loading the registry", LOAD_TIMEOUT, load_all(&conn.client)).await?;
         let changed = self.replace_mirror(all, None);
         if !first {
             tracing::info!(
@@ -610,7 +623,7 @@ impl Worker {
                     None => return Some("the connection ended".into()),
                 },
                 _ = ping.tick() => {
-                    if let Err(cause) = timed("checking the connection", conn.client.simple_query("SELECT 1")).await {
+                    if let Err(cause) = timed("checking the connection", IO_TIMEOUT, conn.client.simple_query("SELECT 1")).await {
                         return Some(cause);
                     }
                 }
@@ -624,7 +637,13 @@ impl Worker {
         match request {
             Request::Apply(ops, reply) => {
                 let notice = notice(&self.shared.node, &self.shared.instance, &ops);
-                match timed("writing", write(&mut conn.client, &ops, notice)).await {
+                match timed(
+                    "writing",
+                    WORK_TIMEOUT,
+                    write(&mut conn.client, &ops, notice),
+                )
+                .await
+                {
                     Ok(()) => {
                         self.apply_to_mirror(ops);
                         let _ = reply.send(Ok(()));
@@ -639,7 +658,12 @@ impl Worker {
             Request::CatchUp(reply) => {
                 // A round trip: PostgreSQL sends the notifications of every commit made
                 // before it ahead of its answer; then they are all in `events`.
-                let done = timed("catching up", conn.client.simple_query("SELECT 1")).await;
+                let done = timed(
+                    "catching up",
+                    IO_TIMEOUT,
+                    conn.client.simple_query("SELECT 1"),
+                )
+                .await;
                 if let Err(cause) = done {
                     let _ = reply.send(Err(StoreError::unavailable(&cause)));
                     return Err(cause);
@@ -660,6 +684,7 @@ impl Worker {
             Request::Get(key, reply) => {
                 let got = timed(
                     "reading",
+                    WORK_TIMEOUT,
                     conn.client
                         .query_opt("SELECT value FROM certmq_kv WHERE key = $1", &[&key]),
                 )
@@ -675,6 +700,7 @@ impl Worker {
             } => {
                 let got = timed(
                     "reading",
+                    WORK_TIMEOUT,
                     conn.client.query(
                         "SELECT key, value FROM certmq_kv WHERE key LIKE $1 AND key > $2 \
                          ORDER BY key LIMIT $3",
@@ -745,13 +771,19 @@ impl Worker {
             "prefixes"
         };
         let changed = if notice.all {
-            let all = timed("reloading the registry", load_all(&conn.client)).await?;
+            let all = timed(
+                "reloading the registry",
+                LOAD_TIMEOUT,
+                load_all(&conn.client),
+            )
+            .await?;
             self.replace_mirror(all, None)
         } else if !notice.prefixes.is_empty() {
             let mut fresh = BTreeMap::new();
             for p in &notice.prefixes {
                 let rows = timed(
                     "reading changes",
+                    LOAD_TIMEOUT,
                     conn.client.query(
                         "SELECT key, value FROM certmq_kv WHERE key LIKE $1",
                         &[&like_prefix(p)],
@@ -768,6 +800,7 @@ impl Worker {
         } else {
             let rows = timed(
                 "reading changes",
+                WORK_TIMEOUT,
                 conn.client.query(
                     "SELECT key, value FROM certmq_kv WHERE key = ANY($1)",
                     &[&notice.keys],
