@@ -342,10 +342,11 @@ pub(crate) async fn start(opts: &Options) -> anyhow::Result<Running> {
                      with --store postgres (only message state is kept there now)"
                 );
             }
-            std::fs::write(&marker, format!("{}\n", opts.store))
-                .with_context(|| format!("writing {}", marker.display()))?;
             let (url, node) = (url.clone(), opts.node_id.clone());
             let pg = tokio::task::spawn_blocking(move || PgStore::open(&url, &node)).await??;
+            // Only once the database is in use: a failed first try leaves the dir as it was.
+            std::fs::write(&marker, format!("{}\n", opts.store))
+                .with_context(|| format!("writing {}", marker.display()))?;
             Arc::new(pg)
         }
     };

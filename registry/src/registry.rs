@@ -100,8 +100,10 @@ impl Registry {
         &self.domain
     }
 
-    /// The store under the registry. The broker keeps its message state there too
-    /// (under [`crate::message_keys`]), so an org's messages are deleted with the org.
+    /// The store under the registry. With the embedded store the broker keeps its
+    /// message state there too (under [`crate::message_keys`]); with the registry in
+    /// PostgreSQL it has its own, node-local one (`Broker::with_message_store`) and
+    /// purges an org's messages when it hears the org is gone.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
