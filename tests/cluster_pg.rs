@@ -289,6 +289,21 @@ async fn a_change_on_one_node_closes_sessions_and_refuses_handshakes_on_the_othe
     let (s, _) = n1.api().call(Method::GET, "/orgs/big", None).await;
     assert_eq!(s, 404);
 
+    // Two nodes asked at the same moment to create the same org: one wins, the other
+    // is told it exists (the check and the write hold the cluster's write lock).
+    let (api1, api2) = (n1.api(), n2.api());
+    for i in 0..10 {
+        let org = format!("dup{i}");
+        let body = json!({ "id": org, "name": "Dup" });
+        let (a, b) = tokio::join!(
+            api1.call(Method::POST, "/orgs", Some(body.clone())),
+            api2.call(Method::POST, "/orgs", Some(body.clone())),
+        );
+        let mut got = [a.0, b.0];
+        got.sort();
+        assert_eq!(got, [201, 409], "{org}: {a:?} {b:?}");
+    }
+
     // Read-check-write across nodes: an org made on node 1 takes a CA through node 2 at
     // once (node 2 catches up before checking that the org exists).
     let ca = device_sim::certs::TestCa::new("beta CA").unwrap();

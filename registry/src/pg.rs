@@ -48,6 +48,13 @@ const MIGRATIONS: [&str; 1] = [
 /// The advisory lock migrations hold (any constant; "certmq" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6365_7274_6d71;
 
+/// The advisory lock a node holds while it checks and writes a change
+/// ([`Store::catch_up`] to [`Store::release`]): one node at a time.
+const WRITE_LOCK: i64 = 0x6365_7274_6d72;
+
+/// How long a node waits for another's write lock before writing without it.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a connection attempt or a round trip (the idle check, a catch-up) may take
 /// before the database counts as unreachable.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -100,7 +107,10 @@ type Reply<T> = std_mpsc::SyncSender<Result<T, StoreError>>;
 
 enum Request {
     Apply(Vec<Op>, Reply<()>),
+    /// Takes the cluster's write lock, then catches up.
     CatchUp(Reply<()>),
+    /// Releases the write lock (whether or not it was taken).
+    Release,
     Get(String, Reply<Option<Vec<u8>>>),
     Scan {
         prefix: String,
@@ -115,6 +125,7 @@ impl Request {
         // The caller may have given up waiting: nothing to tell then.
         match self {
             Request::Apply(_, r) | Request::CatchUp(r) => drop(r.send(Err(e))),
+            Request::Release => {}
             Request::Get(_, r) => drop(r.send(Err(e))),
             Request::Scan { reply, .. } => drop(reply.send(Err(e))),
         }
@@ -356,6 +367,11 @@ impl Store for PgStore {
         }
     }
 
+    fn release(&self) {
+        // Not waited for: requests are served in order, so it lands before the next one.
+        let _ = self.requests.send(Request::Release);
+    }
+
     fn shared_status(&self) -> Option<SharedStatus> {
         Some(SharedStatus {
             node: self.shared.node.clone(),
@@ -383,6 +399,8 @@ struct Worker {
 /// An open connection: the client and what its connection task forwards.
 struct Conn {
     client: Client,
+    /// Whether this connection holds the cluster's write lock.
+    locked: bool,
     /// Notification payloads; closed (with the cause sent last as `Err`) when the
     /// connection ends.
     events: mpsc::UnboundedReceiver<Result<String, String>>,
@@ -543,6 +561,7 @@ impl Worker {
         });
         let mut conn = Conn {
             client,
+            locked: false,
             events,
             task,
         };
@@ -655,9 +674,40 @@ impl Worker {
                     }
                 }
             }
+            Request::Release => {
+                if conn.locked {
+                    conn.locked = false;
+                    timed(
+                        "releasing the write lock",
+                        IO_TIMEOUT,
+                        conn.client.execute("SELECT pg_advisory_unlock_all()", &[]),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
             Request::CatchUp(reply) => {
-                // A round trip: PostgreSQL sends the notifications of every commit made
-                // before it ahead of its answer; then they are all in `events`.
+                // The cluster's write lock first (given up after a while: the write then
+                // goes ahead with only this node's lock, as a single node would).
+                match timed(
+                    "taking the write lock",
+                    LOCK_WAIT + IO_TIMEOUT,
+                    take_lock(&conn.client),
+                )
+                .await
+                {
+                    Ok(true) => conn.locked = true,
+                    Ok(false) => tracing::warn!(
+                        "another node held the registry's write lock for {} s; writing without it",
+                        LOCK_WAIT.as_secs()
+                    ),
+                    Err(cause) => {
+                        let _ = reply.send(Err(StoreError::unavailable(&cause)));
+                        return Err(cause);
+                    }
+                }
+                // Then a round trip: PostgreSQL sends the notifications of every commit
+                // made before it ahead of its answer; then they are all in `events`.
                 let done = timed(
                     "catching up",
                     IO_TIMEOUT,
@@ -921,6 +971,22 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
         tracing::info!(version = v, "registry database migrated");
     }
     tx.commit().await.map_err(db_err)
+}
+
+/// Takes the write lock, polling (a blocking `pg_advisory_lock` could not be given
+/// up without ending the connection); whether it was taken within [`LOCK_WAIT`].
+async fn take_lock(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITE_LOCK])
+            .await?
+            .get(0);
+        if taken || tokio::time::Instant::now() >= deadline {
+            return Ok(taken);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Every mirrored entry.

@@ -41,6 +41,19 @@ pub enum Change {
 
 type Listener = Box<dyn Fn(&Change) + Send + Sync>;
 
+/// Held while a read-check-write runs ([`Registry::lock`]): releases the shared
+/// store's lock, then this process's.
+pub(crate) struct WriteGuard<'a> {
+    store: &'a dyn Store,
+    _local: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.store.release();
+    }
+}
+
 /// The control-plane state of the broker.
 pub struct Registry {
     pub(crate) store: Arc<dyn Store>,
@@ -166,12 +179,16 @@ impl Registry {
         }
     }
 
-    /// The write lock of this process; with a shared store, taking it also catches up
-    /// with what other nodes committed, so the checks that follow see it.
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        let g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+    /// The write lock: this process's, and with a shared store the one every node
+    /// shares, after catching up with what other nodes committed, so the checks that
+    /// follow see it and no other node's change slips between them and the write.
+    pub(crate) fn lock(&self) -> WriteGuard<'_> {
+        let local = self.write.lock().unwrap_or_else(|e| e.into_inner());
         self.store.catch_up();
-        g
+        WriteGuard {
+            store: self.store.as_ref(),
+            _local: local,
+        }
     }
 
     pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {

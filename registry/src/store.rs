@@ -82,11 +82,15 @@ pub trait Store: Send + Sync + 'static {
         drop(watcher);
     }
 
-    /// Before a read-check-write: takes in what other processes committed so far, so
-    /// the checks see it (a shared store whose reads come from a local copy). Best
-    /// effort: when that fails, the write that follows fails too. The default has
-    /// nothing to catch up with.
+    /// Before a read-check-write: takes the store's write lock shared by every process
+    /// using it, then takes in what they committed so far, so the checks see it (a
+    /// shared store whose reads come from a local copy). Best effort: when that fails,
+    /// the write that follows fails too. Always followed by [`Store::release`]. The
+    /// default has no other process to wait for.
     fn catch_up(&self) {}
+
+    /// Releases what [`Store::catch_up`] took.
+    fn release(&self) {}
 
     /// For a store shared by several nodes: this node's name and whether the database
     /// answers. `None` (the default) for a store of this process alone.
