@@ -385,7 +385,17 @@ impl Bridge {
             match packet {
                 Packet::Publish(mut publish, props) => {
                     if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-                        return Err(SessionError::Protocol("topic aliases are not supported"));
+                        // certmq announces no Topic Alias Maximum, so any alias is
+                        // invalid (MQTT 5 3.3.2.3.4): DISCONNECT 0x94, then close.
+                        let text = "topic aliases are not supported";
+                        if let Some(p) = self
+                            .version
+                            .disconnect(DisconnectReasonCode::TopicAliasInvalid, text)
+                        {
+                            self.version.write(p, &mut self.wbuf)?;
+                            self.flush(stream).await?;
+                        }
+                        return Err(SessionError::Protocol(text));
                     }
                     self.publish_within_limits(&publish, stream).await?;
                     let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
