@@ -533,7 +533,11 @@ impl Bridge {
                     };
                     self.held_ack(Packet::UnsubAck(ack, None))?;
                 }
-                Packet::Disconnect(d, _) => {
+                Packet::Disconnect(d, props) => {
+                    // MQTT 5: the DISCONNECT may change the session's expiry interval.
+                    if let Some(e) = props.and_then(|p| p.session_expiry_interval) {
+                        self.session.set_expiry((e != u32::MAX).then_some(e));
+                    }
                     let with_will =
                         d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                     return Ok(Some(Ending::Client { with_will }));

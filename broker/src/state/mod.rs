@@ -1072,6 +1072,17 @@ impl SessionHandle {
         op.map_or(0, |op| self.state.committer.submit(vec![op]))
     }
 
+    /// Sets the session's expiry interval (seconds, `None` never) as an MQTT 5
+    /// DISCONNECT may. A session that started with expiry 0 is not stored and stays so
+    /// (MQTT 5 3.14.2.2.2 forbids that change; it is ignored).
+    pub(crate) fn set_expiry(&self, expiry: Option<u32>) {
+        self.with(|s, _| {
+            if !s.ephemeral {
+                s.record.expiry = expiry;
+            }
+        });
+    }
+
     /// The connection ended. A session that outlives it keeps its queue (deliveries
     /// not acknowledged are sent again, with DUP, on the next connection); one that
     /// does not (MQTT 5 expiry 0) is discarded.
