@@ -539,6 +539,11 @@ where
         flow: ctx.pressure.flow(&org, &client_id, !connect.clean_session),
         counters,
         out_inflight: 0,
+        out_window: bridge::out_window(props.as_ref()),
+        out_max_packet: props
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .and_then(|m| usize::try_from(m).ok()),
         held_read: false,
         quota: limits::Quota::new(org_limits),
         last_ack: tokio::time::Instant::now(),
