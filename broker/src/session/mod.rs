@@ -305,6 +305,34 @@ where
     let _ = stream.shutdown().await;
     ctx.sessions.remove(&org, &client_id, seq);
     switch.finish();
+    if matches!(
+        result,
+        Err(SessionError::OverLimit { .. } | SessionError::Denied(_) | SessionError::Protocol(_))
+    ) {
+        linger(&mut stream).await;
+    }
+}
+
+/// How long a connection the broker refused mid-session is read (and its input
+/// dropped) after its close was sent.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After a refusal with a reason (MQTT 5 DISCONNECT 0x93, 0x95, 0x87 …), the client
+/// may still be writing what it sent before it read the reason. A socket closed with
+/// bytes unread answers them with a TCP reset, which can destroy the DISCONNECT in
+/// the client's receive buffer before it reads it: the close (TLS close_notify, TCP
+/// FIN) is already sent, and the client's late bytes are read and dropped until it
+/// closes too, for at most [`LINGER`].
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut scratch = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut scratch).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// A session past its CONNECT: what its bridge and its teardown need.
