@@ -155,6 +155,8 @@ struct Session {
     inbound: HashSet<u16>,
     /// The live connection's attachment and wake-up.
     online: Option<(u64, Arc<Notify>)>,
+    /// The attachment of the last connection (live or not).
+    generation: u64,
 }
 
 impl Session {
@@ -504,6 +506,7 @@ impl MessageState {
         s.record.expiry = expiry;
         s.record.offline_since = None;
         s.online = Some((generation, notify.clone()));
+        s.generation = generation;
         s.inflight.clear();
         for q in &mut s.queue {
             q.resend |= q.sent;
@@ -801,6 +804,24 @@ pub(crate) struct SessionHandle {
     notify: Arc<Notify>,
 }
 
+/// One connection's attachment to its session, kept past the connection's end.
+pub(crate) struct Attachment {
+    org: Arc<OrgMessages>,
+    client: String,
+    generation: u64,
+}
+
+impl Attachment {
+    /// Whether a newer connection has attached to the session (a session that ended
+    /// without one, by expiry, has not been resumed).
+    pub(crate) fn resumed(&self) -> bool {
+        let g = lock(&self.org.inner);
+        g.sessions
+            .get(&self.client)
+            .is_some_and(|s| s.generation != self.generation)
+    }
+}
+
 /// What a client's acknowledgement of a delivery did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Acked {
@@ -1070,6 +1091,16 @@ impl SessionHandle {
         let op = self.save(s);
         drop(g);
         op.map_or(0, |op| self.state.committer.submit(vec![op]))
+    }
+
+    /// What tells, once this connection has ended, whether another connected to the
+    /// session since ([`Attachment::resumed`]).
+    pub(crate) fn attachment(&self) -> Attachment {
+        Attachment {
+            org: self.org.clone(),
+            client: self.client.clone(),
+            generation: self.generation,
+        }
     }
 
     /// Sets the session's expiry interval (seconds, `None` never) as an MQTT 5
