@@ -14,6 +14,7 @@ gives every test a time limit and prints one line per test:
 Usage:
     run_paho.py (3.1.1|5) --hostname=H --port=P --cafile=F --cert=F --key=F
                 [--test-timeout=S] [test name ...]
+    run_paho.py (3.1.1|5) --list      (prints "TEST <name>" for each of the suite's tests)
 
 Exit status: 0 when the suite ran (whatever its results), 2 when it could not run.
 Only the standard library is needed (CPython 3.8 or later).
@@ -178,17 +179,22 @@ class Result(unittest.TextTestResult):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("suite", choices=sorted(SUITES))
-    parser.add_argument("--hostname", required=True)
-    parser.add_argument("--port", required=True, type=int)
-    parser.add_argument("--cafile", required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
+    parser.add_argument("--list", action="store_true", help="list the tests, run none")
+    parser.add_argument("--hostname", default="localhost")
+    parser.add_argument("--port", type=int, default=8883)
+    parser.add_argument("--cafile")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     parser.add_argument("--test-timeout", type=float, default=45.0)
     parser.add_argument("tests", nargs="*", help="test method names (default: all)")
     args = parser.parse_intermixed_args()
+    if not args.list and not (args.cafile and args.cert and args.key):
+        parser.error("--cafile, --cert and --key are needed to run tests")
 
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.cafile)
-    context.load_cert_chain(args.cert, args.key)
+    context = None
+    if not args.list:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.cafile)
+        context.load_cert_chain(args.cert, args.key)
 
     # mqtt/__init__.py also imports the suite's test brokers, which are not vendored:
     # the package is registered without running it; its subpackages load as usual.
@@ -214,8 +220,20 @@ def main():
         """Stands in for unittest.main() at the end of the suite's main block."""
         module = sys.modules["__main__"]
         loader = unittest.TestLoader()
+        if args.list:
+            for name in loader.getTestCaseNames(module.Test):
+                print("TEST " + name)
+            ran.append(None)
+            return
         if args.tests:
-            suite = loader.loadTestsFromNames(["Test." + t for t in args.tests], module)
+            # In the suite's own order (unittest's: sorted by name): some tests
+            # count on the ones before them (test_basic does not clear its callbacks).
+            known = loader.getTestCaseNames(module.Test)
+            unknown = sorted(set(args.tests) - set(known))
+            if unknown:
+                raise SystemExit("no such test in the suite: %s" % ", ".join(unknown))
+            names = ["Test." + t for t in known if t in args.tests]
+            suite = loader.loadTestsFromNames(names, module)
         else:
             suite = loader.loadTestsFromModule(module)
         runner = unittest.TextTestRunner(
@@ -239,6 +257,8 @@ def main():
         print("the suite's main block did not run its tests", file=sys.stderr)
         return 2
     result = ran[0]
+    if result is None:
+        return 0
     print(
         "SUMMARY %s ran=%d failures=%d errors=%d skipped=%d"
         % (args.suite, result.testsRun, len(result.failures), len(result.errors),
