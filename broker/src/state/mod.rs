@@ -160,11 +160,14 @@ struct Session {
 }
 
 impl Session {
-    /// Whether the session is offline past its expiry (`now`: Unix seconds).
+    /// Whether the session is offline past its expiry (`now`: Unix seconds). Times are
+    /// whole seconds, so a session is kept until the second after the one its expiry
+    /// falls in: at least its interval, at most a second more (with `<=` a session
+    /// that went offline late in a second was gone up to a second early).
     fn expired(&self, now: u64) -> bool {
         self.online.is_none()
             && matches!((self.record.expiry, self.record.offline_since),
-                (Some(e), Some(since)) if since + u64::from(e) <= now)
+                (Some(e), Some(since)) if since + u64::from(e) < now)
     }
 }
 
@@ -1159,6 +1162,21 @@ impl SessionHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_outlives_its_expiry_interval_in_whole_seconds() {
+        let mut s = Session::default();
+        s.record.expiry = Some(5);
+        s.record.offline_since = Some(100);
+        // Offline since some time in second 100: 5 s have surely passed only in 106.
+        assert!(!s.expired(104));
+        assert!(!s.expired(105));
+        assert!(s.expired(106));
+        s.record.expiry = Some(0);
+        assert!(s.expired(101));
+        s.record.expiry = None;
+        assert!(!s.expired(u64::MAX / 2), "never");
+    }
 
     #[test]
     fn matching_honours_no_local_and_takes_the_highest_qos() {
