@@ -694,6 +694,44 @@ async fn mqtt5_client_maximum_packet_size_is_kept() {
     assert_eq!(payloads, [b"small"], "the 400-byte delivery is not sent");
 }
 
+/// MQTT 5 subscription identifiers (found by Paho's test_subscribe_identifiers): one
+/// delivery through two overlapping subscriptions carries both their ids.
+#[tokio::test]
+async fn mqtt5_deliveries_carry_subscription_identifiers() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, SubscribeProperties};
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let (app, mut el) = v5_app(&acme, "ids", |_| {}).await;
+    for (filter, id) in [
+        ("iot-2/type/sensor/id/+/evt/#", 9),
+        ("iot-2/type/+/id/s1/evt/+/fmt/txt", 10),
+    ] {
+        let props = SubscribeProperties {
+            id: Some(id),
+            user_properties: Vec::new(),
+        };
+        app.subscribe_with_properties(filter, Q5::AtLeastOnce, props)
+            .await
+            .unwrap();
+        while !matches!(next_v5(&mut el).await, Ok(P5::SubAck(_))) {}
+    }
+    let dev = acme.connect("d:sensor:s1", "d:acme:sensor:s1").await;
+    dev.client
+        .publish("iot-2/evt/e/fmt/txt", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let got = v5_publishes(&mut el, QUIET * 2).await;
+    assert_eq!(got.len(), 1, "one delivery: {got:?}");
+    let mut ids = got[0]
+        .properties
+        .as_ref()
+        .map(|p| p.subscription_identifiers.clone())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    assert_eq!(ids, [9, 10], "the first subscription (v5_app's) has none");
+}
+
 /// MQTT 5 Will Delay Interval (found by Paho's test_will_delay): the will waits for
 /// the delay, and a reconnect within it cancels it.
 #[tokio::test]

@@ -411,7 +411,12 @@ impl Bridge {
                 Err(e) => return Err(e.into()),
             };
             match packet {
-                Packet::Publish(mut publish, props) => {
+                Packet::Publish(mut publish, mut props) => {
+                    // Subscription identifiers are the broker's to set (a client may
+                    // not send them, MQTT 5 3.3.4): never passed on as sent.
+                    if let Some(p) = props.as_mut() {
+                        p.subscription_identifiers.clear();
+                    }
                     if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
                         // certmq announces no Topic Alias Maximum, so any alias is
                         // invalid (MQTT 5 3.3.2.3.4): DISCONNECT 0x94, then close.
@@ -498,7 +503,13 @@ impl Bridge {
                         _ => {}
                     }
                 }
-                Packet::Subscribe(sub, _props) => {
+                Packet::Subscribe(sub, props) => {
+                    // MQTT 5 subscription identifier (1 to 268,435,455), returned with
+                    // every delivery through these subscriptions.
+                    let id = props
+                        .and_then(|p| p.id)
+                        .and_then(|id| u32::try_from(id).ok())
+                        .unwrap_or(0);
                     let mut codes = Vec::with_capacity(sub.filters.len());
                     let mut granted = Vec::new();
                     for f in sub.filters {
@@ -523,7 +534,7 @@ impl Bridge {
                                     RetainForwardRule::OnNewSubscribe => SendRetained::IfNew,
                                     RetainForwardRule::Never => SendRetained::Never,
                                 };
-                                granted.push((internal, sub, send));
+                                granted.push((internal, sub, send, id));
                             }
                             Err(denied) => {
                                 debug!(cause = %denied, "subscription refused");

@@ -13,6 +13,8 @@ pub(crate) struct Entry {
     pub opts: u8,
     /// The shared-subscription group (`$share/<group>/…`), if any.
     pub group: Option<String>,
+    /// The MQTT 5 subscription identifier; 0 for none.
+    pub id: u32,
 }
 
 #[derive(Debug, Default)]
@@ -95,12 +97,19 @@ impl FilterTree {
 
     /// Adds (or replaces) `client`'s subscription with `filter`
     /// (`$share/<group>/<filter>` for a shared one).
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, filter: &str, client: &str, opts: u8) {
+        self.insert_with_id(filter, client, opts, 0);
+    }
+
+    /// [`FilterTree::insert`] with an MQTT 5 subscription identifier (0: none).
+    pub(crate) fn insert_with_id(&mut self, filter: &str, client: &str, opts: u8, id: u32) {
         let (group, path) = split_shared(filter);
         let entry = Entry {
             client: client.to_owned(),
             opts,
             group: group.map(str::to_owned),
+            id,
         };
         let mut node = &mut self.root;
         let mut levels = path.split('/').peekable();
@@ -109,6 +118,7 @@ impl FilterTree {
                 let list = &mut node.hash;
                 if let Some(e) = list.iter_mut().find(|e| same(e, &entry)) {
                     e.opts = opts;
+                    e.id = id;
                 } else {
                     list.push(entry);
                     self.len += 1;
@@ -123,6 +133,7 @@ impl FilterTree {
         }
         if let Some(e) = node.here.iter_mut().find(|e| same(e, &entry)) {
             e.opts = opts;
+            e.id = id;
         } else {
             node.here.push(entry);
             self.len += 1;
