@@ -56,11 +56,6 @@ const CANNOT_PASS: &[(&str, &str, &str)] = &[
         "test_subscribe_failure",
         "the suite's decoder takes only 0x80 in a SUBACK; certmq answers 0x87",
     ),
-    (
-        "5",
-        "test_subscribe_identifiers",
-        "subscription identifiers are not supported yet",
-    ),
 ];
 
 /// A group of tests run one after the other against an org of their own, at the same
@@ -165,6 +160,7 @@ const SHARDS: &[Shard] = &[
             "test_shared_subscriptions",
             "test_unsubscribe",
             "test_request_response",
+            "test_subscribe_identifiers",
             "test_will_message",
         ],
     },
@@ -175,7 +171,6 @@ const SHARDS: &[Shard] = &[
             "test_dollar_topics",
             "test_server_keep_alive",
             "test_server_topic_alias",
-            "test_subscribe_identifiers",
         ],
     },
     Shard {
