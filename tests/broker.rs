@@ -597,6 +597,203 @@ async fn mqtt5_client_gets_reason_codes() {
     );
 }
 
+/// An MQTT 5 application `a:acme:<app>` subscribed (QoS 1) to every event, with
+/// `set` applied to its options; its event loop is the caller's to drive.
+async fn v5_app(
+    acme: &Org,
+    app: &str,
+    set: impl FnOnce(&mut rumqttc::v5::MqttOptions),
+) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    let cert = acme.cert(&format!("a:{app}"));
+    let mut opts =
+        device_sim::client::mqtt_options_v5(&acme.target(), &format!("a:acme:{app}"), Some(&cert))
+            .unwrap();
+    set(&mut opts);
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 100);
+    assert!(matches!(next_v5(&mut el).await, Ok(P5::ConnAck(_))));
+    client
+        .subscribe(
+            "iot-2/type/+/id/+/evt/+/fmt/+",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    while !matches!(next_v5(&mut el).await, Ok(P5::SubAck(_))) {}
+    (client, el)
+}
+
+/// The PUBLISHes an MQTT 5 event loop receives within `wait`.
+async fn v5_publishes(
+    el: &mut rumqttc::v5::EventLoop,
+    wait: Duration,
+) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(event) = tokio::time::timeout_at(deadline, el.poll()).await {
+        match event {
+            Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p))) => {
+                got.push(p)
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the connection ended: {e:?}"),
+        }
+    }
+    got
+}
+
+/// MQTT 5 Receive Maximum (found by Paho's test_flow_control1): an application that
+/// takes two unacknowledged deliveries gets two until it acknowledges one.
+#[tokio::test]
+async fn mqtt5_client_receive_maximum_is_kept() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let (app, mut el) = v5_app(&acme, "slow", |o| {
+        o.set_receive_maximum(Some(2)).set_manual_acks(true);
+    })
+    .await;
+    let dev = acme.connect("d:sensor:s1", "d:acme:sensor:s1").await;
+    for i in 0..5 {
+        dev.client
+            .publish(
+                "iot-2/evt/e/fmt/txt",
+                QoS::AtLeastOnce,
+                false,
+                format!("m{i}"),
+            )
+            .await
+            .unwrap();
+    }
+    let first = v5_publishes(&mut el, QUIET * 2).await;
+    assert_eq!(first.len(), 2, "two in flight at most: {first:?}");
+    app.ack(&first[0]).await.unwrap();
+    let next = v5_publishes(&mut el, QUIET * 2).await;
+    assert_eq!(next.len(), 1, "one more per acknowledgement: {next:?}");
+    assert_eq!(&next[0].payload[..], b"m2");
+}
+
+/// MQTT 5 Maximum Packet Size (found by Paho's test_maximum_packet_size): a delivery
+/// larger than the client takes is dropped, the connection stays, later ones arrive.
+#[tokio::test]
+async fn mqtt5_client_maximum_packet_size_is_kept() {
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let (_app, mut el) = v5_app(&acme, "small", |o| {
+        o.set_max_packet_size(Some(200));
+    })
+    .await;
+    let dev = acme.connect("d:sensor:s1", "d:acme:sensor:s1").await;
+    for payload in [vec![b'x'; 400], b"small".to_vec()] {
+        dev.client
+            .publish("iot-2/evt/e/fmt/txt", QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    let got = v5_publishes(&mut el, QUIET * 2).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [b"small"], "the 400-byte delivery is not sent");
+}
+
+/// MQTT 5 subscription identifiers (found by Paho's test_subscribe_identifiers): one
+/// delivery through two overlapping subscriptions carries both their ids.
+#[tokio::test]
+async fn mqtt5_deliveries_carry_subscription_identifiers() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, SubscribeProperties};
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let (app, mut el) = v5_app(&acme, "ids", |_| {}).await;
+    for (filter, id) in [
+        ("iot-2/type/sensor/id/+/evt/#", 9),
+        ("iot-2/type/+/id/s1/evt/+/fmt/txt", 10),
+    ] {
+        let props = SubscribeProperties {
+            id: Some(id),
+            user_properties: Vec::new(),
+        };
+        app.subscribe_with_properties(filter, Q5::AtLeastOnce, props)
+            .await
+            .unwrap();
+        while !matches!(next_v5(&mut el).await, Ok(P5::SubAck(_))) {}
+    }
+    let dev = acme.connect("d:sensor:s1", "d:acme:sensor:s1").await;
+    dev.client
+        .publish("iot-2/evt/e/fmt/txt", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let got = v5_publishes(&mut el, QUIET * 2).await;
+    assert_eq!(got.len(), 1, "one delivery: {got:?}");
+    let mut ids = got[0]
+        .properties
+        .as_ref()
+        .map(|p| p.subscription_identifiers.clone())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    assert_eq!(ids, [9, 10], "the first subscription (v5_app's) has none");
+}
+
+/// MQTT 5 Will Delay Interval (found by Paho's test_will_delay): the will waits for
+/// the delay, and a reconnect within it cancels it.
+#[tokio::test]
+async fn mqtt5_will_waits_for_its_delay() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet as P5};
+    let server = Server::start();
+    let acme = Org::create(&server, "acme").await;
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe("iot-2/type/+/id/+/evt/+/fmt/+").await;
+    let cert = acme.cert("d:sensor:w1");
+    let connect = |delay: u32| {
+        let mut o =
+            device_sim::client::mqtt_options_v5(&acme.target(), "d:acme:sensor:w1", Some(&cert))
+                .unwrap();
+        let props = LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        o.set_last_will(LastWill::new(
+            "iot-2/evt/gone/fmt/txt",
+            "gone",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            Some(props),
+        ))
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(60));
+        o
+    };
+
+    // Dropped without a DISCONNECT: the will comes after 2 s, not before.
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(connect(2), 10);
+    assert!(matches!(next_v5(&mut el).await, Ok(P5::ConnAck(_))));
+    let dropped = std::time::Instant::now();
+    drop((client, el));
+    let (topic, _) = app.next_publish(WAIT).await.expect("the will");
+    let after = dropped.elapsed();
+    assert_eq!(topic, "iot-2/type/sensor/id/w1/evt/gone/fmt/txt");
+    assert!(
+        after >= Duration::from_millis(1900),
+        "the will came {after:?} after the drop"
+    );
+
+    // Back within the delay: no will.
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(connect(3), 10);
+    assert!(matches!(next_v5(&mut el).await, Ok(P5::ConnAck(_))));
+    drop((client, el));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(connect(3), 10);
+    assert!(matches!(next_v5(&mut el).await, Ok(P5::ConnAck(_))));
+    assert!(
+        app.next_publish(Duration::from_secs(4)).await.is_none(),
+        "a will after the session was resumed"
+    );
+    drop(client);
+}
+
 async fn next_v5(
     el: &mut rumqttc::v5::EventLoop,
 ) -> Result<rumqttc::v5::mqttbytes::v5::Packet, String> {

@@ -199,15 +199,15 @@ impl Dest {
     /// Makes the session's subscriptions the destination's filters.
     fn sync_subscriptions(&self, stop: &CancellationToken) {
         let Some(h) = self.attach(stop) else { return };
-        let wanted: Vec<(String, u8, SendRetained)> = self
+        let wanted: Vec<(String, u8, SendRetained, u32)> = self
             .rules
             .iter()
-            .map(|r| (r.internal.clone(), r.qos, SendRetained::Never))
+            .map(|r| (r.internal.clone(), r.qos, SendRetained::Never, 0))
             .collect();
         let stale: Vec<String> = h
             .filters()
             .into_iter()
-            .filter(|f| !wanted.iter().any(|(w, _, _)| w == f))
+            .filter(|f| !wanted.iter().any(|(w, _, _, _)| w == f))
             .collect();
         if !stale.is_empty() {
             h.unsubscribe(&stale);

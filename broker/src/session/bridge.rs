@@ -18,9 +18,9 @@ use super::{SessionCtx, SessionError, SessionLimits};
 use crate::acl::Principal;
 use crate::engine::codec::{publish_meta, CodecError, Version};
 use crate::engine::packet::{
-    DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, PubRel, PubRelReason, RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck,
-    UnsubAckReason,
+    ConnectProperties, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, RetainForwardRule, SubAck,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use crate::flow::Flow;
 use crate::sessions::{CloseReason, KillSwitch};
@@ -32,8 +32,17 @@ const READ_CHUNK: usize = 16 * 1024;
 const MIN_READ: usize = 4 * 1024;
 /// What an idle session reads into while it waits (it holds no read buffer).
 const IDLE_READ: usize = 256;
-/// Deliveries written to a client and not yet acknowledged by it.
+/// Deliveries written to a client and not yet acknowledged by it, at most.
 const MAX_INFLIGHT: usize = 1000;
+
+/// How many QoS 1/2 deliveries may be written to a client and not yet acknowledged:
+/// [`MAX_INFLIGHT`], or fewer when an MQTT 5 client's CONNECT asks for fewer (Receive
+/// Maximum, MQTT 5 3.1.2.11.3).
+pub(super) fn out_window(props: Option<&ConnectProperties>) -> usize {
+    props
+        .and_then(|p| p.receive_maximum)
+        .map_or(MAX_INFLIGHT, |r| usize::from(r).clamp(1, MAX_INFLIGHT))
+}
 
 /// How a session ended without an I/O or protocol error.
 pub(super) enum Ending {
@@ -63,6 +72,11 @@ pub(super) struct Bridge {
     pub(super) flow: Flow,
     /// QoS 1/2 deliveries written to the client and not yet acknowledged by it.
     pub(super) out_inflight: usize,
+    /// How many of those there may be ([`out_window`]).
+    pub(super) out_window: usize,
+    /// The largest packet the client accepts (MQTT 5 Maximum Packet Size); a delivery
+    /// that would be larger is dropped, as MQTT 5 3.1.2.11.4 says.
+    pub(super) out_max_packet: Option<usize>,
     /// The org's per-session limits and what this session holds against them
     /// (`session/limits.rs`).
     pub(super) quota: super::limits::Quota,
@@ -299,7 +313,7 @@ impl Bridge {
 
     /// Writes the session's next deliveries, as many as its window allows.
     fn pull(&mut self) -> Result<(), SessionError> {
-        let room = MAX_INFLIGHT.saturating_sub(self.out_inflight);
+        let room = self.out_window.saturating_sub(self.out_inflight);
         if room == 0 {
             return Ok(());
         }
@@ -318,10 +332,24 @@ impl Bridge {
                 continue;
             };
             publish.topic = Bytes::from(t);
-            self.counters.deliveries.increment(1);
             let start = self.wbuf.len();
             self.version
                 .write(Packet::Publish(publish, d.props), &mut self.wbuf)?;
+            if let Some(max) = self.out_max_packet.filter(|m| self.wbuf.len() - start > *m) {
+                // Over the client's Maximum Packet Size: not sent, and done with as if
+                // it had been delivered.
+                debug!(
+                    size = self.wbuf.len() - start,
+                    max, "delivery dropped: larger than the client's maximum packet size"
+                );
+                self.wbuf.truncate(start);
+                if d.pkid != 0 {
+                    self.session.acked(d.pkid, false);
+                }
+                self.flow.delivered();
+                continue;
+            }
+            self.counters.deliveries.increment(1);
             if self.wbuf.get(start).is_some_and(|b| b & 0b0110 != 0) {
                 self.out_inflight += 1;
             } else {
@@ -383,9 +411,24 @@ impl Bridge {
                 Err(e) => return Err(e.into()),
             };
             match packet {
-                Packet::Publish(mut publish, props) => {
+                Packet::Publish(mut publish, mut props) => {
+                    // Subscription identifiers are the broker's to set (a client may
+                    // not send them, MQTT 5 3.3.4): never passed on as sent.
+                    if let Some(p) = props.as_mut() {
+                        p.subscription_identifiers.clear();
+                    }
                     if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-                        return Err(SessionError::Protocol("topic aliases are not supported"));
+                        // certmq announces no Topic Alias Maximum, so any alias is
+                        // invalid (MQTT 5 3.3.2.3.4): DISCONNECT 0x94, then close.
+                        let text = "topic aliases are not supported";
+                        if let Some(p) = self
+                            .version
+                            .disconnect(DisconnectReasonCode::TopicAliasInvalid, text)
+                        {
+                            self.version.write(p, &mut self.wbuf)?;
+                            self.flush(stream).await?;
+                        }
+                        return Err(SessionError::Protocol(text));
                     }
                     self.publish_within_limits(&publish, stream).await?;
                     let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
@@ -460,7 +503,13 @@ impl Bridge {
                         _ => {}
                     }
                 }
-                Packet::Subscribe(sub, _props) => {
+                Packet::Subscribe(sub, props) => {
+                    // MQTT 5 subscription identifier (1 to 268,435,455), returned with
+                    // every delivery through these subscriptions.
+                    let id = props
+                        .and_then(|p| p.id)
+                        .and_then(|id| u32::try_from(id).ok())
+                        .unwrap_or(0);
                     let mut codes = Vec::with_capacity(sub.filters.len());
                     let mut granted = Vec::new();
                     for f in sub.filters {
@@ -485,7 +534,7 @@ impl Bridge {
                                     RetainForwardRule::OnNewSubscribe => SendRetained::IfNew,
                                     RetainForwardRule::Never => SendRetained::Never,
                                 };
-                                granted.push((internal, sub, send));
+                                granted.push((internal, sub, send, id));
                             }
                             Err(denied) => {
                                 debug!(cause = %denied, "subscription refused");
@@ -523,7 +572,11 @@ impl Bridge {
                     };
                     self.held_ack(Packet::UnsubAck(ack, None))?;
                 }
-                Packet::Disconnect(d, _) => {
+                Packet::Disconnect(d, props) => {
+                    // MQTT 5: the DISCONNECT may change the session's expiry interval.
+                    if let Some(e) = props.and_then(|p| p.session_expiry_interval) {
+                        self.session.set_expiry((e != u32::MAX).then_some(e));
+                    }
                     let with_will =
                         d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                     return Ok(Some(Ending::Client { with_will }));

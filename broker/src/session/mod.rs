@@ -264,6 +264,7 @@ where
         keep_alive,
         switch,
         will,
+        will_delay,
         status,
         client_id,
         seq,
@@ -282,15 +283,13 @@ where
         Err(e) => info!(cause = %e, "connection ended"),
     }
     let org = bridge.principal.org.clone();
-    if send_will {
-        if let Some(w) = will {
-            if let Err(refused) = ctx.publish_own(&bridge.org_state, &org, *w) {
-                crate::metrics::limit_refused(org.as_str(), refused.limit());
-                info!(
-                    limit = refused.limit(),
-                    "will not published: over the org's limit"
-                );
-            }
+    let will = will.filter(|_| send_will);
+    let mut delayed_will = None;
+    if let Some(w) = will {
+        if will_delay == 0 {
+            publish_will(&ctx, &bridge.org_state, &org, *w);
+        } else {
+            delayed_will = Some(w);
         }
     }
     // Status events go where the session's rules say now (a custom policy may have
@@ -301,10 +300,72 @@ where
     if let Some(event) = status.disconnect(code, &reason) {
         let _ = ctx.publish_own(&bridge.org_state, &org, OwnMessage::event(event));
     }
+    let attachment = bridge.session.attachment();
     bridge.session.detach();
     let _ = stream.shutdown().await;
     ctx.sessions.remove(&org, &client_id, seq);
     switch.finish();
+    if let Some(w) = delayed_will {
+        // MQTT 5 3.1.3.2.2: published once the delay has passed (or the session
+        // ended), unless a new connection to the session came first.
+        let (ctx, org_state) = (ctx.clone(), bridge.org_state.clone());
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(will_delay))).await;
+                if attachment.resumed() {
+                    info!("will not published: the session was resumed within the will delay");
+                } else {
+                    publish_will(&ctx, &org_state, &org, *w);
+                }
+            },
+            span,
+        ));
+    }
+    if matches!(
+        result,
+        Err(SessionError::OverLimit { .. } | SessionError::Denied(_) | SessionError::Protocol(_))
+    ) {
+        linger(&mut stream).await;
+    }
+}
+
+/// Publishes a session's will.
+fn publish_will(
+    ctx: &SessionCtx,
+    org_state: &OrgMessages,
+    org: &registry::OrgId,
+    will: OwnMessage,
+) {
+    if let Err(refused) = ctx.publish_own(org_state, org, will) {
+        crate::metrics::limit_refused(org.as_str(), refused.limit());
+        info!(
+            limit = refused.limit(),
+            "will not published: over the org's limit"
+        );
+    }
+}
+
+/// How long a connection the broker refused mid-session is read (and its input
+/// dropped) after its close was sent.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After a refusal with a reason (MQTT 5 DISCONNECT 0x93, 0x95, 0x87 …), the client
+/// may still be writing what it sent before it read the reason. A socket closed with
+/// bytes unread answers them with a TCP reset, which can destroy the DISCONNECT in
+/// the client's receive buffer before it reads it: the close (TLS close_notify, TCP
+/// FIN) is already sent, and the client's late bytes are read and dropped until it
+/// closes too, for at most [`LINGER`].
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut scratch = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut scratch).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// A session past its CONNECT: what its bridge and its teardown need.
@@ -314,6 +375,9 @@ struct Opened {
     keep_alive: Duration,
     switch: Arc<KillSwitch>,
     will: Option<Box<OwnMessage>>,
+    /// How long the will waits after the connection ends: the MQTT 5 Will Delay
+    /// Interval, at most the session's expiry (`None`: never expires), in seconds.
+    will_delay: u32,
     status: Box<StatusEvents>,
     client_id: String,
     /// The session's place in the session registry.
@@ -408,6 +472,11 @@ where
     if peer.org_tls.is_none() {
         tracing::Span::current().record("org", org.as_str());
     }
+    // MQTT 5 Will Delay Interval (seconds).
+    let will_delay = will_props
+        .as_ref()
+        .and_then(|p| p.delay_interval)
+        .unwrap_or(0);
     let will = match will
         .map(|w| map_will(&principal, w, will_props))
         .transpose()
@@ -539,6 +608,11 @@ where
         flow: ctx.pressure.flow(&org, &client_id, !connect.clean_session),
         counters,
         out_inflight: 0,
+        out_window: bridge::out_window(props.as_ref()),
+        out_max_packet: props
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .and_then(|m| usize::try_from(m).ok()),
         held_read: false,
         quota: limits::Quota::new(org_limits),
         last_ack: tokio::time::Instant::now(),
@@ -552,6 +626,7 @@ where
         keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
         switch,
         will: will.map(Box::new),
+        will_delay: will_delay.min(expiry.unwrap_or(u32::MAX)),
         status: Box::new(status),
         client_id,
         seq,

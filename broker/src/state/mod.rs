@@ -155,14 +155,19 @@ struct Session {
     inbound: HashSet<u16>,
     /// The live connection's attachment and wake-up.
     online: Option<(u64, Arc<Notify>)>,
+    /// The attachment of the last connection (live or not).
+    generation: u64,
 }
 
 impl Session {
-    /// Whether the session is offline past its expiry (`now`: Unix seconds).
+    /// Whether the session is offline past its expiry (`now`: Unix seconds). Times are
+    /// whole seconds, so a session is kept until the second after the one its expiry
+    /// falls in: at least its interval, at most a second more (with `<=` a session
+    /// that went offline late in a second was gone up to a second early).
     fn expired(&self, now: u64) -> bool {
         self.online.is_none()
             && matches!((self.record.expiry, self.record.offline_since),
-                (Some(e), Some(since)) if since + u64::from(e) <= now)
+                (Some(e), Some(since)) if since + u64::from(e) < now)
     }
 }
 
@@ -238,7 +243,9 @@ impl MessageState {
                             let org = state.org(&org);
                             let mut g = lock(&org.inner);
                             for (filter, qos) in &rec.subs {
-                                g.tree.insert(filter, client, *qos);
+                                let id = rec.ids.iter().find(|(f, _)| f == filter);
+                                let id = id.map_or(0, |(_, id)| *id);
+                                g.tree.insert_with_id(filter, client, *qos, id);
                             }
                             g.sessions.insert(
                                 client.to_owned(),
@@ -416,7 +423,7 @@ impl MessageState {
         if subscribed {
             let targets = match_sessions(&mut g, topic, from);
             let mut dropped = 0;
-            for (client, sub) in targets {
+            for (client, sub, ids) in targets {
                 let Some(s) = g.sessions.get_mut(&client) else {
                     continue;
                 };
@@ -437,6 +444,7 @@ impl MessageState {
                 } else {
                     msg.clone()
                 };
+                let msg = with_subscription_ids(msg, ids);
                 if durable {
                     let mut m = (*msg).clone();
                     m.qos = qos;
@@ -504,6 +512,7 @@ impl MessageState {
         s.record.expiry = expiry;
         s.record.offline_since = None;
         s.online = Some((generation, notify.clone()));
+        s.generation = generation;
         s.inflight.clear();
         for q in &mut s.queue {
             q.resend |= q.sent;
@@ -708,37 +717,65 @@ fn retain(
     Ok(())
 }
 
+/// `msg` as delivered through subscriptions with MQTT 5 identifiers `ids` (a copy
+/// carrying them; `msg` itself when there are none).
+fn with_subscription_ids(msg: Arc<Message>, ids: Vec<usize>) -> Arc<Message> {
+    if ids.is_empty() {
+        return msg;
+    }
+    let mut m = (*msg).clone();
+    m.props
+        .get_or_insert_with(Default::default)
+        .subscription_identifiers = ids;
+    Arc::new(m)
+}
+
 /// The persistent sessions a publish on `topic` goes to, with their subscription QoS
 /// (the highest when several of a session's filters match; one member per shared
 /// group, an online one first).
-fn match_sessions(g: &mut OrgInner, topic: &str, from: &str) -> Vec<(String, u8)> {
-    let mut plain: HashMap<&str, u8> = HashMap::new();
-    let mut groups: BTreeMap<&str, Vec<(&str, u8)>> = BTreeMap::new();
+fn match_sessions(g: &mut OrgInner, topic: &str, from: &str) -> Vec<(String, u8, Vec<usize>)> {
+    let mut plain: HashMap<&str, (u8, Vec<usize>)> = HashMap::new();
+    let mut groups: BTreeMap<&str, Vec<(&str, u8, u32)>> = BTreeMap::new();
     g.tree.matches(topic, |e| match &e.group {
         // No-local: not back to the session that published it.
         None if e.opts & opts::NO_LOCAL != 0 && e.client == from => {}
         None => {
-            let o = plain.entry(&e.client).or_insert(0);
+            let (o, ids) = plain.entry(&e.client).or_default();
             let qos = (*o & opts::QOS).max(e.opts & opts::QOS);
             *o = qos | ((*o | e.opts) & opts::RETAIN_AS_PUBLISHED);
+            // One delivery for overlapping subscriptions, with all their ids.
+            if e.id != 0 {
+                ids.push(e.id as usize);
+            }
         }
-        Some(group) => groups.entry(group).or_default().push((&e.client, e.opts)),
+        Some(group) => groups
+            .entry(group)
+            .or_default()
+            .push((&e.client, e.opts, e.id)),
     });
-    let mut out: Vec<(String, u8)> = plain.into_iter().map(|(c, o)| (c.to_owned(), o)).collect();
+    let mut out: Vec<(String, u8, Vec<usize>)> = plain
+        .into_iter()
+        .map(|(c, (o, ids))| (c.to_owned(), o, ids))
+        .collect();
     if !groups.is_empty() {
         g.round_robin = g.round_robin.wrapping_add(1);
         for members in groups.values() {
-            let online: Vec<&(&str, u8)> = members
+            let online: Vec<&(&str, u8, u32)> = members
                 .iter()
-                .filter(|(c, _)| g.sessions.get(*c).is_some_and(|s| s.online.is_some()))
+                .filter(|(c, _, _)| g.sessions.get(*c).is_some_and(|s| s.online.is_some()))
                 .collect();
             let pick = if online.is_empty() {
                 members.get(g.round_robin % members.len())
             } else {
                 online.get(g.round_robin % online.len()).copied()
             };
-            if let Some((c, o)) = pick {
-                out.push(((*c).to_owned(), *o));
+            if let Some((c, o, id)) = pick {
+                let ids = if *id == 0 {
+                    Vec::new()
+                } else {
+                    vec![*id as usize]
+                };
+                out.push(((*c).to_owned(), *o, ids));
             }
         }
     }
@@ -799,6 +836,24 @@ pub(crate) struct SessionHandle {
     client: String,
     generation: u64,
     notify: Arc<Notify>,
+}
+
+/// One connection's attachment to its session, kept past the connection's end.
+pub(crate) struct Attachment {
+    org: Arc<OrgMessages>,
+    client: String,
+    generation: u64,
+}
+
+impl Attachment {
+    /// Whether a newer connection has attached to the session (a session that ended
+    /// without one, by expiry, has not been resumed).
+    pub(crate) fn resumed(&self) -> bool {
+        let g = lock(&self.org.inner);
+        g.sessions
+            .get(&self.client)
+            .is_some_and(|s| s.generation != self.generation)
+    }
 }
 
 /// What a client's acknowledgement of a delivery did.
@@ -975,19 +1030,21 @@ impl SessionHandle {
     /// Adds (or updates) subscriptions (internal filters) and queues the retained
     /// messages they match (not for shared ones). The ticket is durable once the
     /// subscriptions are.
-    pub(crate) fn subscribe(&self, filters: &[(String, u8, SendRetained)]) -> Ticket {
+    /// Each filter comes with its options, whether to send retained messages, and its
+    /// MQTT 5 subscription identifier (0: none).
+    pub(crate) fn subscribe(&self, filters: &[(String, u8, SendRetained, u32)]) -> Ticket {
         let mut g = lock(&self.org.inner);
         if self.org.deleted.load(Ordering::Relaxed) {
             return 0;
         }
         let now = record::now();
         let mut retained = Vec::new();
-        for (filter, sub, send) in filters {
+        for (filter, sub, send, id) in filters {
             let held = g
                 .sessions
                 .get(&self.client)
                 .is_some_and(|s| s.record.subs.iter().any(|(f, _)| f == filter));
-            g.tree.insert(filter, &self.client, *sub);
+            g.tree.insert_with_id(filter, &self.client, *sub, *id);
             let send = match send {
                 SendRetained::Always => true,
                 SendRetained::IfNew => !held,
@@ -998,7 +1055,7 @@ impl SessionHandle {
                     g.retained
                         .iter()
                         .filter(|(t, m)| !m.expired(now) && tree::filter_matches(filter, t))
-                        .map(|(_, m)| (m.clone(), *sub & opts::QOS)),
+                        .map(|(_, m)| (m.clone(), *sub & opts::QOS, *id)),
                 );
             }
         }
@@ -1009,19 +1066,28 @@ impl SessionHandle {
         let Some(s) = sessions.get_mut(&self.client) else {
             return 0;
         };
-        for (filter, sub, _) in filters {
+        for (filter, sub, _, id) in filters {
             match s.record.subs.iter_mut().find(|(f, _)| f == filter) {
                 Some(held) => held.1 = *sub,
                 None => s.record.subs.push((filter.clone(), *sub)),
             }
+            s.record.ids.retain(|(f, _)| f != filter);
+            if *id != 0 {
+                s.record.ids.push((filter.clone(), *id));
+            }
         }
-        for (m, sub_qos) in retained {
+        for (m, sub_qos, id) in retained {
             let seq = s.next_seq;
             s.next_seq += 1;
+            let ids = if id == 0 {
+                Vec::new()
+            } else {
+                vec![id as usize]
+            };
             s.queue.push_back(Queued {
                 seq,
                 qos: m.qos.min(sub_qos),
-                msg: m,
+                msg: with_subscription_ids(m, ids),
                 sent: false,
                 resend: false,
                 durable: false,
@@ -1067,9 +1133,31 @@ impl SessionHandle {
             return 0;
         };
         s.record.subs.retain(|(f, _)| !filters.contains(f));
+        s.record.ids.retain(|(f, _)| !filters.contains(f));
         let op = self.save(s);
         drop(g);
         op.map_or(0, |op| self.state.committer.submit(vec![op]))
+    }
+
+    /// What tells, once this connection has ended, whether another connected to the
+    /// session since ([`Attachment::resumed`]).
+    pub(crate) fn attachment(&self) -> Attachment {
+        Attachment {
+            org: self.org.clone(),
+            client: self.client.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Sets the session's expiry interval (seconds, `None` never) as an MQTT 5
+    /// DISCONNECT may. A session that started with expiry 0 is not stored and stays so
+    /// (MQTT 5 3.14.2.2.2 forbids that change; it is ignored).
+    pub(crate) fn set_expiry(&self, expiry: Option<u32>) {
+        self.with(|s, _| {
+            if !s.ephemeral {
+                s.record.expiry = expiry;
+            }
+        });
     }
 
     /// The connection ended. A session that outlives it keeps its queue (deliveries
@@ -1119,6 +1207,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_session_outlives_its_expiry_interval_in_whole_seconds() {
+        let mut s = Session::default();
+        s.record.expiry = Some(5);
+        s.record.offline_since = Some(100);
+        // Offline since some time in second 100: 5 s have surely passed only in 106.
+        assert!(!s.expired(104));
+        assert!(!s.expired(105));
+        assert!(s.expired(106));
+        s.record.expiry = Some(0);
+        assert!(s.expired(101));
+        s.record.expiry = None;
+        assert!(!s.expired(u64::MAX / 2), "never");
+    }
+
+    #[test]
     fn matching_honours_no_local_and_takes_the_highest_qos() {
         let mut g = OrgInner::default();
         g.tree.insert("a/+", "echo", 1 | opts::NO_LOCAL);
@@ -1126,14 +1229,38 @@ mod tests {
         g.tree.insert("a/#", "other", 2 | opts::RETAIN_AS_PUBLISHED);
         let mut got = match_sessions(&mut g, "a/b", "echo");
         got.sort();
-        assert_eq!(got, [("other".to_string(), 2 | opts::RETAIN_AS_PUBLISHED)]);
+        assert_eq!(
+            got,
+            [("other".to_string(), 2 | opts::RETAIN_AS_PUBLISHED, vec![])]
+        );
         let mut got = match_sessions(&mut g, "a/b", "someone");
         got.sort();
         assert_eq!(
             got,
             [
-                ("echo".to_string(), 1),
-                ("other".to_string(), 2 | opts::RETAIN_AS_PUBLISHED)
+                ("echo".to_string(), 1, vec![]),
+                ("other".to_string(), 2 | opts::RETAIN_AS_PUBLISHED, vec![])
+            ]
+        );
+    }
+
+    #[test]
+    fn one_delivery_carries_the_ids_of_every_matching_subscription() {
+        let mut g = OrgInner::default();
+        g.tree.insert_with_id("a/b", "c", 1, 2);
+        g.tree.insert_with_id("a/#", "c", 1, 3);
+        g.tree.insert("a/+", "c", 0);
+        g.tree.insert_with_id("$share/g/a/b", "d", 1, 7);
+        let mut got = match_sessions(&mut g, "a/b", "");
+        got.sort();
+        for (_, _, ids) in &mut got {
+            ids.sort_unstable();
+        }
+        assert_eq!(
+            got,
+            [
+                ("c".to_string(), 1, vec![2, 3]),
+                ("d".to_string(), 1, vec![7])
             ]
         );
     }

@@ -141,6 +141,9 @@ impl Message {
 pub(crate) struct SessionRecord {
     /// Filters (internal form) and their options (QoS and flags, `state::opts`).
     pub subs: Vec<(String, u8)>,
+    /// The MQTT 5 subscription identifiers of those filters that have one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<(String, u32)>,
     /// Seconds the session outlives its connection; `None`: never expires.
     pub expiry: Option<u32>,
     /// When its client disconnected (Unix seconds); `None` while connected, or

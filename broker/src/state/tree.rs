@@ -13,6 +13,8 @@ pub(crate) struct Entry {
     pub opts: u8,
     /// The shared-subscription group (`$share/<group>/…`), if any.
     pub group: Option<String>,
+    /// The MQTT 5 subscription identifier; 0 for none.
+    pub id: u32,
 }
 
 #[derive(Debug, Default)]
@@ -53,20 +55,34 @@ pub(crate) fn split_shared(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// The level of `topic` that is its first level as its clients see it, when that level
+/// starts with `$`: wildcards never match it (MQTT 4.7.2). An internal topic
+/// (`/tenants/<org>/…`) starts after the tenant prefix; any other at level 0.
+fn dollar_level(levels: &[&str]) -> Option<usize> {
+    let first = match levels {
+        ["", "tenants", _, ..] => 3,
+        _ => 0,
+    };
+    levels
+        .get(first)
+        .filter(|l| l.starts_with('$'))
+        .map(|_| first)
+}
+
 /// Whether MQTT filter `filter` (not a shared one) matches `topic`: `+` one level, `#`
 /// the rest (its parent level included); wildcards never match a first level that
-/// starts with `$` (MQTT 4.7.2).
+/// starts with `$` (MQTT 4.7.2), the first level after the tenant prefix included.
 pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    let dollar = dollar_level(&levels);
     let mut f = filter.split('/');
-    let mut t = topic.split('/');
+    let mut t = levels.iter().enumerate();
     loop {
         match (f.next(), t.next()) {
+            (Some("#" | "+"), Some((i, _))) if dollar == Some(i) => return false,
             (Some("#"), _) => return true,
             (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
+            (Some(a), Some((_, b))) if a == *b => {}
             (None, None) => return true,
             _ => return false,
         }
@@ -81,12 +97,19 @@ impl FilterTree {
 
     /// Adds (or replaces) `client`'s subscription with `filter`
     /// (`$share/<group>/<filter>` for a shared one).
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, filter: &str, client: &str, opts: u8) {
+        self.insert_with_id(filter, client, opts, 0);
+    }
+
+    /// [`FilterTree::insert`] with an MQTT 5 subscription identifier (0: none).
+    pub(crate) fn insert_with_id(&mut self, filter: &str, client: &str, opts: u8, id: u32) {
         let (group, path) = split_shared(filter);
         let entry = Entry {
             client: client.to_owned(),
             opts,
             group: group.map(str::to_owned),
+            id,
         };
         let mut node = &mut self.root;
         let mut levels = path.split('/').peekable();
@@ -95,6 +118,7 @@ impl FilterTree {
                 let list = &mut node.hash;
                 if let Some(e) = list.iter_mut().find(|e| same(e, &entry)) {
                     e.opts = opts;
+                    e.id = id;
                 } else {
                     list.push(entry);
                     self.len += 1;
@@ -109,6 +133,7 @@ impl FilterTree {
         }
         if let Some(e) = node.here.iter_mut().find(|e| same(e, &entry)) {
             e.opts = opts;
+            e.id = id;
         } else {
             node.here.push(entry);
             self.len += 1;
@@ -130,8 +155,8 @@ impl FilterTree {
     pub(crate) fn matches<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a Entry)) {
         let levels: Vec<&str> = topic.split('/').collect();
         // Wildcards do not match a first level starting with `$` (MQTT 4.7.2).
-        let dollar = topic.starts_with('$');
-        walk(&self.root, &levels, dollar, &mut f);
+        let dollar = dollar_level(&levels);
+        walk(&self.root, &levels, 0, dollar, &mut f);
     }
 }
 
@@ -171,8 +196,17 @@ fn remove_at(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>
     removed
 }
 
-fn walk<'a>(node: &'a Node, levels: &[&str], dollar: bool, f: &mut impl FnMut(&'a Entry)) {
-    if !dollar {
+/// Visits the entries of `node` (at level `depth` of the topic) that match the rest of
+/// the topic, `levels`; no wildcard matches level `dollar`.
+fn walk<'a>(
+    node: &'a Node,
+    levels: &[&str],
+    depth: usize,
+    dollar: Option<usize>,
+    f: &mut impl FnMut(&'a Entry),
+) {
+    let wildcards = dollar != Some(depth);
+    if wildcards {
         node.hash.iter().for_each(&mut *f);
     }
     let Some((level, rest)) = levels.split_first() else {
@@ -180,11 +214,11 @@ fn walk<'a>(node: &'a Node, levels: &[&str], dollar: bool, f: &mut impl FnMut(&'
         return;
     };
     if let Some(child) = node.children.get(*level) {
-        walk(child, rest, false, f);
+        walk(child, rest, depth + 1, dollar, f);
     }
-    if !dollar {
+    if wildcards {
         if let Some(child) = node.plus.as_deref() {
-            walk(child, rest, false, f);
+            walk(child, rest, depth + 1, dollar, f);
         }
     }
 }
@@ -224,6 +258,18 @@ mod tests {
         assert_eq!(matching(&t, "/tenants/other/x"), ["all"]);
         // `$` topics are not matched by wildcards at the first level.
         assert_eq!(matching(&t, "$SYS/x"), Vec::<String>::new());
+        // Nor at the first level a client sees, after the tenant prefix.
+        t.insert("/tenants/acme/+/x", "tenant-plus", 1);
+        t.insert("/tenants/acme/$SYS/x", "tenant-exact", 1);
+        t.insert("/tenants/acme/$SYS/#", "tenant-below", 1);
+        assert_eq!(
+            matching(&t, "/tenants/acme/$SYS/x"),
+            ["all", "tenant-below", "tenant-exact"]
+        );
+        assert_eq!(
+            matching(&t, "/tenants/acme/a/x"),
+            ["all", "tenant", "tenant-plus"]
+        );
     }
 
     #[test]
@@ -237,6 +283,11 @@ mod tests {
             ("#", "$SYS/x", false),
             ("/tenants/acme/#", "/tenants/acme/x", true),
             ("/tenants/acme/#", "/tenants/other/x", false),
+            ("/tenants/acme/#", "/tenants/acme/$x/y", false),
+            ("/tenants/acme/+/y", "/tenants/acme/$x/y", false),
+            ("/tenants/acme/$x/+", "/tenants/acme/$x/y", true),
+            ("/tenants/acme/$x/#", "/tenants/acme/$x", true),
+            ("/tenants/+/$x/y", "/tenants/acme/$x/y", true),
         ] {
             let mut t = FilterTree::default();
             t.insert(filter, "c", 0);
