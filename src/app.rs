@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use admin_api::DryRunError;
 use anyhow::Context;
-use broker::{AuthzError, Broker, BrokerConfig, CloseReason};
+use broker::{AuthzError, Broker, BrokerConfig};
 use registry::live::{AuthzDecision, AuthzRequest, RetainedMessage, SessionInfo};
 use registry::pg::PgStore;
 use registry::seal::{write_private_file, MasterKey};
@@ -52,6 +52,8 @@ pub(crate) struct Options {
     pub(crate) admin_tls: crate::admin_tls::AdminTls,
     /// The MQTT listeners read a PROXY v2 header first (`--proxy-protocol`).
     pub(crate) proxy_protocol: bool,
+    /// The cluster's NATS server (`--cluster nats://HOST:PORT`), if any.
+    pub(crate) cluster: Option<String>,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             drain_timeout: broker.drain_timeout,
             admin_tls: crate::admin_tls::AdminTls::Auto,
             proxy_protocol: broker.proxy_protocol,
+            cluster: None,
         }
     }
 }
@@ -193,11 +196,13 @@ struct BrokerView(Arc<Broker>);
 
 impl admin_api::ConnectionsView for BrokerView {
     fn list(&self, org: &OrgId) -> Vec<SessionInfo> {
-        self.0.sessions().list(org)
+        // Called from a blocking thread: in a cluster, waits for the other nodes'
+        // answers (a short window).
+        tokio::runtime::Handle::current().block_on(self.0.list_connections(org))
     }
 
     fn kick(&self, org: &OrgId, client_id: &str) -> bool {
-        self.0.sessions().kick(org, client_id, CloseReason::Kicked)
+        tokio::runtime::Handle::current().block_on(self.0.kick_connection(org, client_id))
     }
 
     fn metrics(&self) -> String {
@@ -258,6 +263,11 @@ fn broker_config(opts: &Options) -> BrokerConfig {
         handshake_timeout: opts.handshake_timeout,
         drain_timeout: opts.drain_timeout,
         proxy_protocol: opts.proxy_protocol,
+        node_id: opts.node_id.clone(),
+        cluster: opts
+            .cluster
+            .clone()
+            .map(|url| broker::ClusterConfig::new(url, opts.node_id.clone())),
         ..Default::default()
     };
     config.limits.connect_timeout = opts.connect_timeout;

@@ -40,6 +40,11 @@ pub(crate) struct ServeArgs {
     /// [default: the host name].
     #[arg(long, env = "CERTMQ_NODE_ID")]
     node_id: Option<String>,
+    /// Join a cluster whose nodes exchange messages, takeovers, kicks and connection
+    /// listings through NATS with JetStream: `nats://HOST:PORT`
+    /// (docs/cluster-messages.md) [default: none, a node alone].
+    #[arg(long, env = "CERTMQ_CLUSTER")]
+    cluster: Option<String>,
     /// MQTT over TLS listen address [default: 0.0.0.0:8883].
     #[arg(long, env = "CERTMQ_MQTT")]
     mqtt: Option<SocketAddr>,
@@ -117,6 +122,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     store: Option<StoreArg>,
     node_id: Option<String>,
+    cluster: Option<String>,
     mqtt: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     mqtt_plain: Option<OptionalAddr>,
@@ -227,12 +233,22 @@ pub(crate) fn resolve(args: ServeArgs, file: Option<&LoadedFile>) -> anyhow::Res
             "node_id {node_id:?} is not valid: 1-64 characters of letters, digits, '-', '_' and '.'"
         );
     }
+    let cluster = args.cluster.or_else(|| f.cluster.clone());
+    if let Some(url) = &cluster {
+        let ok = url
+            .strip_prefix("nats://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !ok {
+            anyhow::bail!("cluster {url:?} is not valid: it must be nats://HOST:PORT");
+        }
+    }
     Ok(app::Options {
         store: args
             .store
             .or_else(|| f.store.clone())
             .map_or(d.store, |s| s.0),
         node_id,
+        cluster,
         data_dir: args
             .data_dir
             .or_else(|| f.data_dir.clone())
@@ -302,6 +318,7 @@ pub(crate) fn log_effective(o: &app::Options, file: Option<&LoadedFile>, format:
         max_packet_size = o.max_packet_size,
         drain_timeout = %Dur(o.drain_timeout),
         proxy_protocol = o.proxy_protocol,
+        cluster = %o.cluster.as_deref().unwrap_or("off"),
         admin_tls = %match &o.admin_tls {
             crate::admin_tls::AdminTls::Files { cert, .. } => cert.display().to_string(),
             crate::admin_tls::AdminTls::Auto => "auto (HTTP on loopback, else the platform certificate)".into(),

@@ -34,6 +34,7 @@ impl ConnectionsView for StubConnections {
                 remote_addr: "127.0.0.1:40000".parse().unwrap(),
                 protocol: "mqtt4-tls".into(),
                 since: OffsetDateTime::UNIX_EPOCH,
+                node: "n1".into(),
                 token_version: None,
             }]
         } else {

@@ -18,6 +18,7 @@ pub mod acl;
 mod admission;
 pub mod authz;
 mod chain;
+pub mod cluster;
 pub mod engine;
 pub mod flow;
 mod guard;
@@ -34,6 +35,7 @@ pub mod tls;
 mod ws;
 
 pub use authz::AuthzError;
+pub use cluster::ClusterConfig;
 pub use guard::GuardConfig;
 pub use server::{Broker, BrokerConfig};
 pub use session::SessionLimits;

@@ -52,6 +52,22 @@ fn describe() {
         "CONNECTs refused by admission, by the stage that refused (certificate, identity, client_id, security_level, blocked)."
     );
     describe_counter!(
+        "certmq_cluster_forwarded_total",
+        "Messages this node published to the cluster (NATS; QoS >= 1 acknowledged by the stream)."
+    );
+    describe_counter!(
+        "certmq_cluster_forward_failures_total",
+        "Messages accepted on this node that did not reach the cluster (queue full, NATS error, or QoS >= 1 not in the stream within the ack timeout)."
+    );
+    describe_counter!(
+        "certmq_cluster_received_total",
+        "Messages this node received from other nodes through the cluster and routed to its sessions."
+    );
+    describe_gauge!(
+        "certmq_cluster_nats_connected",
+        "1 while this node is connected to the cluster's NATS server, else 0."
+    );
+    describe_counter!(
         "certmq_kicks_total",
         "Sessions closed by the broker, by org and reason (kicked, revoked, taken_over, shutdown, policy_changed)."
     );
@@ -151,6 +167,33 @@ pub(crate) fn refused(stage: registry::live::Stage) {
 }
 
 /// A session closed by the broker (kick, revocation, takeover, shutdown).
+/// Messages this node sent to the cluster: `certmq_cluster_forwarded_total{node}`.
+pub(crate) fn cluster_forwarded(node: &str) {
+    metrics::counter!("certmq_cluster_forwarded_total", "node" => node.to_owned()).increment(1);
+}
+
+/// Messages that did not reach the cluster (QoS ≥ 1: not in the stream within the ack
+/// timeout): `certmq_cluster_forward_failures_total{node}`.
+pub(crate) fn cluster_forward_failed(node: &str) {
+    metrics::counter!("certmq_cluster_forward_failures_total", "node" => node.to_owned())
+        .increment(1);
+}
+
+/// Messages this node received from the cluster and routed:
+/// `certmq_cluster_received_total{node}`.
+pub(crate) fn cluster_received(node: &str) {
+    metrics::counter!("certmq_cluster_received_total", "node" => node.to_owned()).increment(1);
+}
+
+/// Whether this node is connected to NATS: `certmq_cluster_nats_connected{node}`.
+pub(crate) fn cluster_connected(node: &str, connected: bool) {
+    metrics::gauge!("certmq_cluster_nats_connected", "node" => node.to_owned()).set(if connected {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 pub(crate) fn kick(org: &str, reason: &'static str) {
     metrics::counter!("certmq_kicks_total", "org" => org.to_owned(), "reason" => reason)
         .increment(1);

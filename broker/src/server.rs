@@ -42,6 +42,10 @@ pub struct BrokerConfig {
     /// Every connection on the MQTT listeners starts with a PROXY v2 header naming the
     /// client's address (behind HAProxy's `send-proxy-v2`); see [`crate::proxy`].
     pub proxy_protocol: bool,
+    /// This node's name (`--node-id`): connection listings and the cluster use it.
+    pub node_id: String,
+    /// The cluster this node joins (`--cluster`), if any; see [`crate::cluster`].
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -53,6 +57,8 @@ impl Default for BrokerConfig {
             guard: GuardConfig::default(),
             drain_timeout: Duration::from_secs(10),
             proxy_protocol: false,
+            node_id: "certmq".into(),
+            cluster: None,
         }
     }
 }
@@ -124,7 +130,12 @@ impl Broker {
             limits,
             guard: Guard::new(config.guard.clone()),
             state,
+            node: config.node_id.clone(),
         });
+        if let Some(c) = &config.cluster {
+            let cluster = crate::cluster::Cluster::start(c.clone(), &ctx);
+            ctx.state.join(cluster);
+        }
         let outbound = crate::outbound::Outbound::start(registry.clone(), ctx.state.clone());
         let broker = Arc::new(Broker {
             tls,
@@ -288,6 +299,34 @@ impl Broker {
     /// Live sessions (list, kick).
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
+    }
+
+    /// This node's name (`--node-id`).
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// The live sessions of `org` on every node of the cluster (those that answer
+    /// within a short window), sorted by client id; alone, this node's.
+    pub async fn list_connections(&self, org: &OrgId) -> Vec<registry::live::SessionInfo> {
+        let mut all = self.sessions.list(org);
+        if let Some(c) = self.ctx.state.cluster() {
+            all.extend(c.list_remote(org).await);
+            all.sort_by(|a, b| a.client_id.cmp(&b.client_id).then(a.node.cmp(&b.node)));
+        }
+        all
+    }
+
+    /// Closes the session `client_id` of `org`, on whichever node of the cluster has
+    /// it (an administrator's kick); false when none does.
+    pub async fn kick_connection(&self, org: &OrgId, client_id: &str) -> bool {
+        if self.sessions.kick(org, client_id, CloseReason::Kicked) {
+            return true;
+        }
+        match self.ctx.state.cluster() {
+            Some(c) => c.kick_remote(org, client_id).await,
+            None => false,
+        }
     }
 
     /// Re-applies admission to the org's live sessions after a change, with the same

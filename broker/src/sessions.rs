@@ -278,6 +278,25 @@ impl Sessions {
         }
     }
 
+    /// Closes the session `client_id` of `org` if it started before `since` (another
+    /// node's session with that client id started then). False when there is none.
+    pub(crate) fn kick_older(
+        &self,
+        org: &OrgId,
+        client_id: &str,
+        since: time::OffsetDateTime,
+        reason: CloseReason,
+    ) -> bool {
+        match self.map().get(client_id) {
+            Some(e) if &e.info.org == org && e.info.since <= since => {
+                crate::metrics::kick(org.as_str(), reason.label());
+                e.switch.close(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The live sessions of `org` with their kill switches, copied out so that the
     /// caller judges them (reading the store if it must) without holding the lock.
     pub(crate) fn of_org(&self, org: &OrgId) -> Vec<Live> {

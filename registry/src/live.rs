@@ -40,7 +40,7 @@ impl Auth {
 }
 
 /// A live MQTT session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = Session))]
 pub struct SessionInfo {
@@ -69,6 +69,10 @@ pub struct SessionInfo {
     /// When the session was admitted.
     #[serde(with = "time::serde::rfc3339")]
     pub since: OffsetDateTime,
+    /// The node serving the session (`--node-id`; in a cluster, sessions of every node
+    /// are listed).
+    #[serde(default)]
+    pub node: String,
     /// The version of the token that admitted the session, if one did: a session
     /// whose token was replaced since is no longer admitted. Never shown.
     #[serde(skip)]

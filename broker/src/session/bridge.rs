@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::{SessionCtx, SessionError, SessionLimits};
 use crate::acl::Principal;
+use crate::cluster::Done;
 use crate::engine::codec::{publish_meta, CodecError, Version};
 use crate::engine::packet::{
     ConnectProperties, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp,
@@ -63,8 +64,9 @@ pub(super) struct Bridge {
     pub(super) org_state: Arc<OrgMessages>,
     /// The last durable ticket of the message state.
     pub(super) committed: tokio::sync::watch::Receiver<Ticket>,
-    /// Acknowledgements waiting for their ticket, in the order they are due.
-    pub(super) held: Vec<(Ticket, Packet)>,
+    /// Acknowledgements waiting for their ticket (and, in a cluster, for the message
+    /// to be in the cluster's stream), in the order they are due.
+    pub(super) held: Vec<(Ticket, Option<Arc<Done>>, Packet)>,
     /// QoS 2 packet ids from the client not yet released (a resend is a duplicate).
     pub(super) inbound_qos2: HashSet<u16>,
     pub(super) wbuf: BytesMut,
@@ -198,6 +200,11 @@ impl Bridge {
                     Box::pin(self.flush_timed(stream)).await?;
                 }
                 _ = sleep_until_opt(stuck_deadline) => return Err(SessionError::SlowConsumer),
+                // The first held acknowledgement waits for the cluster's stream.
+                _ = head_forwarded(&self.held), if self.held.first().is_some_and(|(_, d, _)| d.as_ref().is_some_and(|d| !d.ready())) => {
+                    self.release_held()?;
+                    Box::pin(self.flush_timed(stream)).await?;
+                }
                 // Acknowledgements waiting for their messages to reach the disk.
                 r = self.committed.changed(), if !self.held.is_empty() => {
                     if r.is_err() {
@@ -275,13 +282,19 @@ impl Bridge {
     /// order of acknowledgements.
     /// (A PUBLISH counts against the in-flight limit until its acknowledgement is
     /// written.)
-    fn ack_when(&mut self, ticket: Ticket, packet: Packet) -> Result<(), SessionError> {
-        let due = self.held.last().map_or(ticket, |(t, _)| ticket.max(*t));
-        if self.held.is_empty() && due <= *self.committed.borrow() {
+    fn ack_when(
+        &mut self,
+        ticket: Ticket,
+        forwarded: Option<Arc<Done>>,
+        packet: Packet,
+    ) -> Result<(), SessionError> {
+        let due = self.held.last().map_or(ticket, |(t, _, _)| ticket.max(*t));
+        let ready = forwarded.as_ref().is_none_or(|d| d.ready());
+        if self.held.is_empty() && ready && due <= *self.committed.borrow() {
             self.quota.acknowledged(&packet);
             self.version.write(packet, &mut self.wbuf)?;
         } else {
-            self.held.push((due, packet));
+            self.held.push((due, forwarded, packet));
         }
         Ok(())
     }
@@ -292,9 +305,9 @@ impl Bridge {
         let ready = self
             .held
             .iter()
-            .take_while(|(t, _)| *t <= committed)
+            .take_while(|(t, d, _)| *t <= committed && d.as_ref().is_none_or(|d| d.ready()))
             .count();
-        for (_, p) in self.held.drain(..ready) {
+        for (_, _, p) in self.held.drain(..ready) {
             self.quota.acknowledged(&p);
             self.version.write(p, &mut self.wbuf)?;
         }
@@ -305,7 +318,20 @@ impl Bridge {
     /// (or the message-state writer stops).
     async fn release_all_held(&mut self) {
         while !self.held.is_empty() {
-            if self.committed.changed().await.is_err() || self.release_held().is_err() {
+            let forwarding = self
+                .held
+                .first()
+                .and_then(|(_, d, _)| d.clone())
+                .filter(|d| !d.ready());
+            match forwarding {
+                Some(d) => d.wait().await,
+                None => {
+                    if self.committed.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if self.release_held().is_err() {
                 return;
             }
         }
@@ -470,7 +496,7 @@ impl Bridge {
                     self.flow
                         .published(std::str::from_utf8(&publish.topic).unwrap_or_default());
                     let limits = StateLimits::from(self.quota.limits.get());
-                    let routed = self.ctx.state.publish(
+                    let routed = self.ctx.state.publish_tracked(
                         &self.org_state,
                         self.session.client(),
                         &publish,
@@ -479,7 +505,7 @@ impl Bridge {
                         &limits,
                         extra,
                     );
-                    let ticket = match routed {
+                    let (ticket, forwarded) = match routed {
                         Ok(t) => t,
                         Err(refused) => return self.over_limit(refused.limit(), stream).await,
                     };
@@ -491,14 +517,14 @@ impl Bridge {
                                 pkid,
                                 reason: PubAckReason::Success,
                             };
-                            self.ack_when(ticket, Packet::PubAck(ack, None))?;
+                            self.ack_when(ticket, forwarded, Packet::PubAck(ack, None))?;
                         }
                         2 => {
                             let rec = PubRec {
                                 pkid,
                                 reason: PubRecReason::Success,
                             };
-                            self.ack_when(ticket, Packet::PubRec(rec, None))?;
+                            self.ack_when(ticket, forwarded, Packet::PubRec(rec, None))?;
                         }
                         _ => {}
                     }
@@ -546,6 +572,10 @@ impl Bridge {
                     // messages are queued after it.
                     let ticket = self.session.subscribe(&granted);
                     self.ctx.state.durable(ticket).await;
+                    // In a cluster: once other nodes' publishes reach this node.
+                    if let Some(c) = self.ctx.state.cluster() {
+                        c.interest_ready().await;
+                    }
                     let ack = SubAck {
                         pkid: sub.pkid,
                         return_codes: codes,
@@ -633,7 +663,7 @@ impl Bridge {
     /// An answer that needs nothing on disk itself, but keeps its place behind the
     /// acknowledgements still waiting for theirs.
     fn held_ack(&mut self, packet: Packet) -> Result<(), SessionError> {
-        self.ack_when(0, packet)
+        self.ack_when(0, None, packet)
     }
 }
 
@@ -643,6 +673,15 @@ fn granted_code(qos: u8) -> SubscribeReasonCode {
         0 => SubscribeReasonCode::QoS0,
         1 => SubscribeReasonCode::QoS1,
         _ => SubscribeReasonCode::QoS2,
+    }
+}
+
+/// Waits until the first held acknowledgement's message is in the cluster's stream
+/// (or its deadline passes).
+async fn head_forwarded(held: &[(Ticket, Option<Arc<Done>>, Packet)]) {
+    match held.first().and_then(|(_, d, _)| d.clone()) {
+        Some(d) => d.wait().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -92,6 +92,8 @@ pub(crate) struct SessionCtx {
     pub guard: Arc<Guard>,
     /// Retained messages and persistent sessions (durable).
     pub state: Arc<MessageState>,
+    /// This node's name (`--node-id`): connection listings show it.
+    pub node: String,
 }
 
 impl SessionCtx {
@@ -507,7 +509,9 @@ where
         remote_addr: peer.remote_addr,
         protocol: version.label(transport).to_owned(),
         since: time::OffsetDateTime::now_utc(),
+        node: ctx.node.clone(),
     };
+    let since = info.since;
     // The same certificate from another address while its session is live: two
     // devices may hold one key pair (the inventory flags it).
     let took_over_from = cert.and_then(|c| {
@@ -552,6 +556,10 @@ where
             }
         };
     ctx.registry.record_admission(seen);
+    // In a cluster, a session with this client id on another node closes too.
+    if let Some(c) = ctx.state.cluster() {
+        c.taken_over(&org, &client_id, since);
+    }
     if let Some(prev) = previous {
         // Takeover (docs/contract.md, 2.4): the old session closes and releases its link first.
         crate::metrics::kick(org.as_str(), CloseReason::TakenOver.label());

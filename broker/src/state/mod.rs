@@ -109,8 +109,23 @@ pub(crate) struct RetainedInfo {
     pub at: u64,
 }
 
+/// Which subscribers a publish is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope<'a> {
+    /// Every matching subscription (a node alone).
+    All,
+    /// Plain (not shared) subscriptions only: in a cluster, shared groups get a
+    /// message through NATS queue groups.
+    Plain,
+    /// One member of this shared group only (internal group name).
+    Group(&'a str),
+}
+
 /// Everything certmq keeps of every org's messages.
 pub(crate) struct MessageState {
+    /// The cluster this node is part of (`--cluster`): publishes accepted here go to
+    /// it, and the filters held are its interest.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     committer: commit::Committer,
     store: Arc<dyn Store>,
     orgs: RwLock<HashMap<OrgId, Arc<OrgMessages>>>,
@@ -221,6 +236,7 @@ impl MessageState {
     pub(crate) fn open(store: Arc<dyn Store>) -> Result<Arc<MessageState>, String> {
         let committer = commit::Committer::start(store.clone());
         let state = MessageState {
+            cluster: std::sync::OnceLock::new(),
             committer,
             store: store.clone(),
             orgs: RwLock::default(),
@@ -356,14 +372,39 @@ impl MessageState {
             .unwrap_or_else(|e| e.into_inner())
             .entry(org.clone())
             .or_insert_with(|| {
+                let mut inner = OrgInner::default();
+                if let Some(c) = self.cluster.get() {
+                    inner.tree.set_watch(tree::Watch {
+                        org: org.clone(),
+                        tx: c.interest(),
+                    });
+                }
                 Arc::new(OrgMessages {
                     org: org.clone(),
-                    inner: Mutex::default(),
+                    inner: Mutex::new(inner),
                     subscriptions: AtomicUsize::new(0),
                     deleted: AtomicBool::new(false),
                 })
             })
             .clone()
+    }
+
+    /// Joins `cluster`: publishes accepted from now on go to it, and the filters held
+    /// (those loaded already, and every change) are its interest.
+    pub(crate) fn join(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let orgs = self.orgs.write().unwrap_or_else(|e| e.into_inner());
+        for (id, o) in orgs.iter() {
+            lock(&o.inner).tree.set_watch(tree::Watch {
+                org: id.clone(),
+                tx: cluster.interest(),
+            });
+        }
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this node is part of, if any.
+    pub(crate) fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// The last durable ticket, and changes to it.
@@ -402,8 +443,87 @@ impl MessageState {
         limits: &StateLimits,
         extra: Vec<Op>,
     ) -> Result<Ticket, Refused> {
+        self.publish_tracked(org, from, publish, qos, props, limits, extra)
+            .map(|(t, _)| t)
+    }
+
+    /// [`MessageState::publish`], and in a cluster the forward to the other nodes:
+    /// for QoS ≥ 1 also what the publisher's acknowledgement waits for (the message in
+    /// the cluster's stream).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn publish_tracked(
+        &self,
+        org: &OrgMessages,
+        from: &str,
+        publish: &Publish,
+        qos: u8,
+        props: Option<&PublishProperties>,
+        limits: &StateLimits,
+        extra: Vec<Op>,
+    ) -> Result<(Ticket, Option<Arc<crate::cluster::Done>>), Refused> {
+        let cluster = self.cluster.get();
+        let scope = match cluster {
+            Some(c) if c.decides_groups() => Scope::Plain,
+            _ => Scope::All,
+        };
+        let ticket = self.route(org, from, publish, qos, props, limits, extra, scope, true)?;
+        let done = match cluster {
+            Some(c) if !org.deleted.load(Ordering::Relaxed) => {
+                c.forward(&org.org, from, publish, qos, props)
+            }
+            _ => None,
+        };
+        Ok((ticket, done))
+    }
+
+    /// Routes a message another node accepted (from the cluster) to this node's
+    /// subscribers in `scope`: like a local publish, except that it is not stored as
+    /// retained here and not forwarded again. Nothing for an org this node does not
+    /// have.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route_remote(
+        &self,
+        org: &OrgId,
+        from: &str,
+        publish: &Publish,
+        qos: u8,
+        props: Option<&PublishProperties>,
+        limits: &StateLimits,
+        scope: Scope<'_>,
+    ) {
+        if let Some(o) = self.existing(org) {
+            let _ = self.route(
+                &o,
+                from,
+                publish,
+                qos,
+                props,
+                limits,
+                Vec::new(),
+                scope,
+                false,
+            );
+        }
+    }
+
+    /// Routes one publish: retained store (when `keep_retained`), then the queues of
+    /// the matching sessions in `scope`.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &self,
+        org: &OrgMessages,
+        from: &str,
+        publish: &Publish,
+        qos: u8,
+        props: Option<&PublishProperties>,
+        limits: &StateLimits,
+        extra: Vec<Op>,
+        scope: Scope<'_>,
+        keep_retained: bool,
+    ) -> Result<Ticket, Refused> {
         let subscribed = org.subscriptions.load(Ordering::Relaxed) > 0;
-        if !publish.retain && !subscribed {
+        let retain = publish.retain && keep_retained;
+        if !retain && !subscribed {
             return Ok(if extra.is_empty() {
                 0
             } else {
@@ -417,11 +537,11 @@ impl MessageState {
         }
         let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
         let msg = Arc::new(Message::new(publish, props.cloned(), qos, from));
-        if publish.retain {
-            retain(&mut g, &org.org, topic, &msg, limits, &mut ops)?;
+        if retain {
+            self::retain(&mut g, &org.org, topic, &msg, limits, &mut ops)?;
         }
         if subscribed {
-            let targets = match_sessions(&mut g, topic, from);
+            let targets = match_sessions(&mut g, topic, from, scope);
             let mut dropped = 0;
             for (client, sub, ids) in targets {
                 let Some(s) = g.sessions.get_mut(&client) else {
@@ -622,6 +742,7 @@ impl MessageState {
             let mut g = lock(&o.inner);
             o.deleted.store(true, Ordering::Relaxed);
             o.subscriptions.store(0, Ordering::Relaxed);
+            g.tree.clear();
             *g = OrgInner::default();
         }
         // Writes queued before the purge land first; then everything under the org
@@ -733,12 +854,25 @@ fn with_subscription_ids(msg: Arc<Message>, ids: Vec<usize>) -> Arc<Message> {
 /// The persistent sessions a publish on `topic` goes to, with their subscription QoS
 /// (the highest when several of a session's filters match; one member per shared
 /// group, an online one first).
-fn match_sessions(g: &mut OrgInner, topic: &str, from: &str) -> Vec<(String, u8, Vec<usize>)> {
+fn match_sessions(
+    g: &mut OrgInner,
+    topic: &str,
+    from: &str,
+    scope: Scope<'_>,
+) -> Vec<(String, u8, Vec<usize>)> {
     let mut plain: HashMap<&str, (u8, Vec<usize>)> = HashMap::new();
     let mut groups: BTreeMap<&str, Vec<(&str, u8, u32)>> = BTreeMap::new();
+    let with_plain = matches!(scope, Scope::All | Scope::Plain);
+    let with_group = |group: &str| match scope {
+        Scope::All => true,
+        Scope::Plain => false,
+        Scope::Group(g) => g == group,
+    };
     g.tree.matches(topic, |e| match &e.group {
+        None if !with_plain => {}
         // No-local: not back to the session that published it.
         None if e.opts & opts::NO_LOCAL != 0 && e.client == from => {}
+        Some(group) if !with_group(group) => {}
         None => {
             let (o, ids) = plain.entry(&e.client).or_default();
             let qos = (*o & opts::QOS).max(e.opts & opts::QOS);
@@ -1227,13 +1361,13 @@ mod tests {
         g.tree.insert("a/+", "echo", 1 | opts::NO_LOCAL);
         g.tree.insert("a/b", "other", 0);
         g.tree.insert("a/#", "other", 2 | opts::RETAIN_AS_PUBLISHED);
-        let mut got = match_sessions(&mut g, "a/b", "echo");
+        let mut got = match_sessions(&mut g, "a/b", "echo", Scope::All);
         got.sort();
         assert_eq!(
             got,
             [("other".to_string(), 2 | opts::RETAIN_AS_PUBLISHED, vec![])]
         );
-        let mut got = match_sessions(&mut g, "a/b", "someone");
+        let mut got = match_sessions(&mut g, "a/b", "someone", Scope::All);
         got.sort();
         assert_eq!(
             got,
@@ -1251,7 +1385,7 @@ mod tests {
         g.tree.insert_with_id("a/#", "c", 1, 3);
         g.tree.insert("a/+", "c", 0);
         g.tree.insert_with_id("$share/g/a/b", "d", 1, 7);
-        let mut got = match_sessions(&mut g, "a/b", "");
+        let mut got = match_sessions(&mut g, "a/b", "", Scope::All);
         got.sort();
         for (_, _, ids) in &mut got {
             ids.sort_unstable();
@@ -1273,7 +1407,7 @@ mod tests {
         }
         let picks: Vec<String> = (0..6)
             .map(|_| {
-                let got = match_sessions(&mut g, "jobs/1", "");
+                let got = match_sessions(&mut g, "jobs/1", "", Scope::All);
                 assert_eq!(got.len(), 1, "one member per message");
                 got[0].0.clone()
             })

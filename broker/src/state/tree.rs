@@ -42,6 +42,27 @@ impl Node {
 pub(crate) struct FilterTree {
     root: Node,
     len: usize,
+    /// Subscribers per distinct filter (as given, `$share/…` included): what this node
+    /// needs from the cluster.
+    holders: HashMap<String, usize>,
+    /// Told when a filter gets its first holder or loses its last (cluster interest).
+    watch: Option<Watch>,
+}
+
+/// Where a tree reports its distinct filters coming and going, with its org.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    pub org: registry::OrgId,
+    pub tx: tokio::sync::mpsc::UnboundedSender<Interest>,
+}
+
+/// A change of the filters a node holds (see `cluster`).
+#[derive(Debug)]
+pub(crate) enum Interest {
+    Add(registry::OrgId, String),
+    Remove(registry::OrgId, String),
+    /// Answered once every change sent before it is in effect.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Splits `$share/<group>/<filter>` into the group and the filter.
@@ -90,6 +111,51 @@ pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
 }
 
 impl FilterTree {
+    /// Reports filter changes to `watch` from now on, starting with an `Add` for every
+    /// filter held.
+    pub(crate) fn set_watch(&mut self, watch: Watch) {
+        for f in self.holders.keys() {
+            let _ = watch.tx.send(Interest::Add(watch.org.clone(), f.clone()));
+        }
+        self.watch = Some(watch);
+    }
+
+    /// Forgets every subscription (the org is gone), reporting each filter removed; the
+    /// watch stays.
+    pub(crate) fn clear(&mut self) {
+        if let Some(w) = &self.watch {
+            for f in self.holders.keys() {
+                let _ = w.tx.send(Interest::Remove(w.org.clone(), f.clone()));
+            }
+        }
+        let watch = self.watch.take();
+        *self = FilterTree::default();
+        self.watch = watch;
+    }
+
+    fn held(&mut self, filter: &str) {
+        let n = self.holders.entry(filter.to_owned()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            if let Some(w) = &self.watch {
+                let _ = w.tx.send(Interest::Add(w.org.clone(), filter.to_owned()));
+            }
+        }
+    }
+
+    fn released(&mut self, filter: &str) {
+        if let Some(n) = self.holders.get_mut(filter) {
+            *n -= 1;
+            if *n == 0 {
+                self.holders.remove(filter);
+                if let Some(w) = &self.watch {
+                    let _ =
+                        w.tx.send(Interest::Remove(w.org.clone(), filter.to_owned()));
+                }
+            }
+        }
+    }
+
     /// Subscriptions held.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -122,6 +188,7 @@ impl FilterTree {
                 } else {
                     list.push(entry);
                     self.len += 1;
+                    self.held(filter);
                 }
                 return;
             }
@@ -137,6 +204,7 @@ impl FilterTree {
         } else {
             node.here.push(entry);
             self.len += 1;
+            self.held(filter);
         }
     }
 
@@ -147,6 +215,7 @@ impl FilterTree {
         let removed = remove_at(&mut self.root, &levels, client, group);
         if removed {
             self.len -= 1;
+            self.released(filter);
         }
         removed
     }
