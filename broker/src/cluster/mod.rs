@@ -537,6 +537,7 @@ impl Cluster {
                 js.publish_with_headers(subject.clone(), f.headers.clone(), f.payload.clone()),
             )
             .await;
+            debug!(subject = %subject, sent = first.as_ref().is_ok_and(Result::is_ok), "forward sent");
             let js = js.clone();
             tokio::spawn(async move {
                 let mut sent = first.ok().and_then(Result::ok);
@@ -544,6 +545,7 @@ impl Cluster {
                     if let Some(ack) = sent.take() {
                         match tokio::time::timeout_at(done.deadline, ack).await {
                             Ok(Ok(_)) => {
+                                debug!(subject = %subject, "forward in the stream");
                                 crate::metrics::cluster_forwarded(&node);
                                 done.set();
                                 return;

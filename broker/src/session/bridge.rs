@@ -200,8 +200,9 @@ impl Bridge {
                     Box::pin(self.flush_timed(stream)).await?;
                 }
                 _ = sleep_until_opt(stuck_deadline) => return Err(SessionError::SlowConsumer),
-                // The first held acknowledgement waits for the cluster's stream.
-                _ = head_forwarded(&self.held), if self.held.first().is_some_and(|(_, d, _)| d.as_ref().is_some_and(|d| !d.ready())) => {
+                // The first held acknowledgement waits for the cluster's stream (or,
+                // forwarded already, is due now).
+                _ = head_forwarded(&self.held), if self.forward_due() => {
                     self.release_held()?;
                     Box::pin(self.flush_timed(stream)).await?;
                 }
@@ -297,6 +298,15 @@ impl Bridge {
             self.held.push((due, forwarded, packet));
         }
         Ok(())
+    }
+
+    /// Whether the first held acknowledgement waits for its forward to the cluster,
+    /// or has it and is durable (to be written now).
+    fn forward_due(&self) -> bool {
+        self.held.first().is_some_and(|(t, d, _)| {
+            d.as_ref()
+                .is_some_and(|d| !d.ready() || *t <= *self.committed.borrow())
+        })
     }
 
     /// Writes the held acknowledgements whose tickets are durable now.

@@ -1,0 +1,510 @@
+//! certmq nodes in a cluster through NATS with JetStream (`--cluster`,
+//! docs/cluster-messages.md): each test starts its own `nats-server -js` on a free port
+//! (ended by its PID) and real `certmq` nodes with their own data dirs; the registry is
+//! not shared yet, so the same org, CA and a server certificate are created on every
+//! node through its admin API. Real rumqttc clients over mTLS.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use device_sim::certs::TestCa;
+use device_sim::client::BrokerTarget;
+use reqwest::Method;
+use rumqttc::QoS;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(800);
+const EVENTS: &str = "iot-2/type/+/id/+/evt/+/fmt/+";
+
+/// A `nats-server -js` of the test's own.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        };
+        n.spawn();
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port and store dir.
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-sd"])
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string(), "-a", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        self.child = Some(child);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not start on {addr}");
+    }
+
+    /// Stops the server (by its PID).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One node and the org's server certificate on it.
+struct Node {
+    server: Server,
+    name: String,
+}
+
+/// The nodes of a cluster, every org created on each with the same CA.
+struct Cluster {
+    /// Before `nats`: the nodes stop first.
+    nodes: Vec<Node>,
+    nats: Nats,
+    /// Per org: its CA and, per node, the node's server certificate.
+    orgs: Vec<(String, TestCa, Vec<String>)>,
+}
+
+impl Cluster {
+    async fn start(nodes: usize, orgs: &[&str]) -> Cluster {
+        let nats = Nats::start();
+        let url = nats.url();
+        let nodes: Vec<Node> = (1..=nodes)
+            .map(|i| {
+                let name = format!("n{i}");
+                let server = Server::start_with(&["--cluster", &url, "--node-id", &name]);
+                Node { server, name }
+            })
+            .collect();
+        let mut made = Vec::new();
+        for id in orgs {
+            let first = Org::create(&nodes[0].server, id).await;
+            let mut pems = vec![first.server_pem.clone()];
+            for n in &nodes[1..] {
+                let api = n.server.api().0;
+                api.create_org(id, id).await.expect("org");
+                api.upload_ca(id, &first.ca.pem(), None).await.expect("CA");
+                pems.push(api.self_signed_server_cert(id).await.expect("cert").pem);
+            }
+            made.push((id.to_string(), first.ca, pems));
+        }
+        let c = Cluster {
+            nodes,
+            nats,
+            orgs: made,
+        };
+        for i in 0..c.nodes.len() {
+            c.wait_connected(i, true).await;
+        }
+        c
+    }
+
+    fn target(&self, org: &str, node: usize) -> BrokerTarget {
+        let (_, _, pems) = self.org(org);
+        BrokerTarget {
+            host: "127.0.0.1".into(),
+            port: self.nodes[node].server.mqtt.port(),
+            sni: format!("{org}.{DOMAIN}"),
+            server_ca_pem: pems[node].clone(),
+        }
+    }
+
+    fn org(&self, org: &str) -> &(String, TestCa, Vec<String>) {
+        self.orgs.iter().find(|o| o.0 == org).expect("org")
+    }
+
+    /// Connects `client_id` (certificate for `identity` of `org`) to node `node`.
+    async fn connect(&self, org: &str, node: usize, identity: &str, client_id: &str) -> Client {
+        let cert = self
+            .org(org)
+            .1
+            .issue_client(identity, Default::default())
+            .expect("cert");
+        connect_with(&self.target(org, node), client_id, &cert)
+            .await
+            .unwrap_or_else(|e| panic!("{client_id} on node {node}: {e}"))
+    }
+
+    /// Waits until node `i` reports its NATS connection up (or down).
+    async fn wait_connected(&self, i: usize, up: bool) {
+        let want = format!(
+            "certmq_cluster_nats_connected{{node=\"{}\"}} {}",
+            self.nodes[i].name,
+            u8::from(up)
+        );
+        for _ in 0..200 {
+            let text = self.nodes[i]
+                .server
+                .api()
+                .0
+                .metrics()
+                .await
+                .expect("metrics");
+            if text.contains(&want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {i}: no {want}");
+    }
+}
+
+/// Every PUBLISH payload received until nothing comes for [`QUIET`].
+async fn drain(c: &mut Client) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some((_, p)) = c.next_publish(QUIET).await {
+        got.push(String::from_utf8(p).expect("utf-8"));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_device_on_one_node_reaches_an_app_on_another_and_orgs_stay_apart() {
+    let c = Cluster::start(3, &["acme", "beta"]).await;
+    let mut app = c.connect("acme", 2, "a:dash", "a:acme:dash").await;
+    app.subscribe(EVENTS).await;
+    // Another org's application on another node, same filter.
+    let mut beta = c.connect("beta", 1, "a:dash", "a:beta:dash").await;
+    beta.subscribe(EVENTS).await;
+    let dev = c
+        .connect("acme", 0, "d:sensor:dev1", "d:acme:sensor:dev1")
+        .await;
+
+    for (qos, body) in [(QoS::AtMostOnce, "q0"), (QoS::AtLeastOnce, "q1")] {
+        dev.client
+            .publish("iot-2/evt/temp/fmt/json", qos, false, body)
+            .await
+            .unwrap();
+        let (topic, payload) = app.next_publish(WAIT).await.expect("event on node 3");
+        assert_eq!(topic, "iot-2/type/sensor/id/dev1/evt/temp/fmt/json");
+        assert_eq!(payload, body.as_bytes());
+    }
+    // A command back, from node 3 to the device on node 1 (QoS 2).
+    let mut dev = dev;
+    dev.subscribe("iot-2/cmd/+/fmt/+").await;
+    app.client
+        .publish(
+            "iot-2/type/sensor/id/dev1/cmd/reboot/fmt/json",
+            QoS::ExactlyOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    let (topic, _) = dev.next_publish(WAIT).await.expect("command on node 1");
+    assert_eq!(topic, "iot-2/cmd/reboot/fmt/json");
+    assert!(
+        drain(&mut beta).await.is_empty(),
+        "another org's subscriber got acme's messages"
+    );
+
+    // MQTT 5 on both ends: properties cross nodes.
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
+    let (_, ca, _) = c.org("acme");
+    let v5 = |node: usize, identity: &str, id: &str| {
+        let cert = ca.issue_client(identity, Default::default()).unwrap();
+        let opts =
+            device_sim::client::mqtt_options_v5(&c.target("acme", node), id, Some(&cert)).unwrap();
+        rumqttc::v5::AsyncClient::new(opts, 10)
+    };
+    let (sub, mut sub_loop) = v5(1, "a:v5", "a:acme:v5");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = sub_loop.poll().await {
+            if let rumqttc::v5::Event::Incoming(p) = ev {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    sub.subscribe(EVENTS, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(P5::SubAck(_))) => break,
+            Ok(Some(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+    let (publ, mut pub_loop) = v5(0, "d:sensor:dev5", "d:acme:sensor:dev5");
+    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let props = PublishProperties {
+        content_type: Some("application/json".into()),
+        user_properties: vec![("k".into(), "v w".into())],
+        ..Default::default()
+    };
+    publ.publish_with_properties(
+        "iot-2/evt/v5/fmt/json",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "five",
+        props,
+    )
+    .await
+    .unwrap();
+    let got = loop {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(P5::Publish(p))) => break p,
+            Ok(Some(_)) => {}
+            other => panic!("no v5 PUBLISH: {other:?}"),
+        }
+    };
+    assert_eq!(&got.topic[..], b"iot-2/type/sensor/id/dev5/evt/v5/fmt/json");
+    assert_eq!(&got.payload[..], b"five");
+    let p = got.properties.expect("properties");
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    assert_eq!(p.user_properties, vec![("k".to_owned(), "v w".to_owned())]);
+}
+
+#[tokio::test]
+async fn three_nodes_with_subscribers_deliver_each_message_once_to_each() {
+    let c = Cluster::start(3, &["acme"]).await;
+    let mut apps = Vec::new();
+    for node in 0..3 {
+        let id = format!("a:acme:app{node}");
+        let mut a = c.connect("acme", node, &format!("a:app{node}"), &id).await;
+        a.subscribe(EVENTS).await;
+        // An overlapping filter of the same session: still one copy per message.
+        a.subscribe("iot-2/type/sensor/id/+/evt/#").await;
+        apps.push(a);
+    }
+    // Publishers on two nodes.
+    let d0 = c.connect("acme", 0, "d:sensor:a", "d:acme:sensor:a").await;
+    let d2 = c.connect("acme", 2, "d:sensor:b", "d:acme:sensor:b").await;
+    for i in 0..10 {
+        for d in [&d0, &d2] {
+            d.client
+                .publish(
+                    "iot-2/evt/n/fmt/txt",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("{i}"),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    for (node, a) in apps.iter_mut().enumerate() {
+        let got = drain(a).await;
+        assert_eq!(got.len(), 20, "node {node}: {got:?}");
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 10, "node {node}: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn shared_groups_and_scalable_app_instances_share_the_load_across_nodes() {
+    let c = Cluster::start(3, &["acme"]).await;
+    let mut w1 = c.connect("acme", 0, "a:w1", "a:acme:w1").await;
+    w1.subscribe(&format!("$share/workers/{EVENTS}")).await;
+    let mut w2 = c.connect("acme", 1, "a:w2", "a:acme:w2").await;
+    w2.subscribe(&format!("$share/workers/{EVENTS}")).await;
+    let mut i1 = c.connect("acme", 0, "a:dash", "A:acme:dash:1").await;
+    i1.subscribe(EVENTS).await;
+    let mut i2 = c.connect("acme", 1, "a:dash", "A:acme:dash:2").await;
+    i2.subscribe(EVENTS).await;
+
+    let dev = c.connect("acme", 2, "d:sensor:s", "d:acme:sensor:s").await;
+    const N: usize = 40;
+    for i in 0..N {
+        dev.client
+            .publish(
+                "iot-2/evt/job/fmt/txt",
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .unwrap();
+    }
+    for (pair, what) in [
+        ((&mut w1, &mut w2), "$share group"),
+        ((&mut i1, &mut i2), "A: instances"),
+    ] {
+        let (a, b) = (drain(pair.0).await, drain(pair.1).await);
+        let mut all: Vec<usize> = a.iter().chain(&b).map(|s| s.parse().unwrap()).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            (0..N).collect::<Vec<_>>(),
+            "{what}: each message to exactly one"
+        );
+        assert!(
+            !a.is_empty() && !b.is_empty(),
+            "{what}: both nodes' members got some ({} and {})",
+            a.len(),
+            b.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn takeover_kick_and_listing_across_nodes() {
+    let c = Cluster::start(2, &["acme"]).await;
+    let _app = c.connect("acme", 0, "a:dash", "a:acme:dash").await;
+    let mut first = c
+        .connect("acme", 0, "d:sensor:dev1", "d:acme:sensor:dev1")
+        .await;
+    let mut second = c
+        .connect("acme", 1, "d:sensor:dev1", "d:acme:sensor:dev1")
+        .await;
+    assert!(
+        first.wait_closed(WAIT).await.is_some(),
+        "the session on node 1 was taken over by node 2's"
+    );
+
+    // Listed from node 1: node 2's session, with its node.
+    let api = c.nodes[0].server.api();
+    let (status, list) = api.call(Method::GET, "/orgs/acme/connections", None).await;
+    assert_eq!(status, 200, "{list}");
+    let entries: Vec<(String, String)> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            (
+                e["client_id"].as_str().unwrap().to_owned(),
+                e["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("a:acme:dash".to_owned(), "n1".to_owned()),
+            ("d:acme:sensor:dev1".to_owned(), "n2".to_owned())
+        ]
+    );
+    // The schema documents `node`.
+    assert!(api
+        .documented_properties("Session")
+        .await
+        .contains(&"node".to_owned()));
+
+    // An administrator's kick on node 1 closes the session on node 2.
+    let (status, body) = api
+        .call(
+            Method::DELETE,
+            "/orgs/acme/connections/d:acme:sensor:dev1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(second.wait_closed(WAIT).await.is_some(), "kicked on node 2");
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            "/orgs/acme/connections/d:acme:sensor:nobody",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn nats_restarted_delivery_resumes_and_outage_messages_arrive() {
+    let mut c = Cluster::start(2, &["acme"]).await;
+    let mut app = c.connect("acme", 1, "a:dash", "a:acme:dash").await;
+    app.subscribe(EVENTS).await;
+    let mut dev = c
+        .connect("acme", 0, "d:sensor:dev1", "d:acme:sensor:dev1")
+        .await;
+    dev.client
+        .publish("iot-2/evt/e/fmt/txt", QoS::AtLeastOnce, false, "before")
+        .await
+        .unwrap();
+    assert_eq!(app.next_publish(WAIT).await.expect("before").1, b"before");
+
+    c.nats.stop();
+    c.wait_connected(0, false).await;
+    c.wait_connected(1, false).await;
+    // QoS 1 during the outage: their PUBACKs wait (up to the ack timeout, 10 s).
+    for i in 0..5 {
+        dev.client
+            .publish(
+                "iot-2/evt/e/fmt/txt",
+                QoS::AtLeastOnce,
+                false,
+                format!("during {i}"),
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nats.spawn();
+    c.wait_connected(0, true).await;
+    c.wait_connected(1, true).await;
+
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while got.len() < 5 && tokio::time::Instant::now() < deadline {
+        if let Some((_, p)) = app.next_publish(Duration::from_secs(1)).await {
+            got.push(String::from_utf8(p).unwrap());
+        }
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        got,
+        (0..5).map(|i| format!("during {i}")).collect::<Vec<_>>(),
+        "published during the outage, delivered after it"
+    );
+    // The publisher has its acknowledgements (the one before the outage, and five).
+    let mut acks = 0;
+    let start = tokio::time::Instant::now();
+    while acks < 6 {
+        match tokio::time::timeout(Duration::from_secs(12), dev.rx.recv()).await {
+            Ok(Some(rumqttc::Packet::PubAck(_))) => acks += 1,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    eprintln!("PUBACKs after {:?}", start.elapsed());
+    assert_eq!(acks, 6, "PUBACKs");
+
+    dev.client
+        .publish("iot-2/evt/e/fmt/txt", QoS::AtMostOnce, false, "after")
+        .await
+        .unwrap();
+    let mut after = None;
+    while let Some((_, p)) = app.next_publish(WAIT).await {
+        if p == b"after" {
+            after = Some(p);
+            break;
+        }
+    }
+    assert!(after.is_some(), "live delivery resumed");
+}
