@@ -508,3 +508,58 @@ async fn nats_restarted_delivery_resumes_and_outage_messages_arrive() {
     }
     assert!(after.is_some(), "live delivery resumed");
 }
+
+/// Not a check (no timed assertions): prints the latency of QoS 1 messages from a
+/// device to an application on the same node and on another node.
+/// `cargo test --release --test cluster_nats -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_cross_node_latency() {
+    let c = Cluster::start(2, &["acme"]).await;
+    const N: usize = 3000;
+    let base = std::time::Instant::now();
+    for (label, node) in [("same node", 0), ("cross node", 1), ("same node", 0)] {
+        let mut app = c.connect("acme", node, "a:lat", "a:acme:lat").await;
+        app.subscribe("iot-2/type/+/id/+/evt/lat/fmt/+").await;
+        let dev = c
+            .connect("acme", 0, "d:sensor:lat", "d:acme:sensor:lat")
+            .await;
+        let start = std::time::Instant::now();
+        let sender = tokio::spawn(async move {
+            for _ in 0..N {
+                let at = base.elapsed().as_micros().to_string();
+                dev.client
+                    .publish("iot-2/evt/lat/fmt/txt", QoS::AtLeastOnce, false, at)
+                    .await
+                    .unwrap();
+            }
+            dev
+        });
+        let mut lat = Vec::with_capacity(N);
+        while lat.len() < N {
+            let Some((_, p)) = app.next_publish(WAIT).await else {
+                break;
+            };
+            let sent: u128 = String::from_utf8(p).unwrap().parse().unwrap();
+            lat.push(base.elapsed().as_micros() - sent);
+        }
+        let elapsed = start.elapsed();
+        let dev = sender.await.unwrap();
+        dev.client.disconnect().await.ok();
+        app.client.disconnect().await.ok();
+        lat.sort();
+        let pct =
+            |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+        eprintln!(
+            "{label}: {} of {N} QoS 1 messages in {:.2} s ({:.0}/s); latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+            lat.len(),
+            elapsed.as_secs_f64(),
+            lat.len() as f64 / elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            pct(1.0)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
