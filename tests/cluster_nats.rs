@@ -545,6 +545,26 @@ async fn measure_cross_node_latency() {
         }
         let elapsed = start.elapsed();
         let dev = sender.await.unwrap();
+        // One at a time: the latency of an idle path.
+        let mut one = Vec::new();
+        for _ in 0..300 {
+            let t = std::time::Instant::now();
+            dev.client
+                .publish("iot-2/evt/lat/fmt/txt", QoS::AtLeastOnce, false, "0")
+                .await
+                .unwrap();
+            if app.next_publish(WAIT).await.is_none() {
+                break;
+            }
+            one.push(t.elapsed().as_micros());
+        }
+        one.sort();
+        eprintln!(
+            "{label}, one at a time: {} messages, latency ms p50 {:.2} p99 {:.2}",
+            one.len(),
+            one[one.len() / 2] as f64 / 1000.0,
+            one[one.len() * 99 / 100] as f64 / 1000.0
+        );
         dev.client.disconnect().await.ok();
         app.client.disconnect().await.ok();
         lat.sort();
