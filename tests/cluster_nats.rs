@@ -371,6 +371,60 @@ async fn shared_groups_and_scalable_app_instances_share_the_load_across_nodes() 
     }
 }
 
+/// Connects `client_id` with a persistent session (clean session 0) to node `node`,
+/// subscribes to commands when `subscribe`, disconnects; whether the CONNACK said
+/// session present.
+async fn persistent_visit(c: &Cluster, node: usize, client_id: &str, subscribe: bool) -> bool {
+    use rumqttc::{Event, Packet};
+    let cert = c
+        .org("acme")
+        .1
+        .issue_client("d:sensor:p", Default::default())
+        .unwrap();
+    let mut opts =
+        device_sim::client::mqtt_options(&c.target("acme", node), client_id, Some(&cert)).unwrap();
+    opts.set_clean_session(false);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    let mut present = None;
+    if subscribe {
+        client
+            .subscribe("iot-2/cmd/+/fmt/+", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    loop {
+        match tokio::time::timeout(WAIT, el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
+                present = Some(a.session_present);
+                if !subscribe {
+                    client.disconnect().await.unwrap();
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => client.disconnect().await.unwrap(),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => panic!("{client_id} on node {node}: no answer"),
+        }
+    }
+    present.expect("CONNACK")
+}
+
+#[tokio::test]
+async fn a_persistent_session_taken_over_on_another_node_is_forgotten() {
+    let c = Cluster::start(2, &["acme"]).await;
+    let id = "d:acme:sensor:p";
+    assert!(!persistent_visit(&c, 0, id, true).await);
+    // Control: back on node 1, the session is there.
+    assert!(persistent_visit(&c, 0, id, false).await);
+    // On node 2 (a new session there), then back on node 1: node 1 dropped its copy.
+    assert!(!persistent_visit(&c, 1, id, false).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !persistent_visit(&c, 0, id, false).await,
+        "node 1 still had the session node 2 took over"
+    );
+}
+
 #[tokio::test]
 async fn takeover_kick_and_listing_across_nodes() {
     let c = Cluster::start(2, &["acme"]).await;

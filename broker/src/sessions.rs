@@ -279,21 +279,22 @@ impl Sessions {
     }
 
     /// Closes the session `client_id` of `org` if it started before `since` (another
-    /// node's session with that client id started then). False when there is none.
+    /// node's session with that client id started then): its kill switch (to wait for
+    /// its end). `None` when there is none.
     pub(crate) fn kick_older(
         &self,
         org: &OrgId,
         client_id: &str,
         since: time::OffsetDateTime,
         reason: CloseReason,
-    ) -> bool {
+    ) -> Option<Arc<KillSwitch>> {
         match self.map().get(client_id) {
             Some(e) if &e.info.org == org && e.info.since <= since => {
                 crate::metrics::kick(org.as_str(), reason.label());
                 e.switch.close(reason);
-                true
+                Some(e.switch.clone())
             }
-            _ => false,
+            _ => None,
         }
     }
 

@@ -706,7 +706,24 @@ impl Cluster {
                     let closed = if k.reason == "taken_over" {
                         let since = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(k.since_ms) * 1_000_000)
                             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-                        ctx.sessions.kick_older(&org, &k.client_id, since, CloseReason::TakenOver)
+                        let live = ctx.sessions.cert_and_addr(&k.client_id).is_some();
+                        let closed = ctx.sessions.kick_older(&org, &k.client_id, since, CloseReason::TakenOver);
+                        // The session is the other node's now: what this node kept of it
+                        // (a persistent session's subscriptions and queue) goes once its
+                        // connection here has ended, unless a newer connection has it.
+                        if closed.is_some() || !live {
+                            let (ctx, org, client) = (ctx.clone(), org.clone(), k.client_id.clone());
+                            let switch = closed.clone();
+                            tokio::spawn(async move {
+                                if let Some(s) = switch {
+                                    let _ = tokio::time::timeout(Duration::from_secs(5), s.finished()).await;
+                                }
+                                if ctx.sessions.cert_and_addr(&client).is_none() {
+                                    ctx.state.discard_session(&org, &client);
+                                }
+                            });
+                        }
+                        closed.is_some()
                     } else {
                         ctx.sessions.kick(&org, &k.client_id, CloseReason::Kicked)
                     };
