@@ -560,6 +560,27 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_and_node_id_come_from_the_file_and_are_checked() {
+        let load = |text: &str| LoadedFile {
+            path: "x.toml".into(),
+            config: toml::from_str(text).unwrap(),
+        };
+        let f = load("cluster = \"nats://10.0.0.5:4222\"\nnode_id = \"node-1\"\n");
+        let o = resolve(ServeArgs::default(), Some(&f)).unwrap();
+        assert_eq!(o.cluster.as_deref(), Some("nats://10.0.0.5:4222"));
+        assert_eq!(o.node_id, "node-1");
+        let o = resolve(ServeArgs::default(), None).unwrap();
+        assert_eq!(o.cluster, None);
+        assert!(!o.node_id.is_empty(), "the host name by default");
+        for bad in ["cluster = \"10.0.0.5:4222\"", "cluster = \"nats://\""] {
+            let e = resolve(ServeArgs::default(), Some(&load(bad))).unwrap_err();
+            assert!(e.to_string().contains("nats://HOST:PORT"), "{bad}: {e}");
+        }
+        let e = resolve(ServeArgs::default(), Some(&load("node_id = \"a b\""))).unwrap_err();
+        assert!(e.to_string().contains("node_id"), "{e}");
+    }
+
+    #[test]
     fn an_unknown_key_is_named_with_its_line() {
         let e = toml::from_str::<FileConfig>("domain = \"a\"\nmqt = \"127.0.0.1:1\"\n")
             .unwrap_err()
