@@ -288,8 +288,8 @@ impl Sessions {
         since: time::OffsetDateTime,
         reason: CloseReason,
     ) -> Option<Arc<KillSwitch>> {
-        match self.map().get(client_id) {
-            Some(e) if &e.info.org == org && e.info.since <= since => {
+        match self.map().get(org, client_id) {
+            Some(e) if e.info.since <= since => {
                 crate::metrics::kick(org.as_str(), reason.label());
                 e.switch.close(reason);
                 Some(e.switch.clone())

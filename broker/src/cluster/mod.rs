@@ -706,7 +706,7 @@ impl Cluster {
                     let closed = if k.reason == "taken_over" {
                         let since = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(k.since_ms) * 1_000_000)
                             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-                        let live = ctx.sessions.cert_and_addr(&k.client_id).is_some();
+                        let live = ctx.sessions.cert_and_addr(&org, &k.client_id).is_some();
                         let closed = ctx.sessions.kick_older(&org, &k.client_id, since, CloseReason::TakenOver);
                         // The session is the other node's now: what this node kept of it
                         // (a persistent session's subscriptions and queue) goes once its
@@ -718,7 +718,7 @@ impl Cluster {
                                 if let Some(s) = switch {
                                     let _ = tokio::time::timeout(Duration::from_secs(5), s.finished()).await;
                                 }
-                                if ctx.sessions.cert_and_addr(&client).is_none() {
+                                if ctx.sessions.cert_and_addr(&org, &client).is_none() {
                                     ctx.state.discard_session(&org, &client);
                                 }
                             });
