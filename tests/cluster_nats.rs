@@ -637,3 +637,92 @@ async fn measure_cross_node_latency() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test]
+async fn retained_messages_are_the_same_on_every_node() {
+    let c = Cluster::start(3, &["acme"]).await;
+    let dev = c
+        .connect("acme", 0, "d:sensor:dev1", "d:acme:sensor:dev1")
+        .await;
+    dev.client
+        .publish("iot-2/evt/state/fmt/txt", QoS::AtLeastOnce, true, "on")
+        .await
+        .unwrap();
+    // A new subscriber on another node gets it from that node's retained store.
+    let retained_on = |node: usize, n: usize| {
+        let c = &c;
+        async move {
+            let mut app = c
+                .connect(
+                    "acme",
+                    node,
+                    &format!("a:r{node}x{n}"),
+                    &format!("a:acme:r{node}x{n}"),
+                )
+                .await;
+            app.subscribe("iot-2/type/+/id/+/evt/state/fmt/+").await;
+            let got = app.next_publish(Duration::from_millis(500)).await;
+            app.client.disconnect().await.ok();
+            got.map(|(_, p)| String::from_utf8(p).unwrap())
+        }
+    };
+    for node in [1, 2] {
+        let mut got = None;
+        for n in 0..10 {
+            got = retained_on(node, n).await;
+            if got.is_some() {
+                break;
+            }
+        }
+        assert_eq!(got.as_deref(), Some("on"), "retained on node {}", node + 1);
+    }
+    // Listed by the admin API of another node.
+    let (status, list) = c.nodes[2]
+        .server
+        .api()
+        .call(Method::GET, "/orgs/acme/retained", None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert!(list.to_string().contains("evt/state"), "{list}");
+
+    // Cleared on node 1 (empty retained message): gone on every node.
+    dev.client
+        .publish("iot-2/evt/state/fmt/txt", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    for node in [1, 2] {
+        let mut got = Some(String::new());
+        for n in 10..20 {
+            got = retained_on(node, n).await;
+            if got.is_none() {
+                break;
+            }
+        }
+        assert_eq!(got, None, "cleared on node {}", node + 1);
+    }
+
+    // Set again, then removed through the admin API of node 3: gone on node 2 too.
+    dev.client
+        .publish("iot-2/evt/state/fmt/txt", QoS::AtLeastOnce, true, "again")
+        .await
+        .unwrap();
+    let api = c.nodes[2].server.api();
+    let path = "/orgs/acme/retained?topic=iot-2/type/sensor/id/dev1/evt/state/fmt/txt";
+    let mut status = 0;
+    for _ in 0..50 {
+        status = api.call(Method::DELETE, path, None).await.0;
+        if status == 204 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 204);
+    let mut got = Some(String::new());
+    for n in 20..30 {
+        got = retained_on(1, n).await;
+        if got.is_none() {
+            break;
+        }
+    }
+    assert_eq!(got, None, "removed on node 2 by node 3's admin API");
+}

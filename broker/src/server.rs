@@ -226,7 +226,16 @@ impl Broker {
     /// org; whether there was one.
     pub fn delete_retained(&self, org: &OrgId, topic: &str) -> bool {
         let internal = format!("{}{topic}", crate::acl::tenant_prefix(org));
-        self.ctx.state.remove_retained(org, &internal)
+        let removed = self.ctx.state.remove_retained(org, &internal);
+        // In a cluster: on every node (an empty retained message clears it).
+        if removed {
+            if let Some(c) = self.ctx.state.cluster() {
+                let clear =
+                    crate::engine::packet::publish(internal.as_bytes(), &[], 0, true, 0, false);
+                c.forward_retained("", &clear, 0, None);
+            }
+        }
+        removed
     }
 
     /// Whether the broker can do its work: `Err` while writes of message state fail

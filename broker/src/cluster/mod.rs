@@ -18,6 +18,9 @@
 //!   message ids drops the copies overlapping subscriptions (and JetStream retries) bring.
 //! - **Catch-up**: after a lost connection the node reads the stream from shortly
 //!   before it was lost, so what it missed reaches its plain subscribers.
+//! - **Retained messages**: a retained publish (or clearing) accepted here also goes to
+//!   the stream `CERTMQ_RETAINED` (last message per subject); every node applies that
+//!   stream to its retained store in the stream's order, so all hold the same set.
 
 pub(crate) mod subject;
 
@@ -46,6 +49,9 @@ use crate::state::Scope;
 /// The JetStream stream that keeps messages between nodes (QoS ≥ 1 at least once, and
 /// the catch-up of a node that lost its connection).
 pub const STREAM: &str = "CERTMQ_MSGS";
+/// The JetStream stream of retained messages: the last one per topic, the same set on
+/// every node.
+pub const RETAINED_STREAM: &str = "CERTMQ_RETAINED";
 /// Takeovers and kicks.
 const KICK: &str = "certmq.c.kick";
 /// `certmq.c.conns.<org>`: a request for a node's live sessions of an org.
@@ -324,6 +330,56 @@ impl Cluster {
             subject::MESSAGES,
             subject::token(org.as_str())
         )));
+        let headers = self.headers(from, publish, qos, props);
+        let done = (qos > 0).then(|| Done::new(Instant::now() + self.config.ack_timeout));
+        let f = Forward {
+            subject,
+            headers,
+            payload: publish.payload.clone(),
+            done: done.clone(),
+        };
+        if self.forward_tx.try_send(f).is_err() {
+            crate::metrics::cluster_forward_failed(self.node());
+            return None;
+        }
+        done
+    }
+
+    /// Sends a retained message (or, with an empty payload, its clearing) accepted on
+    /// this node to the cluster's retained stream, which every node applies.
+    pub(crate) fn forward_retained(
+        &self,
+        from: &str,
+        publish: &Publish,
+        qos: u8,
+        props: Option<&PublishProperties>,
+    ) {
+        let Some(subject) = std::str::from_utf8(&publish.topic)
+            .ok()
+            .and_then(subject::retained_subject)
+        else {
+            return;
+        };
+        let f = Forward {
+            subject,
+            headers: self.headers(from, publish, qos, props),
+            payload: publish.payload.clone(),
+            // Through JetStream (retried until the deadline); nobody waits for it.
+            done: Some(Done::new(Instant::now() + self.config.ack_timeout)),
+        };
+        if self.forward_tx.try_send(f).is_err() {
+            crate::metrics::cluster_forward_failed(self.node());
+        }
+    }
+
+    /// The headers a forwarded message carries.
+    fn headers(
+        &self,
+        from: &str,
+        publish: &Publish,
+        qos: u8,
+        props: Option<&PublishProperties>,
+    ) -> HeaderMap {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -343,18 +399,7 @@ impl Cluster {
                 headers.insert(H_PROPS, json.as_str());
             }
         }
-        let done = (qos > 0).then(|| Done::new(Instant::now() + self.config.ack_timeout));
-        let f = Forward {
-            subject,
-            headers,
-            payload: publish.payload.clone(),
-            done: done.clone(),
-        };
-        if self.forward_tx.try_send(f).is_err() {
-            crate::metrics::cluster_forward_failed(self.node());
-            return None;
-        }
-        done
+        headers
     }
 
     async fn run(
@@ -400,6 +445,7 @@ impl Cluster {
         js: async_nats::jetstream::Context,
     ) {
         let mut lost_at: Option<time::OffsetDateTime> = None;
+        let mut retained_started = false;
         while let Some(event) = rx.recv().await {
             match event {
                 async_nats::Event::Connected => {
@@ -408,8 +454,13 @@ impl Cluster {
                     crate::metrics::cluster_connected(self.node(), true);
                     let from = lost_at.take();
                     let (me, js) = (self.clone(), js.clone());
+                    let first = !retained_started;
+                    retained_started = true;
                     tokio::spawn(async move {
                         let stream = me.ensure_stream(&js).await;
+                        if first {
+                            tokio::spawn(me.clone().retained_loop(js.clone()));
+                        }
                         if let (Some(from), Some(stream)) = (from, stream) {
                             me.catch_up(stream, from).await;
                         }
@@ -443,8 +494,22 @@ impl Cluster {
             duplicate_window: Duration::from_secs(120).min(self.config.max_age),
             ..Default::default()
         };
+        let retained = stream::Config {
+            name: RETAINED_STREAM.to_owned(),
+            subjects: vec![format!("{}.>", subject::RETAINED)],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_messages_per_subject: 1,
+            max_bytes: self.config.max_bytes,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
         for attempt in 0.. {
-            match js.get_or_create_stream(config.clone()).await {
+            let made = match js.get_or_create_stream(retained.clone()).await {
+                Ok(_) => js.get_or_create_stream(config.clone()).await,
+                Err(e) => Err(e),
+            };
+            match made {
                 Ok(s) => return Some(s),
                 Err(e) => {
                     if !self.connected.load(Ordering::Acquire) {
@@ -506,6 +571,81 @@ impl Cluster {
             }
         }
         info!(messages = n, "cluster catch-up done");
+    }
+
+    /// Applies the cluster's retained messages to this node's retained store: the last
+    /// one per topic first, then each new one, in the stream's order (the same order on
+    /// every node, so every node ends with the same set).
+    async fn retained_loop(self: Arc<Self>, js: async_nats::jetstream::Context) {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let mut deliver = DeliverPolicy::LastPerSubject;
+        let mut last_seq = 0u64;
+        loop {
+            let messages = async {
+                let stream = js.get_stream(RETAINED_STREAM).await.ok()?;
+                let consumer = stream
+                    .create_consumer(OrderedConfig {
+                        filter_subject: format!("{}.>", subject::RETAINED),
+                        deliver_policy: deliver,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                consumer.messages().await.ok()
+            }
+            .await;
+            if let Some(mut messages) = messages {
+                while let Some(Ok(m)) = messages.next().await {
+                    if let Ok(info) = m.info() {
+                        last_seq = info.stream_sequence;
+                    }
+                    self.apply_retained(&m.subject, &m.headers, &m.payload);
+                }
+            }
+            // The consumer ended (NATS gone, stream recreated): resume after the last
+            // one applied.
+            deliver = if last_seq > 0 {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: last_seq + 1,
+                }
+            } else {
+                DeliverPolicy::LastPerSubject
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn apply_retained(&self, subject: &str, headers: &Option<HeaderMap>, payload: &Bytes) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
+        let Some((org, topic)) = subject::retained_topic(subject) else {
+            return;
+        };
+        let Ok(org) = OrgId::try_from(org) else {
+            return;
+        };
+        // Only for an org this node has.
+        if !matches!(ctx.tls.get(&org), Ok(Some(_))) {
+            return;
+        }
+        let qos = header(headers, H_QOS)
+            .and_then(|q| q.parse::<u8>().ok())
+            .unwrap_or(0)
+            .min(2);
+        let from = header(headers, H_FROM).unwrap_or("");
+        let props = header(headers, H_PROPS)
+            .and_then(|p| serde_json::from_str::<Props>(p).ok())
+            .map(Props::into_properties);
+        let publish = packet::publish(topic.as_bytes(), payload, 0, true, 0, false);
+        let limits = ctx.state_limits(&org);
+        if let Err(refused) =
+            ctx.state
+                .apply_retained(&org, from, &publish, qos, props.as_ref(), &limits)
+        {
+            crate::metrics::limit_refused(org.as_str(), refused.limit());
+            warn!(%org, topic, limit = refused.limit(), "a retained message from the cluster is over this node's limit");
+        }
     }
 
     /// Sends forwards in order: QoS 0 as core NATS, QoS ≥ 1 through JetStream (its

@@ -11,6 +11,8 @@
 
 /// Every subject of a message between nodes starts with this.
 pub(crate) const MESSAGES: &str = "certmq.m";
+/// Retained messages: `certmq.r.<org>.<levels…>`, the last one per subject kept.
+pub(crate) const RETAINED: &str = "certmq.r";
 
 /// Whether `b` must be escaped in a token.
 fn special(b: u8) -> bool {
@@ -71,9 +73,24 @@ pub(crate) fn subject(topic: &str) -> Option<String> {
     Some(s)
 }
 
+/// The subject of the retained message at internal topic `topic`.
+pub(crate) fn retained_subject(topic: &str) -> Option<String> {
+    let s = subject(topic)?;
+    Some(format!("{RETAINED}{}", &s[MESSAGES.len()..]))
+}
+
 /// The internal topic of a subject [`subject`] made.
 pub(crate) fn topic(subject: &str) -> Option<(String, String)> {
-    let rest = subject.strip_prefix(MESSAGES)?.strip_prefix('.')?;
+    topic_under(MESSAGES, subject)
+}
+
+/// The internal topic of a subject [`retained_subject`] made.
+pub(crate) fn retained_topic(subject: &str) -> Option<(String, String)> {
+    topic_under(RETAINED, subject)
+}
+
+fn topic_under(prefix: &str, subject: &str) -> Option<(String, String)> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
     let mut tokens = rest.split('.');
     let org = level(tokens.next()?)?;
     let mut topic = format!("/tenants/{org}");
@@ -191,6 +208,15 @@ mod tests {
             subject("/tenants/acme/a/b.c/").as_deref(),
             Some("certmq.m.acme.a.b%2Ec.%")
         );
+        assert_eq!(
+            retained_subject("/tenants/acme/a/b.c/").as_deref(),
+            Some("certmq.r.acme.a.b%2Ec.%")
+        );
+        assert_eq!(
+            retained_topic("certmq.r.acme.a.b%2Ec.%"),
+            Some(("acme".to_owned(), "/tenants/acme/a/b.c/".to_owned()))
+        );
+        assert_eq!(retained_topic("certmq.m.acme.a"), None);
         assert_eq!(subject("/elsewhere/a"), None);
         assert_eq!(subject("/tenants/acme"), None);
         assert_eq!(topic("certmq.m.acme"), None);

@@ -469,6 +469,9 @@ impl MessageState {
         let ticket = self.route(org, from, publish, qos, props, limits, extra, scope, true)?;
         let done = match cluster {
             Some(c) if !org.deleted.load(Ordering::Relaxed) => {
+                if publish.retain {
+                    c.forward_retained(from, publish, qos, props);
+                }
                 c.forward(&org.org, from, publish, qos, props)
             }
             _ => None,
@@ -504,6 +507,35 @@ impl MessageState {
                 false,
             );
         }
+    }
+
+    /// Applies a retained message from the cluster (any node's, this one's included,
+    /// in the order the cluster's stream has them): stored or, for an empty payload,
+    /// cleared, as a local retained publish would — not delivered to anyone.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply_retained(
+        &self,
+        org: &OrgId,
+        from: &str,
+        publish: &Publish,
+        qos: u8,
+        props: Option<&PublishProperties>,
+        limits: &StateLimits,
+    ) -> Result<(), Refused> {
+        let o = self.org(org);
+        let mut g = lock(&o.inner);
+        if o.deleted.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+        let msg = Arc::new(Message::new(publish, props.cloned(), qos, from));
+        let mut ops = Vec::new();
+        self::retain(&mut g, org, topic, &msg, limits, &mut ops)?;
+        drop(g);
+        if !ops.is_empty() {
+            self.committer.submit(ops);
+        }
+        Ok(())
     }
 
     /// Routes one publish: retained store (when `keep_retained`), then the queues of
