@@ -152,6 +152,8 @@ struct Forward {
     payload: Bytes,
     /// For QoS ≥ 1 (through JetStream).
     done: Option<Arc<Done>>,
+    /// A JetStream publish is retried until then.
+    retry_until: Instant,
 }
 
 /// MQTT 5 properties kept across nodes.
@@ -256,6 +258,8 @@ pub(crate) struct Cluster {
     ctx: Weak<SessionCtx>,
     /// Nodes that answered a listing lately (a listing stops waiting once all have).
     peers: Mutex<HashSet<String>>,
+    /// Since when NATS is unreachable (`None` while connected).
+    lost_since: Mutex<Option<Instant>>,
 }
 
 impl Cluster {
@@ -278,6 +282,7 @@ impl Cluster {
             seen: Mutex::default(),
             ctx: Arc::downgrade(ctx),
             peers: Mutex::default(),
+            lost_since: Mutex::new(Some(Instant::now())),
         });
         crate::metrics::cluster_connected(&cluster.config.node_id, false);
         match tokio::runtime::Handle::try_current() {
@@ -331,12 +336,22 @@ impl Cluster {
             subject::token(org.as_str())
         )));
         let headers = self.headers(from, publish, qos, props);
-        let done = (qos > 0).then(|| Done::new(Instant::now() + self.config.ack_timeout));
+        let now = Instant::now();
+        // NATS gone for longer than the ack timeout: the node works alone, PUBACKs do
+        // not wait (the message is still handed to NATS).
+        let alone = lock(&self.lost_since).is_some_and(|t| now - t > self.config.ack_timeout);
+        let wait = if alone {
+            Duration::ZERO
+        } else {
+            self.config.ack_timeout
+        };
+        let done = (qos > 0).then(|| Done::new(now + wait));
         let f = Forward {
             subject,
             headers,
             payload: publish.payload.clone(),
             done: done.clone(),
+            retry_until: now + self.config.ack_timeout,
         };
         if self.forward_tx.try_send(f).is_err() {
             crate::metrics::cluster_forward_failed(self.node());
@@ -366,6 +381,7 @@ impl Cluster {
             payload: publish.payload.clone(),
             // Through JetStream (retried until the deadline); nobody waits for it.
             done: Some(Done::new(Instant::now() + self.config.ack_timeout)),
+            retry_until: Instant::now() + self.config.ack_timeout,
         };
         if self.forward_tx.try_send(f).is_err() {
             crate::metrics::cluster_forward_failed(self.node());
@@ -451,6 +467,7 @@ impl Cluster {
                 async_nats::Event::Connected => {
                     info!(url = self.config.url, "connected to the cluster");
                     self.connected.store(true, Ordering::Release);
+                    *lock(&self.lost_since) = None;
                     crate::metrics::cluster_connected(self.node(), true);
                     let from = lost_at.take();
                     let (me, js) = (self.clone(), js.clone());
@@ -469,6 +486,7 @@ impl Cluster {
                 async_nats::Event::Disconnected => {
                     warn!(url = self.config.url, "lost the cluster connection");
                     self.connected.store(false, Ordering::Release);
+                    lock(&self.lost_since).get_or_insert_with(Instant::now);
                     crate::metrics::cluster_connected(self.node(), false);
                     lost_at.get_or_insert_with(time::OffsetDateTime::now_utc);
                 }
@@ -672,8 +690,9 @@ impl Cluster {
                 continue;
             };
             let subject = Subject::from(f.subject);
+            let retry_until = f.retry_until;
             let first = tokio::time::timeout_at(
-                done.deadline,
+                retry_until,
                 js.publish_with_headers(subject.clone(), f.headers.clone(), f.payload.clone()),
             )
             .await;
@@ -683,7 +702,7 @@ impl Cluster {
                 let mut sent = first.ok().and_then(Result::ok);
                 loop {
                     if let Some(ack) = sent.take() {
-                        match tokio::time::timeout_at(done.deadline, ack).await {
+                        match tokio::time::timeout_at(retry_until, ack).await {
                             Ok(Ok(_)) => {
                                 debug!(subject = %subject, "forward in the stream");
                                 crate::metrics::cluster_forwarded(&node);
@@ -694,13 +713,13 @@ impl Cluster {
                             Err(_) => break,
                         }
                     }
-                    if Instant::now() >= done.deadline {
+                    if Instant::now() >= retry_until {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     // The same message id: the stream keeps one copy.
                     let again = tokio::time::timeout_at(
-                        done.deadline,
+                        retry_until,
                         js.publish_with_headers(
                             subject.clone(),
                             f.headers.clone(),

@@ -392,14 +392,17 @@ impl MessageState {
     /// Joins `cluster`: publishes accepted from now on go to it, and the filters held
     /// (those loaded already, and every change) are its interest.
     pub(crate) fn join(&self, cluster: Arc<crate::cluster::Cluster>) {
-        let orgs = self.orgs.write().unwrap_or_else(|e| e.into_inner());
+        let tx = cluster.interest();
+        // First: an org made from now on watches its filters by itself (one made in
+        // between is watched twice, which the cluster takes as one).
+        let _ = self.cluster.set(cluster);
+        let orgs = self.orgs.read().unwrap_or_else(|e| e.into_inner());
         for (id, o) in orgs.iter() {
             lock(&o.inner).tree.set_watch(tree::Watch {
                 org: id.clone(),
-                tx: cluster.interest(),
+                tx: tx.clone(),
             });
         }
-        let _ = self.cluster.set(cluster);
     }
 
     /// The cluster this node is part of, if any.
