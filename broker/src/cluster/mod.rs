@@ -743,47 +743,66 @@ impl Cluster {
         client: async_nats::Client,
     ) {
         let mut subs: HashMap<(OrgId, String), Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
-        while let Some(change) = rx.recv().await {
-            match change {
-                Interest::Add(org, filter) => {
-                    let (group, path) = split_shared(&filter);
-                    let Some(subjects) = subject::filter_subjects(path) else {
-                        continue;
-                    };
-                    let mut tasks = Vec::new();
-                    for s in subjects {
-                        let sub = match group {
-                            Some(g) => client.queue_subscribe(s.clone(), subject::token(g)).await,
-                            None => client.subscribe(s.clone()).await,
-                        };
-                        let sub = match sub {
-                            Ok(sub) => sub,
-                            Err(e) => {
-                                warn!(subject = s, cause = %e, "cannot subscribe in the cluster");
-                                continue;
-                            }
-                        };
-                        let scope = group.map(str::to_owned);
-                        tasks.push(tokio::spawn(self.clone().receive_loop(sub, scope)));
+        let mut barriers = Vec::new();
+        while let Some(first) = rx.recv().await {
+            // Everything waiting is applied, then one flush answers every barrier among
+            // it (a burst of SUBSCRIBEs costs one round trip to NATS, not one each).
+            let mut next = Some(first);
+            while let Some(change) = next.take() {
+                match change {
+                    Interest::Add(org, filter) => {
+                        let tasks = self.subscribe(&client, &filter).await;
+                        if let Some(old) = subs.insert((org, filter), tasks) {
+                            old.iter().for_each(|t| t.abort());
+                        }
                     }
-                    if let Some(old) = subs.insert((org, filter), tasks) {
-                        old.iter().for_each(|t| t.abort());
+                    Interest::Remove(org, filter) => {
+                        // The subscriber is dropped with its task: NATS unsubscribes.
+                        if let Some(tasks) = subs.remove(&(org, filter)) {
+                            tasks.iter().for_each(|t| t.abort());
+                        }
                     }
+                    Interest::Barrier(done) => barriers.push(done),
                 }
-                Interest::Remove(org, filter) => {
-                    // The subscriber is dropped with its task: NATS unsubscribes.
-                    if let Some(tasks) = subs.remove(&(org, filter)) {
-                        tasks.iter().for_each(|t| t.abort());
-                    }
+                next = rx.try_recv().ok();
+            }
+            if !barriers.is_empty() {
+                if self.connected.load(Ordering::Acquire) {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
                 }
-                Interest::Barrier(done) => {
-                    if self.connected.load(Ordering::Acquire) {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-                    }
+                for done in barriers.drain(..) {
                     let _ = done.send(());
                 }
             }
         }
+    }
+
+    /// The NATS subscriptions of one internal filter (a queue group for a shared one),
+    /// each read by a task of its own.
+    async fn subscribe(
+        self: &Arc<Self>,
+        client: &async_nats::Client,
+        filter: &str,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let (group, path) = split_shared(filter);
+        let Some(subjects) = subject::filter_subjects(path) else {
+            return Vec::new();
+        };
+        let mut tasks = Vec::new();
+        for s in subjects {
+            let sub = match group {
+                Some(g) => client.queue_subscribe(s.clone(), subject::token(g)).await,
+                None => client.subscribe(s.clone()).await,
+            };
+            match sub {
+                Ok(sub) => {
+                    let scope = group.map(str::to_owned);
+                    tasks.push(tokio::spawn(self.clone().receive_loop(sub, scope)));
+                }
+                Err(e) => warn!(subject = s, cause = %e, "cannot subscribe in the cluster"),
+            }
+        }
+        tasks
     }
 
     async fn receive_loop(self: Arc<Self>, mut sub: async_nats::Subscriber, group: Option<String>) {
