@@ -726,3 +726,53 @@ async fn retained_messages_are_the_same_on_every_node() {
     }
     assert_eq!(got, None, "removed on node 2 by node 3's admin API");
 }
+
+#[tokio::test]
+async fn a_node_whose_nats_is_unreachable_works_alone() {
+    // Nothing listens on this port: the node starts anyway and retries in the background.
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let server = Server::start_with(&["--cluster", &url, "--node-id", "alone"]);
+    let acme = Org::create(&server, "acme").await;
+    let text = server.api().0.metrics().await.unwrap();
+    assert!(
+        text.contains("certmq_cluster_nats_connected{node=\"alone\"} 0"),
+        "{text}"
+    );
+    let started = tokio::time::Instant::now();
+    let mut app = acme.connect("a:dash", "a:acme:dash").await;
+    app.subscribe(EVENTS).await;
+    let mut w = acme.connect("a:w", "a:acme:w").await;
+    w.subscribe(&format!("$share/g/{EVENTS}")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "SUBACKs do not wait for NATS"
+    );
+    let mut dev = acme.connect("d:sensor:dev1", "d:acme:sensor:dev1").await;
+    dev.client
+        .publish("iot-2/evt/e/fmt/txt", QoS::AtLeastOnce, false, "local")
+        .await
+        .unwrap();
+    // Delivered at once on this node, to plain and shared subscribers alike.
+    assert_eq!(app.next_publish(WAIT).await.expect("plain").1, b"local");
+    assert_eq!(w.next_publish(WAIT).await.expect("shared").1, b"local");
+    // The PUBACK waits for the stream at most the ack timeout (10 s), then comes.
+    let acked = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(rumqttc::Packet::PubAck(_)) = dev.rx.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(acked.is_ok(), "no PUBACK without NATS");
+    // Counted as a forward failure (once its last retry is over).
+    let mut text = String::new();
+    for _ in 0..40 {
+        text = server.api().0.metrics().await.unwrap();
+        if text.contains("certmq_cluster_forward_failures_total{node=\"alone\"}") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no forward failure counted: {text}");
+}
