@@ -385,4 +385,51 @@ mod tests {
         assert!(!t.remove("a/#", "x"), "a shared subscription is its own");
         assert!(t.remove("$share/g/a/#", "x"));
     }
+
+    /// The cluster's interest: one `Add` when a filter gets its first holder, one
+    /// `Remove` when it loses its last; replacing a subscription changes nothing.
+    #[test]
+    fn the_watch_sees_each_distinct_filter_come_and_go() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let org = registry::OrgId::try_from("acme".to_owned()).unwrap();
+        let mut t = FilterTree::default();
+        t.insert("a/b", "held-before", 0);
+        t.set_watch(Watch {
+            org: org.clone(),
+            tx,
+        });
+        t.insert("a/+", "x", 0);
+        t.insert("a/+", "y", 1);
+        t.insert("a/+", "y", 2); // replaced: still two holders
+        t.insert("$share/g/a/+", "z", 1);
+        assert!(t.remove("a/+", "x"));
+        assert!(!t.remove("a/+", "x"));
+        assert!(t.remove("a/+", "y"));
+        t.insert("c/#", "x", 0);
+        t.clear();
+        let mut seen = Vec::new();
+        while let Ok(i) = rx.try_recv() {
+            seen.push(match i {
+                Interest::Add(o, f) => format!("+{o}:{f}"),
+                Interest::Remove(o, f) => format!("-{o}:{f}"),
+                Interest::Barrier(_) => "barrier".into(),
+            });
+        }
+        let (head, mut tail) = seen.split_at(5);
+        assert_eq!(
+            head,
+            [
+                "+acme:a/b",
+                "+acme:a/+",
+                "+acme:$share/g/a/+",
+                "-acme:a/+",
+                "+acme:c/#"
+            ]
+        );
+        let mut cleared = tail.to_vec();
+        cleared.sort();
+        tail = &cleared;
+        assert_eq!(tail, ["-acme:$share/g/a/+", "-acme:a/b", "-acme:c/#"]);
+        assert_eq!(t.len(), 0);
+    }
 }
