@@ -199,10 +199,21 @@ impl Dest {
     /// Makes the session's subscriptions the destination's filters.
     fn sync_subscriptions(&self, stop: &CancellationToken) {
         let Some(h) = self.attach(stop) else { return };
+        // In a cluster every node may run the destination (a shared registry): its
+        // filters are then one shared group across the nodes, so each message is sent
+        // by one node only (docs/cluster-messages.md).
+        let clustered = self.state.cluster().is_some();
         let wanted: Vec<(String, u8, SendRetained, u32)> = self
             .rules
             .iter()
-            .map(|r| (r.internal.clone(), r.qos, SendRetained::Never, 0))
+            .map(|r| {
+                let filter = if clustered {
+                    format!("$share/{}/{}", self.client, r.internal)
+                } else {
+                    r.internal.clone()
+                };
+                (filter, r.qos, SendRetained::Never, 0)
+            })
             .collect();
         let stale: Vec<String> = h
             .filters()
