@@ -17,7 +17,7 @@
 #
 # Everything it starts runs as a child of this script's session, with its PID in
 # DIR/pids/, and `stop` ends exactly those processes. DIR/cluster.env holds the
-# addresses, the admin token and the master key (a secret: DIR is created 0700).
+# addresses, the admin token and the master key (a secret: the file is 0600).
 set -euo pipefail
 
 cmd=${1:-}
@@ -68,7 +68,9 @@ start() {
     pgbin=$(pg_bin)
     [ ! -e "$dir/pids" ] || die "$dir already holds a running cluster: stop it first ($0 stop $dir)"
     mkdir -p "$dir/pids"
-    chmod 700 "$dir"
+    # Traversable (PostgreSQL runs as its own user below it), not listable; the secrets
+    # file itself is 0600.
+    chmod 711 "$dir"
     dir=$(cd "$dir" && pwd)
     starting=1
 
@@ -115,7 +117,11 @@ start() {
     echo "PostgreSQL on 127.0.0.1:$pg_port"
     if [ "$again" = 0 ]; then
         mkdir -p "$dir/pg"
-        [ "$(id -u)" != 0 ] || chown postgres:postgres "$dir/pg"
+        if [ "$(id -u)" = 0 ]; then
+            chown postgres:postgres "$dir/pg"
+            runuser -u postgres -- test -w "$dir/pg" \
+                || die "the postgres user cannot reach $dir/pg: every directory above it must be traversable (chmod o+x)"
+        fi
         pg_run "$pgbin/initdb" -D "$dir/pg/data" -A trust -U postgres --no-sync >"$dir/pg/initdb.log" 2>&1 \
             || die "initdb failed: $(tail -3 "$dir/pg/initdb.log")"
     fi
@@ -128,7 +134,7 @@ start() {
     fi
 
     echo "NATS (JetStream) on 127.0.0.1:$nats_port"
-    nats-server -js -sd "$dir/nats" -a 127.0.0.1 -p "$nats_port" -l "$dir/nats.log" &
+    nats-server -js -sd "$dir/nats" -a 127.0.0.1 -p "$nats_port" -l "$dir/nats.log" >/dev/null 2>&1 &
     echo $! >"$dir/pids/nats.pid"
     wait_for 10 "nats-server" port_open "$nats_port"
 
@@ -145,8 +151,12 @@ start() {
         wait_for 30 "certmq node$i" grep -q '^certmq ready ' "$dir/node$i.log"
     done
 
+    # Every proxied connection takes two descriptors in HAProxy.
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    local maxconn=$((($(ulimit -n) - 200) / 2))
+    [ "$maxconn" -le 200000 ] || maxconn=200000
     {
-        printf 'global\n  maxconn 200000\n'
+        printf 'global\n  maxconn %s\n' "$maxconn"
         printf 'defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n'
         printf 'frontend mqtt\n  bind 127.0.0.1:%s\n  default_backend certmq\n' "$lb_mqtt"
         printf 'backend certmq\n  balance leastconn\n  option httpchk GET /readyz\n'
