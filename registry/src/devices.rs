@@ -4,10 +4,11 @@
 //! **Cheap at admission.** The broker reports each admitted connection with
 //! [`Registry::record_admission`], which only updates an in-memory map of pending
 //! activity (one short lock, no store access). [`Registry::flush_device_activity`]
-//! merges everything pending into the stored records in one batch (one fsync) — the
-//! broker calls it every [`FLUSH_EVERY`], and every inventory read calls it first, so
-//! the API never shows a stale record. A device that reconnects ten times between two
-//! flushes costs one record write; a flush with nothing pending writes nothing.
+//! merges everything pending into the stored records in batches of
+//! [`FLUSH_CHUNK`] identities — the broker calls it every [`FLUSH_EVERY`], and every
+//! inventory read calls it first, so the API never shows a stale record. A device that
+//! reconnects ten times between two flushes costs one record write; a flush with
+//! nothing pending writes nothing.
 //!
 //! **Records.** `dev/<org>/<identity>` holds the identity's record; two indexes sit
 //! beside it: `devcert/<org>/<fingerprint>` (which identity used a certificate: a
@@ -41,7 +42,14 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
 /// The most identities one flush writes in one store batch (the registry's write lock
 /// is held for one batch at a time).
-pub const FLUSH_CHUNK: usize = 5000;
+///
+/// Small on purpose: sled keeps every page version a batch replaces until the whole
+/// batch is applied (one epoch guard per batch), so a batch of 5,000 new identities
+/// (15,000 keys) peaked at ~50 MB of heap, which the allocator then kept as resident
+/// memory: ~10 KiB per device written, for good. At 128 identities a batch the peak
+/// stays under 1 MB, and 20,000 new identities are written faster than in 5,000-sized
+/// batches (docs/benchmarks.md, "Idle memory, lever by lever").
+pub const FLUSH_CHUNK: usize = 128;
 
 /// The most devices one inventory page may hold.
 pub const MAX_PAGE: usize = 1000;
