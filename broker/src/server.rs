@@ -587,16 +587,24 @@ impl Broker {
             local_port: tcp.local_addr().map(|a| a.port()).unwrap_or_default(),
             pending: Some(pending),
         };
-        session::run(tcp, peer, self.ctx.clone()).await;
+        // Boxed, as in `connection`.
+        Box::pin(session::run(tcp, peer, self.ctx.clone())).await;
     }
 
     /// Serves one TLS connection: the handshake (boxed: its state is large and is
     /// freed once it is done, so a long-lived session does not carry it), then the
     /// session.
+    ///
+    /// The session is boxed too, so the connection's task holds a pointer to it: a
+    /// future inline in the task would be carried by every connection at the size of the
+    /// largest listener's session (a WebSocket session's is half as large again as a TLS
+    /// one's), and the stream moved into it would keep a second slot in this future.
     async fn connection(&self, tcp: TcpStream, addr: SocketAddr, pending: Pending) {
-        if let Some((stream, peer)) = Box::pin(self.handshake(tcp, addr, pending)).await {
-            session::run(stream, peer, self.ctx.clone()).await;
-        }
+        let session = match Box::pin(self.handshake(tcp, addr, pending)).await {
+            Some((stream, peer)) => Box::pin(session::run(stream, peer, self.ctx.clone())),
+            None => return,
+        };
+        session.await;
     }
 
     /// Serves one WebSocket connection: the TLS handshake as on 8883, the upgrade
@@ -611,11 +619,24 @@ impl Broker {
             crate::ws::check_upgrade,
             Some(config),
         );
-        match tokio::time::timeout(self.config.handshake_timeout, upgrade).await {
-            Ok(Ok(ws)) => session::run(crate::ws::WsIo::new(ws), peer, self.ctx.clone()).await,
-            Ok(Err(e)) => debug!(cause = %e, "WebSocket upgrade refused"),
-            Err(_) => debug!("no WebSocket upgrade before the handshake timeout"),
-        }
+        // The upgrade and the session boxed one after the other, as in `connection`.
+        let session =
+            match tokio::time::timeout(self.config.handshake_timeout, Box::pin(upgrade)).await {
+                Ok(Ok(ws)) => Box::pin(session::run(
+                    crate::ws::WsIo::new(ws),
+                    peer,
+                    self.ctx.clone(),
+                )),
+                Ok(Err(e)) => {
+                    debug!(cause = %e, "WebSocket upgrade refused");
+                    return;
+                }
+                Err(_) => {
+                    debug!("no WebSocket upgrade before the handshake timeout");
+                    return;
+                }
+            };
+        session.await;
     }
 
     /// The TLS handshake and the checks after it; the stream and what it established
