@@ -250,85 +250,100 @@ fn admit(
 
 /// Runs a session to its end. Never panics on client input; every exit path releases
 /// the session's message state and its registry entry.
-pub(crate) async fn run<S>(mut stream: S, peer: Peer, ctx: Arc<SessionCtx>)
+///
+/// Not an `async fn`: an `async fn` keeps its arguments twice in its future (as given,
+/// and as the body's locals), and this future is what every idle session carries; the
+/// `async move` block below uses what it captured in place.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<S>(
+    mut stream: S,
+    peer: Peer,
+    ctx: Arc<SessionCtx>,
+) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut rbuf = BytesMut::with_capacity(1024);
-    // The CONNECT and all that is decided from it, boxed: its locals (the decoded
-    // CONNECT, the session record) are gone once it returns instead of riding along
-    // in the task of every idle session.
-    let Some(opened) = Box::pin(open(&mut stream, &mut rbuf, peer, &ctx)).await else {
-        return;
-    };
-    let Opened {
-        mut bridge,
-        keep_alive,
-        switch,
-        will,
-        will_delay,
-        status,
-        client_id,
-        seq,
-    } = opened;
-    let result = bridge
-        .run(&mut stream, &mut rbuf, keep_alive, &switch)
-        .await;
+    async move {
+        let mut rbuf = BytesMut::with_capacity(1024);
+        // The CONNECT and all that is decided from it, boxed: its locals (the decoded
+        // CONNECT, the session record) are gone once it returns instead of riding along
+        // in the task of every idle session. Destructured at once: a whole `Opened` kept
+        // beside its parts would be carried twice.
+        let Some(Opened {
+            mut bridge,
+            keep_alive,
+            switch,
+            will,
+            will_delay,
+            status,
+            client_id,
+            seq,
+        }) = Box::pin(open(&mut stream, &mut rbuf, peer, &ctx)).await
+        else {
+            return;
+        };
+        let result = bridge
+            .run(&mut stream, &mut rbuf, keep_alive, &switch)
+            .await;
 
-    let send_will = match &result {
-        Ok(Ending::Client { with_will }) => *with_will,
-        _ => true,
-    };
-    match &result {
-        Ok(Ending::Client { .. }) => info!("disconnected by client"),
-        Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
-        Err(e) => info!(cause = %e, "connection ended"),
-    }
-    let org = bridge.principal.org.clone();
-    let will = will.filter(|_| send_will);
-    let mut delayed_will = None;
-    if let Some(w) = will {
-        if will_delay == 0 {
-            publish_will(&ctx, &bridge.org_state, &org, *w);
-        } else {
-            delayed_will = Some(w);
+        let send_will = match &result {
+            Ok(Ending::Client { with_will }) => *with_will,
+            _ => true,
+        };
+        match &result {
+            Ok(Ending::Client { .. }) => info!("disconnected by client"),
+            Ok(Ending::Closed(reason)) => info!(reason = reason.text(), "closed by broker"),
+            Err(e) => info!(cause = %e, "connection ended"),
         }
-    }
-    // Status events go where the session's rules say now (a custom policy may have
-    // named another status topic while it was connected).
-    let mut status = status;
-    status.principal = bridge.principal.clone();
-    let (code, reason) = close_code(&result);
-    if let Some(event) = status.disconnect(code, &reason) {
-        let _ = ctx.publish_own(&bridge.org_state, &org, OwnMessage::event(event));
-    }
-    let attachment = bridge.session.attachment();
-    bridge.session.detach();
-    let _ = stream.shutdown().await;
-    ctx.sessions.remove(&org, &client_id, seq);
-    switch.finish();
-    if let Some(w) = delayed_will {
-        // MQTT 5 3.1.3.2.2: published once the delay has passed (or the session
-        // ended), unless a new connection to the session came first.
-        let (ctx, org_state) = (ctx.clone(), bridge.org_state.clone());
-        let span = tracing::Span::current();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(will_delay))).await;
-                if attachment.resumed() {
-                    info!("will not published: the session was resumed within the will delay");
-                } else {
-                    publish_will(&ctx, &org_state, &org, *w);
-                }
-            },
-            span,
-        ));
-    }
-    if matches!(
-        result,
-        Err(SessionError::OverLimit { .. } | SessionError::Denied(_) | SessionError::Protocol(_))
-    ) {
-        linger(&mut stream).await;
+        let org = bridge.principal.org.clone();
+        let will = will.filter(|_| send_will);
+        let mut delayed_will = None;
+        if let Some(w) = will {
+            if will_delay == 0 {
+                publish_will(&ctx, &bridge.org_state, &org, *w);
+            } else {
+                delayed_will = Some(w);
+            }
+        }
+        // Status events go where the session's rules say now (a custom policy may have
+        // named another status topic while it was connected).
+        let mut status = status;
+        status.principal = bridge.principal.clone();
+        let (code, reason) = close_code(&result);
+        if let Some(event) = status.disconnect(code, &reason) {
+            let _ = ctx.publish_own(&bridge.org_state, &org, OwnMessage::event(event));
+        }
+        let attachment = bridge.session.attachment();
+        bridge.session.detach();
+        let _ = stream.shutdown().await;
+        ctx.sessions.remove(&org, &client_id, seq);
+        switch.finish();
+        if let Some(w) = delayed_will {
+            // MQTT 5 3.1.3.2.2: published once the delay has passed (or the session
+            // ended), unless a new connection to the session came first.
+            let (ctx, org_state) = (ctx.clone(), bridge.org_state.clone());
+            let span = tracing::Span::current();
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(will_delay))).await;
+                    if attachment.resumed() {
+                        info!("will not published: the session was resumed within the will delay");
+                    } else {
+                        publish_will(&ctx, &org_state, &org, *w);
+                    }
+                },
+                span,
+            ));
+        }
+        if matches!(
+            result,
+            Err(SessionError::OverLimit { .. }
+                | SessionError::Denied(_)
+                | SessionError::Protocol(_))
+        ) {
+            // Boxed: its 1 KiB scratch would otherwise be part of every session's future.
+            Box::pin(linger(&mut stream)).await;
+        }
     }
 }
 
