@@ -478,7 +478,11 @@ impl Broker {
                     match kind {
                         Listener::Plain => broker.plain_connection(tcp, addr, pending).await,
                         Listener::Tls => broker.connection(tcp, addr, pending).await,
-                        Listener::WebSocket => broker.ws_connection(tcp, addr, pending).await,
+                        // Boxed: its future is more than twice the others', and this
+                        // task is sized by the largest of the three.
+                        Listener::WebSocket => {
+                            Box::pin(broker.ws_connection(tcp, addr, pending)).await
+                        }
                     }
                     drop(permit);
                 }

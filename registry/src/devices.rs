@@ -736,6 +736,39 @@ mod tests {
         );
     }
 
+    /// The resident memory a flush of 5,000 new devices leaves behind, per device. Run
+    /// alone (the figure is the whole process's RSS) with
+    /// `cargo test --release -p certmq-registry --lib -- --ignored --nocapture inventory_memory`.
+    #[test]
+    #[ignore = "a measurement, run alone"]
+    fn inventory_memory_per_device() {
+        fn rss_kib() -> f64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let r = crate::registry::tests::registry(dir.path());
+        let acme = r.create_org("acme", "").unwrap().id;
+        const N: usize = 5000;
+        let before = rss_kib();
+        for i in 0..N {
+            // Like the broker: real-sized fingerprints and serials, flushed as they come.
+            let mut cert = seen(&format!("{:064x}", i as u128 * 0x9e37_79b9_7f4a_7c15), 365);
+            cert.serial = "3a:5f:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22".into();
+            admit(&r, &acme, &format!("d:sensor:{i:06}"), Some(cert));
+            if i % 3000 == 2999 {
+                r.flush_device_activity().unwrap();
+            }
+        }
+        r.flush_device_activity().unwrap();
+        let after = rss_kib();
+        eprintln!(
+            "{N} devices written: RSS {before} → {after} KiB, {:.2} KiB per device",
+            (after - before) / N as f64
+        );
+    }
+
     #[test]
     fn a_certificate_on_two_identities_is_flagged() {
         let dir = tempfile::tempdir().unwrap();
