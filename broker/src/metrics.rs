@@ -63,6 +63,10 @@ fn describe() {
         "certmq_cluster_received_total",
         "Messages this node received from other nodes through the cluster and routed to its sessions."
     );
+    describe_counter!(
+        "certmq_cluster_overflows_total",
+        "Times the NATS client dropped messages for one of this node's subscriptions (a slow consumer); each starts a catch-up from the stream."
+    );
     describe_gauge!(
         "certmq_cluster_nats_connected",
         "1 while this node is connected to the cluster's NATS server, else 0."
@@ -183,6 +187,12 @@ pub(crate) fn cluster_forward_failed(node: &str) {
 /// `certmq_cluster_received_total{node}`.
 pub(crate) fn cluster_received(node: &str) {
     metrics::counter!("certmq_cluster_received_total", "node" => node.to_owned()).increment(1);
+}
+
+/// A subscription of this node overflowed in the NATS client:
+/// `certmq_cluster_overflows_total{node}`.
+pub(crate) fn cluster_overflow(node: &str) {
+    metrics::counter!("certmq_cluster_overflows_total", "node" => node.to_owned()).increment(1);
 }
 
 /// Whether this node is connected to NATS: `certmq_cluster_nats_connected{node}`.

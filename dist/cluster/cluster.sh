@@ -14,6 +14,8 @@
 #   CERTMQ_CLUSTER_PORTS   "auto" picks free ports for everything (the tests do);
 #                          default: fixed ports (below)
 #   CERTMQ_CLUSTER_NODES   number of nodes (default 3)
+#   CERTMQ_NODE_ARGS       more `certmq serve` flags for every node (e.g. for benchmarks
+#                          from one address: --handshakes-per-ip 0 --max-pending-per-ip 0)
 #
 # Everything it starts runs as a child of this script's session, with its PID in
 # DIR/pids/, and `stop` ends exactly those processes. DIR/cluster.env holds the
@@ -145,7 +147,7 @@ start() {
             --mqtt "127.0.0.1:${mqtt[i]}" --admin "127.0.0.1:${admin[i]}" \
             --store "postgres://postgres@127.0.0.1:$pg_port/certmq" \
             --cluster "nats://127.0.0.1:$nats_port" --proxy-protocol \
-            >"$dir/node$i.log" 2>&1 &
+            ${CERTMQ_NODE_ARGS:-} >"$dir/node$i.log" 2>&1 &
         echo $! >"$dir/pids/node$i.pid"
         # The first node migrates the empty database; the others start after it.
         wait_for 30 "certmq node$i" grep -q '^certmq ready ' "$dir/node$i.log"

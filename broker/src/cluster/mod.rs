@@ -260,6 +260,10 @@ pub(crate) struct Cluster {
     peers: Mutex<HashSet<String>>,
     /// Since when NATS is unreachable (`None` while connected).
     lost_since: Mutex<Option<Instant>>,
+    /// The earliest time a subscription of this node overflowed (a slow consumer: the
+    /// NATS client dropped messages for it) and no catch-up has covered yet.
+    overflowed_at: Mutex<Option<time::OffsetDateTime>>,
+    overflowed: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -283,6 +287,8 @@ impl Cluster {
             ctx: Arc::downgrade(ctx),
             peers: Mutex::default(),
             lost_since: Mutex::new(Some(Instant::now())),
+            overflowed_at: Mutex::new(None),
+            overflowed: tokio::sync::Notify::new(),
         });
         crate::metrics::cluster_connected(&cluster.config.node_id, false);
         match tokio::runtime::Handle::try_current() {
@@ -448,6 +454,7 @@ impl Cluster {
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(self.config.ack_timeout);
         tokio::spawn(self.clone().events(events_rx, js.clone()));
+        tokio::spawn(self.clone().recover_overflows(js.clone()));
         tokio::spawn(self.clone().forward_loop(forward_rx, client.clone(), js));
         tokio::spawn(self.clone().control(client.clone()));
         self.interest_loop(interest_rx, client).await;
@@ -490,7 +497,38 @@ impl Cluster {
                     crate::metrics::cluster_connected(self.node(), false);
                     lost_at.get_or_insert_with(time::OffsetDateTime::now_utc);
                 }
+                async_nats::Event::SlowConsumer(sid) => {
+                    // Messages for this subscription were dropped by the client: they
+                    // are in the stream (QoS >= 1), so read them back from there.
+                    let first = {
+                        let mut at = lock(&self.overflowed_at);
+                        let first = at.is_none();
+                        at.get_or_insert_with(time::OffsetDateTime::now_utc);
+                        first
+                    };
+                    if first {
+                        warn!(subscription = sid, "cluster messages arrive faster than this node routes them: catching up from the stream");
+                    }
+                    crate::metrics::cluster_overflow(self.node());
+                    self.overflowed.notify_one();
+                }
                 other => debug!(event = %other, "cluster connection"),
+            }
+        }
+    }
+
+    /// Catches up after subscriptions overflowed, one catch-up at a time: what the NATS
+    /// client dropped is routed from the stream (copies already routed are dropped by
+    /// their ids), so QoS >= 1 stays at least once when a node falls behind.
+    async fn recover_overflows(self: Arc<Self>, js: async_nats::jetstream::Context) {
+        loop {
+            self.overflowed.notified().await;
+            let Some(from) = lock(&self.overflowed_at).take() else {
+                continue;
+            };
+            match js.get_stream(STREAM).await {
+                Ok(stream) => self.catch_up(stream, from).await,
+                Err(e) => warn!(cause = %e, "cluster catch-up after an overflow failed"),
             }
         }
     }
