@@ -16,25 +16,6 @@ fn fingerprint(cert: &ClientCert) -> String {
     registry::cert::fingerprint(&cert.der)
 }
 
-/// The value of the first series `name{…}` whose labels include every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|x| l.contains(x)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn still_open(client: &mut Client) {
-    assert!(
-        client
-            .wait_closed(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "an unaffected session was closed"
-    );
-}
-
 #[tokio::test]
 async fn revoking_one_certificate_closes_its_session_and_refuses_only_that_certificate() {
     let server = Server::start();

@@ -83,14 +83,6 @@ impl Drop for Haproxy {
     }
 }
 
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|x| l.contains(x)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn behind_haproxy_the_broker_sees_the_device_address() {
     if !have_haproxy() {

@@ -22,16 +22,6 @@ async fn closed_within(client: &mut Client, since: Instant) -> Duration {
     since.elapsed()
 }
 
-async fn still_open(client: &mut Client) {
-    assert!(
-        client
-            .wait_closed(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "an unaffected session was closed"
-    );
-}
-
 #[tokio::test]
 async fn blocking_an_identity_closes_its_session_and_refuses_it() {
     let server = Server::start();

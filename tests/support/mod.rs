@@ -605,3 +605,23 @@ pub async fn wait_listening(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The value of the first series `name{…}` whose labels include every one of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Asserts that the broker leaves `client`'s session open (300 ms).
+pub async fn still_open(client: &mut Client) {
+    assert!(
+        client
+            .wait_closed(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "an unaffected session was closed"
+    );
+}
