@@ -34,8 +34,10 @@ pub(crate) struct ServeArgs {
     /// Where the registry lives: `sled` (the embedded store in --data-dir) or a
     /// PostgreSQL URL, `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, shared by every
     /// node of a cluster (docs/cluster.md) [default: sled].
+    /// Taken as text and checked by certmq, not clap: a refusal never quotes it (it may
+    /// hold a password).
     #[arg(long, env = "CERTMQ_STORE")]
-    store: Option<StoreArg>,
+    store: Option<String>,
     /// This node's name in logs and in the cluster's change notifications
     /// [default: the host name].
     #[arg(long, env = "CERTMQ_NODE_ID")]
@@ -120,7 +122,9 @@ pub(crate) struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    store: Option<StoreArg>,
+    /// Text, checked after reading (a parse error quoting the line would show a
+    /// password).
+    store: Option<String>,
     node_id: Option<String>,
     cluster: Option<String>,
     mqtt: Option<SocketAddr>,
@@ -243,10 +247,18 @@ pub(crate) fn resolve(args: ServeArgs, file: Option<&LoadedFile>) -> anyhow::Res
         }
     }
     Ok(app::Options {
-        store: args
-            .store
-            .or_else(|| f.store.clone())
-            .map_or(d.store, |s| s.0),
+        store: match args.store.or_else(|| f.store.clone()) {
+            Some(s) => {
+                s.parse::<StoreArg>()
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "store (--store, CERTMQ_STORE or the config file's `store`): {e}"
+                        )
+                    })?
+                    .0
+            }
+            None => d.store,
+        },
         node_id,
         cluster,
         data_dir: args
@@ -354,13 +366,6 @@ impl std::str::FromStr for StoreArg {
         }
         // Never echo the value: it may hold a password.
         Err("expected `sled` or a PostgreSQL URL (postgres://USER@HOST[:PORT]/DB)".into())
-    }
-}
-
-impl<'de> Deserialize<'de> for StoreArg {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
