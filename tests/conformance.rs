@@ -195,10 +195,6 @@ fn chosen(name: &str) -> bool {
     }
 }
 
-fn required() -> bool {
-    std::env::var("CERTMQ_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
 /// Whether python3 runs and `<org>.messaging.localhost` resolves to loopback; panics
 /// when they must but do not.
 fn can_run() -> bool {
@@ -217,7 +213,7 @@ fn can_run() -> bool {
     } else {
         "python3 (with ssl) not found".to_owned()
     };
-    assert!(!required(), "CERTMQ_REQUIRE_INTEROP=1 but {why}");
+    assert!(!interop_required(), "CERTMQ_REQUIRE_INTEROP=1 but {why}");
     eprintln!("skipping the Paho conformance suites: {why}");
     false
 }

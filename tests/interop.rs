@@ -12,10 +12,6 @@ use std::process::{Command, Stdio};
 
 use support::*;
 
-fn required() -> bool {
-    std::env::var("CERTMQ_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
 /// Whether interop can run here; panics when it must but cannot.
 fn available(tool: &str, probe: &[&str]) -> bool {
     let ok = Command::new(tool)
@@ -34,7 +30,7 @@ fn available(tool: &str, probe: &[&str]) -> bool {
     } else {
         format!("{tool} not found")
     };
-    assert!(!required(), "CERTMQ_REQUIRE_INTEROP=1 but {why}");
+    assert!(!interop_required(), "CERTMQ_REQUIRE_INTEROP=1 but {why}");
     eprintln!("skipping interop test: {why}");
     false
 }
@@ -49,7 +45,7 @@ fn library(program: &str, check: &[&str], what: &str) -> bool {
         .is_ok_and(|s| s.success());
     if !loads {
         assert!(
-            !required(),
+            !interop_required(),
             "CERTMQ_REQUIRE_INTEROP=1 but {what} is missing"
         );
         eprintln!("skipping interop test: {what} is missing");

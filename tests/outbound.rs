@@ -90,24 +90,6 @@ impl Drop for Mosquitto {
     }
 }
 
-fn mosquitto_available() -> bool {
-    let ok = Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    let required = std::env::var("CERTMQ_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
-    assert!(
-        ok || !required,
-        "CERTMQ_REQUIRE_INTEROP=1 but mosquitto is missing"
-    );
-    if !ok {
-        eprintln!("skipping: mosquitto not found");
-    }
-    ok
-}
-
 /// A PKCS#12 file (OpenSSL 3's default encryption) of `cert`, made by `openssl`.
 fn pkcs12(dir: &Path, name: &str, cert: &device_sim::certs::ClientCert, password: &str) -> String {
     std::fs::write(dir.join(format!("{name}.pem")), &cert.chain_pem).unwrap();
@@ -134,7 +116,7 @@ fn pkcs12(dir: &Path, name: &str, cert: &device_sim::certs::ClientCert, password
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bridge_forwards_to_mosquitto_over_mtls_and_changes_without_restart() {
-    if !mosquitto_available() {
+    if !have_program("mosquitto", &["-h"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -22,19 +22,6 @@ use support::*;
 /// The address HAProxy connects to certmq from.
 const BALANCER_SOURCE: &str = "127.0.0.9";
 
-fn have_haproxy() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var_os("CERTMQ_REQUIRE_INTEROP").is_some() {
-        panic!("haproxy is required (CERTMQ_REQUIRE_INTEROP is set)");
-    }
-    found
-}
-
 /// A HAProxy in the foreground, ended by its PID when dropped.
 struct Haproxy {
     child: Child,
@@ -85,8 +72,7 @@ impl Drop for Haproxy {
 
 #[tokio::test]
 async fn behind_haproxy_the_broker_sees_the_device_address() {
-    if !have_haproxy() {
-        eprintln!("skipped: haproxy not installed");
+    if !have_program("haproxy", &["-v"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -196,8 +182,7 @@ async fn behind_haproxy_the_broker_sees_the_device_address() {
 
 #[tokio::test]
 async fn a_connection_without_the_header_is_closed_and_others_are_served() {
-    if !have_haproxy() {
-        eprintln!("skipped: haproxy not installed");
+    if !have_program("haproxy", &["-v"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -500,18 +500,7 @@ async fn worked_example_gateways_with_rumqttc() {
 
 #[tokio::test]
 async fn mosquitto_clients_in_custom_mode() {
-    let tool = Command::new("mosquitto_pub")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !tool {
-        assert!(
-            !std::env::var("CERTMQ_REQUIRE_INTEROP").is_ok_and(|v| v == "1"),
-            "CERTMQ_REQUIRE_INTEROP=1 but mosquitto_pub is missing"
-        );
-        eprintln!("skipping: mosquitto_pub not found");
+    if !have_program("mosquitto_pub", &["--help"]) {
         return;
     }
     let server = Server::start();

@@ -625,3 +625,28 @@ pub async fn still_open(client: &mut Client) {
         "an unaffected session was closed"
     );
 }
+
+/// Whether CI demands every external tool (`CERTMQ_REQUIRE_INTEROP=1`, set by
+/// `.ci/run`): a test that would skip for lack of one fails instead.
+pub fn interop_required() -> bool {
+    std::env::var("CERTMQ_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
+}
+
+/// Whether `program` runs (started with `probe`); when it does not, panics if
+/// [`interop_required`], else says the test is skipped and returns false.
+pub fn have_program(program: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            !interop_required(),
+            "CERTMQ_REQUIRE_INTEROP=1 but {program} is missing"
+        );
+        eprintln!("skipping: {program} not found");
+    }
+    ok
+}
