@@ -236,15 +236,28 @@ impl Principal {
 
     /// Maps a topic this client publishes to on to its internal topic, or refuses it.
     pub fn publish_topic(&self, topic: &str) -> Result<String, Denied> {
-        self.publish_explained(topic).map(|(t, _)| t)
+        self.publish_mapped(topic, false).map(|(t, _)| t)
     }
 
     /// [`Principal::publish_topic`], with the rule that allowed it in words.
     pub fn publish_explained(&self, topic: &str) -> Result<(String, String), Denied> {
+        self.publish_mapped(topic, true)
+            .map(|(t, why)| (t, why.unwrap_or_default()))
+    }
+
+    /// The internal topic, and with `explain` the rule that allowed it in words (only
+    /// the dry run asks: the publish path does not pay for the sentence).
+    fn publish_mapped(
+        &self,
+        topic: &str,
+        explain: bool,
+    ) -> Result<(String, Option<String>), Denied> {
         match &self.topics {
             Topics::Watson => {}
-            Topics::Custom(rule) => return self.custom(rule.as_deref(), topic, Action::Publish),
-            Topics::Anywhere => return self.anywhere(topic, Action::Publish),
+            Topics::Custom(rule) => {
+                return self.custom(rule.as_deref(), topic, Action::Publish, explain)
+            }
+            Topics::Anywhere => return self.anywhere(topic, Action::Publish, explain),
         }
         let levels = split(topic);
         let allowed = match self.identity {
@@ -263,11 +276,11 @@ impl Principal {
         } else {
             format!("{}{topic}", tenant_prefix(&self.org))
         };
-        Ok((internal, self.watson_reason()))
+        Ok((internal, self.watson_reason(explain)))
     }
 
-    fn watson_reason(&self) -> String {
-        format!("topic rule for {} allows it", self.identity.kind().as_str())
+    fn watson_reason(&self, explain: bool) -> Option<String> {
+        explain.then(|| format!("topic rule for {} allows it", self.identity.kind().as_str()))
     }
 
     /// Custom mode: `topic` (a topic name to publish to, or a filter to subscribe to)
@@ -277,7 +290,8 @@ impl Principal {
         rule: Option<&AppliedRule>,
         topic: &str,
         action: Action,
-    ) -> Result<(String, String), Denied> {
+        explain: bool,
+    ) -> Result<(String, Option<String>), Denied> {
         let (verb, problem) = match action {
             Action::Publish => ("publish to", topic_policy::client_topic_problem(topic)),
             Action::Subscribe => ("subscribe to", topic_policy::client_filter_problem(topic)),
@@ -311,7 +325,8 @@ impl Principal {
         match found {
             Some(f) => Ok((
                 format!("{}{topic}", tenant_prefix(&self.org)),
-                format!("{} allows {} to {verb} {f:?}", rule.name(), self.identity),
+                explain
+                    .then(|| format!("{} allows {} to {verb} {f:?}", rule.name(), self.identity)),
             )),
             None => Err(Denied(format!(
                 "{} lets {} {verb} only {list:?}, and {topic:?} is within none of them",
@@ -322,7 +337,12 @@ impl Principal {
     }
 
     /// Anything valid in the org's topic space.
-    fn anywhere(&self, topic: &str, action: Action) -> Result<(String, String), Denied> {
+    fn anywhere(
+        &self,
+        topic: &str,
+        action: Action,
+        explain: bool,
+    ) -> Result<(String, Option<String>), Denied> {
         let problem = match action {
             Action::Publish => topic_policy::client_topic_problem(topic),
             Action::Subscribe => topic_policy::client_filter_problem(topic),
@@ -331,7 +351,7 @@ impl Principal {
             Some(p) => Err(Denied(format!("{topic:?}: {p}"))),
             None => Ok((
                 format!("{}{topic}", tenant_prefix(&self.org)),
-                "anywhere in the org's topic space".into(),
+                explain.then(|| "anywhere in the org's topic space".into()),
             )),
         }
     }
@@ -341,11 +361,21 @@ impl Principal {
     /// scoped to the org so two orgs' groups never mix.
     /// In custom mode any client may share a subscription its rule allows.
     pub fn subscribe_filter(&self, filter: &str) -> Result<String, Denied> {
-        self.subscribe_explained(filter).map(|(f, _)| f)
+        self.subscribe_mapped(filter, false).map(|(f, _)| f)
     }
 
     /// [`Principal::subscribe_filter`], with the rule that allowed it in words.
     pub fn subscribe_explained(&self, filter: &str) -> Result<(String, String), Denied> {
+        self.subscribe_mapped(filter, true)
+            .map(|(f, why)| (f, why.unwrap_or_default()))
+    }
+
+    /// The internal filter, and with `explain` the rule that allowed it in words.
+    fn subscribe_mapped(
+        &self,
+        filter: &str,
+        explain: bool,
+    ) -> Result<(String, Option<String>), Denied> {
         if let Some(rest) = filter.strip_prefix("$share/") {
             let (group, inner) = rest
                 .split_once('/')
@@ -358,7 +388,7 @@ impl Principal {
                 scalable: false,
                 ..self.clone()
             }
-            .subscribe_explained(inner)?;
+            .subscribe_mapped(inner, explain)?;
             return Ok((format!("$share/{}.{group}/{mapped}", self.org), why));
         }
         if self.scalable {
@@ -368,15 +398,17 @@ impl Principal {
                 scalable: false,
                 ..self.clone()
             }
-            .subscribe_explained(filter)?;
+            .subscribe_mapped(filter, explain)?;
             if let Identity::App { app_id } = &self.identity {
                 return Ok((format!("$share/{}:{app_id}/{mapped}", self.org), why));
             }
         }
         match &self.topics {
             Topics::Watson => {}
-            Topics::Custom(rule) => return self.custom(rule.as_deref(), filter, Action::Subscribe),
-            Topics::Anywhere => return self.anywhere(filter, Action::Subscribe),
+            Topics::Custom(rule) => {
+                return self.custom(rule.as_deref(), filter, Action::Subscribe, explain)
+            }
+            Topics::Anywhere => return self.anywhere(filter, Action::Subscribe, explain),
         }
         let levels = split(filter);
         let allowed = match self.identity {
@@ -397,7 +429,7 @@ impl Principal {
         } else {
             format!("{}{filter}", tenant_prefix(&self.org))
         };
-        Ok((internal, self.watson_reason()))
+        Ok((internal, self.watson_reason(explain)))
     }
 
     /// The client's view of one of its internal subscription filters (what it sent in
