@@ -126,6 +126,19 @@ impl Cluster {
         }
     }
 
+    /// Waits until `node` has written a persistent session to the cluster's bucket.
+    async fn wait_held(&self, node: u8) {
+        let label = format!("node=\"node{node}\"");
+        for _ in 0..100 {
+            let text = self.admin(node).metrics().await.unwrap_or_default();
+            if metric(&text, "certmq_cluster_sessions_held", &[&label]).is_some_and(|n| n >= 1.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {node} never wrote its persistent session to the cluster");
+    }
+
     fn kill_node(&self, node: u8) {
         let pid =
             std::fs::read_to_string(self.path().join(format!("pids/node{node}.pid"))).unwrap();
@@ -288,6 +301,28 @@ async fn three_nodes_behind_haproxy_act_as_one_broker() {
     eprintln!("CA deactivated on node 2 → session on node 1 closed after {closed_after:?}");
     api2.set_ca_active("acme", &ca_id, true).await.unwrap();
 
+    // A persistent session held by node 1, offline, with commands queued for it.
+    let commander = connect_with(
+        &cluster.target(Some(3), "acme", &server_pem),
+        "a:acme:commander",
+        &cert("a:commander"),
+    )
+    .await
+    .unwrap();
+    let dev5 = cert("d:sensor:dev5");
+    let (present, _) = visit(
+        &cluster.target(Some(1), "acme", &server_pem),
+        "d:acme:sensor:dev5",
+        &dev5,
+        false,
+        Some("iot-2/cmd/+/fmt/+"),
+        &[],
+    )
+    .await;
+    assert!(!present);
+    cluster.wait_held(1).await;
+    let mut owed = commands(&commander, "dev5", 0, 10).await;
+
     // A node killed with SIGKILL: its devices reconnect through HAProxy to the others.
     let via_lb = cluster.target(None, "acme", &server_pem);
     let mut on_1 = connect_with(
@@ -328,6 +363,22 @@ async fn three_nodes_behind_haproxy_act_as_one_broker() {
         "the device reconnected to a live node: {listed}"
     );
     drop(back);
+
+    // The persistent session resumes on a surviving node with every QoS 1 command
+    // acknowledged to the commander: those queued on node 1 before it died and those
+    // published since.
+    owed.extend(commands(&commander, "dev5", 10, 10).await);
+    let (present, got) = visit(&via_lb, "d:acme:sensor:dev5", &dev5, false, None, &owed).await;
+    assert!(present, "the session resumed on another node");
+    let missing: Vec<&String> = owed.iter().filter(|m| !got.contains(m)).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}\n{}", cluster.logs());
+    eprintln!(
+        "node 1 killed: {} commands owed, {} delivered ({} again)",
+        owed.len(),
+        got.len(),
+        got.len() - owed.len()
+    );
+
     let (s, _) = Api(cluster.admin(3))
         .call(Method::GET, "/orgs/acme", None)
         .await;

@@ -371,58 +371,78 @@ async fn shared_groups_and_scalable_app_instances_share_the_load_across_nodes() 
     }
 }
 
-/// Connects `client_id` with a persistent session (clean session 0) to node `node`,
-/// subscribes to commands when `subscribe`, disconnects; whether the CONNACK said
-/// session present.
-async fn persistent_visit(c: &Cluster, node: usize, client_id: &str, subscribe: bool) -> bool {
-    use rumqttc::{Event, Packet};
+/// A visit of device `d:sensor:p` of acme to node `node`; see [`visit`].
+async fn persistent_visit(
+    c: &Cluster,
+    node: usize,
+    clean: bool,
+    subscribe: bool,
+    want: &[String],
+) -> (bool, Vec<String>) {
     let cert = c
         .org("acme")
         .1
         .issue_client("d:sensor:p", Default::default())
         .unwrap();
-    let mut opts =
-        device_sim::client::mqtt_options(&c.target("acme", node), client_id, Some(&cert)).unwrap();
-    opts.set_clean_session(false);
-    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
-    let mut present = None;
-    if subscribe {
-        client
-            .subscribe("iot-2/cmd/+/fmt/+", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-    }
-    loop {
-        match tokio::time::timeout(WAIT, el.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
-                present = Some(a.session_present);
-                if !subscribe {
-                    client.disconnect().await.unwrap();
-                }
-            }
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => client.disconnect().await.unwrap(),
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => break,
-            Err(_) => panic!("{client_id} on node {node}: no answer"),
+    let filter = subscribe.then_some("iot-2/cmd/+/fmt/+");
+    visit(
+        &c.target("acme", node),
+        "d:acme:sensor:p",
+        &cert,
+        clean,
+        filter,
+        want,
+    )
+    .await
+}
+
+/// Waits until node `i` has written `n` persistent sessions to the cluster's bucket.
+async fn wait_held(c: &Cluster, i: usize, n: f64) {
+    let label = format!("node=\"{}\"", c.nodes[i].name);
+    for _ in 0..200 {
+        let text = c.nodes[i].server.api().0.metrics().await.expect("metrics");
+        if metric(&text, "certmq_cluster_sessions_held", &[&label]) == Some(n) {
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    present.expect("CONNACK")
+    panic!("node {i} never held {n} sessions in the cluster");
 }
 
 #[tokio::test]
-async fn a_persistent_session_taken_over_on_another_node_is_forgotten() {
+async fn a_persistent_session_moves_between_nodes_with_its_queue() {
     let c = Cluster::start(2, &["acme"]).await;
-    let id = "d:acme:sensor:p";
-    assert!(!persistent_visit(&c, 0, id, true).await);
-    // Control: back on node 1, the session is there.
-    assert!(persistent_visit(&c, 0, id, false).await);
-    // On node 2 (a new session there), then back on node 1: node 1 dropped its copy.
-    assert!(!persistent_visit(&c, 1, id, false).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !persistent_visit(&c, 0, id, false).await,
-        "node 1 still had the session node 2 took over"
-    );
+    let app = c.connect("acme", 0, "a:cmd", "a:acme:cmd").await;
+    let (present, _) = persistent_visit(&c, 0, false, true, &[]).await;
+    assert!(!present);
+    wait_held(&c, 0, 1.0).await;
+
+    // Offline, held by node 1: commands queue there (and in the cluster's stream).
+    let first = commands(&app, "p", 0, 5).await;
+    tokio::time::sleep(QUIET).await;
+    // On node 2: the session, its subscription and every queued command.
+    let (present, got) = persistent_visit(&c, 1, false, false, &first).await;
+    assert!(present, "node 2 took the session over");
+    assert!(first.iter().all(|m| got.contains(m)), "{got:?}");
+    wait_held(&c, 1, 1.0).await;
+    wait_held(&c, 0, 0.0).await;
+
+    // Offline again, now held by node 2: the subscription travelled with it.
+    let second = commands(&app, "p", 5, 5).await;
+    tokio::time::sleep(QUIET).await;
+    let (present, got) = persistent_visit(&c, 0, false, false, &second).await;
+    assert!(present, "node 1 took it back");
+    assert!(second.iter().all(|m| got.contains(m)), "{got:?}");
+    // Acknowledged on node 2 within the cursor's margin: may come again (at least
+    // once, docs/cluster-sessions.md).
+    let again = got.iter().filter(|m| first.contains(m)).count();
+    eprintln!("resent after the move back: {again} of {}", first.len());
+
+    // A clean session on node 2 ends the session everywhere.
+    persistent_visit(&c, 1, true, false, &[]).await;
+    tokio::time::sleep(QUIET).await;
+    let (present, _) = persistent_visit(&c, 0, false, false, &[]).await;
+    assert!(!present, "a clean session on node 2 left node 1's in place");
 }
 
 #[tokio::test]

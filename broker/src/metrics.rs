@@ -195,6 +195,22 @@ pub(crate) fn cluster_overflow(node: &str) {
     metrics::counter!("certmq_cluster_overflows_total", "node" => node.to_owned()).increment(1);
 }
 
+/// A persistent session taken over from another node, and the messages it was owed
+/// read from the stream: `certmq_cluster_sessions_taken_over_total{node}`,
+/// `certmq_cluster_session_messages_read_total{node}`.
+pub(crate) fn cluster_session_taken_over(node: &str, messages: u64) {
+    metrics::counter!("certmq_cluster_sessions_taken_over_total", "node" => node.to_owned())
+        .increment(1);
+    metrics::counter!("certmq_cluster_session_messages_read_total", "node" => node.to_owned())
+        .increment(messages);
+}
+
+/// Persistent sessions this node holds in the cluster's sessions bucket:
+/// `certmq_cluster_sessions_held{node}`.
+pub(crate) fn cluster_sessions_held(node: &str, n: usize) {
+    metrics::gauge!("certmq_cluster_sessions_held", "node" => node.to_owned()).set(n as f64);
+}
+
 /// Whether this node is connected to NATS: `certmq_cluster_nats_connected{node}`.
 pub(crate) fn cluster_connected(node: &str, connected: bool) {
     metrics::gauge!("certmq_cluster_nats_connected", "node" => node.to_owned()).set(if connected {

@@ -650,3 +650,73 @@ pub fn have_program(program: &str, probe: &[&str]) -> bool {
     }
     ok
 }
+
+/// A visit with a persistent session (clean session 0, unless `clean`): subscribes to
+/// `subscribe` (QoS 1) if given, takes the PUBLISHes that arrive until every payload of
+/// `want` has (at most 10 s of silence), disconnects. Whether the CONNACK said session
+/// present, and the payloads received, in order.
+pub async fn visit(
+    target: &BrokerTarget,
+    client_id: &str,
+    cert: &ClientCert,
+    clean: bool,
+    subscribe: Option<&str>,
+    want: &[String],
+) -> (bool, Vec<String>) {
+    use rumqttc::{Event, Packet};
+    let mut opts = client::mqtt_options(target, client_id, Some(cert)).unwrap();
+    opts.set_clean_session(clean);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    let mut present = None;
+    let mut got = Vec::new();
+    let done = |got: &Vec<String>| want.iter().all(|w| got.contains(w));
+    let mut leaving = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
+                present = Some(a.session_present);
+                if let Some(f) = subscribe {
+                    client
+                        .subscribe(f, rumqttc::QoS::AtLeastOnce)
+                        .await
+                        .unwrap();
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) if done(&got) && !leaving => {
+                leaving = true;
+                client.disconnect().await.unwrap();
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => panic!("{client_id}: no answer; got {got:?}, want {want:?}"),
+        }
+        if present.is_some() && subscribe.is_none() && done(&got) && !leaving {
+            leaving = true;
+            client.disconnect().await.unwrap();
+        }
+    }
+    (present.expect("CONNACK"), got)
+}
+
+/// Commands `first..first+n` (payloads `cmd-<i>`) to Watson device `sensor`/`id`,
+/// QoS 1, published by application `app`; their payloads.
+pub async fn commands(app: &Client, id: &str, first: usize, n: usize) -> Vec<String> {
+    let mut sent = Vec::new();
+    for i in first..first + n {
+        let body = format!("cmd-{i}");
+        app.client
+            .publish(
+                format!("iot-2/type/sensor/id/{id}/cmd/go/fmt/txt"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        sent.push(body);
+    }
+    sent
+}

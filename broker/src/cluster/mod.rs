@@ -22,6 +22,7 @@
 //!   the stream `CERTMQ_RETAINED` (last message per subject); every node applies that
 //!   stream to its retained store in the stream's order, so all hold the same set.
 
+pub(crate) mod sessions;
 pub(crate) mod subject;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -264,6 +265,12 @@ pub(crate) struct Cluster {
     /// NATS client dropped messages for it) and no catch-up has covered yet.
     overflowed_at: Mutex<Option<time::OffsetDateTime>>,
     overflowed: tokio::sync::Notify,
+    /// Persistent sessions in the cluster's bucket ([`sessions`]).
+    sessions: sessions::Sessions,
+    /// Times messages may have gone missing here (connection lost, a subscription
+    /// overflowed); a catch-up that began after the last of them thaws the sessions'
+    /// cursors.
+    gaps: AtomicU64,
 }
 
 impl Cluster {
@@ -289,6 +296,8 @@ impl Cluster {
             lost_since: Mutex::new(Some(Instant::now())),
             overflowed_at: Mutex::new(None),
             overflowed: tokio::sync::Notify::new(),
+            sessions: sessions::Sessions::default(),
+            gaps: AtomicU64::new(0),
         });
         crate::metrics::cluster_connected(&cluster.config.node_id, false);
         match tokio::runtime::Handle::try_current() {
@@ -455,6 +464,10 @@ impl Cluster {
         js.set_timeout(self.config.ack_timeout);
         tokio::spawn(self.clone().events(events_rx, js.clone()));
         tokio::spawn(self.clone().recover_overflows(js.clone()));
+        {
+            let (me, js) = (self.clone(), js.clone());
+            tokio::spawn(async move { me.start_sessions(js).await });
+        }
         tokio::spawn(self.clone().forward_loop(forward_rx, client.clone(), js));
         tokio::spawn(self.clone().control(client.clone()));
         self.interest_loop(interest_rx, client).await;
@@ -495,6 +508,7 @@ impl Cluster {
                     self.connected.store(false, Ordering::Release);
                     lock(&self.lost_since).get_or_insert_with(Instant::now);
                     crate::metrics::cluster_connected(self.node(), false);
+                    self.gap();
                     lost_at.get_or_insert_with(time::OffsetDateTime::now_utc);
                 }
                 async_nats::Event::SlowConsumer(sid) => {
@@ -510,6 +524,7 @@ impl Cluster {
                         warn!(subscription = sid, "cluster messages arrive faster than this node routes them: catching up from the stream");
                     }
                     crate::metrics::cluster_overflow(self.node());
+                    self.gap();
                     self.overflowed.notify_one();
                 }
                 other => debug!(event = %other, "cluster connection"),
@@ -590,6 +605,7 @@ impl Cluster {
         from: time::OffsetDateTime,
     ) {
         use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        let gaps = self.gaps.load(Ordering::Acquire);
         let start = from - CATCH_UP_MARGIN;
         let consumer = stream
             .create_consumer(OrderedConfig {
@@ -617,9 +633,11 @@ impl Cluster {
             // Nothing within a second: caught up.
             let next = tokio::time::timeout(Duration::from_secs(1), messages.next()).await;
             let Ok(Some(Ok(m))) = next else { break };
-            let pending = m.info().map(|i| i.pending).unwrap_or(0);
+            let (pending, seq) = m
+                .info()
+                .map_or((0, None), |i| (i.pending, Some(i.stream_sequence)));
             if header(&m.headers, H_NODE) != Some(self.node()) {
-                self.receive(&m.subject, &m.headers, &m.payload, Scope::Plain);
+                self.receive(&m.subject, &m.headers, &m.payload, Scope::Plain, seq);
                 n += 1;
             }
             if pending == 0 {
@@ -627,6 +645,10 @@ impl Cluster {
             }
         }
         info!(messages = n, "cluster catch-up done");
+        // Nothing went missing since this catch-up began: it covered everything.
+        if self.gaps.load(Ordering::Acquire) == gaps {
+            self.sessions.thaw();
+        }
     }
 
     /// Applies the cluster's retained messages to this node's retained store: the last
@@ -855,18 +877,28 @@ impl Cluster {
                     Scope::Plain
                 }
             };
-            self.receive(&m.subject, &m.headers, &m.payload, scope);
+            self.receive(&m.subject, &m.headers, &m.payload, scope, None);
         }
     }
 
+    /// Messages may have gone missing here: sessions' cursors stay where they are
+    /// until a catch-up has read them back.
+    fn gap(&self) {
+        self.gaps.fetch_add(1, Ordering::AcqRel);
+        self.sessions.freeze();
+    }
+
     /// Routes one message from NATS into this node's message state (never forwarded
-    /// again). Copies already routed (same message id and scope) are dropped.
+    /// again). Copies already routed (same message id and scope) are dropped, except
+    /// for one session reading what it is owed. `seq`: its position in the stream,
+    /// when read from there.
     fn receive(
         &self,
         subject: &str,
         headers: &Option<HeaderMap>,
         payload: &Bytes,
         scope: Scope<'_>,
+        seq: Option<u64>,
     ) {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
@@ -879,10 +911,11 @@ impl Cluster {
         };
         if let Some(id) = header(headers, H_ID) {
             let key = match scope {
-                Scope::Group(g) => format!("{id}\n{g}"),
-                _ => id.to_owned(),
+                Scope::Group(g) => Some(format!("{id}\n{g}")),
+                Scope::Session(_) => None,
+                _ => Some(id.to_owned()),
             };
-            if !lock(&self.seen).first(key) {
+            if key.is_some_and(|k| !lock(&self.seen).first(k)) {
                 return;
             }
         }
@@ -898,8 +931,16 @@ impl Cluster {
         let publish = packet::publish(topic.as_bytes(), payload, 0, retain, 0, false);
         crate::metrics::cluster_received(self.node());
         let limits = ctx.state_limits(&org);
-        ctx.state
-            .route_remote(&org, from, &publish, qos, props.as_ref(), &limits, scope);
+        ctx.state.route_remote(
+            &org,
+            from,
+            &publish,
+            qos,
+            props.as_ref(),
+            &limits,
+            scope,
+            seq,
+        );
     }
 
     /// Answers the other nodes: takeovers and kicks, connection listings.

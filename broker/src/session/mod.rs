@@ -587,6 +587,11 @@ where
     // its queue and, for a persistent one, session-present come from there.
     let org_state = ctx.state.org(&org);
     let expiry = session_expiry(version, connect.clean_session, props.as_ref());
+    // In a cluster, the session may be another node's (or have been, before it died).
+    if let Some(c) = ctx.state.cluster() {
+        c.before_attach(&org, &client_id, connect.clean_session)
+            .await;
+    }
     let attached = ctx
         .state
         .attach(&org_state, &client_id, connect.clean_session, expiry);

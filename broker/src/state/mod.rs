@@ -119,6 +119,9 @@ pub(crate) enum Scope<'a> {
     Plain,
     /// One member of this shared group only (internal group name).
     Group(&'a str),
+    /// The plain subscriptions of this one session (client id): a session resumed from
+    /// the cluster reads what it missed.
+    Session(&'a str),
 }
 
 /// Everything certmq keeps of every org's messages.
@@ -197,6 +200,10 @@ struct Queued {
     resend: bool,
     /// In the store (QoS 1/2 messages; not QoS 0 ones and not retained copies).
     durable: bool,
+    /// In a cluster: a position in the cluster's message stream before this message
+    /// (0: not known), what the session's cursor may advance to while it is queued
+    /// (`cluster::sessions`).
+    hint: u64,
 }
 
 /// The least a connected session's queue holds before its oldest messages are dropped:
@@ -221,6 +228,18 @@ pub(crate) struct Delivery {
     /// The packet id (0 for QoS 0) and DUP flag it is sent with.
     pub pkid: u16,
     pub dup: bool,
+}
+
+/// A persistent session as the cluster keeps it (`MessageState::persistent_sessions`).
+#[derive(Debug, Clone)]
+pub(crate) struct HeldSession {
+    pub org: OrgId,
+    pub client: String,
+    pub record: SessionRecord,
+    pub online: bool,
+    /// Every message of the cluster's stream up to here that this session matched
+    /// has been acknowledged by its client; `None`: not known.
+    pub cursor: Option<u64>,
 }
 
 /// The outcome of attaching a connection to its session.
@@ -318,6 +337,7 @@ impl MessageState {
                                 sent: false,
                                 resend: false,
                                 durable: true,
+                                hint: 0,
                             });
                             s.next_seq = s.next_seq.max(seq + 1);
                             counts.2 += 1;
@@ -469,7 +489,10 @@ impl MessageState {
             Some(c) if c.decides_groups() => Scope::Plain,
             _ => Scope::All,
         };
-        let ticket = self.route(org, from, publish, qos, props, limits, extra, scope, true)?;
+        let hint = cluster.map_or(0, |c| c.live_hint());
+        let ticket = self.route(
+            org, from, publish, qos, props, limits, extra, scope, true, hint,
+        )?;
         let done = match cluster {
             Some(c) if !org.deleted.load(Ordering::Relaxed) => {
                 if publish.retain {
@@ -485,7 +508,7 @@ impl MessageState {
     /// Routes a message another node accepted (from the cluster) to this node's
     /// subscribers in `scope`: like a local publish, except that it is not stored as
     /// retained here and not forwarded again. Nothing for an org this node does not
-    /// have.
+    /// have. `seq`: its position in the cluster's stream, when it was read from there.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn route_remote(
         &self,
@@ -496,7 +519,12 @@ impl MessageState {
         props: Option<&PublishProperties>,
         limits: &StateLimits,
         scope: Scope<'_>,
+        seq: Option<u64>,
     ) {
+        let hint = match seq {
+            Some(seq) => seq.saturating_sub(1),
+            None => self.cluster.get().map_or(0, |c| c.live_hint()),
+        };
         if let Some(o) = self.existing(org) {
             let _ = self.route(
                 &o,
@@ -508,6 +536,7 @@ impl MessageState {
                 Vec::new(),
                 scope,
                 false,
+                hint,
             );
         }
     }
@@ -555,6 +584,7 @@ impl MessageState {
         extra: Vec<Op>,
         scope: Scope<'_>,
         keep_retained: bool,
+        hint: u64,
     ) -> Result<Ticket, Refused> {
         let subscribed = org.subscriptions.load(Ordering::Relaxed) > 0;
         let retain = publish.retain && keep_retained;
@@ -612,6 +642,7 @@ impl MessageState {
                     sent: false,
                     resend: false,
                     durable,
+                    hint,
                 });
                 // Online, flow control bounds the queue (a publisher waits while a
                 // subscriber has a window's worth outstanding); the limit is for the
@@ -686,6 +717,9 @@ impl MessageState {
         if !ops.is_empty() {
             self.committer.submit(ops);
         }
+        if let Some(c) = self.cluster.get() {
+            c.session_changed();
+        }
         Attached {
             session_present: present,
             session: SessionHandle {
@@ -731,6 +765,82 @@ impl MessageState {
         if !ops.is_empty() {
             self.committer.submit(ops);
         }
+    }
+
+    /// Whether `client` of `org` has a session here (and whether it is connected).
+    pub(crate) fn session_here(&self, org: &OrgId, client: &str) -> Option<bool> {
+        let o = self.existing(org)?;
+        let g = lock(&o.inner);
+        g.sessions.get(client).map(|s| s.online.is_some())
+    }
+
+    /// Takes over a persistent session from elsewhere (the cluster, `record` as its
+    /// last owner left it): whatever this node held of it goes, its subscriptions
+    /// are in force from now on, offline until its client attaches. Nothing happens
+    /// while a connection of it is live here.
+    pub(crate) fn adopt(&self, org: &OrgId, client: &str, record: SessionRecord) {
+        let o = self.org(org);
+        let mut ops = Vec::new();
+        {
+            let mut g = lock(&o.inner);
+            if o.deleted.load(Ordering::Relaxed)
+                || g.sessions.get(client).is_some_and(|s| s.online.is_some())
+            {
+                return;
+            }
+            discard(&mut g, org, client, &mut ops);
+            for (filter, qos) in &record.subs {
+                let id = record.ids.iter().find(|(f, _)| f == filter);
+                g.tree
+                    .insert_with_id(filter, client, *qos, id.map_or(0, |(_, id)| *id));
+            }
+            ops.push(Op::Put(
+                record::session(org, client),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            ));
+            g.sessions.insert(
+                client.to_owned(),
+                Session {
+                    record,
+                    ..Default::default()
+                },
+            );
+            o.subscriptions.store(g.tree.len(), Ordering::Relaxed);
+        }
+        self.committer.submit(ops);
+    }
+
+    /// The persistent sessions held here, each with the cluster-stream position its
+    /// queue needs kept (`None`: not known yet); see `cluster::sessions`.
+    pub(crate) fn persistent_sessions(&self) -> Vec<HeldSession> {
+        let live = self.cluster.get().map_or(0, |c| c.live_hint());
+        let mut out = Vec::new();
+        for org in self.all_orgs() {
+            let g = lock(&org.inner);
+            for (client, s) in &g.sessions {
+                if s.ephemeral {
+                    continue;
+                }
+                let mut cursor = (live != 0).then_some(live);
+                for q in s.queue.iter().filter(|q| q.durable) {
+                    cursor = match (cursor, q.hint) {
+                        (_, 0) | (None, _) => None,
+                        (Some(c), h) => Some(c.min(h)),
+                    };
+                    if cursor.is_none() {
+                        break;
+                    }
+                }
+                out.push(HeldSession {
+                    org: org.org.clone(),
+                    client: client.clone(),
+                    record: s.record.clone(),
+                    online: s.online.is_some(),
+                    cursor,
+                });
+            }
+        }
+        out
     }
 
     /// Retained messages of `org`.
@@ -897,14 +1007,19 @@ fn match_sessions(
 ) -> Vec<(String, u8, Vec<usize>)> {
     let mut plain: HashMap<&str, (u8, Vec<usize>)> = HashMap::new();
     let mut groups: BTreeMap<&str, Vec<(&str, u8, u32)>> = BTreeMap::new();
-    let with_plain = matches!(scope, Scope::All | Scope::Plain);
+    let with_plain = matches!(scope, Scope::All | Scope::Plain | Scope::Session(_));
     let with_group = |group: &str| match scope {
         Scope::All => true,
-        Scope::Plain => false,
+        Scope::Plain | Scope::Session(_) => false,
         Scope::Group(g) => g == group,
+    };
+    let only = match scope {
+        Scope::Session(c) => Some(c),
+        _ => None,
     };
     g.tree.matches(topic, |e| match &e.group {
         None if !with_plain => {}
+        None if only.is_some_and(|c| c != e.client) => {}
         // No-local: not back to the session that published it.
         None if e.opts & opts::NO_LOCAL != 0 && e.client == from => {}
         Some(group) if !with_group(group) => {}
@@ -1260,6 +1375,7 @@ impl SessionHandle {
                 sent: false,
                 resend: false,
                 durable: false,
+                hint: 0,
             });
         }
         if !s.queue.is_empty() {
@@ -1272,6 +1388,9 @@ impl SessionHandle {
 
     /// The write that stores the session's record (none for an ephemeral session).
     fn save(&self, s: &Session) -> Option<Op> {
+        if let (false, Some(c)) = (s.ephemeral, self.state.cluster.get()) {
+            c.session_changed();
+        }
         (!s.ephemeral).then(|| {
             Op::Put(
                 record::session(&self.org.org, &self.client),
@@ -1367,6 +1486,9 @@ impl SessionHandle {
         drop(g);
         if !ops.is_empty() {
             self.state.committer.submit(ops);
+        }
+        if let Some(c) = self.state.cluster.get() {
+            c.session_changed();
         }
     }
 }
