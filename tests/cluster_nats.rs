@@ -446,6 +446,33 @@ async fn a_persistent_session_moves_between_nodes_with_its_queue() {
 }
 
 #[tokio::test]
+async fn a_node_killed_and_restarted_owes_its_sessions_what_came_while_it_was_down() {
+    let mut c = Cluster::start(2, &["acme"]).await;
+    let app = c.connect("acme", 1, "a:cmd", "a:acme:cmd").await;
+    persistent_visit(&c, 0, false, true, &[]).await;
+    wait_held(&c, 0, 1.0).await;
+    let mut owed = commands(&app, "p", 0, 5).await;
+    tokio::time::sleep(QUIET).await;
+
+    c.nodes[0].server.kill_hard();
+    owed.extend(commands(&app, "p", 5, 5).await);
+    let node = c.nodes.remove(0);
+    c.nodes.insert(
+        0,
+        Node {
+            server: node.server.restart_hard(),
+            name: node.name,
+        },
+    );
+    c.wait_connected(0, true).await;
+
+    let (present, got) = persistent_visit(&c, 0, false, false, &owed).await;
+    assert!(present);
+    let missing: Vec<&String> = owed.iter().filter(|m| !got.contains(m)).collect();
+    assert!(missing.is_empty(), "lost: {missing:?} (got {got:?})");
+}
+
+#[tokio::test]
 async fn takeover_kick_and_listing_across_nodes() {
     let c = Cluster::start(2, &["acme"]).await;
     let _app = c.connect("acme", 0, "a:dash", "a:acme:dash").await;

@@ -29,6 +29,8 @@ pub struct Server {
     /// MQTT over WebSockets (TLS, `/mqtt`).
     pub ws: SocketAddr,
     data_dir: PathBuf,
+    /// The flags it was started with after the usual ones (kept for a restart).
+    extra: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -110,20 +112,27 @@ impl Server {
             ws: field("ws"),
             child,
             data_dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: None,
         }
     }
 
     /// Stops the process (SIGKILL: nothing is flushed on the way out) and starts a new
-    /// one on the same data dir and MQTT port.
+    /// one on the same data dir and MQTT port, with the same extra flags.
     pub fn restart_hard(mut self) -> Server {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_hard();
         let tmp = self._tmp.take();
         let mqtt = self.mqtt.to_string();
-        let mut s = Self::spawn(&self.data_dir, &mqtt);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let mut s = Self::spawn_with(&self.data_dir, &mqtt, &extra, &[]);
         s._tmp = tmp;
         s
+    }
+
+    /// Kills the process (SIGKILL, by its PID) and waits for it; the data dir stays.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (at most 30 s) for the process to exit; its exit

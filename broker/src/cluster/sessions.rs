@@ -478,8 +478,12 @@ impl Cluster {
             warn!(org = %org, client_id = client, "unreadable session entry in the cluster: starting anew");
             return;
         };
-        if stored.node == self.node() && ctx.state.session_here(org, client).is_some() {
-            return; // this node's own: as on a single node
+        // This node's own, written by it since it started: as on a single node. (One
+        // it loaded from its store at start is read again from the stream: what was
+        // published while the node was down is only there.)
+        let verified = lock(&self.sessions.written).contains_key(&key);
+        if stored.node == self.node() && verified && ctx.state.session_here(org, client).is_some() {
+            return;
         }
         if ctx.state.session_here(org, client) == Some(true) {
             return; // a connection of it is live here (a takeover on this node)
