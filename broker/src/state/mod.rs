@@ -810,15 +810,16 @@ impl MessageState {
         self.committer.submit(ops);
     }
 
-    /// The persistent sessions held here, each with the cluster-stream position its
-    /// queue needs kept (`None`: not known yet); see `cluster::sessions`.
+    /// The persistent sessions of clients held here, each with the cluster-stream
+    /// position its queue needs kept (`None`: not known yet); see `cluster::sessions`.
     pub(crate) fn persistent_sessions(&self) -> Vec<HeldSession> {
         let live = self.cluster.get().map_or(0, |c| c.live_hint());
         let mut out = Vec::new();
         for org in self.all_orgs() {
             let g = lock(&org.inner);
             for (client, s) in &g.sessions {
-                if s.ephemeral {
+                // Destinations (`$dest:<id>`) have a session on every node, each its own.
+                if s.ephemeral || client.starts_with('$') {
                     continue;
                 }
                 let mut cursor = (live != 0).then_some(live);
