@@ -342,6 +342,7 @@ impl Cluster {
         publish: &Publish,
         qos: u8,
         props: Option<&PublishProperties>,
+        id: Option<&str>,
     ) -> Option<Arc<Done>> {
         let topic = std::str::from_utf8(&publish.topic).ok()?;
         let subject = subject::subject(topic)?;
@@ -350,7 +351,7 @@ impl Cluster {
             subject::MESSAGES,
             subject::token(org.as_str())
         )));
-        let headers = self.headers(from, publish, qos, props);
+        let headers = self.headers(from, publish, qos, props, id);
         let now = Instant::now();
         // NATS gone for longer than the ack timeout: the node works alone, PUBACKs do
         // not wait (the message is still handed to NATS).
@@ -392,7 +393,7 @@ impl Cluster {
         };
         let f = Forward {
             subject,
-            headers: self.headers(from, publish, qos, props),
+            headers: self.headers(from, publish, qos, props, None),
             payload: publish.payload.clone(),
             // Through JetStream (retried until the deadline); nobody waits for it.
             done: Some(Done::new(Instant::now() + self.config.ack_timeout)),
@@ -403,20 +404,26 @@ impl Cluster {
         }
     }
 
-    /// The headers a forwarded message carries.
+    /// A new message id, unique in the cluster: `<node>:<boot>:<seq>`.
+    pub(crate) fn new_id(&self) -> Arc<str> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("{}:{}:{seq}", self.node(), self.boot))
+    }
+
+    /// The headers a forwarded message carries (`id`: its message id, if it has one).
     fn headers(
         &self,
         from: &str,
         publish: &Publish,
         qos: u8,
         props: Option<&PublishProperties>,
+        id: Option<&str>,
     ) -> HeaderMap {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut headers = HeaderMap::new();
-        headers.insert(
-            H_ID,
-            format!("{}:{}:{seq}", self.node(), self.boot).as_str(),
-        );
+        match id {
+            Some(id) => headers.insert(H_ID, id),
+            None => headers.insert(H_ID, &*self.new_id()),
+        }
         headers.insert(H_NODE, self.node());
         headers.insert(H_QOS, qos.to_string().as_str());
         if publish.retain {
@@ -940,6 +947,7 @@ impl Cluster {
             &limits,
             scope,
             seq,
+            header(headers, H_ID),
         );
     }
 

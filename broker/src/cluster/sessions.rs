@@ -27,9 +27,10 @@
 //! subscriptions failed — then the catch-up reads it from the stream, with its exact
 //! sequence); a message read from the stream remembers its own sequence. The cursor is
 //! the lowest of those over the session's unacknowledged messages, or the newest
-//! sample older than [`LAG`] when it has none. It errs early: a takeover resends up to
-//! [`LAG`] (and a second) of what the client had already acknowledged — at least once,
-//! never lost.
+//! sample older than [`LAG`] when it has none. It errs early: a takeover re-reads up
+//! to [`LAG`] (and a second) of what the client had already acknowledged, and skips
+//! those by the ids the entry lists (`acked`: acknowledged in the last 12 s); what the
+//! list misses comes again — at least once, never lost.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,6 +72,10 @@ struct Stored {
     node: String,
     record: SessionRecord,
     cursor: u64,
+    /// Ids of messages after the cursor that the client acknowledged lately: a node
+    /// taking the session over does not send them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    acked: Vec<String>,
     /// When it was written (Unix seconds).
     at: u64,
 }
@@ -89,6 +94,7 @@ struct Written {
     /// The record and cursor written (a change is written, nothing else).
     record: SessionRecord,
     cursor: u64,
+    acked: Vec<String>,
 }
 
 /// This node's side of the sessions bucket.
@@ -326,6 +332,7 @@ impl Cluster {
             node: self.node().to_owned(),
             record: h.record.clone(),
             cursor,
+            acked: h.acked.clone(),
             at: unix_now(),
         };
         serde_json::to_vec(&stored).ok().map(Bytes::from)
@@ -341,7 +348,7 @@ impl Cluster {
         w: Written,
     ) -> Result<(), ()> {
         let cursor = h.cursor.unwrap_or(w.cursor);
-        if cursor == w.cursor && h.record == w.record {
+        if cursor == w.cursor && h.record == w.record && h.acked == w.acked {
             return Ok(());
         }
         let Some(value) = self.stored(h, cursor) else {
@@ -355,6 +362,7 @@ impl Cluster {
                         revision,
                         record: h.record.clone(),
                         cursor,
+                        acked: h.acked.clone(),
                     },
                 );
                 Ok(())
@@ -401,11 +409,14 @@ impl Cluster {
                         revision: e.revision,
                         record: s.record.clone(),
                         cursor: s.cursor,
+                        acked: s.acked.clone(),
                     },
                 );
                 ctx.state.adopt(&h.org, &h.client, h.record.clone());
                 self.interest_ready().await;
-                let n = self.read_owed(&h.org, &h.client, &h.record, s.cursor).await;
+                let n = self
+                    .read_owed(&h.org, &h.client, &h.record, s.cursor, &s.acked)
+                    .await;
                 info!(org = %h.org, client_id = h.client, messages = n, "persistent session read again from the cluster stream");
                 Ok(())
             }
@@ -438,6 +449,7 @@ impl Cluster {
                             revision,
                             record: h.record.clone(),
                             cursor,
+                            acked: h.acked.clone(),
                         },
                     );
                 }
@@ -512,6 +524,7 @@ impl Cluster {
             node: self.node().to_owned(),
             record: record.clone(),
             cursor: stored.cursor,
+            acked: stored.acked.clone(),
             at: unix_now(),
         };
         if let Ok(body) = serde_json::to_vec(&mine) {
@@ -524,13 +537,16 @@ impl Cluster {
                         revision,
                         record: record.clone(),
                         cursor: stored.cursor,
+                        acked: stored.acked.clone(),
                     },
                 );
             }
         }
         // Subscribed here before the stream is read: what comes after the read is live.
         self.interest_ready().await;
-        let n = self.read_owed(org, client, &record, stored.cursor).await;
+        let n = self
+            .read_owed(org, client, &record, stored.cursor, &stored.acked)
+            .await;
         crate::metrics::cluster_session_taken_over(self.node(), n);
         info!(org = %org, client_id = client, from = stored.node, messages = n, "persistent session taken over from another node");
     }
@@ -545,14 +561,17 @@ impl Cluster {
     }
 
     /// Reads the stream after `cursor` into the queue of `client`'s session (the
-    /// messages its subscriptions match), for at most [`READ_FOR`]. How many were read.
+    /// messages its subscriptions match, but those with an id in `acked`), for at most
+    /// [`READ_FOR`]. How many were queued.
     async fn read_owed(
         &self,
         org: &OrgId,
         client: &str,
         record: &SessionRecord,
         cursor: u64,
+        acked: &[String],
     ) -> u64 {
+        let acked: HashSet<&str> = acked.iter().map(String::as_str).collect();
         use jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
         let Some(js) = self.sessions.js.get() else {
             return 0;
@@ -618,14 +637,17 @@ impl Cluster {
             };
             let Ok(info) = m.info() else { break };
             let (seq, pending) = (info.stream_sequence, info.pending);
-            self.receive(
-                &m.subject,
-                &m.headers,
-                &m.payload,
-                Scope::Session(client),
-                Some(seq),
-            );
-            n += 1;
+            let had = super::header(&m.headers, super::H_ID).is_some_and(|id| acked.contains(id));
+            if !had {
+                self.receive(
+                    &m.subject,
+                    &m.headers,
+                    &m.payload,
+                    Scope::Session(client),
+                    Some(seq),
+                );
+                n += 1;
+            }
             if pending == 0 || seq >= last {
                 break;
             }

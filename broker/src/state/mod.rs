@@ -175,6 +175,26 @@ struct Session {
     online: Option<(u64, Arc<Notify>)>,
     /// The attachment of the last connection (live or not).
     generation: u64,
+    /// In a cluster: the ids of messages acknowledged lately, oldest first.
+    acked: VecDeque<(std::time::Instant, Arc<str>)>,
+}
+
+impl Session {
+    /// The client has message `q` (PUBACK, PUBREC).
+    fn note_acked(&mut self, q: Queued) {
+        if let (Some(id), false) = (q.id, self.ephemeral) {
+            let now = std::time::Instant::now();
+            while self.acked.len() >= ACKED_IDS
+                || self
+                    .acked
+                    .front()
+                    .is_some_and(|(t, _)| now.duration_since(*t) > ACKED_FOR)
+            {
+                self.acked.pop_front();
+            }
+            self.acked.push_back((now, id));
+        }
+    }
 }
 
 impl Session {
@@ -204,7 +224,23 @@ struct Queued {
     /// (0: not known), what the session's cursor may advance to while it is queued
     /// (`cluster::sessions`).
     hint: u64,
+    /// In a cluster: the message's id (what a session that moves to another node
+    /// tells it it has acknowledged already).
+    id: Option<Arc<str>>,
 }
+
+/// Where a message routed here comes from, in a cluster (see [`Queued`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origin {
+    pub hint: u64,
+    pub id: Option<Arc<str>>,
+}
+
+/// Ids of messages a session's client acknowledged lately, kept for a move to another
+/// node (`cluster::sessions`): at most this many ...
+const ACKED_IDS: usize = 1024;
+/// ... and for this long: the cursor's margin, and the second it moves in, and one more.
+const ACKED_FOR: Duration = Duration::from_secs(crate::cluster::sessions::LAG.as_secs() + 2);
 
 /// The least a connected session's queue holds before its oldest messages are dropped:
 /// flow control keeps a connected subscriber within its window (1,000 outstanding),
@@ -240,6 +276,8 @@ pub(crate) struct HeldSession {
     /// Every message of the cluster's stream up to here that this session matched
     /// has been acknowledged by its client; `None`: not known.
     pub cursor: Option<u64>,
+    /// Ids of messages after the cursor its client acknowledged lately.
+    pub acked: Vec<String>,
 }
 
 /// The outcome of attaching a connection to its session.
@@ -338,6 +376,7 @@ impl MessageState {
                                 resend: false,
                                 durable: true,
                                 hint: 0,
+                                id: None,
                             });
                             s.next_seq = s.next_seq.max(seq + 1);
                             counts.2 += 1;
@@ -489,16 +528,22 @@ impl MessageState {
             Some(c) if c.decides_groups() => Scope::Plain,
             _ => Scope::All,
         };
-        let hint = cluster.map_or(0, |c| c.live_hint());
+        let origin = match cluster {
+            Some(c) => Origin {
+                hint: c.live_hint(),
+                id: Some(c.new_id()),
+            },
+            None => Origin::default(),
+        };
         let ticket = self.route(
-            org, from, publish, qos, props, limits, extra, scope, true, hint,
+            org, from, publish, qos, props, limits, extra, scope, true, &origin,
         )?;
         let done = match cluster {
             Some(c) if !org.deleted.load(Ordering::Relaxed) => {
                 if publish.retain {
                     c.forward_retained(from, publish, qos, props);
                 }
-                c.forward(&org.org, from, publish, qos, props)
+                c.forward(&org.org, from, publish, qos, props, origin.id.as_deref())
             }
             _ => None,
         };
@@ -508,7 +553,8 @@ impl MessageState {
     /// Routes a message another node accepted (from the cluster) to this node's
     /// subscribers in `scope`: like a local publish, except that it is not stored as
     /// retained here and not forwarded again. Nothing for an org this node does not
-    /// have. `seq`: its position in the cluster's stream, when it was read from there.
+    /// have. `seq`: its position in the cluster's stream, when it was read from there;
+    /// `id`: its message id.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn route_remote(
         &self,
@@ -520,10 +566,15 @@ impl MessageState {
         limits: &StateLimits,
         scope: Scope<'_>,
         seq: Option<u64>,
+        id: Option<&str>,
     ) {
         let hint = match seq {
             Some(seq) => seq.saturating_sub(1),
             None => self.cluster.get().map_or(0, |c| c.live_hint()),
+        };
+        let origin = Origin {
+            hint,
+            id: id.map(Arc::from),
         };
         if let Some(o) = self.existing(org) {
             let _ = self.route(
@@ -536,7 +587,7 @@ impl MessageState {
                 Vec::new(),
                 scope,
                 false,
-                hint,
+                &origin,
             );
         }
     }
@@ -584,7 +635,7 @@ impl MessageState {
         extra: Vec<Op>,
         scope: Scope<'_>,
         keep_retained: bool,
-        hint: u64,
+        origin: &Origin,
     ) -> Result<Ticket, Refused> {
         let subscribed = org.subscriptions.load(Ordering::Relaxed) > 0;
         let retain = publish.retain && keep_retained;
@@ -642,7 +693,8 @@ impl MessageState {
                     sent: false,
                     resend: false,
                     durable,
-                    hint,
+                    hint: origin.hint,
+                    id: origin.id.clone(),
                 });
                 // Online, flow control bounds the queue (a publisher waits while a
                 // subscriber has a window's worth outstanding); the limit is for the
@@ -832,12 +884,20 @@ impl MessageState {
                         break;
                     }
                 }
+                let now = std::time::Instant::now();
+                let acked = s
+                    .acked
+                    .iter()
+                    .filter(|(t, _)| now.duration_since(*t) <= ACKED_FOR)
+                    .map(|(_, id)| id.to_string())
+                    .collect();
                 out.push(HeldSession {
                     org: org.org.clone(),
                     client: client.clone(),
                     record: s.record.clone(),
                     online: s.online.is_some(),
                     cursor,
+                    acked,
                 });
             }
         }
@@ -1281,6 +1341,7 @@ impl SessionHandle {
                     if q.durable {
                         ops.push(Op::Delete(record::queued(org, client, q.seq)));
                     }
+                    s.note_acked(q);
                 }
             }
             if rec {
@@ -1377,6 +1438,7 @@ impl SessionHandle {
                 resend: false,
                 durable: false,
                 hint: 0,
+                id: None,
             });
         }
         if !s.queue.is_empty() {
