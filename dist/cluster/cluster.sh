@@ -35,8 +35,12 @@ die() {
     exit 1
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# N free loopback ports, all different (held open together while they are picked).
+free_ports() {
+    python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
 }
 
 # Runs a PostgreSQL program as the postgres user when we are root (it refuses root).
@@ -99,9 +103,13 @@ start() {
             v="NODE${i}_LB"; node_lb[i]=${!v##*:}
         done
     elif [ "${CERTMQ_CLUSTER_PORTS:-}" = auto ]; then
-        pg_port=$(free_port); nats_port=$(free_port); lb_mqtt=$(free_port); lb_admin=$(free_port)
+        local ports
+        read -r -a ports <<<"$(free_ports $((4 + 3 * nodes)))"
+        pg_port=${ports[0]}; nats_port=${ports[1]}; lb_mqtt=${ports[2]}; lb_admin=${ports[3]}
         for i in $(seq 1 "$nodes"); do
-            mqtt[i]=$(free_port); admin[i]=$(free_port); node_lb[i]=$(free_port)
+            mqtt[i]=${ports[4 + 3 * (i - 1)]}
+            admin[i]=${ports[5 + 3 * (i - 1)]}
+            node_lb[i]=${ports[6 + 3 * (i - 1)]}
         done
     else
         pg_port=15432; nats_port=14222; lb_mqtt=8883; lb_admin=8080
@@ -180,7 +188,14 @@ start() {
     echo "HAProxy: MQTT 127.0.0.1:$lb_mqtt (any node), admin http://127.0.0.1:$lb_admin"
     haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
     echo $! >"$dir/pids/haproxy.pid"
-    wait_for 10 "haproxy" port_open "$lb_mqtt"
+    # Every frontend, and from this HAProxy (a port taken by another process since it
+    # was picked would answer too, while HAProxy exited on it).
+    local hp
+    hp=$(cat "$dir/pids/haproxy.pid")
+    for port in "$lb_mqtt" "$lb_admin" "${node_lb[@]}"; do
+        wait_for 10 "haproxy on port $port" port_open "$port"
+    done
+    kill -0 "$hp" 2>/dev/null || die "haproxy exited (see $dir/haproxy.log)"
 
     {
         echo "CLUSTER_DIR=$dir"
