@@ -824,3 +824,66 @@ async fn a_node_whose_nats_is_unreachable_works_alone() {
     }
     panic!("no forward failure counted: {text}");
 }
+
+/// Not a check (no timed assertions): how long a persistent session with `N` QoS 1
+/// commands queued takes to resume on the node that holds it and on another node
+/// (CONNACK, then every command), and how many came twice.
+/// `cargo test --release --test cluster_nats -- --ignored --nocapture measure_session`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_session_takeover() {
+    let c = Cluster::start(2, &["acme"]).await;
+    // The default queue limit per session (docs/limits.md).
+    const N: usize = 1_000;
+    let app = c.connect("acme", 0, "a:cmd", "a:acme:cmd").await;
+    persistent_visit(&c, 0, false, true, &[]).await;
+    wait_held(&c, 0, 1.0).await;
+    let mut next = 0;
+    for (label, node) in [("same node", 0), ("other node", 1), ("back", 0)] {
+        // Unpaced, as a command service would; then the queue is complete.
+        let owed = commands(&app, "p", next, N).await;
+        next += N;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cert = c
+            .org("acme")
+            .1
+            .issue_client("d:sensor:p", Default::default())
+            .unwrap();
+        let mut opts = device_sim::client::mqtt_options(
+            &c.target("acme", node),
+            "d:acme:sensor:p",
+            Some(&cert),
+        )
+        .unwrap();
+        opts.set_clean_session(false);
+        let start = std::time::Instant::now();
+        let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
+        let mut connack = None;
+        let mut got = std::collections::HashSet::new();
+        let mut total = 0usize;
+        while got.len() < owed.len() {
+            match tokio::time::timeout(WAIT, el.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                    connack = Some(start.elapsed());
+                }
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                    total += 1;
+                    got.insert(p.payload.to_vec());
+                }
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        let all = start.elapsed();
+        client.disconnect().await.ok();
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), el.poll()).await {}
+        eprintln!(
+            "{label}: {} of {N} queued commands; CONNACK after {:.1} ms, all after {:.1} ms; {} came twice",
+            got.len(),
+            connack.unwrap_or_default().as_secs_f64() * 1000.0,
+            all.as_secs_f64() * 1000.0,
+            total - got.len()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

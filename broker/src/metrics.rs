@@ -68,6 +68,18 @@ fn describe() {
         "Times the NATS client dropped messages for one of this node's subscriptions (a slow consumer); each starts a catch-up from the stream."
     );
     describe_gauge!(
+        "certmq_cluster_sessions_held",
+        "Persistent sessions this node holds in the cluster's sessions bucket."
+    );
+    describe_counter!(
+        "certmq_cluster_sessions_taken_over_total",
+        "Persistent sessions taken over from another node."
+    );
+    describe_counter!(
+        "certmq_cluster_session_messages_read_total",
+        "Messages read from the cluster stream into persistent sessions taken over."
+    );
+    describe_gauge!(
         "certmq_cluster_nats_connected",
         "1 while this node is connected to the cluster's NATS server, else 0."
     );
