@@ -776,3 +776,164 @@ async fn a_node_whose_nats_is_unreachable_works_alone() {
     }
     panic!("no forward failure counted: {text}");
 }
+
+/// Cross-node flow control (docs/cluster-messages.md, *Flow control across nodes*): an
+/// application on node 2 that stops reading holds a device's QoS 1 publishes on node 1
+/// — the device's acknowledged count stays within a bound of what the application has
+/// received — and once it reads again, every acknowledged message arrives. Bounds on
+/// counts only: a loaded machine makes it slower, not different.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
+    use rumqttc::{Event, Packet};
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const N: usize = 10_000;
+    // Far below N; above the subscriber's window (1,000) plus what the publisher gets
+    // acknowledged while the pressure travels to its node. Without flow control across
+    // nodes the publisher is acknowledged all N while nothing is read, and the
+    // subscriber's queue (4,096 while connected) drops the oldest.
+    const BOUND: usize = 4_000;
+    let c = Cluster::start(2, &["acme"]).await;
+    let (_, ca, _) = c.org("acme");
+
+    // The application on node 2: its event loop is not polled (nothing read, nothing
+    // acknowledged) while paused.
+    let cert = ca.issue_client("a:slow", Default::default()).unwrap();
+    let opts =
+        device_sim::client::mqtt_options(&c.target("acme", 1), "a:acme:slow", Some(&cert)).unwrap();
+    let (app, mut app_loop) = device_sim::client::async_client(opts, 10);
+    let (pause, mut paused) = tokio::sync::watch::channel(false);
+    let (suback_tx, suback) = tokio::sync::oneshot::channel();
+    let received = Arc::new(AtomicUsize::new(0));
+    let payloads = Arc::new(Mutex::new(HashSet::new()));
+    let (r, p) = (received.clone(), payloads.clone());
+    tokio::spawn(async move {
+        let mut suback_tx = Some(suback_tx);
+        loop {
+            while *paused.borrow_and_update() {
+                if paused.changed().await.is_err() {
+                    return;
+                }
+            }
+            match app_loop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(m))) => {
+                    let n: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+                    p.lock().unwrap().insert(n);
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = suback_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                // Closed (the end of the test): what it got is counted.
+                Err(_) => return,
+            }
+        }
+    });
+    app.subscribe(EVENTS, QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(WAIT, suback).await.unwrap().unwrap();
+    pause.send(true).unwrap();
+
+    // The device on node 1: QoS 1 as fast as its in-flight window (100) allows.
+    let cert = ca
+        .issue_client("d:sensor:fast", Default::default())
+        .unwrap();
+    let opts =
+        device_sim::client::mqtt_options(&c.target("acme", 0), "d:acme:sensor:fast", Some(&cert))
+            .unwrap();
+    let (dev, mut dev_loop) = device_sim::client::async_client(opts, 100);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let a = acked.clone();
+    tokio::spawn(async move {
+        loop {
+            match dev_loop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                // Closed (the end of the test): what it got is counted.
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        for i in 0..N {
+            dev.publish(
+                "iot-2/evt/n/fmt/txt",
+                QoS::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    // The largest lead of the acknowledgements over the deliveries, sampled throughout.
+    let lead = Arc::new(AtomicUsize::new(0));
+    let (a, r, l) = (acked.clone(), received.clone(), lead.clone());
+    let sampler = tokio::spawn(async move {
+        loop {
+            // Deliveries first: a delivery is never counted before its acknowledgement.
+            let got = r.load(Ordering::SeqCst);
+            let ack = a.load(Ordering::SeqCst);
+            l.fetch_max(ack.saturating_sub(got), Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    // Paused: the acknowledgements stop growing (nothing for 1.5 s), or reach N.
+    let mut last = (0, tokio::time::Instant::now());
+    let stalled = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < stalled {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = acked.load(Ordering::SeqCst);
+        if now == N {
+            break;
+        }
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+    }
+    // (The poll under way when it paused may have read one.)
+    let (held, read) = (
+        acked.load(Ordering::SeqCst),
+        received.load(Ordering::SeqCst),
+    );
+    assert!(
+        held > 0 && held <= read + BOUND,
+        "{held} of {N} acknowledged while the subscriber on another node read {read}"
+    );
+
+    // Reading again: every message arrives, and every one is acknowledged.
+    pause.send(false).unwrap();
+    let all = tokio::time::Instant::now() + Duration::from_secs(120);
+    while (received.load(Ordering::SeqCst) < N || acked.load(Ordering::SeqCst) < N)
+        && tokio::time::Instant::now() < all
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sampler.abort();
+    let got = payloads.lock().unwrap().clone();
+    let missing: Vec<usize> = (0..N).filter(|i| !got.contains(i)).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} acknowledged messages never arrived (first: {missing:?}); {} deliveries",
+        N - got.len(),
+        received.load(Ordering::SeqCst)
+    );
+    assert_eq!(acked.load(Ordering::SeqCst), N);
+    let lead = lead.load(Ordering::SeqCst);
+    assert!(lead <= BOUND, "acknowledged {lead} ahead of the deliveries");
+    eprintln!("held at {held} acknowledged; largest lead {lead}");
+
+    // Node 1 counted holding its publishers for node 2.
+    let text = c.nodes[0].server.api().0.metrics().await.unwrap();
+    let throttled = metric(&text, "certmq_cluster_throttled_total", &["node=\"n1\""]);
+    assert!(throttled.unwrap_or(0.0) >= 1.0, "{text}");
+}

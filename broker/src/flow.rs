@@ -24,6 +24,12 @@
 //! Subscribers that are not live (a persistent session while offline) are not counted:
 //! their queues are bounded by the org's queue limit. Messages no subscriber matches
 //! cost nothing.
+//!
+//! In a cluster (cluster/pressure.rs) the same holds across nodes: messages from other
+//! nodes count for this node's subscribers like local publishes ([`Pressure::router`]),
+//! and routing them waits while a subscriber is over; a node that falls behind that
+//! way (or in reading what NATS brings) tells the others, which *hold* the org's
+//! publishers ([`Pressure::hold`]) exactly as an over subscriber does here.
 
 use crate::lock;
 use crate::state::tree::filter_matches as matches;
@@ -130,6 +136,9 @@ struct OrgFlow {
     named: Mutex<HashMap<String, Arc<Sub>>>,
     /// Subscribers currently over the window.
     over: AtomicUsize,
+    /// Other nodes currently behind for this org (cluster flow control): they hold
+    /// this node's publishers, not the routing of what other nodes send.
+    held: AtomicUsize,
     /// Publishers waiting for the window.
     waiters: Notify,
 }
@@ -160,6 +169,11 @@ impl OrgFlow {
         if sub.over.swap(false, Ordering::AcqRel) && self.over.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.waiters.notify_waiters();
         }
+    }
+
+    /// Whether a session of this org may publish: no subscriber over, no node behind.
+    fn open(&self) -> bool {
+        self.over.load(Ordering::Acquire) == 0 && self.held.load(Ordering::Acquire) == 0
     }
 }
 
@@ -200,6 +214,39 @@ impl Pressure {
             client_id: client_id.to_owned(),
         }
     }
+
+    /// The flow state the cluster routes messages from other nodes with: a publisher
+    /// of `org` that subscribes to nothing. Its [`Flow::published`] counts them for
+    /// this node's subscribers and [`Flow::may_route`] says when to wait.
+    pub(crate) fn router(&self, org: &OrgId) -> Flow {
+        self.flow(org, "", false)
+    }
+
+    /// Holds (`on`) or releases the publishers of `org` for another node, `node`, that
+    /// is behind (cluster/pressure.rs): while held, they wait as for a subscriber over
+    /// the window. Whether this changed anything.
+    pub(crate) fn hold(&self, org_id: &OrgId, node: &str, on: bool) -> bool {
+        let org = lock(&self.orgs).entry(org_id.clone()).or_default().clone();
+        // Named like no session or group ("c:…", "g:…"); never in the index, so no
+        // publish or delivery counts for it.
+        let sub = lock(&org.named)
+            .entry(format!("n:{node}"))
+            .or_default()
+            .clone();
+        if on {
+            let changed = !sub.over.swap(true, Ordering::AcqRel);
+            if changed {
+                org.held.fetch_add(1, Ordering::AcqRel);
+            }
+            changed
+        } else {
+            let changed = sub.over.swap(false, Ordering::AcqRel);
+            if changed && org.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+                org.waiters.notify_waiters();
+            }
+            changed
+        }
+    }
 }
 
 /// One session's side of its org's flow control: as a publisher it adds to the
@@ -222,16 +269,32 @@ impl Flow {
     /// the window (or this session is one of them: its acknowledgements queue behind
     /// its own publishes).
     pub fn may_publish(&self) -> bool {
-        self.org.over.load(Ordering::Acquire) == 0 || self.sub.over.load(Ordering::Acquire)
+        self.org.open() || self.sub.over.load(Ordering::Acquire)
+    }
+
+    /// Whether the cluster may route a message from another node now: no subscriber
+    /// of the org is over the window here. (Other nodes being behind does not hold
+    /// it: that would hold them in turn, a cycle.)
+    pub(crate) fn may_route(&self) -> bool {
+        self.org.over.load(Ordering::Acquire) == 0
     }
 
     /// Waits until publishing may be allowed again: a delivery brought a subscriber
-    /// back under the window.
+    /// back under the window, or no other node holds the org any more.
     pub async fn wait(&self) {
+        self.wait_for(Flow::may_publish).await
+    }
+
+    /// Waits until [`Flow::may_route`] may be true again.
+    pub(crate) async fn wait_route(&self) {
+        self.wait_for(Flow::may_route).await
+    }
+
+    async fn wait_for(&self, ready: fn(&Flow) -> bool) {
         let window = self.org.waiters.notified();
         tokio::pin!(window);
         window.as_mut().enable();
-        if self.may_publish() {
+        if ready(self) {
             return;
         }
         tokio::select! {
@@ -453,6 +516,42 @@ mod tests {
             b.delivered();
         }
         assert!(publisher.may_publish(), "either member's deliveries count");
+    }
+
+    #[tokio::test]
+    async fn another_node_behind_holds_publishers_but_not_the_routing_of_its_messages() {
+        let (p, _) = pressure();
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut app = p.flow(&acme(), "a:acme:app", false);
+        app.subscribed(APP_FILTER);
+        let router = p.router(&acme());
+        assert!(p.hold(&acme(), "n2", true));
+        assert!(!p.hold(&acme(), "n2", true), "held once per node");
+        assert!(!publisher.may_publish());
+        assert!(
+            router.may_route(),
+            "a hold would otherwise hold other nodes in turn"
+        );
+        // Another org is not held.
+        let beta = p.flow(&OrgId::try_from("beta").unwrap(), "d:beta:s:d1", false);
+        assert!(beta.may_publish());
+        // Released: the waiting publisher is woken, not timed out.
+        let started = tokio::time::Instant::now();
+        let release = async {
+            tokio::task::yield_now().await;
+            assert!(p.hold(&acme(), "n2", false));
+        };
+        tokio::join!(publisher.wait(), release);
+        assert!(started.elapsed() < RECHECK);
+        assert!(publisher.may_publish());
+        // What comes from other nodes counts for the subscribers here, and its routing
+        // waits for them as a local publisher does.
+        for _ in 0..WINDOW {
+            router.published(EVENT);
+        }
+        assert!(app.over());
+        assert!(!router.may_route());
+        assert!(!publisher.may_publish());
     }
 
     #[tokio::test]

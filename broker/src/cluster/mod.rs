@@ -21,7 +21,11 @@
 //! - **Retained messages**: a retained publish (or clearing) accepted here also goes to
 //!   the stream `CERTMQ_RETAINED` (last message per subject); every node applies that
 //!   stream to its retained store in the stream's order, so all hold the same set.
+//! - **Flow control** ([`pressure`]): what arrives from other nodes counts for this
+//!   node's subscribers like a local publish; a node that falls behind says so on
+//!   `certmq.c.load`, and the others hold that org's publishers until it caught up.
 
+pub(crate) mod pressure;
 pub(crate) mod subject;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -65,12 +69,17 @@ const SEEN: usize = 100_000;
 const CATCH_UP_MARGIN: Duration = Duration::from_secs(5);
 /// Forwards waiting for NATS; more are dropped (and counted as failures).
 const FORWARD_QUEUE: usize = 100_000;
+/// Messages a receive loop routes before it lets other tasks run.
+const RECEIVE_BATCH: usize = 128;
 
 const H_NODE: &str = "Certmq-Node";
 const H_QOS: &str = "Certmq-Qos";
 const H_RETAIN: &str = "Certmq-Retain";
 const H_FROM: &str = "Certmq-From";
 const H_PROPS: &str = "Certmq-Props";
+/// When the origin node accepted the message, Unix ms (the lag metric; nothing
+/// decides on it, so clock skew only skews the metric).
+const H_AT: &str = "Certmq-At";
 const H_ID: &str = "Nats-Msg-Id";
 
 /// How this node joins a cluster.
@@ -264,6 +273,8 @@ pub(crate) struct Cluster {
     /// NATS client dropped messages for it) and no catch-up has covered yet.
     overflowed_at: Mutex<Option<time::OffsetDateTime>>,
     overflowed: tokio::sync::Notify,
+    /// Which orgs this node's receiving is behind for (flow control across nodes).
+    load: Arc<pressure::Load>,
 }
 
 impl Cluster {
@@ -289,6 +300,7 @@ impl Cluster {
             lost_since: Mutex::new(Some(Instant::now())),
             overflowed_at: Mutex::new(None),
             overflowed: tokio::sync::Notify::new(),
+            load: Arc::default(),
         });
         crate::metrics::cluster_connected(&cluster.config.node_id, false);
         match tokio::runtime::Handle::try_current() {
@@ -410,6 +422,7 @@ impl Cluster {
         );
         headers.insert(H_NODE, self.node());
         headers.insert(H_QOS, qos.to_string().as_str());
+        headers.insert(H_AT, pressure::unix_ms().to_string().as_str());
         if publish.retain {
             headers.insert(H_RETAIN, "1");
         }
@@ -457,6 +470,7 @@ impl Cluster {
         tokio::spawn(self.clone().recover_overflows(js.clone()));
         tokio::spawn(self.clone().forward_loop(forward_rx, client.clone(), js));
         tokio::spawn(self.clone().control(client.clone()));
+        tokio::spawn(self.clone().pressure_loop(client.clone()));
         self.interest_loop(interest_rx, client).await;
     }
 
@@ -619,7 +633,7 @@ impl Cluster {
             let Ok(Some(Ok(m))) = next else { break };
             let pending = m.info().map(|i| i.pending).unwrap_or(0);
             if header(&m.headers, H_NODE) != Some(self.node()) {
-                self.receive(&m.subject, &m.headers, &m.payload, Scope::Plain);
+                self.receive(&m.subject, &m.headers, &m.payload, Scope::Plain, None);
                 n += 1;
             }
             if pending == 0 {
@@ -843,30 +857,95 @@ impl Cluster {
         tasks
     }
 
+    /// Routes what one NATS subscription brings, in order, with flow control
+    /// ([`pressure`]): what waits in the subscription is counted (everything ready is
+    /// taken into a queue of at most [`pressure::BEHIND`]), and routing waits while a
+    /// subscriber of the org here is over its window.
     async fn receive_loop(self: Arc<Self>, mut sub: async_nats::Subscriber, group: Option<String>) {
-        while let Some(m) = sub.next().await {
-            let scope = match &group {
-                Some(g) => Scope::Group(g),
-                None => {
-                    // Our own, back through a plain subscription: delivered here already.
-                    if header(&m.headers, H_NODE) == Some(self.node()) {
-                        continue;
-                    }
-                    Scope::Plain
+        use futures_util::FutureExt;
+        let mut lane = pressure::Lane::new(self.load.clone());
+        let mut flow: Option<crate::flow::Flow> = None;
+        let mut queue = VecDeque::new();
+        let mut open = true;
+        loop {
+            if queue.is_empty() {
+                // Nothing waiting: caught up (if it was behind).
+                lane.backlog(0);
+                match sub.next().await {
+                    Some(m) => queue.push_back(m),
+                    None => return,
                 }
-            };
-            self.receive(&m.subject, &m.headers, &m.payload, scope);
+            }
+            // Everything ready, without waiting (and outside the task's budget: the
+            // count must not stop at it).
+            while open && queue.len() < pressure::BEHIND {
+                match tokio::task::unconstrained(sub.next()).now_or_never() {
+                    Some(Some(m)) => queue.push_back(m),
+                    Some(None) => open = false,
+                    None => break,
+                }
+            }
+            if lane.org().is_none() {
+                let org = queue
+                    .front()
+                    .and_then(|m| subject::topic(&m.subject))
+                    .and_then(|(org, _)| OrgId::try_from(org).ok());
+                if let (Some(org), Some(ctx)) = (org, self.ctx.upgrade()) {
+                    flow = Some(ctx.pressure.router(&org));
+                    lane.set_org(org);
+                }
+            }
+            lane.backlog(queue.len());
+            if let Some(at) = queue
+                .front()
+                .and_then(|m| header(&m.headers, H_AT))
+                .and_then(|a| a.parse().ok())
+            {
+                self.load.lag(at);
+            }
+            let batch = queue.len().min(RECEIVE_BATCH);
+            for m in queue.drain(..batch) {
+                let scope = match &group {
+                    Some(g) => Scope::Group(g),
+                    None => {
+                        // Our own, back through a plain subscription: delivered here already.
+                        if header(&m.headers, H_NODE) == Some(self.node()) {
+                            continue;
+                        }
+                        Scope::Plain
+                    }
+                };
+                if let Some(f) = flow.as_ref().filter(|f| !f.may_route()) {
+                    // A subscriber here is a window behind: wait as a local publisher
+                    // would, and meanwhile have the other nodes hold theirs.
+                    lane.waiting(true);
+                    while !f.may_route() {
+                        f.wait_route().await;
+                    }
+                    lane.waiting(false);
+                }
+                self.receive(&m.subject, &m.headers, &m.payload, scope, flow.as_ref());
+            }
+            if !open && queue.is_empty() {
+                return;
+            }
+            if !queue.is_empty() {
+                // Others' turn between batches.
+                tokio::task::yield_now().await;
+            }
         }
     }
 
     /// Routes one message from NATS into this node's message state (never forwarded
-    /// again). Copies already routed (same message id and scope) are dropped.
+    /// again). Copies already routed (same message id and scope) are dropped. `flow`
+    /// counts it for the subscribers it reaches (flow.rs), as a local publish is.
     fn receive(
         &self,
         subject: &str,
         headers: &Option<HeaderMap>,
         payload: &Bytes,
         scope: Scope<'_>,
+        flow: Option<&crate::flow::Flow>,
     ) {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
@@ -896,6 +975,9 @@ impl Cluster {
             .and_then(|p| serde_json::from_str::<Props>(p).ok())
             .map(Props::into_properties);
         let publish = packet::publish(topic.as_bytes(), payload, 0, retain, 0, false);
+        if let Some(flow) = flow {
+            flow.published(&topic);
+        }
         crate::metrics::cluster_received(self.node());
         let limits = ctx.state_limits(&org);
         ctx.state
