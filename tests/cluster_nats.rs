@@ -6,8 +6,11 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use device_sim::certs::TestCa;
@@ -777,29 +780,20 @@ async fn a_node_whose_nats_is_unreachable_works_alone() {
     panic!("no forward failure counted: {text}");
 }
 
-/// Cross-node flow control (docs/cluster-messages.md, *Flow control across nodes*): an
-/// application on node 2 that stops reading holds a device's QoS 1 publishes on node 1
-/// — the device's acknowledged count stays within a bound of what the application has
-/// received — and once it reads again, every acknowledged message arrives. Bounds on
-/// counts only: a loaded machine makes it slower, not different.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
+/// A device on node 1 publishing QoS 1 messages `0..n` as fast as its in-flight window
+/// (100) allows, and an application on node 2 subscribed to them whose event loop is
+/// not polled (nothing read, nothing acknowledged) while `pause` is set. Paused from the
+/// start.
+struct SlowPath {
+    pause: tokio::sync::watch::Sender<bool>,
+    acked: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    payloads: Arc<Mutex<HashSet<usize>>>,
+}
+
+async fn slow_path(c: &Cluster, n: usize) -> SlowPath {
     use rumqttc::{Event, Packet};
-    use std::collections::HashSet;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    const N: usize = 10_000;
-    // Far below N; above the subscriber's window (1,000) plus what the publisher gets
-    // acknowledged while the pressure travels to its node. Without flow control across
-    // nodes the publisher is acknowledged all N while nothing is read, and the
-    // subscriber's queue (4,096 while connected) drops the oldest.
-    const BOUND: usize = 4_000;
-    let c = Cluster::start(2, &["acme"]).await;
     let (_, ca, _) = c.org("acme");
-
-    // The application on node 2: its event loop is not polled (nothing read, nothing
-    // acknowledged) while paused.
     let cert = ca.issue_client("a:slow", Default::default()).unwrap();
     let opts =
         device_sim::client::mqtt_options(&c.target("acme", 1), "a:acme:slow", Some(&cert)).unwrap();
@@ -838,7 +832,6 @@ async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
     tokio::time::timeout(WAIT, suback).await.unwrap().unwrap();
     pause.send(true).unwrap();
 
-    // The device on node 1: QoS 1 as fast as its in-flight window (100) allows.
     let cert = ca
         .issue_client("d:sensor:fast", Default::default())
         .unwrap();
@@ -855,26 +848,72 @@ async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
                     a.fetch_add(1, Ordering::SeqCst);
                 }
                 Ok(_) => {}
-                // Closed (the end of the test): what it got is counted.
                 Err(_) => return,
             }
         }
     });
     tokio::spawn(async move {
-        for i in 0..N {
-            dev.publish(
-                "iot-2/evt/n/fmt/txt",
-                QoS::AtLeastOnce,
-                false,
-                i.to_string(),
-            )
-            .await
-            .unwrap();
+        for i in 0..n {
+            if dev
+                .publish(
+                    "iot-2/evt/n/fmt/txt",
+                    QoS::AtLeastOnce,
+                    false,
+                    i.to_string(),
+                )
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     });
+    SlowPath {
+        pause,
+        acked,
+        received,
+        payloads,
+    }
+}
+
+/// Waits until `count` stops growing (nothing for `quiet`) or reaches `n` (at most 60 s);
+/// its value then.
+async fn until_stalled(count: &AtomicUsize, n: usize, quiet: Duration) -> usize {
+    let mut last = (0, tokio::time::Instant::now());
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = count.load(Ordering::SeqCst);
+        if now == n {
+            break;
+        }
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() > quiet {
+            break;
+        }
+    }
+    count.load(Ordering::SeqCst)
+}
+
+/// Cross-node flow control (docs/cluster-messages.md, *Flow control across nodes*): an
+/// application on node 2 that stops reading holds a device's QoS 1 publishes on node 1
+/// — the device's acknowledged count stays within a bound of what the application has
+/// received — and once it reads again, every acknowledged message arrives. Bounds on
+/// counts only: a loaded machine makes it slower, not different.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
+    const N: usize = 10_000;
+    // Far below N; above the subscriber's window (1,000) plus what the publisher gets
+    // acknowledged while the pressure travels to its node. Without flow control across
+    // nodes the publisher is acknowledged all N while nothing is read, and the
+    // subscriber's queue (4,096 while connected) drops the oldest.
+    const BOUND: usize = 4_000;
+    let c = Cluster::start(2, &["acme"]).await;
+    let p = slow_path(&c, N).await;
     // The largest lead of the acknowledgements over the deliveries, sampled throughout.
     let lead = Arc::new(AtomicUsize::new(0));
-    let (a, r, l) = (acked.clone(), received.clone(), lead.clone());
+    let (a, r, l) = (p.acked.clone(), p.received.clone(), lead.clone());
     let sampler = tokio::spawn(async move {
         loop {
             // Deliveries first: a delivery is never counted before its acknowledgement.
@@ -885,49 +924,33 @@ async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
         }
     });
 
-    // Paused: the acknowledgements stop growing (nothing for 1.5 s), or reach N.
-    let mut last = (0, tokio::time::Instant::now());
-    let stalled = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tokio::time::Instant::now() < stalled {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = acked.load(Ordering::SeqCst);
-        if now == N {
-            break;
-        }
-        if now != last.0 {
-            last = (now, tokio::time::Instant::now());
-        } else if last.1.elapsed() > Duration::from_millis(1500) {
-            break;
-        }
-    }
-    // (The poll under way when it paused may have read one.)
-    let (held, read) = (
-        acked.load(Ordering::SeqCst),
-        received.load(Ordering::SeqCst),
-    );
+    // Paused: the acknowledgements stop growing, or reach N. (The poll under way when
+    // it paused may have read one.)
+    let held = until_stalled(&p.acked, N, Duration::from_millis(1500)).await;
+    let read = p.received.load(Ordering::SeqCst);
     assert!(
         held > 0 && held <= read + BOUND,
         "{held} of {N} acknowledged while the subscriber on another node read {read}"
     );
 
     // Reading again: every message arrives, and every one is acknowledged.
-    pause.send(false).unwrap();
+    p.pause.send(false).unwrap();
     let all = tokio::time::Instant::now() + Duration::from_secs(120);
-    while (received.load(Ordering::SeqCst) < N || acked.load(Ordering::SeqCst) < N)
+    while (p.received.load(Ordering::SeqCst) < N || p.acked.load(Ordering::SeqCst) < N)
         && tokio::time::Instant::now() < all
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sampler.abort();
-    let got = payloads.lock().unwrap().clone();
+    let got = p.payloads.lock().unwrap().clone();
     let missing: Vec<usize> = (0..N).filter(|i| !got.contains(i)).take(10).collect();
     assert!(
         missing.is_empty(),
         "{} of {N} acknowledged messages never arrived (first: {missing:?}); {} deliveries",
         N - got.len(),
-        received.load(Ordering::SeqCst)
+        p.received.load(Ordering::SeqCst)
     );
-    assert_eq!(acked.load(Ordering::SeqCst), N);
+    assert_eq!(p.acked.load(Ordering::SeqCst), N);
     let lead = lead.load(Ordering::SeqCst);
     assert!(lead <= BOUND, "acknowledged {lead} ahead of the deliveries");
     eprintln!("held at {held} acknowledged; largest lead {lead}");
@@ -936,4 +959,47 @@ async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
     let text = c.nodes[0].server.api().0.metrics().await.unwrap();
     let throttled = metric(&text, "certmq_cluster_throttled_total", &["node=\"n1\""]);
     assert!(throttled.unwrap_or(0.0) >= 1.0, "{text}");
+}
+
+/// Sends a signal to a process (SIGSTOP/SIGCONT to freeze a node).
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A node frozen with SIGSTOP, thawed when dropped (a failed assertion included).
+struct Frozen(u32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+/// A node behind that stops reporting (frozen: it neither routes nor says anything) does
+/// not hold the other nodes' publishers for longer than the hold's 2 s: the publisher
+/// held for it goes on and has every message acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_held_for_a_node_that_stops_reporting_go_on() {
+    const N: usize = 6_000;
+    let c = Cluster::start(2, &["acme"]).await;
+    let p = slow_path(&c, N).await;
+    let held = until_stalled(&p.acked, N, Duration::from_millis(1500)).await;
+    assert!(held < N, "not held: {held} of {N} acknowledged");
+    let frozen = Frozen(c.nodes[1].server.pid());
+    signal(frozen.0, "-STOP");
+    // Longer than the hold lasts after the last report (2 s).
+    let acked = until_stalled(&p.acked, N, Duration::from_secs(6)).await;
+    assert_eq!(acked, N, "still held with node 2 silent");
+    // (Thawed, node 2 is still behind, and says so: the hold comes back.)
+    let text = c.nodes[0].server.api().0.metrics().await.unwrap();
+    drop(frozen);
+    assert_eq!(
+        metric(&text, "certmq_cluster_holds", &["node=\"n1\""]),
+        Some(0.0),
+        "{text}"
+    );
 }
