@@ -869,8 +869,12 @@ impl Cluster {
         let mut open = true;
         loop {
             if queue.is_empty() {
-                // Nothing waiting: caught up (if it was behind).
+                // Nothing waiting: caught up (if it was behind), and a queue grown by a
+                // backlog is let go (one per subscription: thousands of them idle).
                 lane.backlog(0);
+                if queue.capacity() > RECEIVE_BATCH {
+                    queue = VecDeque::new();
+                }
                 match sub.next().await {
                     Some(m) => queue.push_back(m),
                     None => return,

@@ -53,6 +53,8 @@ pub(crate) const CAUGHT_UP: usize = BEHIND / 4;
 pub(crate) const REPORT: Duration = Duration::from_millis(250);
 /// Reports saying "caught up" after the last one that was behind.
 const AFTER: u8 = 2;
+/// The longest a report waits to be handed to the NATS client.
+const SEND: Duration = Duration::from_millis(50);
 /// How long a peer's report holds publishers when no other follows.
 pub(crate) const EXPIRE: Duration = Duration::from_secs(2);
 
@@ -333,7 +335,9 @@ impl Cluster {
             }
             sent_behind.clone_from(&report.behind);
             if let Ok(body) = serde_json::to_vec(&report) {
-                let _ = client.publish(LOAD, Bytes::from(body)).await;
+                // Never waits long: without NATS the client's queue fills up (forwards
+                // wait in it too), and this loop must go on expiring holds meanwhile.
+                let _ = tokio::time::timeout(SEND, client.publish(LOAD, Bytes::from(body))).await;
             }
         }
     }
