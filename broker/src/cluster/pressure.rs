@@ -53,8 +53,6 @@ pub(crate) const CAUGHT_UP: usize = BEHIND / 4;
 pub(crate) const REPORT: Duration = Duration::from_millis(250);
 /// Reports saying "caught up" after the last one that was behind.
 const AFTER: u8 = 2;
-/// The longest a report waits to be handed to the NATS client.
-const SEND: Duration = Duration::from_millis(50);
 /// How long a peer's report holds publishers when no other follows.
 pub(crate) const EXPIRE: Duration = Duration::from_secs(2);
 
@@ -273,6 +271,17 @@ impl Cluster {
             }
         };
         let node = self.node().to_owned();
+        // Reports go out from a task of their own, the latest one only: the NATS
+        // client's queue may be full (forwards wait in it too, and all of it without
+        // NATS), and this loop must go on applying and expiring holds meanwhile.
+        let (outbox, mut next) = tokio::sync::watch::channel(Bytes::new());
+        let sender = client.clone();
+        tokio::spawn(async move {
+            while next.changed().await.is_ok() {
+                let body = next.borrow_and_update().clone();
+                let _ = sender.publish(LOAD, body).await;
+            }
+        });
         let mut holds = Holds::default();
         // Reports still to send saying "caught up".
         let mut after = 0u8;
@@ -335,9 +344,7 @@ impl Cluster {
             }
             sent_behind.clone_from(&report.behind);
             if let Ok(body) = serde_json::to_vec(&report) {
-                // Never waits long: without NATS the client's queue fills up (forwards
-                // wait in it too), and this loop must go on expiring holds meanwhile.
-                let _ = tokio::time::timeout(SEND, client.publish(LOAD, Bytes::from(body))).await;
+                outbox.send_replace(Bytes::from(body));
             }
         }
     }
