@@ -1003,3 +1003,44 @@ async fn publishers_held_for_a_node_that_stops_reporting_go_on() {
         "{text}"
     );
 }
+
+/// Flow control across nodes counts each copy of a message for the subscribers it is
+/// routed to: a node with a plain subscriber and a shared group's member on the same
+/// topics gets two copies (one per NATS subscription), each delivered once. Counting a
+/// copy for both would leave the plain subscriber's window full for good, and stop
+/// the routing on that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_shared_subscribers_on_one_node_get_everything() {
+    const N: usize = 3_000;
+    let c = Cluster::start(2, &["acme"]).await;
+    let mut plain = c.connect("acme", 1, "a:plain", "a:acme:plain").await;
+    plain.subscribe(EVENTS).await;
+    let mut member = c.connect("acme", 1, "a:member", "a:acme:member").await;
+    member.subscribe(&format!("$share/g/{EVENTS}")).await;
+    let dev = c.connect("acme", 0, "d:sensor:d", "d:acme:sensor:d").await;
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            dev.client
+                .publish(
+                    "iot-2/evt/n/fmt/txt",
+                    QoS::AtLeastOnce,
+                    false,
+                    i.to_string(),
+                )
+                .await
+                .unwrap();
+        }
+        dev
+    });
+    for (name, sub) in [("plain", &mut plain), ("shared", &mut member)] {
+        let mut got = HashSet::new();
+        while got.len() < N {
+            let Some((_, p)) = sub.next_publish(Duration::from_secs(20)).await else {
+                break;
+            };
+            got.insert(String::from_utf8(p).unwrap());
+        }
+        assert_eq!(got.len(), N, "{name} subscriber");
+    }
+    drop(publisher.await.unwrap());
+}

@@ -54,6 +54,8 @@ pub(crate) struct Sub {
     over: AtomicBool,
     /// Counted only while live (a persistent session's entry outlives its connection).
     live: AtomicBool,
+    /// The shared group it counts for (internal name); unset for a session.
+    group: std::sync::OnceLock<Box<str>>,
 }
 
 /// Where a subscriber's filters are indexed: Watson's internal topics name a device
@@ -141,6 +143,9 @@ struct OrgFlow {
     held: AtomicUsize,
     /// Publishers waiting for the window.
     waiters: Notify,
+    /// Set while the cluster delivers shared groups (NATS queue groups, see
+    /// [`Pressure::set_remote_groups`]).
+    remote_groups: Arc<AtomicBool>,
 }
 
 impl OrgFlow {
@@ -181,6 +186,7 @@ impl OrgFlow {
 #[derive(Default)]
 pub struct Pressure {
     orgs: Mutex<HashMap<OrgId, Arc<OrgFlow>>>,
+    remote_groups: Arc<AtomicBool>,
 }
 
 impl Pressure {
@@ -188,10 +194,31 @@ impl Pressure {
         Pressure::default()
     }
 
+    fn org(&self, org_id: &OrgId) -> Arc<OrgFlow> {
+        lock(&self.orgs)
+            .entry(org_id.clone())
+            .or_insert_with(|| {
+                Arc::new(OrgFlow {
+                    remote_groups: self.remote_groups.clone(),
+                    ..OrgFlow::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Whether shared groups get their messages through the cluster (while it is
+    /// connected: NATS queue groups pick the node, and a local publish is routed to
+    /// plain subscribers only). Then a local publish does not count for the groups:
+    /// their copy is counted where it arrives ([`Flow::published_remote`]), so every
+    /// count has its delivery.
+    pub(crate) fn set_remote_groups(&self, on: bool) {
+        self.remote_groups.store(on, Ordering::Release);
+    }
+
     /// The flow state of session `client_id` of `org`. A persistent session keeps its
     /// subscriber entry across connections (its subscriptions live on in the engine).
     pub fn flow(&self, org_id: &OrgId, client_id: &str, persistent: bool) -> Flow {
-        let org = lock(&self.orgs).entry(org_id.clone()).or_default().clone();
+        let org = self.org(org_id);
         let sub = if persistent {
             lock(&org.named)
                 .entry(format!("c:{client_id}"))
@@ -226,7 +253,7 @@ impl Pressure {
     /// is behind (cluster/pressure.rs): while held, they wait as for a subscriber over
     /// the window. Whether this changed anything.
     pub(crate) fn hold(&self, org_id: &OrgId, node: &str, on: bool) -> bool {
-        let org = lock(&self.orgs).entry(org_id.clone()).or_default().clone();
+        let org = self.org(org_id);
         // Named like no session or group ("c:…", "g:…"); never in the index, so no
         // publish or delivery counts for it.
         let sub = lock(&org.named)
@@ -306,8 +333,25 @@ impl Flow {
     /// Counts a PUBLISH routed on `topic` (internal) for every live
     /// subscriber it reaches.
     pub fn published(&self, topic: &str) {
+        let groups = !self.org.remote_groups.load(Ordering::Acquire);
         let index = self.org.index.read().unwrap_or_else(|e| e.into_inner());
-        index.each_match(topic, |sub| self.org.add(sub, 1));
+        index.each_match(topic, |sub| {
+            if groups || sub.group.get().is_none() {
+                self.org.add(sub, 1)
+            }
+        });
+    }
+
+    /// Counts a message from another node that arrived through one NATS subscription:
+    /// that copy is routed to plain subscribers only (`group` `None`) or to one shared
+    /// group, so only those count (another copy, if any, counts for the others).
+    pub(crate) fn published_remote(&self, topic: &str, group: Option<&str>) {
+        let index = self.org.index.read().unwrap_or_else(|e| e.into_inner());
+        index.each_match(topic, |sub| {
+            if sub.group.get().map(|g| &**g) == group {
+                self.org.add(sub, 1)
+            }
+        });
     }
 
     /// Takes one delivery this session's client has (acknowledged, or written at QoS
@@ -330,6 +374,7 @@ impl Flow {
                     .or_default()
                     .clone();
                 sub.live.store(true, Ordering::Release);
+                let _ = sub.group.set(group.into());
                 if !self.groups.iter().any(|g| Arc::ptr_eq(g, &sub)) {
                     self.groups.push(sub.clone());
                 }
@@ -552,6 +597,36 @@ mod tests {
         assert!(app.over());
         assert!(!router.may_route());
         assert!(!publisher.may_publish());
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_each_copy_counts_for_the_subscribers_it_is_routed_to() {
+        let (p, _) = pressure();
+        p.set_remote_groups(true);
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut plain = p.flow(&acme(), "a:acme:plain", false);
+        plain.subscribed(APP_FILTER);
+        let mut member = p.flow(&acme(), "a:acme:m1", false);
+        member.subscribed(&format!("$share/g/{APP_FILTER}"));
+        let router = p.router(&acme());
+        // A local publish goes to plain subscribers here; the group's copy comes back
+        // through NATS (here or on another node) and counts where it arrives.
+        for _ in 0..WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(plain.over());
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 0);
+        // From another node: the plain copy for plain subscribers only, the group's
+        // copy for the group only.
+        router.published_remote(EVENT, None);
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 0);
+        router.published_remote(EVENT, Some("g"));
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 1);
+        assert_eq!(plain.sub.outstanding.load(Ordering::Acquire), WINDOW + 1);
+        // A node alone routes a local publish to groups too, and counts it for them.
+        p.set_remote_groups(false);
+        publisher.published(EVENT);
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 2);
     }
 
     #[tokio::test]

@@ -494,6 +494,9 @@ impl Cluster {
                 async_nats::Event::Connected => {
                     info!(url = self.config.url, "connected to the cluster");
                     self.connected.store(true, Ordering::Release);
+                    if let Some(ctx) = self.ctx.upgrade() {
+                        ctx.pressure.set_remote_groups(true);
+                    }
                     *lock(&self.lost_since) = None;
                     crate::metrics::cluster_connected(self.node(), true);
                     let from = lost_at.take();
@@ -513,6 +516,9 @@ impl Cluster {
                 async_nats::Event::Disconnected => {
                     warn!(url = self.config.url, "lost the cluster connection");
                     self.connected.store(false, Ordering::Release);
+                    if let Some(ctx) = self.ctx.upgrade() {
+                        ctx.pressure.set_remote_groups(false);
+                    }
                     lock(&self.lost_since).get_or_insert_with(Instant::now);
                     crate::metrics::cluster_connected(self.node(), false);
                     lost_at.get_or_insert_with(time::OffsetDateTime::now_utc);
@@ -986,7 +992,11 @@ impl Cluster {
             .map(Props::into_properties);
         let publish = packet::publish(topic.as_bytes(), payload, 0, retain, 0, false);
         if let Some(flow) = flow {
-            flow.published(&topic);
+            let group = match scope {
+                Scope::Group(g) => Some(g),
+                _ => None,
+            };
+            flow.published_remote(&topic, group);
         }
         crate::metrics::cluster_received(self.node());
         let limits = ctx.state_limits(&org);
