@@ -6,8 +6,11 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use device_sim::certs::TestCa;
@@ -886,4 +889,269 @@ async fn measure_session_takeover() {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// A device on node 1 publishing QoS 1 messages `0..n` as fast as its in-flight window
+/// (100) allows, and an application on node 2 subscribed to them whose event loop is
+/// not polled (nothing read, nothing acknowledged) while `pause` is set. Paused from the
+/// start.
+struct SlowPath {
+    pause: tokio::sync::watch::Sender<bool>,
+    acked: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    payloads: Arc<Mutex<HashSet<usize>>>,
+}
+
+async fn slow_path(c: &Cluster, n: usize) -> SlowPath {
+    use rumqttc::{Event, Packet};
+    let (_, ca, _) = c.org("acme");
+    let cert = ca.issue_client("a:slow", Default::default()).unwrap();
+    let opts =
+        device_sim::client::mqtt_options(&c.target("acme", 1), "a:acme:slow", Some(&cert)).unwrap();
+    let (app, mut app_loop) = device_sim::client::async_client(opts, 10);
+    let (pause, mut paused) = tokio::sync::watch::channel(false);
+    let (suback_tx, suback) = tokio::sync::oneshot::channel();
+    let received = Arc::new(AtomicUsize::new(0));
+    let payloads = Arc::new(Mutex::new(HashSet::new()));
+    let (r, p) = (received.clone(), payloads.clone());
+    tokio::spawn(async move {
+        let mut suback_tx = Some(suback_tx);
+        loop {
+            while *paused.borrow_and_update() {
+                if paused.changed().await.is_err() {
+                    return;
+                }
+            }
+            match app_loop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(m))) => {
+                    let n: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+                    p.lock().unwrap().insert(n);
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = suback_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                // Closed (the end of the test): what it got is counted.
+                Err(_) => return,
+            }
+        }
+    });
+    app.subscribe(EVENTS, QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(WAIT, suback).await.unwrap().unwrap();
+    pause.send(true).unwrap();
+
+    let cert = ca
+        .issue_client("d:sensor:fast", Default::default())
+        .unwrap();
+    let opts =
+        device_sim::client::mqtt_options(&c.target("acme", 0), "d:acme:sensor:fast", Some(&cert))
+            .unwrap();
+    let (dev, mut dev_loop) = device_sim::client::async_client(opts, 100);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let a = acked.clone();
+    tokio::spawn(async move {
+        loop {
+            match dev_loop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        for i in 0..n {
+            if dev
+                .publish(
+                    "iot-2/evt/n/fmt/txt",
+                    QoS::AtLeastOnce,
+                    false,
+                    i.to_string(),
+                )
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    SlowPath {
+        pause,
+        acked,
+        received,
+        payloads,
+    }
+}
+
+/// Waits until `count` stops growing (nothing for `quiet`) or reaches `n` (at most 60 s);
+/// its value then.
+async fn until_stalled(count: &AtomicUsize, n: usize, quiet: Duration) -> usize {
+    let mut last = (0, tokio::time::Instant::now());
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = count.load(Ordering::SeqCst);
+        if now == n {
+            break;
+        }
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() > quiet {
+            break;
+        }
+    }
+    count.load(Ordering::SeqCst)
+}
+
+/// Cross-node flow control (docs/cluster-messages.md, *Flow control across nodes*): an
+/// application on node 2 that stops reading holds a device's QoS 1 publishes on node 1
+/// — the device's acknowledged count stays within a bound of what the application has
+/// received — and once it reads again, every acknowledged message arrives. Bounds on
+/// counts only: a loaded machine makes it slower, not different.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_on_another_node_slows_the_publishers() {
+    const N: usize = 10_000;
+    // Far below N; above the subscriber's window (1,000) plus what the publisher gets
+    // acknowledged while the pressure travels to its node. Without flow control across
+    // nodes the publisher is acknowledged all N while nothing is read, and the
+    // subscriber's queue (4,096 while connected) drops the oldest.
+    const BOUND: usize = 4_000;
+    let c = Cluster::start(2, &["acme"]).await;
+    let p = slow_path(&c, N).await;
+    // The largest lead of the acknowledgements over the deliveries, sampled throughout.
+    let lead = Arc::new(AtomicUsize::new(0));
+    let (a, r, l) = (p.acked.clone(), p.received.clone(), lead.clone());
+    let sampler = tokio::spawn(async move {
+        loop {
+            // Deliveries first: a delivery is never counted before its acknowledgement.
+            let got = r.load(Ordering::SeqCst);
+            let ack = a.load(Ordering::SeqCst);
+            l.fetch_max(ack.saturating_sub(got), Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    // Paused: the acknowledgements stop growing, or reach N. (The poll under way when
+    // it paused may have read one.)
+    let held = until_stalled(&p.acked, N, Duration::from_millis(1500)).await;
+    let read = p.received.load(Ordering::SeqCst);
+    assert!(
+        held > 0 && held <= read + BOUND,
+        "{held} of {N} acknowledged while the subscriber on another node read {read}"
+    );
+
+    // Reading again: every message arrives, and every one is acknowledged.
+    p.pause.send(false).unwrap();
+    let all = tokio::time::Instant::now() + Duration::from_secs(120);
+    while (p.received.load(Ordering::SeqCst) < N || p.acked.load(Ordering::SeqCst) < N)
+        && tokio::time::Instant::now() < all
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sampler.abort();
+    let got = p.payloads.lock().unwrap().clone();
+    let missing: Vec<usize> = (0..N).filter(|i| !got.contains(i)).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} acknowledged messages never arrived (first: {missing:?}); {} deliveries",
+        N - got.len(),
+        p.received.load(Ordering::SeqCst)
+    );
+    assert_eq!(p.acked.load(Ordering::SeqCst), N);
+    let lead = lead.load(Ordering::SeqCst);
+    assert!(lead <= BOUND, "acknowledged {lead} ahead of the deliveries");
+    eprintln!("held at {held} acknowledged; largest lead {lead}");
+
+    // Node 1 counted holding its publishers for node 2.
+    let text = c.nodes[0].server.api().0.metrics().await.unwrap();
+    let throttled = metric(&text, "certmq_cluster_throttled_total", &["node=\"n1\""]);
+    assert!(throttled.unwrap_or(0.0) >= 1.0, "{text}");
+}
+
+/// Sends a signal to a process (SIGSTOP/SIGCONT to freeze a node).
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A node frozen with SIGSTOP, thawed when dropped (a failed assertion included).
+struct Frozen(u32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+/// A node behind that stops reporting (frozen: it neither routes nor says anything) does
+/// not hold the other nodes' publishers for longer than the hold's 2 s: the publisher
+/// held for it goes on and has every message acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_held_for_a_node_that_stops_reporting_go_on() {
+    const N: usize = 6_000;
+    let c = Cluster::start(2, &["acme"]).await;
+    let p = slow_path(&c, N).await;
+    let held = until_stalled(&p.acked, N, Duration::from_millis(1500)).await;
+    assert!(held < N, "not held: {held} of {N} acknowledged");
+    let frozen = Frozen(c.nodes[1].server.pid());
+    signal(frozen.0, "-STOP");
+    // Longer than the hold lasts after the last report (2 s).
+    let acked = until_stalled(&p.acked, N, Duration::from_secs(6)).await;
+    assert_eq!(acked, N, "still held with node 2 silent");
+    // (Thawed, node 2 is still behind, and says so: the hold comes back.)
+    let text = c.nodes[0].server.api().0.metrics().await.unwrap();
+    drop(frozen);
+    assert_eq!(
+        metric(&text, "certmq_cluster_holds", &["node=\"n1\""]),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+/// Flow control across nodes counts each copy of a message for the subscribers it is
+/// routed to: a node with a plain subscriber and a shared group's member on the same
+/// topics gets two copies (one per NATS subscription), each delivered once. Counting a
+/// copy for both would leave the plain subscriber's window full for good, and stop
+/// the routing on that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_shared_subscribers_on_one_node_get_everything() {
+    const N: usize = 3_000;
+    let c = Cluster::start(2, &["acme"]).await;
+    let mut plain = c.connect("acme", 1, "a:plain", "a:acme:plain").await;
+    plain.subscribe(EVENTS).await;
+    let mut member = c.connect("acme", 1, "a:member", "a:acme:member").await;
+    member.subscribe(&format!("$share/g/{EVENTS}")).await;
+    let dev = c.connect("acme", 0, "d:sensor:d", "d:acme:sensor:d").await;
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            dev.client
+                .publish(
+                    "iot-2/evt/n/fmt/txt",
+                    QoS::AtLeastOnce,
+                    false,
+                    i.to_string(),
+                )
+                .await
+                .unwrap();
+        }
+        dev
+    });
+    for (name, sub) in [("plain", &mut plain), ("shared", &mut member)] {
+        let mut got = HashSet::new();
+        while got.len() < N {
+            let Some((_, p)) = sub.next_publish(Duration::from_secs(20)).await else {
+                break;
+            };
+            got.insert(String::from_utf8(p).unwrap());
+        }
+        assert_eq!(got.len(), N, "{name} subscriber");
+    }
+    drop(publisher.await.unwrap());
 }

@@ -24,6 +24,12 @@
 //! Subscribers that are not live (a persistent session while offline) are not counted:
 //! their queues are bounded by the org's queue limit. Messages no subscriber matches
 //! cost nothing.
+//!
+//! In a cluster (cluster/pressure.rs) the same holds across nodes: messages from other
+//! nodes count for this node's subscribers like local publishes ([`Pressure::router`]),
+//! and routing them waits while a subscriber is over; a node that falls behind that
+//! way (or in reading what NATS brings) tells the others, which *hold* the org's
+//! publishers ([`Pressure::hold`]) exactly as an over subscriber does here.
 
 use crate::lock;
 use crate::state::tree::filter_matches as matches;
@@ -48,6 +54,8 @@ pub(crate) struct Sub {
     over: AtomicBool,
     /// Counted only while live (a persistent session's entry outlives its connection).
     live: AtomicBool,
+    /// The shared group it counts for (internal name); unset for a session.
+    group: std::sync::OnceLock<Box<str>>,
 }
 
 /// Where a subscriber's filters are indexed: Watson's internal topics name a device
@@ -130,8 +138,14 @@ struct OrgFlow {
     named: Mutex<HashMap<String, Arc<Sub>>>,
     /// Subscribers currently over the window.
     over: AtomicUsize,
+    /// Other nodes currently behind for this org (cluster flow control): they hold
+    /// this node's publishers, not the routing of what other nodes send.
+    held: AtomicUsize,
     /// Publishers waiting for the window.
     waiters: Notify,
+    /// Set while the cluster delivers shared groups (NATS queue groups, see
+    /// [`Pressure::set_remote_groups`]).
+    remote_groups: Arc<AtomicBool>,
 }
 
 impl OrgFlow {
@@ -161,12 +175,18 @@ impl OrgFlow {
             self.waiters.notify_waiters();
         }
     }
+
+    /// Whether a session of this org may publish: no subscriber over, no node behind.
+    fn open(&self) -> bool {
+        self.over.load(Ordering::Acquire) == 0 && self.held.load(Ordering::Acquire) == 0
+    }
 }
 
 /// Flow state of every org.
 #[derive(Default)]
 pub struct Pressure {
     orgs: Mutex<HashMap<OrgId, Arc<OrgFlow>>>,
+    remote_groups: Arc<AtomicBool>,
 }
 
 impl Pressure {
@@ -174,10 +194,31 @@ impl Pressure {
         Pressure::default()
     }
 
+    fn org(&self, org_id: &OrgId) -> Arc<OrgFlow> {
+        lock(&self.orgs)
+            .entry(org_id.clone())
+            .or_insert_with(|| {
+                Arc::new(OrgFlow {
+                    remote_groups: self.remote_groups.clone(),
+                    ..OrgFlow::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Whether shared groups get their messages through the cluster (while it is
+    /// connected: NATS queue groups pick the node, and a local publish is routed to
+    /// plain subscribers only). Then a local publish does not count for the groups:
+    /// their copy is counted where it arrives ([`Flow::published_remote`]), so every
+    /// count has its delivery.
+    pub(crate) fn set_remote_groups(&self, on: bool) {
+        self.remote_groups.store(on, Ordering::Release);
+    }
+
     /// The flow state of session `client_id` of `org`. A persistent session keeps its
     /// subscriber entry across connections (its subscriptions live on in the engine).
     pub fn flow(&self, org_id: &OrgId, client_id: &str, persistent: bool) -> Flow {
-        let org = lock(&self.orgs).entry(org_id.clone()).or_default().clone();
+        let org = self.org(org_id);
         let sub = if persistent {
             lock(&org.named)
                 .entry(format!("c:{client_id}"))
@@ -198,6 +239,39 @@ impl Pressure {
             filters: Vec::new(),
             persistent,
             client_id: client_id.to_owned(),
+        }
+    }
+
+    /// The flow state the cluster routes messages from other nodes with: a publisher
+    /// of `org` that subscribes to nothing. Its [`Flow::published`] counts them for
+    /// this node's subscribers and [`Flow::may_route`] says when to wait.
+    pub(crate) fn router(&self, org: &OrgId) -> Flow {
+        self.flow(org, "", false)
+    }
+
+    /// Holds (`on`) or releases the publishers of `org` for another node, `node`, that
+    /// is behind (cluster/pressure.rs): while held, they wait as for a subscriber over
+    /// the window. Whether this changed anything.
+    pub(crate) fn hold(&self, org_id: &OrgId, node: &str, on: bool) -> bool {
+        let org = self.org(org_id);
+        // Named like no session or group ("c:…", "g:…"); never in the index, so no
+        // publish or delivery counts for it.
+        let sub = lock(&org.named)
+            .entry(format!("n:{node}"))
+            .or_default()
+            .clone();
+        if on {
+            let changed = !sub.over.swap(true, Ordering::AcqRel);
+            if changed {
+                org.held.fetch_add(1, Ordering::AcqRel);
+            }
+            changed
+        } else {
+            let changed = sub.over.swap(false, Ordering::AcqRel);
+            if changed && org.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+                org.waiters.notify_waiters();
+            }
+            changed
         }
     }
 }
@@ -222,16 +296,32 @@ impl Flow {
     /// the window (or this session is one of them: its acknowledgements queue behind
     /// its own publishes).
     pub fn may_publish(&self) -> bool {
-        self.org.over.load(Ordering::Acquire) == 0 || self.sub.over.load(Ordering::Acquire)
+        self.org.open() || self.sub.over.load(Ordering::Acquire)
+    }
+
+    /// Whether the cluster may route a message from another node now: no subscriber
+    /// of the org is over the window here. (Other nodes being behind does not hold
+    /// it: that would hold them in turn, a cycle.)
+    pub(crate) fn may_route(&self) -> bool {
+        self.org.over.load(Ordering::Acquire) == 0
     }
 
     /// Waits until publishing may be allowed again: a delivery brought a subscriber
-    /// back under the window.
+    /// back under the window, or no other node holds the org any more.
     pub async fn wait(&self) {
+        self.wait_for(Flow::may_publish).await
+    }
+
+    /// Waits until [`Flow::may_route`] may be true again.
+    pub(crate) async fn wait_route(&self) {
+        self.wait_for(Flow::may_route).await
+    }
+
+    async fn wait_for(&self, ready: fn(&Flow) -> bool) {
         let window = self.org.waiters.notified();
         tokio::pin!(window);
         window.as_mut().enable();
-        if self.may_publish() {
+        if ready(self) {
             return;
         }
         tokio::select! {
@@ -243,8 +333,25 @@ impl Flow {
     /// Counts a PUBLISH routed on `topic` (internal) for every live
     /// subscriber it reaches.
     pub fn published(&self, topic: &str) {
+        let groups = !self.org.remote_groups.load(Ordering::Acquire);
         let index = self.org.index.read().unwrap_or_else(|e| e.into_inner());
-        index.each_match(topic, |sub| self.org.add(sub, 1));
+        index.each_match(topic, |sub| {
+            if groups || sub.group.get().is_none() {
+                self.org.add(sub, 1)
+            }
+        });
+    }
+
+    /// Counts a message from another node that arrived through one NATS subscription:
+    /// that copy is routed to plain subscribers only (`group` `None`) or to one shared
+    /// group, so only those count (another copy, if any, counts for the others).
+    pub(crate) fn published_remote(&self, topic: &str, group: Option<&str>) {
+        let index = self.org.index.read().unwrap_or_else(|e| e.into_inner());
+        index.each_match(topic, |sub| {
+            if sub.group.get().map(|g| &**g) == group {
+                self.org.add(sub, 1)
+            }
+        });
     }
 
     /// Takes one delivery this session's client has (acknowledged, or written at QoS
@@ -267,6 +374,7 @@ impl Flow {
                     .or_default()
                     .clone();
                 sub.live.store(true, Ordering::Release);
+                let _ = sub.group.set(group.into());
                 if !self.groups.iter().any(|g| Arc::ptr_eq(g, &sub)) {
                     self.groups.push(sub.clone());
                 }
@@ -453,6 +561,72 @@ mod tests {
             b.delivered();
         }
         assert!(publisher.may_publish(), "either member's deliveries count");
+    }
+
+    #[tokio::test]
+    async fn another_node_behind_holds_publishers_but_not_the_routing_of_its_messages() {
+        let (p, _) = pressure();
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut app = p.flow(&acme(), "a:acme:app", false);
+        app.subscribed(APP_FILTER);
+        let router = p.router(&acme());
+        assert!(p.hold(&acme(), "n2", true));
+        assert!(!p.hold(&acme(), "n2", true), "held once per node");
+        assert!(!publisher.may_publish());
+        assert!(
+            router.may_route(),
+            "a hold would otherwise hold other nodes in turn"
+        );
+        // Another org is not held.
+        let beta = p.flow(&OrgId::try_from("beta").unwrap(), "d:beta:s:d1", false);
+        assert!(beta.may_publish());
+        // Released: the waiting publisher is woken, not timed out.
+        let started = tokio::time::Instant::now();
+        let release = async {
+            tokio::task::yield_now().await;
+            assert!(p.hold(&acme(), "n2", false));
+        };
+        tokio::join!(publisher.wait(), release);
+        assert!(started.elapsed() < RECHECK);
+        assert!(publisher.may_publish());
+        // What comes from other nodes counts for the subscribers here, and its routing
+        // waits for them as a local publisher does.
+        for _ in 0..WINDOW {
+            router.published(EVENT);
+        }
+        assert!(app.over());
+        assert!(!router.may_route());
+        assert!(!publisher.may_publish());
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_each_copy_counts_for_the_subscribers_it_is_routed_to() {
+        let (p, _) = pressure();
+        p.set_remote_groups(true);
+        let publisher = p.flow(&acme(), "d:acme:s:d1", false);
+        let mut plain = p.flow(&acme(), "a:acme:plain", false);
+        plain.subscribed(APP_FILTER);
+        let mut member = p.flow(&acme(), "a:acme:m1", false);
+        member.subscribed(&format!("$share/g/{APP_FILTER}"));
+        let router = p.router(&acme());
+        // A local publish goes to plain subscribers here; the group's copy comes back
+        // through NATS (here or on another node) and counts where it arrives.
+        for _ in 0..WINDOW {
+            publisher.published(EVENT);
+        }
+        assert!(plain.over());
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 0);
+        // From another node: the plain copy for plain subscribers only, the group's
+        // copy for the group only.
+        router.published_remote(EVENT, None);
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 0);
+        router.published_remote(EVENT, Some("g"));
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 1);
+        assert_eq!(plain.sub.outstanding.load(Ordering::Acquire), WINDOW + 1);
+        // A node alone routes a local publish to groups too, and counts it for them.
+        p.set_remote_groups(false);
+        publisher.published(EVENT);
+        assert_eq!(member.groups[0].outstanding.load(Ordering::Acquire), 2);
     }
 
     #[tokio::test]

@@ -83,6 +83,22 @@ fn describe() {
         "certmq_cluster_nats_connected",
         "1 while this node is connected to the cluster's NATS server, else 0."
     );
+    describe_gauge!(
+        "certmq_cluster_lag_seconds",
+        "How late this node routed messages from other nodes lately (origin time to routing, the largest in the last 250 ms; clock skew between nodes adds to it)."
+    );
+    describe_gauge!(
+        "certmq_cluster_backlog",
+        "The most messages waiting in one of this node's NATS subscriptions in the last 250 ms (counted up to 1000: behind)."
+    );
+    describe_counter!(
+        "certmq_cluster_throttled_total",
+        "Times this node started holding an org's publishers because another node reported it was behind for that org."
+    );
+    describe_gauge!(
+        "certmq_cluster_holds",
+        "(node, org) pairs for which this node holds its publishers now (another node behind)."
+    );
     describe_counter!(
         "certmq_kicks_total",
         "Sessions closed by the broker, by org and reason (kicked, revoked, taken_over, shutdown, policy_changed)."
@@ -221,6 +237,26 @@ pub(crate) fn cluster_session_taken_over(node: &str, messages: u64) {
 /// `certmq_cluster_sessions_held{node}`.
 pub(crate) fn cluster_sessions_held(node: &str, n: usize) {
     metrics::gauge!("certmq_cluster_sessions_held", "node" => node.to_owned()).set(n as f64);
+}
+
+/// How far behind this node's receiving was lately: the deepest backlog of a NATS
+/// subscription, `certmq_cluster_backlog{node}`, and the largest lag (ms),
+/// `certmq_cluster_lag_seconds{node}`.
+pub(crate) fn cluster_load(node: &str, backlog: u64, lag_ms: u64) {
+    metrics::gauge!("certmq_cluster_backlog", "node" => node.to_owned()).set(backlog as f64);
+    metrics::gauge!("certmq_cluster_lag_seconds", "node" => node.to_owned())
+        .set(lag_ms as f64 / 1000.0);
+}
+
+/// A hold started on this node's publishers for a node behind:
+/// `certmq_cluster_throttled_total{node}`.
+pub(crate) fn cluster_throttled(node: &str) {
+    metrics::counter!("certmq_cluster_throttled_total", "node" => node.to_owned()).increment(1);
+}
+
+/// The holds in effect on this node's publishers: `certmq_cluster_holds{node}`.
+pub(crate) fn cluster_holds(node: &str, n: usize) {
+    metrics::gauge!("certmq_cluster_holds", "node" => node.to_owned()).set(n as f64);
 }
 
 /// Whether this node is connected to NATS: `certmq_cluster_nats_connected{node}`.

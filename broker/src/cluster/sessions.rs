@@ -25,7 +25,9 @@
 //! queued for a session remembers the sample taken [`LAG`] before it arrived (a
 //! message reaches every interested node within that, unless the node's connection or
 //! subscriptions failed — then the catch-up reads it from the stream, with its exact
-//! sequence); a message read from the stream remembers its own sequence. The cursor is
+//! sequence — or it is behind, holding messages back for a slow subscriber — then
+//! sampling stops and starts afresh once it has caught up); a message read from the
+//! stream remembers its own sequence. The cursor is
 //! the lowest of those over the session's unacknowledged messages, or the newest
 //! sample older than [`LAG`] when it has none. It errs early: a takeover re-reads up
 //! to [`LAG`] (and a second) of what the client had already acknowledged, and skips
@@ -252,6 +254,12 @@ impl Cluster {
             if !self.connected.load(Ordering::Acquire)
                 || self.sessions.frozen.load(Ordering::Acquire)
             {
+                continue;
+            }
+            if self.load.any_behind() {
+                // Messages wait in this node's subscriptions (flow control): they may
+                // be older than any sample. Sampling starts afresh once caught up.
+                lock(&self.sessions.samples).clear();
                 continue;
             }
             // Taken before the request: a message in the stream by then is in the sample.
@@ -645,6 +653,7 @@ impl Cluster {
                     &m.payload,
                     Scope::Session(client),
                     Some(seq),
+                    None,
                 );
                 n += 1;
             }

@@ -38,23 +38,38 @@ pub(crate) fn token(level: &str) -> String {
 
 /// The MQTT level a token stands for (`None`: not a token [`token`] makes).
 pub(crate) fn level(token: &str) -> Option<String> {
+    let mut out = String::new();
+    push_level(&mut out, token)?;
+    Some(out)
+}
+
+/// Appends the MQTT level `token` stands for to `out` (`None`: not a token [`token`]
+/// makes; `out` is then left as it was or longer). Runs for every level of every
+/// message from another node: a token without escapes (most) is copied as it is,
+/// with no allocation of its own.
+fn push_level(out: &mut String, token: &str) -> Option<()> {
     if token == "%" {
-        return Some(String::new());
+        return Some(());
+    }
+    if !token.contains('%') {
+        out.push_str(token);
+        return Some(());
     }
     let bytes = token.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = token.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
-            out.push(bytes[i]);
+            decoded.push(bytes[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    out.push_str(std::str::from_utf8(&decoded).ok()?);
+    Some(())
 }
 
 /// Splits an internal topic or filter into its org and the levels after it.
@@ -93,11 +108,14 @@ fn topic_under(prefix: &str, subject: &str) -> Option<(String, String)> {
     let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
     let mut tokens = rest.split('.');
     let org = level(tokens.next()?)?;
-    let mut topic = format!("/tenants/{org}");
+    // One allocation for the whole topic (escapes only shorten a level).
+    let mut topic = String::with_capacity("/tenants/".len() + rest.len());
+    topic.push_str("/tenants/");
+    topic.push_str(&org);
     let mut levels = 0;
     for t in tokens {
         topic.push('/');
-        topic.push_str(&level(t)?);
+        push_level(&mut topic, t)?;
         levels += 1;
     }
     (levels > 0).then_some((org, topic))
