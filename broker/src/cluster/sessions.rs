@@ -153,6 +153,24 @@ impl Sessions {
         self.frozen.store(false, Ordering::Release);
     }
 
+    /// What this node wrote of the session at `key` (revision `revision`).
+    fn remember(
+        &self,
+        key: &str,
+        revision: u64,
+        record: &SessionRecord,
+        cursor: u64,
+        acked: &[String],
+    ) {
+        let w = Written {
+            revision,
+            record: record.clone(),
+            cursor,
+            acked: acked.to_vec(),
+        };
+        lock(&self.written).insert(key.to_owned(), w);
+    }
+
     /// A persistent session's record changed: written out soon.
     pub(crate) fn changed(&self) {
         self.changed.notify_one();
@@ -364,15 +382,8 @@ impl Cluster {
         };
         match tokio::time::timeout(KV_TIMEOUT, kv.update(key, value, w.revision)).await {
             Ok(Ok(revision)) => {
-                lock(&self.sessions.written).insert(
-                    key.to_owned(),
-                    Written {
-                        revision,
-                        record: h.record.clone(),
-                        cursor,
-                        acked: h.acked.clone(),
-                    },
-                );
+                self.sessions
+                    .remember(key, revision, &h.record, cursor, &h.acked);
                 Ok(())
             }
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -411,15 +422,8 @@ impl Cluster {
             (Some(e), Some(s)) if s.node == self.node() && !h.online => {
                 // Loaded from this node's store at start: the stream has everything it
                 // is owed since the cursor, including what came while the node was down.
-                lock(&self.sessions.written).insert(
-                    key.to_owned(),
-                    Written {
-                        revision: e.revision,
-                        record: s.record.clone(),
-                        cursor: s.cursor,
-                        acked: s.acked.clone(),
-                    },
-                );
+                self.sessions
+                    .remember(key, e.revision, &s.record, s.cursor, &s.acked);
                 ctx.state.adopt(&h.org, &h.client, h.record.clone());
                 self.interest_ready().await;
                 let n = self
@@ -451,15 +455,8 @@ impl Cluster {
                         .map(|r| r.map_err(|_| ())),
                 };
                 if let Ok(Ok(revision)) = put {
-                    lock(&self.sessions.written).insert(
-                        key.to_owned(),
-                        Written {
-                            revision,
-                            record: h.record.clone(),
-                            cursor,
-                            acked: h.acked.clone(),
-                        },
-                    );
+                    self.sessions
+                        .remember(key, revision, &h.record, cursor, &h.acked);
                 }
                 Ok(())
             }
@@ -539,15 +536,8 @@ impl Cluster {
             if let Ok(Ok(revision)) =
                 tokio::time::timeout(KV_TIMEOUT, kv.put(&key, Bytes::from(body))).await
             {
-                lock(&self.sessions.written).insert(
-                    key.clone(),
-                    Written {
-                        revision,
-                        record: record.clone(),
-                        cursor: stored.cursor,
-                        acked: stored.acked.clone(),
-                    },
-                );
+                self.sessions
+                    .remember(&key, revision, &record, stored.cursor, &stored.acked);
             }
         }
         // Subscribed here before the stream is read: what comes after the read is live.
